@@ -1,0 +1,57 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written file under its final name.
+
+The recipe is the classic one: write a temporary file in the same directory,
+flush and fsync it, rename it over the target (atomic on POSIX), then fsync
+the directory so the rename itself survives a power loss.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporaries left by a process killed mid-write (they never carry a final name)."""
+    for p in Path(directory).glob(TMP_PREFIX + "*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,93 @@
+"""The seed's batch layout, as pure functions over an encoded text.
+
+The text is cut into B contiguous streams of L characters each; window k takes
+columns [k*T, (k+1)*T) of every stream, and the targets are the inputs shifted
+by one character:
+
+    text:     c0 c1 c2 ... c(L-1) | cL ... c(2L-1) | ... | c((B-1)L) ... c(BL-1) c(BL)
+    stream 0: c0 ... c(L-1)                   targets: c1 ... cL
+    stream 1: cL ... c(2L-1)                  targets: c(L+1) ... c(2L)
+
+    inputs (B, L) = text[:B*L].reshape(B, L);  targets = text[1:B*L+1].reshape(B, L)
+    window k = inputs[:, k*T:(k+1)*T], targets[:, k*T:(k+1)*T]     both (B, T)
+
+Consecutive windows of a stream are contiguous, so the state carried from
+window k into window k+1 continues the same text (truncated BPTT). The last
+L mod T characters of each stream are not used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Views of the text as B streams; building it copies nothing (memory maps stay mapped)."""
+
+    inputs: np.ndarray   # (B, L)
+    targets: np.ndarray  # (B, L)
+    seq_len: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def num_windows(self) -> int:
+        return self.inputs.shape[1] // self.seq_len
+
+    def window(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window k as contiguous int64 arrays (B, T), ready for any engine."""
+        if not 0 <= k < self.num_windows:
+            raise IndexError(f"window {k} out of range [0, {self.num_windows})")
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return (np.ascontiguousarray(self.inputs[:, cols], dtype=np.int64),
+                np.ascontiguousarray(self.targets[:, cols], dtype=np.int64))
+
+    def shard(self, rank: int, world_size: int) -> "Streams":
+        """The contiguous share of streams owned by one of `world_size` processes."""
+        if self.batch_size % world_size:
+            raise UserError(f"--batch-size {self.batch_size} does not divide by {world_size} processes; choose a multiple")
+        per = self.batch_size // world_size
+        rows = slice(rank * per, (rank + 1) * per)
+        return Streams(self.inputs[rows], self.targets[rows], self.seq_len)
+
+
+def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "text") -> Streams:
+    """Lay `data` out as `batch_size` streams cut into `seq_len` windows (see module docstring)."""
+    if batch_size < 1 or seq_len < 1:
+        raise UserError("--batch-size and --seq-len must be at least 1")
+    stream_len = (len(data) - 1) // batch_size
+    if stream_len < seq_len:
+        need = batch_size * seq_len + 1
+        raise UserError(
+            f"the {what} has {len(data)} characters, too short for one window of --batch-size {batch_size} "
+            f"x --seq-len {seq_len} (needs {need}); use a longer text or smaller --batch-size/--seq-len"
+        )
+    used = batch_size * stream_len
+    return Streams(data[:used].reshape(batch_size, stream_len), data[1 : used + 1].reshape(batch_size, stream_len), seq_len)
+
+
+def split_train_val(data: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """The last `val_frac` of the text is validation; the rest is training. Views, no copies."""
+    if not 0.0 <= val_frac < 1.0:
+        raise UserError(f"--val-frac {val_frac} must be in [0, 1)")
+    n_val = int(len(data) * val_frac)
+    return data[: len(data) - n_val], data[len(data) - n_val :]
+
+
+def validation_streams(data: np.ndarray, batch_size: int, seq_len: int, multiple_of: int = 1) -> Streams | None:
+    """Validation laid out like training, with fewer streams when the split is short.
+
+    Returns None when the split cannot hold one window even as `multiple_of` streams.
+    """
+    b = batch_size
+    while b >= multiple_of:
+        if (len(data) - 1) // b >= seq_len and b % multiple_of == 0:
+            return make_streams(data, b, seq_len, what="validation split")
+        b -= 1
+    return None

@@ -1,0 +1,126 @@
+"""The run directory: one format shared by every engine.
+
+    config.json        {"format": ..., "model": ModelConfig, "train": TrainConfig}
+    vocab.json         JSON array of the characters in index order
+    model.safetensors  latest weights (canonical names, see models/base.py)
+    best.safetensors   weights with the lowest validation loss so far
+    resume.safetensors everything --resume needs: weights, optimizer, carried
+                       state and RNG, with the trainer's counters as JSON metadata
+    metrics.jsonl, loss.png
+
+Weights are safetensors and metadata is JSON: loading a checkpoint never runs
+code (no pickle). Every file is written atomically (atomic.py), and
+resume.safetensors is self-contained, so a kill between two writes can never
+pair the weights of one iteration with the optimizer of another.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from .atomic import write_bytes_atomic, write_text_atomic
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .errors import UserError
+from .models.base import check_parameters
+from .vocab import Vocab
+
+FORMAT = "charrnn-run/1"
+WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
+RESUME = "resume.safetensors"
+
+
+def _st():
+    import safetensors.numpy  # imported lazily: keeps `charrnn info` fast
+
+    return safetensors.numpy
+
+
+def save_run_config(run_dir: Path, model: ModelConfig, train: Optional[TrainConfig]) -> None:
+    payload = {"format": FORMAT, "model": to_dict(model), "train": to_dict(train) if train else None}
+    write_text_atomic(Path(run_dir) / "config.json", json.dumps(payload, indent=2))
+
+
+def load_run_config(run_dir: Path) -> Tuple[ModelConfig, Optional[dict]]:
+    """The model config and the raw training settings (a dict, so old keys can be reconciled)."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir} is not a directory; give a run directory made by 'charrnn train'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; is {run_dir} a charrnn run directory?") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object; the run directory is damaged")
+    model_dict = data.get("model", data)  # model fields under "model" or at the top level
+    if model_dict is data:
+        model_dict = {k: v for k, v in data.items() if k not in ("format", "train")}
+    model = from_dict(ModelConfig, model_dict, str(path))
+    if model.vocab_size < 1:
+        raise UserError(f"{path}: vocab_size must be positive; the run directory is damaged")
+    train = data.get("train")
+    return model, train if isinstance(train, dict) else None
+
+
+def load_vocab(run_dir: Path, model: ModelConfig) -> Vocab:
+    vocab = Vocab.load(Path(run_dir) / "vocab.json")
+    if len(vocab) != model.vocab_size:
+        raise UserError(f"{run_dir}/vocab.json has {len(vocab)} characters but config.json says {model.vocab_size}; the run directory is mixed up")
+    return vocab
+
+
+def encode_safetensors(arrays: Dict[str, np.ndarray], metadata: Optional[dict] = None) -> bytes:
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    return _st().save(arrays, metadata=meta)
+
+
+def write_safetensors(path: Path, arrays: Dict[str, np.ndarray], metadata: Optional[dict] = None) -> None:
+    write_bytes_atomic(Path(path), encode_safetensors(arrays, metadata))
+
+
+def read_safetensors(path: Path) -> Tuple[Dict[str, np.ndarray], dict]:
+    """Tensors and JSON metadata; any damage becomes a one-line UserError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; train first, or pick another checkpoint") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})") from None
+    try:
+        arrays = _st().load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        raw_meta = header.get("__metadata__") or {}
+        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}); it is damaged or not a charrnn checkpoint") from None
+    return arrays, meta
+
+
+def save_weights(path: Path, params: Dict[str, np.ndarray], info: Optional[dict] = None) -> None:
+    write_safetensors(path, {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}, {"charrnn": info or {}})
+
+
+def load_weights(path: Path, model: ModelConfig) -> Dict[str, np.ndarray]:
+    arrays, _ = read_safetensors(path)
+    check_parameters(model, arrays, str(path))
+    return arrays
+
+
+def weights_path(run_dir: Path, which: str) -> Path:
+    if which not in WEIGHTS:
+        raise UserError(f"--which {which!r} is not one of {', '.join(WEIGHTS)}")
+    return Path(run_dir) / WEIGHTS[which]
+
+
+def load_run(run_dir: Path, which: str = "latest") -> Tuple[ModelConfig, Vocab, Dict[str, np.ndarray]]:
+    """Everything needed to run a trained model: config, vocabulary, weights (validated together)."""
+    model, _ = load_run_config(run_dir)
+    vocab = load_vocab(run_dir, model)
+    return model, vocab, load_weights(weights_path(run_dir, which), model)

@@ -1,0 +1,145 @@
+"""Frozen dataclass configs. CLI flags are derived from these fields, so help and defaults live here.
+
+Each field's `metadata["help"]` is its flag's help text; `metadata["choices"]`
+restricts it. Validation happens in `__post_init__` and raises UserError
+naming the flag, so a bad value becomes a one-line CLI error.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from .errors import UserError
+
+CELLS = ("rnn", "gru", "lstm")
+IMPLS = ("naive", "scratch", "library")
+OPTIMIZERS = ("adagrad", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("epoch", "cosine")
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def option(default: Any, help: str, choices: Optional[tuple] = None, **kw) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, **kw})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(cond: bool, name: str, message: str) -> None:
+    if not cond:
+        raise UserError(f"{_flag(name)} {message}")
+
+
+def _check_choices(cfg: Any) -> None:
+    for f in fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise UserError(f"{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: embedding (V->E), `layers` recurrent cells of width H, linear head (H->V)."""
+
+    vocab_size: int = option(0, "number of distinct characters (V); set from the corpus", cli=False)
+    cell: str = option("lstm", "recurrent cell", CELLS)
+    layers: int = option(2, "number of stacked recurrent layers (L)")
+    hidden: int = option(256, "hidden units per layer (H)")
+    embed: int = option(64, "character embedding size (E)")
+    dropout: float = option(0.0, "dropout after each recurrent layer, training only")
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check(self.layers >= 1, "layers", f"{self.layers} must be at least 1")
+        _check(self.hidden >= 1, "hidden", f"{self.hidden} must be at least 1")
+        _check(self.embed >= 1, "embed", f"{self.embed} must be at least 1")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
+        _check(self.vocab_size >= 0, "vocab_size", "must be non-negative")
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. `max_iters` and `max_time` count the whole run, across resumes."""
+
+    data: str = option("tinyshakespeare", "a UTF-8 text file, or a corpus name: tinyshakespeare, pystdlib")
+    out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png")
+    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn)", IMPLS)
+    batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
+    seq_len: int = option(100, "characters per window (T): the truncated-BPTT length")
+    optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw otherwise", OPTIMIZERS)
+    lr: Optional[float] = option(None, "learning rate; default 0.1 for adagrad, 2e-3 for adam/adamw")
+    lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)")
+    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: warm-up then cosine to lr0/10 over the run's budget", SCHEDULES)
+    warmup_iters: int = option(0, "linear warm-up iterations (cosine schedule)")
+    weight_decay: float = option(0.0, "decoupled weight decay (adamw)")
+    grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off")
+    epochs: Optional[float] = option(None, "stop after this many epochs (whole run); default 10 when no other limit is given")
+    max_iters: Optional[int] = option(None, "stop at this iteration, counted over the whole run (across --resume)")
+    max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run (across --resume)")
+    eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)")
+    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at each evaluation")
+    val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation")
+    seed: int = option(1337, "random seed for initialisation, dropout and sampling")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
+    bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
+    compile: bool = option(False, "torch.compile the model (scratch and library engines)")
+    log_every: int = option(10, "write a metrics row / log line every N iterations")
+    sample_every: int = option(0, "print a short sample every N iterations (0: never)")
+    init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+
+    def __post_init__(self):
+        _check_choices(self)
+        for name in ("batch_size", "seq_len", "eval_every", "log_every"):
+            _check(getattr(self, name) >= 1, name, f"{getattr(self, name)} must be at least 1")
+        _check(self.lr is None or self.lr > 0, "lr", f"{self.lr} must be positive")
+        _check(0 < self.lr_decay <= 1, "lr_decay", f"{self.lr_decay} must be in (0, 1]")
+        _check(self.grad_clip >= 0, "grad_clip", f"{self.grad_clip} must be non-negative")
+        _check(self.weight_decay >= 0, "weight_decay", "must be non-negative")
+        _check(self.warmup_iters >= 0, "warmup_iters", "must be non-negative")
+        _check(self.epochs is None or self.epochs > 0, "epochs", f"{self.epochs} must be positive")
+        _check(self.max_iters is None or self.max_iters >= 0, "max_iters", "must be non-negative")
+        _check(self.max_time is None or self.max_time > 0, "max_time", "must be positive")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        _check(0 <= self.val_frac < 1, "val_frac", f"{self.val_frac} must be in [0, 1)")
+        _check(self.sample_every >= 0, "sample_every", "must be non-negative")
+
+    @property
+    def resolved_optimizer(self) -> str:
+        return self.optimizer or ("adagrad" if self.impl == "naive" else "adamw")
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.1 if self.resolved_optimizer == "adagrad" else 2e-3)
+
+    @property
+    def resolved_epochs(self) -> Optional[float]:
+        if self.epochs is None and self.max_iters is None and self.max_time is None:
+            return 10.0
+        return self.epochs
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict, where: str):
+    """Build a config from JSON; unknown keys are errors (a typo must not be silently ignored)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown settings {', '.join(unknown)}; the file is damaged or from a newer charrnn")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from None

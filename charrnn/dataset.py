@@ -1,0 +1,217 @@
+"""Encode a text file once into a compact integer array, cache it, and memory-map it.
+
+Peers load the whole corpus as Python objects and run out of memory on large
+files (char-rnn-tensorflow needs ~20x the file size). Here the text is read in
+blocks twice (once for the vocabulary, once to encode), never held whole, and
+training reads a uint8/uint16 `.npy` through a memory map, so peak memory
+stays near the size of the encoded array.
+
+The cache sits beside the text (`NAME.charrnn-cache/`) or, when that folder is
+not writable, under the data directory; it is keyed by the file's sha256, and
+a cheap (size, mtime) stamp avoids re-hashing an unchanged file.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .atomic import write_bytes_atomic, write_text_atomic
+from .corpus import data_dir, resolve_data
+from .errors import UserError
+from .vocab import Vocab
+
+BLOCK_BYTES = 8 << 20
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An encoded text: `data[i]` is the vocabulary index of character i."""
+
+    name: str
+    vocab: Vocab
+    data: np.ndarray
+
+    @property
+    def characters(self) -> int:
+        return int(self.data.shape[0])
+
+    def summary(self) -> str:
+        return f"Total {self.characters} characters with {len(self.vocab)} unique tokens."
+
+
+def load_corpus(spec: str, use_cache: bool = True) -> Corpus:
+    """Resolve `--data` and return the encoded corpus (memory-mapped when cached)."""
+    path = resolve_data(spec)
+    if not use_cache:
+        vocab, data, _ = _encode_file(path)
+        return Corpus(str(path), vocab, data)
+    return Corpus(str(path), *_cached_encoding(path))
+
+
+def corpus_from_text(text: str, name: str = "<text>") -> Corpus:
+    if not text:
+        raise UserError("the text is empty; give at least a few hundred characters")
+    vocab = Vocab.from_text(text)
+    return Corpus(name, vocab, vocab.encode(text))
+
+
+def _decoded_blocks(path: Path) -> Iterator[np.ndarray]:
+    """Yield the file's code points block by block; UserError on non-UTF-8, NUL or empty input."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, first, empty = 0, True, True
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
+    with f:
+        while True:
+            try:
+                raw = f.read(BLOCK_BYTES)
+            except OSError as e:
+                raise UserError(f"cannot read {path} ({e.strerror}); give a regular UTF-8 text file") from None
+            final = not raw
+            nul = raw.find(b"\x00")
+            if nul >= 0:
+                raise UserError(f"{path} looks binary (NUL byte at offset {offset + nul}); give a UTF-8 text file")
+            try:
+                text = decoder.decode(raw, final=final)
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{path} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. iconv -f LATIN1 -t UTF-8"
+                ) from None
+            if first and text:
+                if text.startswith("\ufeff"):
+                    text = text[1:]  # a UTF-8 byte-order mark is not part of the text
+                first = False
+            offset += len(raw)
+            if text:
+                empty = False
+                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            if final:
+                break
+    if empty:
+        raise UserError(f"{path} is empty; give a text of at least a few hundred characters")
+
+
+def _scan(path: Path) -> tuple[Vocab, int]:
+    seen: set[int] = set()
+    count = 0
+    for codes in _decoded_blocks(path):
+        seen.update(np.unique(codes).tolist())
+        count += len(codes)
+    return Vocab.from_code_points(seen), count
+
+
+def _encode_file(path: Path) -> tuple[Vocab, np.ndarray, int]:
+    vocab, count = _scan(path)
+    out = np.empty(count, dtype=vocab.dtype)
+    _fill(path, vocab, out)
+    return vocab, out, count
+
+
+def _fill(path: Path, vocab: Vocab, out: np.ndarray) -> None:
+    position = 0
+    for codes in _decoded_blocks(path):
+        out[position : position + len(codes)] = vocab.encode_code_points(codes)
+        position += len(codes)
+    assert position == len(out), "file changed while it was being encoded"
+
+
+def _cache_dirs(path: Path) -> list[Path]:
+    beside = path.parent / (path.name + ".charrnn-cache")
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn"
+    return list(dict.fromkeys([beside, data_dir() / "encoded" / key, user_cache / "encoded" / key]))
+
+
+def _may_write_under(directory: Path) -> bool:
+    """False for a folder whose nearest existing ancestor has no write bits.
+
+    Checked by mode bits, not os.access: root may write anywhere, but a folder
+    marked read-only (a shared data folder, say) is not ours to fill.
+    """
+    for folder in [directory, *directory.parents]:
+        if folder.exists():
+            return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
+    return False
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray]:
+    stamp = _stamp(path)
+    for directory in _cache_dirs(path):
+        hit = _read_cache(directory, stamp)
+        if hit is not None:
+            return hit
+    digest = None
+    for directory in _cache_dirs(path):
+        if not _may_write_under(directory):
+            continue
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            continue
+        digest = digest or _sha256(path)
+        for old in directory.glob("*.npy"):
+            if not old.name.startswith(digest[:16]):
+                old.unlink(missing_ok=True)
+        return _write_cache(directory, path, stamp, digest)
+    vocab, data, _ = _encode_file(path)  # nowhere writable: encode in memory
+    return vocab, data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_cache(directory: Path, stamp: dict):
+    meta_path = directory / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != CACHE_FORMAT or meta.get("stamp") != stamp:
+            return None
+        vocab = Vocab(tuple(meta["vocab"]))
+        data = np.load(directory / meta["array"], mmap_mode="r", allow_pickle=False)
+        if data.shape != (meta["characters"],) or data.dtype != vocab.dtype:
+            return None
+        return vocab, data
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return None
+
+
+def _write_cache(directory: Path, path: Path, stamp: dict, digest: str) -> tuple[Vocab, np.ndarray]:
+    vocab, count = _scan(path)
+    array_name = f"{digest[:16]}.npy"
+    final = directory / array_name
+    tmp = directory / f".tmp-{array_name}.{os.getpid()}"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(count,))
+    _fill(path, vocab, out)
+    out.flush()
+    del out
+    os.replace(tmp, final)
+    meta = {"format": CACHE_FORMAT, "stamp": stamp, "sha256": digest, "characters": count,
+            "array": array_name, "vocab": list(vocab.chars)}
+    write_text_atomic(directory / "meta.json", json.dumps(meta, ensure_ascii=False))
+    return vocab, np.load(final, mmap_mode="r", allow_pickle=False)
+
+
+__all__ = ["Corpus", "load_corpus", "corpus_from_text", "write_bytes_atomic"]

@@ -1,0 +1,18 @@
+"""The one exception type a user can cause.
+
+Anything the user can get wrong (a flag, a file, a checkpoint) raises
+`UserError`; the CLI prints its message as one line and exits with code 2.
+Everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3

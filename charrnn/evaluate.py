@@ -1,0 +1,42 @@
+"""Bits per character: the text read as one stream from a zero state.
+
+The first character is given; every later one is predicted from all before it,
+so the loss is the mean negative log-likelihood over N-1 predictions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+from .metrics import bits_per_char
+from .runner import Runner, log_softmax
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float        # nats per predicted character
+    characters: int    # predicted characters (text length - 1)
+
+    @property
+    def bpc(self) -> float:
+        return bits_per_char(self.loss)
+
+    def as_dict(self) -> dict:
+        return {"loss": self.loss, "bpc": self.bpc, "characters": self.characters}
+
+
+def evaluate_indices(runner: Runner, data: np.ndarray, chunk: int = 2048) -> Evaluation:
+    if len(data) < 2:
+        raise UserError("the text must have at least 2 characters to evaluate")
+    data = np.asarray(data, dtype=np.int64)
+    state = runner.zero_state(1)
+    total = 0.0
+    for start in range(0, len(data) - 1, chunk):
+        inputs = data[start : min(start + chunk, len(data) - 1)]
+        targets = data[start + 1 : start + 1 + len(inputs)]
+        logits, state = runner.feed(inputs[None, :], state)
+        logp = log_softmax(logits[0])                                   # (T, V)
+        total -= logp[np.arange(len(targets)), targets].sum()
+    return Evaluation(total / (len(data) - 1), len(data) - 1)

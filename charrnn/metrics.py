@@ -1,0 +1,78 @@
+"""metrics.jsonl (one JSON object per logged step) and loss.png drawn from it."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import List
+
+LN2 = math.log(2.0)
+
+
+def bits_per_char(nats: float) -> float:
+    return nats / LN2
+
+
+class MetricsLog:
+    """Append-only JSON lines. On resume, rows past the resumed iteration are dropped,
+    so the file tells one consistent history."""
+
+    def __init__(self, path: Path, resume_from_iter: int | None = None):
+        self.path = Path(path)
+        if resume_from_iter is None:
+            self.path.write_text("")
+        else:
+            kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_from_iter]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> List[dict]:
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
+    """Train and validation loss against iterations; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomic import write_bytes_atomic
+    import io
+
+    rows = read_metrics(metrics_path)
+    train = [(r["iter"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    val = [(r["iter"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", color="tab:orange")
+        best = min(val, key=lambda p: p[1])
+        ax.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(0, 8), ha="center")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (nats per character)")
+    ax.set_title(title or "charrnn training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes_atomic(Path(png_path), buffer.getvalue())

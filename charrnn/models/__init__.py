@@ -1,0 +1,36 @@
+"""The three engines behind one interface (see base.py), built by name."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import UserError
+
+
+def build_model(impl: str, config: ModelConfig, seed: int = 0, params=None, device=None,
+                dtype: str = "float32", script: bool = False):
+    """Build an engine by name. Only the naive engine is importable without torch."""
+    if impl == "naive":
+        from .naive import NaiveModel
+
+        return NaiveModel(config, params=params, dtype=np.dtype(dtype), seed=seed)
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
+    if impl == "scratch":
+        from .scratch import ScratchModel
+
+        model = ScratchModel(config, seed=seed, script=script)
+    elif impl == "library":
+        from .library import LibraryModel
+
+        model = LibraryModel(config, seed=seed)
+    else:
+        raise UserError(f"--impl {impl!r} is not one of naive, scratch, library")
+    model = model.to(dtype=getattr(torch, dtype))
+    if params is not None:
+        model.set_parameters(params)
+    if device is not None:
+        model = model.to(device)
+    return model

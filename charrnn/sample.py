@@ -1,0 +1,113 @@
+"""Sampling, layered: logits -> sample_next -> generate_indices -> generate.
+
+Order of the knobs in sample_next: logits are divided by the temperature,
+then top-k keeps the k largest, then top-p keeps the smallest set whose
+probability reaches p; the draw is one uniform number per row (inverse CDF),
+so a seed gives the same text on every run.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+from .errors import UserError
+from .runner import Runner, log_softmax
+from .vocab import Vocab, format_chars
+
+DEFAULT_START = "\n"
+
+
+def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
+    if not temperature > 0:
+        raise UserError(f"--temperature {temperature} must be positive; for the single most likely character use --greedy")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k {top_k} must be at least 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p {top_p} must be in (0, 1]")
+
+
+def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, rng: Optional[np.random.Generator] = None,
+                greedy: bool = False) -> np.ndarray:
+    """Draw one index per row of logits (B, V); returns (B,) ints."""
+    if greedy:
+        return logits.argmax(axis=-1)
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(log_softmax(z))
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-p, axis=-1)
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= top_p  # mass before this one already reaches p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        p = np.where(drop, 0.0, p)
+        p /= p.sum(axis=-1, keepdims=True)
+    rng = rng or np.random.default_rng()
+    u = rng.random(p.shape[0])[:, None]
+    cdf = np.cumsum(p, axis=-1)
+    return np.minimum((cdf < u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
+
+
+def prime_indices(vocab: Vocab, prime: str, unknown: str = "error") -> np.ndarray:
+    """Encode the prime; unknown characters are an error, or dropped with a warning (unknown='skip')."""
+    missing = vocab.unknown(prime)
+    if missing:
+        if unknown != "skip":
+            raise UserError(f"the prime has characters outside the model's vocabulary: {format_chars(missing)}; "
+                            "remove them or pass --unknown skip")
+        import sys
+
+        print(f"warning: dropping characters outside the vocabulary: {format_chars(missing)}", file=sys.stderr)
+        prime = "".join(c for c in prime if c in vocab)
+    if not prime:
+        prime = DEFAULT_START if DEFAULT_START in vocab else vocab.chars[0]
+    return vocab.encode(prime).astype(np.int64)
+
+
+def generate_indices(runner: Runner, prime: np.ndarray, length: int, num_samples: int = 1,
+                     temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                     greedy: bool = False, rng: Optional[np.random.Generator] = None) -> Iterator[np.ndarray]:
+    """Warm the state on the prime, then yield (num_samples,) indices, one step at a time."""
+    state = runner.zero_state(num_samples)
+    logits, state = runner.feed(np.tile(prime, (num_samples, 1)), state)
+    last = logits[:, -1]
+    for _ in range(length):
+        nxt = sample_next(last, temperature, top_k, top_p, rng, greedy)
+        yield nxt
+        logits, state = runner.feed(nxt[:, None], state)
+        last = logits[:, -1]
+
+
+def generate(model, vocab: Vocab, prime: str = "", length: int = 500, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+             rng: Optional[np.random.Generator] = None, num_samples: int = 1) -> str | List[str]:
+    """The prime followed by `length` generated characters (a list when num_samples > 1)."""
+    check_sampling(temperature, top_k, top_p)
+    idx = prime_indices(vocab, prime)
+    steps = list(generate_indices(Runner(model), idx, length, num_samples, temperature, top_k, top_p, greedy, rng))
+    columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)
+    texts = [prime + vocab.decode(row) for row in columns]
+    return texts[0] if num_samples == 1 else texts
+
+
+def beam_search(runner: Runner, prime: np.ndarray, length: int, beam: int) -> np.ndarray:
+    """The most likely continuation found keeping `beam` hypotheses; returns (length,) indices."""
+    state = runner.zero_state(1)
+    logits, state = runner.feed(prime[None, :], state)
+    scores = np.zeros(1)
+    sequences = np.zeros((1, 0), dtype=np.int64)
+    last = logits[:, -1]
+    for _ in range(length):
+        total = scores[:, None] + log_softmax(last)          # (K, V)
+        flat = np.argsort(-total, axis=None)[:beam]
+        rows, chars = np.divmod(flat, total.shape[1])
+        scores = total[rows, chars]
+        sequences = np.concatenate([sequences[rows], chars[:, None]], axis=1)
+        state = runner.select(state, rows)
+        logits, state = runner.feed(chars[:, None], state)
+        last = logits[:, -1]
+    return sequences[0]

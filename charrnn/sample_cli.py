@@ -1,0 +1,97 @@
+"""`charrnn sample` and `charrnn eval`: flags -> the Python API (api.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .config import IMPLS
+from .errors import UserError
+
+
+def _common(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    parser.add_argument("--impl", choices=IMPLS, default="library", help="engine to run (any engine reads any checkpoint)")
+    parser.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="torch engines only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a trained run")
+    _common(p)
+    p.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
+    p.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file")
+    p.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default 1.0)")
+    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after temperature)")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (after top-k)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely character (argmax)")
+    p.add_argument("--beam", type=int, help="beam search with this many hypotheses: the most likely continuation")
+    p.add_argument("--seed", type=int, help="make the output reproducible")
+    p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch")
+    p.add_argument("--unknown", choices=("error", "skip"), default="error", help="prime characters outside the vocabulary")
+    p.set_defaults(handler=cmd_sample)
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="loss and bits per character of a text")
+    _common(p)
+    p.add_argument("--data", required=True, help="a UTF-8 text file or a corpus name")
+    p.set_defaults(handler=cmd_eval)
+
+
+def cmd_sample(args) -> int:
+    from .api import load
+
+    if args.length < 0:
+        raise UserError(f"--length {args.length} must be non-negative")
+    prime = args.prime
+    if args.prime_file:
+        try:
+            prime = Path(args.prime_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read --prime-file {args.prime_file} ({getattr(e, 'strerror', None) or e}); give a UTF-8 text file") from None
+    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                   seed=args.seed, unknown=args.unknown)
+    if args.beam:
+        texts = [model.beam(prime, args.length, args.beam, unknown=args.unknown)]
+    elif args.num_samples == 1 and not args.json:
+        sys.stdout.write(prime)
+        for ch in model.stream(prime, args.length, **options):
+            sys.stdout.write(ch)
+            sys.stdout.flush()  # stream as it is generated
+        sys.stdout.write("\n")
+        return 0
+    else:
+        texts = model.sample(prime, args.length, num_samples=args.num_samples, **options)
+        texts = [texts] if isinstance(texts, str) else texts
+    if args.json:
+        print(json.dumps({"samples": texts, "prime": prime, "temperature": args.temperature, "seed": args.seed,
+                          "greedy": args.greedy, "top_k": args.top_k, "top_p": args.top_p}, ensure_ascii=False))
+    else:
+        print("\n\n".join(texts))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import load
+    from .dataset import load_corpus
+
+    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device)
+    corpus = load_corpus(args.data)
+    missing = [c for c in corpus.vocab.chars if c not in model.vocab]
+    if missing:
+        from .vocab import format_chars
+
+        raise UserError(f"{args.data} has characters outside the model's vocabulary: {format_chars(missing)}")
+    import numpy as np
+
+    table = np.array([model.vocab.chars.index(c) for c in corpus.vocab.chars], dtype=np.int64)
+    result = model.evaluate_indices(table[np.asarray(corpus.data)])
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters")
+    return 0

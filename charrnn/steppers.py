@@ -1,0 +1,190 @@
+"""One training step, for each kind of engine, behind one interface.
+
+The training loop never asks which engine it holds: it calls a Stepper.
+`TorchStepper` serves the scratch and library engines (autograd, torch.optim,
+optionally DDP); `NumpyStepper` serves the naive engine (hand-written
+backward, NumPy optimizers with torch.optim's exact semantics). States cross
+this boundary as NumPy arrays only when saved; inside the loop they stay in
+the engine's own array type.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+
+from .errors import UserError
+from .losses import cross_entropy
+
+
+class NumpyStepper:
+    """Training for the naive engine: forward_train -> shared loss -> backward -> clip -> step."""
+
+    def __init__(self, model, optimizer: str, lr: float, weight_decay: float, grad_clip: float, seed: int):
+        from .numpy_optim import make_optimizer
+
+        self.model = model
+        self.optimizer = make_optimizer(optimizer, model.params, lr, weight_decay)
+        self.grad_clip = grad_clip
+        self.rng = np.random.default_rng(seed)
+
+    def zero_state(self, batch_size: int):
+        return self.model.initial_state(batch_size)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+        from .numpy_optim import clip_grad_norm
+
+        self.model.train()
+        logits, new_state, cache = self.model.forward_train(x, state, self.rng)
+        loss, dlogits = cross_entropy(logits, y)
+        if not math.isfinite(loss):
+            return loss, new_state
+        grads, _ = self.model.backward(cache, dlogits)
+        if self.grad_clip > 0:
+            clip_grad_norm(grads, self.grad_clip)
+        self.optimizer.step(grads)
+        return loss, new_state
+
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+        """Mean loss of one window in eval mode (no dropout), and the carried state."""
+        self.model.eval()
+        logits, new_state = self.model.forward(x, state)
+        self.model.train()
+        return cross_entropy(logits, y)[0], new_state
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.lr = lr
+
+    def state_to_numpy(self, state) -> list:
+        return [np.asarray(s) for s in state]
+
+    def state_from_numpy(self, arrays: list) -> tuple:
+        return tuple(np.asarray(a, dtype=self.model.dtype) for a in arrays)
+
+    def optimizer_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        self.optimizer.load_state_dict(arrays, meta)
+
+    def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        return {}, {"numpy": self.rng.bit_generator.state}
+
+    def set_rng_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        self.rng.bit_generator.state = meta["numpy"]
+
+    def get_parameters(self) -> Dict[str, np.ndarray]:
+        return self.model.get_parameters()
+
+    def parameters_finite(self) -> bool:
+        return all(np.isfinite(p).all() for p in self.model.params.values())
+
+
+def cross_entropy_torch(logits, targets):
+    """Mean cross-entropy in nats per character; logits (B, T, V), targets (B, T)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+class TorchStepper:
+    """Training for the scratch and library engines, with optional DDP, bf16 autocast and compile."""
+
+    def __init__(self, model, optimizer: str, lr: float, weight_decay: float, grad_clip: float,
+                 device, bf16: bool = False, compile: bool = False, distributed: bool = False):
+        import torch
+
+        self.torch = torch
+        self.model = model  # the plain module: canonical names, never the compile/DDP wrapper
+        self.device = device
+        self.grad_clip = grad_clip
+        self.bf16 = bf16
+        runner = model
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.runner = torch.compile(runner) if compile else runner
+        params = list(model.parameters())
+        if optimizer == "adagrad":
+            self.optimizer = torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+        elif optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def _tensor(self, a: np.ndarray):
+        return self.torch.as_tensor(a, device=self.device)
+
+    def zero_state(self, batch_size: int):
+        return self.model.initial_state(batch_size)
+
+    def _forward(self, x, state):
+        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bf16):
+            return self.runner(self._tensor(x), state)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+        self.model.train()
+        logits, new_state = self._forward(x, state)
+        loss = cross_entropy_torch(logits, self._tensor(y))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        value = loss.item()
+        if math.isfinite(value):
+            self.optimizer.step()
+        return value, tuple(s.detach().to(self.model.head.weight.dtype) for s in new_state)
+
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+        self.model.eval()
+        with self.torch.no_grad():
+            logits, new_state = self._forward(x, state)
+            loss = cross_entropy_torch(logits, self._tensor(y)).item()
+        self.model.train()
+        return loss, tuple(s.to(self.model.head.weight.dtype) for s in new_state)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_to_numpy(self, state) -> list:
+        return [s.detach().float().cpu().numpy() for s in state]
+
+    def state_from_numpy(self, arrays: list) -> tuple:
+        dtype = self.model.head.weight.dtype
+        return tuple(self.torch.as_tensor(a).to(device=self.device, dtype=dtype) for a in arrays)
+
+    def optimizer_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        sd = self.optimizer.state_dict()
+        arrays, keys = {}, {}
+        for index, entries in sd["state"].items():
+            keys[str(index)] = sorted(entries)
+            for key, value in entries.items():
+                arrays[f"{index}/{key}"] = self.torch.as_tensor(value).detach().cpu().numpy()
+        return arrays, {"param_groups": sd["param_groups"], "keys": keys}
+
+    def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        try:
+            state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i, ks in meta["keys"].items()}
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); start a new run or resume with the same --optimizer") from None
+
+    def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        arrays = {"torch": self.torch.get_rng_state().numpy()}
+        if self.device.type == "cuda":
+            arrays["cuda"] = self.torch.cuda.get_rng_state(self.device).numpy()
+        return arrays, {}
+
+    def set_rng_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        self.torch.set_rng_state(self.torch.as_tensor(arrays["torch"]))
+        if self.device.type == "cuda" and "cuda" in arrays:
+            self.torch.cuda.set_rng_state(self.torch.as_tensor(arrays["cuda"]), self.device)
+
+    def get_parameters(self) -> Dict[str, np.ndarray]:
+        return self.model.get_parameters()
+
+    def parameters_finite(self) -> bool:
+        return all(bool(self.torch.isfinite(p).all()) for p in self.model.parameters())

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The main job, set-up included: train a small LSTM for about a minute on the CPU, then sample.
+# Uses tiny shakespeare (downloaded once and checksum-verified); with no internet it falls
+# back to `pystdlib`, the Python standard library's own sources, and says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+charrnn=".venv/bin/charrnn"
+data=tinyshakespeare
+if [ -z "${CHARRNN_DATA_DIR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
+  export CHARRNN_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
+if ! "$charrnn" info "$data" >/dev/null 2>/tmp/charrnn-quickstart.err; then
+  echo "quickstart: $(cat /tmp/charrnn-quickstart.err)" >&2
+  echo "quickstart: tiny shakespeare cannot be had here; training on the offline corpus 'pystdlib' instead" >&2
+  data=pystdlib
+fi
+out=${1:-runs/quickstart}
+"$charrnn" train --data "$data" --out "$out" --overwrite --cell lstm --layers 2 --hidden 256 \
+  --batch-size 32 --seq-len 100 --optimizer adamw --lr 3e-3 --schedule cosine --warmup-iters 20 \
+  --max-time 75 --eval-every 100
+echo
+echo "=== sample (temperature 0.8) ==="
+"$charrnn" sample --checkpoint "$out" --which best --prime "${PRIME:-}" --length 600 --temperature 0.8 --seed 1

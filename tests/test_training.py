@@ -1,0 +1,215 @@
+"""Training: truncated BPTT with carried state, exact resume, checkpoints, signals, metrics."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn.batching import make_streams
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.models import build_model
+from charrnn.train import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINES = ["naive", "scratch", "library"]
+
+
+def cli(args, cwd=None, timeout=300, **popen):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout, **popen)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
+    text = "\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(400))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SMALL = ["--hidden", 16, "--embed", 8, "--layers", 2, "--batch-size", 4, "--seq-len", 16, "--eval-every", 1000,
+         "--log-every", 5]
+
+
+def load_weights(run):
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(run) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("impl", ENGINES)
+def test_resume_equals_uninterrupted(impl, text_file, tmp_path):
+    """10 iterations + resume to 20 == 20 iterations straight, with dropout on (RNG state matters)."""
+    common = ["--impl", impl, "--data", text_file, *SMALL, "--dropout", 0.3, "--seed", 5]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli(["train", *common, "--out", straight, "--max-iters", 20]).returncode == 0
+    first = cli(["train", *common, "--out", split, "--max-iters", 10])
+    assert first.returncode == 0, first.stderr
+    resumed = cli(["train", "--data", text_file, "--out", split, "--max-iters", 20, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "iteration 10" in resumed.stdout
+    a, b = load_weights(straight), load_weights(split)
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6
+    # and dropout really was on: a run without it ends elsewhere
+    other = tmp_path / "nodrop"
+    assert cli(["train", *common[:-4], "--seed", 5, "--dropout", 0.0, "--out", other, "--max-iters", 20]).returncode == 0
+    c = load_weights(other)
+    assert max(float(np.abs(a[k] - c[k]).max()) for k in a) > 1e-4
+
+
+class RecordingStepper:
+    """Wraps a stepper and records the state each window starts from and ends with."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def train_step(self, x, y, state):
+        loss, new_state = self.inner.train_step(x, y, state)
+        self.calls.append((x.copy(), [s.detach().numpy().copy() for s in state], [s.detach().numpy().copy() for s in new_state]))
+        return loss, new_state
+
+
+def test_state_carries_between_windows_and_resets_each_epoch(tmp_path):
+    import torch
+
+    from charrnn.steppers import TorchStepper
+
+    data = np.random.default_rng(1).integers(0, 7, size=4 * 50 + 1).astype(np.uint8)
+    streams = make_streams(data, batch_size=4, seq_len=10)          # 5 windows per epoch
+    cfg = TrainConfig(max_iters=12, eval_every=1000, log_every=1000, out=str(tmp_path))
+    model = build_model("library", ModelConfig(vocab_size=7, cell="lstm", layers=2, hidden=8, embed=4))
+    stepper = RecordingStepper(TorchStepper(model, "adam", 1e-2, 0.0, 5.0, torch.device("cpu")))
+    Trainer(cfg, stepper, streams, None, tmp_path, log=lambda m: None).run()
+    calls = stepper.calls
+    assert len(calls) == 12
+    for k, (x, start, _) in enumerate(calls):
+        if k % streams.num_windows == 0:
+            assert all(np.all(s == 0) for s in start), f"window {k} should start an epoch from zeros"
+        else:
+            previous_end = calls[k - 1][2]
+            assert all(np.array_equal(a, b) for a, b in zip(start, previous_end)), f"window {k} lost the carried state"
+            assert any(np.abs(s).max() > 0 for s in start)
+        np.testing.assert_array_equal(x, streams.window(k % streams.num_windows)[0])
+
+
+def test_metrics_plot_and_checkpoint_files(text_file, tmp_path):
+    out = tmp_path / "run"
+    r = cli(["train", "--data", text_file, "--out", out, *SMALL[:-4], "--eval-every", 10, "--log-every", 5,
+             "--max-iters", 20, "--optimizer", "adagrad", "--lr", 0.1, "--lr-decay", 0.5,
+             "--batch-size", 32, "--seq-len", 64])  # about 7 windows per epoch: the decay shows
+    assert r.returncode == 0, r.stderr
+    assert "Total" in r.stdout and "unique tokens." in r.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train_loss" in r]
+    val_rows = [r for r in rows if "val_loss" in r]
+    assert [r["iter"] for r in train_rows] == [5, 10, 15, 20]
+    for row in train_rows:
+        assert {"iter", "epoch", "train_loss", "lr", "chars_per_sec", "elapsed_s"} <= row.keys()
+        assert row["chars_per_sec"] > 0
+    assert [r["iter"] for r in val_rows] == [10, 20]
+    for row in val_rows:
+        assert math.isclose(row["val_bpc"], row["val_loss"] / math.log(2), rel_tol=1e-3)
+    # lr = lr0 * decay ** epoch: the epoch is the integer part of the row's epoch at the step's start
+    assert train_rows[-1]["epoch"] >= 2
+    for row in train_rows:
+        epoch_at_step = math.floor(row["epoch"] - 1e-9) if row["epoch"] == int(row["epoch"]) else int(row["epoch"])
+        assert math.isclose(row["lr"], 0.1 * 0.5 ** epoch_at_step, rel_tol=1e-9)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("config.json", "vocab.json", "model.safetensors", "best.safetensors", "resume.safetensors"):
+        assert (out / name).is_file()
+    assert not list(out.glob(".tmp-*"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["hidden"] == 16 and config["train"]["optimizer"] == "adagrad"
+
+
+def test_existing_run_is_not_overwritten_without_flag(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2]).returncode == 0
+    before = (out / "model.safetensors").read_bytes()
+    r = cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2])
+    assert r.returncode == 2 and "--resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_a_changed_model_shape(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2]).returncode == 0
+    r = cli(["train", "--data", text_file, "--out", out, "--resume", "--hidden", 32])
+    assert r.returncode == 2 and "--hidden" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_a_checkpoint_and_exits_zero(sig, text_file, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "--data", str(text_file), "--out", str(out),
+                             *map(str, SMALL), "--max-iters", "100000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "saving a checkpoint" in stderr
+    meta = json.loads(json.dumps(__import__("charrnn.checkpoint", fromlist=["x"]).read_safetensors(out / "resume.safetensors")[1]))
+    iteration = meta["progress"]["iteration"]
+    assert iteration >= 5
+    r = cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", iteration + 3])
+    assert r.returncode == 0 and f"iteration {iteration}" in r.stdout
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 3]).returncode == 0
+    good = (out / "model.safetensors").read_bytes()
+    r = cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", 400, "--lr", 1e30,
+             "--grad-clip", 0, "--eval-every", 2])
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "iteration" in last and "--lr" in last and "Traceback" not in r.stderr
+    from charrnn.checkpoint import load_run
+
+    _, _, params = load_run(out)  # still loadable, and finite
+    assert all(np.isfinite(v).all() for v in params.values())
+    assert (out / "model.safetensors").read_bytes() == good or all(np.isfinite(v).all() for v in params.values())
+
+
+def test_init_from_fine_tunes_and_rejects_new_characters(text_file, tmp_path):
+    base = tmp_path / "base"
+    assert cli(["train", "--data", text_file, "--out", base, *SMALL, "--max-iters", 4]).returncode == 0
+    subset = tmp_path / "subset.txt"
+    subset.write_text(text_file.read_text()[:3000], encoding="utf-8")
+    tuned = tmp_path / "tuned"
+    r = cli(["train", "--data", subset, "--out", tuned, "--init-from", base, "--max-iters", 2, "--batch-size", 4,
+             "--seq-len", 16, "--eval-every", 1000])
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tuned / "vocab.json").read_text()) == json.loads((base / "vocab.json").read_text())
+    alien = tmp_path / "alien.txt"
+    alien.write_text(text_file.read_text()[:3000] + "ZQ§", encoding="utf-8")
+    r = cli(["train", "--data", alien, "--out", tmp_path / "x", "--init-from", base, "--max-iters", 2])
+    assert r.returncode == 2 and "'Z'" in r.stderr and "'§'" in r.stderr
+
+
+def test_naive_engine_rejects_options_it_cannot_honour(text_file, tmp_path):
+    r = cli(["train", "--impl", "naive", "--data", text_file, "--out", tmp_path / "r", "--compile"])
+    assert r.returncode == 2 and "--compile" in r.stderr
+    r = cli(["train", "--impl", "naive", "--data", text_file, "--out", tmp_path / "r", "--device", "cuda"])
+    assert r.returncode == 2 and "naive" in r.stderr
