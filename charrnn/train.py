@@ -117,8 +117,7 @@ class Trainer:
             window_losses.append(loss)
             iters_since += 1
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=p.epoch, loss=f"{loss:.3f}", refresh=False)
+                self._update_bar(bar, loss, time.perf_counter() - window_started, iters_since)
             evaluate_now = p.iteration % cfg.eval_every == 0
             if p.iteration % cfg.log_every == 0 or evaluate_now or self.finished():
                 seconds = time.perf_counter() - window_started
@@ -153,6 +152,15 @@ class Trainer:
         elif self.epochs is not None:
             total = int(self.epochs * self.train.num_windows)
         return tqdm(total=total, initial=self.progress.iteration, unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def _update_bar(self, bar, loss: float, seconds: float, iters: int) -> None:
+        p = self.progress
+        postfix = {"epoch": p.epoch, "loss": f"{loss:.3f}",
+                   "chars/s": f"{iters * self.chars_per_iter / max(seconds, 1e-9):,.0f}"}
+        if bar.total is None and self.cfg.max_time:  # a time budget: the bar cannot know the ETA itself
+            postfix["left"] = f"{max(0.0, self.cfg.max_time - p.elapsed):.0f}s"
+        bar.update(1)
+        bar.set_postfix(postfix, refresh=False)
 
     def _log_row(self, train_loss: float, lr: float, chars_per_sec: float) -> None:
         p = self.progress
