@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu"):
-    """Load a trained run for sampling and evaluation; see charrnn.api.Generator."""
+    """Load a trained run for sampling and evaluation; see charrnn.api.TrainedModel."""
     from .api import load as _load
 
     return _load(run_dir, impl=impl, which=which, device=device)

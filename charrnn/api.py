@@ -17,7 +17,7 @@ from .config import IMPLS
 from .errors import UserError
 from .evaluate import Evaluation, evaluate_indices
 from .runner import Runner
-from .sample import beam_search, check_sampling, generate_indices, prime_indices
+from .sample import beam_search, check_sampling, clean_prime, generate_indices, prime_indices
 
 
 class TrainedModel:
@@ -35,44 +35,61 @@ class TrainedModel:
         if impl != "naive":
             from .devices import resolve_device
 
-            torch_device = resolve_device(device, impl)
+            try:
+                torch_device = resolve_device(device, impl)
+            except ImportError:  # resolve_device imports torch; say so as build_model would
+                raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
         self.model = build_model(impl, self.config, params=params, device=torch_device,
                                  dtype="float64" if impl == "naive" else "float32")
         self.runner = Runner(self.model)
 
+    def prime(self, prime: str = "", unknown: str = "error") -> str:
+        """The prime as sampling uses it and prints it: unknown characters raise UserError,
+        or are dropped with a warning on stderr when unknown='skip'."""
+        return clean_prime(self.vocab, prime, unknown)
+
     def stream(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, greedy: bool = False, seed: Optional[int] = None,
                unknown: str = "error") -> Iterator[str]:
-        """Yield generated characters one at a time (the prime itself is not yielded)."""
+        """Yield `length` generated characters one at a time (the prime itself is not yielded).
+
+        Arguments are checked here, before the first character, so a bad one raises at the
+        call rather than in the middle of a loop that may already have printed the prime.
+        """
         check_sampling(temperature, top_k, top_p)
+        _check_length(length)
         idx = prime_indices(self.vocab, prime, unknown)
-        rng = np.random.default_rng(seed)
-        for step in generate_indices(self.runner, idx, length, 1, temperature, top_k, top_p, greedy, rng):
-            yield self.vocab.chars[int(step[0])]
+        steps = generate_indices(self.runner, idx, length, 1, temperature, top_k, top_p, greedy,
+                                 np.random.default_rng(seed))
+        return (self.vocab.chars[int(step[0])] for step in steps)
 
     def sample(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, greedy: bool = False, seed: Optional[int] = None,
                num_samples: int = 1, unknown: str = "error") -> Union[str, List[str]]:
-        """The prime followed by `length` characters; a list of num_samples texts when num_samples > 1."""
+        """The (cleaned) prime followed by `length` characters; a list of num_samples texts when num_samples > 1."""
         check_sampling(temperature, top_k, top_p)
+        _check_length(length)
         if num_samples < 1:
             raise UserError(f"--num-samples {num_samples} must be at least 1")
-        idx = prime_indices(self.vocab, prime, unknown)
-        prime = self.vocab.decode(idx) if prime else ""
+        prime = self.prime(prime, unknown)
+        idx = prime_indices(self.vocab, prime)
         rng = np.random.default_rng(seed)
         steps = list(generate_indices(self.runner, idx, length, num_samples, temperature, top_k, top_p, greedy, rng))
-        columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)
+        columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)  # (N, length)
         texts = [prime + self.vocab.decode(row) for row in columns]
         return texts[0] if num_samples == 1 else texts
 
     def beam(self, prime: str = "", length: int = 100, beam: int = 5, unknown: str = "error") -> str:
-        """The most likely continuation by beam search, after the prime."""
+        """The (cleaned) prime followed by the most likely continuation that beam search finds."""
         if beam < 1:
             raise UserError(f"--beam {beam} must be at least 1")
-        idx = prime_indices(self.vocab, prime, unknown)
-        return (self.vocab.decode(idx) if prime else "") + self.vocab.decode(beam_search(self.runner, idx, length, beam))
+        _check_length(length)
+        prime = self.prime(prime, unknown)
+        idx = prime_indices(self.vocab, prime)
+        return prime + self.vocab.decode(beam_search(self.runner, idx, length, beam))
 
     def evaluate(self, text: str) -> Evaluation:
+        """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream."""
         missing = self.vocab.unknown(text)
         if missing:
             from .vocab import format_chars
@@ -81,7 +98,13 @@ class TrainedModel:
         return evaluate_indices(self.runner, self.vocab.encode(text))
 
     def evaluate_indices(self, data: np.ndarray) -> Evaluation:
+        """As `evaluate`, for text already encoded with this model's vocabulary."""
         return evaluate_indices(self.runner, data)
+
+
+def _check_length(length: int) -> None:
+    if length < 0:
+        raise UserError(f"--length {length} must be non-negative")
 
 
 def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu") -> TrainedModel:

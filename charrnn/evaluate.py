@@ -28,6 +28,7 @@ class Evaluation:
 
 
 def evaluate_indices(runner: Runner, data: np.ndarray, chunk: int = 2048) -> Evaluation:
+    """Mean NLL of data[1:] given everything before, data (N,) ints; chunks of `chunk` steps, state carried."""
     if len(data) < 2:
         raise UserError("the text must have at least 2 characters to evaluate")
     data = np.asarray(data, dtype=np.int64)
@@ -39,4 +40,4 @@ def evaluate_indices(runner: Runner, data: np.ndarray, chunk: int = 2048) -> Eva
         logits, state = runner.feed(inputs[None, :], state)
         logp = log_softmax(logits[0])                                   # (T, V)
         total -= logp[np.arange(len(targets)), targets].sum()
-    return Evaluation(total / (len(data) - 1), len(data) - 1)
+    return Evaluation(float(total / (len(data) - 1)), len(data) - 1)

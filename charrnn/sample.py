@@ -30,7 +30,12 @@ def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[flo
 def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: Optional[int] = None,
                 top_p: Optional[float] = None, rng: Optional[np.random.Generator] = None,
                 greedy: bool = False) -> np.ndarray:
-    """Draw one index per row of logits (B, V); returns (B,) ints."""
+    """Draw one index per row of logits (B, V); returns (B,) ints.
+
+    greedy takes the argmax and ignores the other knobs. Otherwise: logits / temperature,
+    keep the top_k largest (ties at the k-th value are all kept), keep the smallest set
+    whose probability reaches top_p, renormalize, draw with one `rng.random` per row.
+    """
     if greedy:
         return logits.argmax(axis=-1)
     z = np.asarray(logits, dtype=np.float64) / temperature
@@ -47,13 +52,17 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: Optional[in
         p = np.where(drop, 0.0, p)
         p /= p.sum(axis=-1, keepdims=True)
     rng = rng or np.random.default_rng()
-    u = rng.random(p.shape[0])[:, None]
-    cdf = np.cumsum(p, axis=-1)
-    return np.minimum((cdf < u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
+    u = rng.random(p.shape[0])[:, None]                     # (B, 1) in [0, 1)
+    cdf = np.cumsum(p, axis=-1)                             # (B, V)
+    # the first index whose cdf exceeds u: `<=` (not `<`) so u = 0 can never pick a
+    # leading character that top-k or top-p removed (probability 0, so cdf 0)
+    return np.minimum((cdf <= u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
 
 
-def prime_indices(vocab: Vocab, prime: str, unknown: str = "error") -> np.ndarray:
-    """Encode the prime; unknown characters are an error, or dropped with a warning (unknown='skip')."""
+def clean_prime(vocab: Vocab, prime: str, unknown: str = "error") -> str:
+    """The prime as it will be used: unknown characters are an error, or dropped with a warning (unknown='skip')."""
+    if unknown not in ("error", "skip"):
+        raise UserError(f"--unknown {unknown!r} is not one of error, skip")
     missing = vocab.unknown(prime)
     if missing:
         if unknown != "skip":
@@ -63,6 +72,12 @@ def prime_indices(vocab: Vocab, prime: str, unknown: str = "error") -> np.ndarra
 
         print(f"warning: dropping characters outside the vocabulary: {format_chars(missing)}", file=sys.stderr)
         prime = "".join(c for c in prime if c in vocab)
+    return prime
+
+
+def prime_indices(vocab: Vocab, prime: str, unknown: str = "error") -> np.ndarray:
+    """Encode the (cleaned) prime; an empty prime becomes a newline, the start the model knows best."""
+    prime = clean_prime(vocab, prime, unknown)
     if not prime:
         prime = DEFAULT_START if DEFAULT_START in vocab else vocab.chars[0]
     return vocab.encode(prime).astype(np.int64)

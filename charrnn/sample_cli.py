@@ -20,8 +20,9 @@ def _common(parser) -> None:
 def add_sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a trained run")
     _common(p)
-    p.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
-    p.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file")
+    primes = p.add_mutually_exclusive_group()
+    primes.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
+    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file")
     p.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
     p.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default 1.0)")
     p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after temperature)")
@@ -46,6 +47,8 @@ def cmd_sample(args) -> int:
 
     if args.length < 0:
         raise UserError(f"--length {args.length} must be non-negative")
+    if args.beam is not None and args.beam < 1:
+        raise UserError(f"--beam {args.beam} must be at least 1")
     prime = args.prime
     if args.prime_file:
         try:
@@ -53,13 +56,14 @@ def cmd_sample(args) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --prime-file {args.prime_file} ({getattr(e, 'strerror', None) or e}); give a UTF-8 text file") from None
     model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device)
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
-                   seed=args.seed, unknown=args.unknown)
-    if args.beam:
-        texts = [model.beam(prime, args.length, args.beam, unknown=args.unknown)]
+    prime = model.prime(prime, args.unknown)  # checked (and cleaned) before anything is printed
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    if args.beam is not None:
+        texts = [model.beam(prime, args.length, args.beam)]
     elif args.num_samples == 1 and not args.json:
+        characters = model.stream(prime, args.length, **options)  # raises here on a bad option
         sys.stdout.write(prime)
-        for ch in model.stream(prime, args.length, **options):
+        for ch in characters:
             sys.stdout.write(ch)
             sys.stdout.flush()  # stream as it is generated
         sys.stdout.write("\n")
@@ -69,7 +73,8 @@ def cmd_sample(args) -> int:
         texts = [texts] if isinstance(texts, str) else texts
     if args.json:
         print(json.dumps({"samples": texts, "prime": prime, "temperature": args.temperature, "seed": args.seed,
-                          "greedy": args.greedy, "top_k": args.top_k, "top_p": args.top_p}, ensure_ascii=False))
+                          "greedy": args.greedy, "top_k": args.top_k, "top_p": args.top_p,
+                          "beam": args.beam}, ensure_ascii=False))
     else:
         print("\n\n".join(texts))
     return 0
