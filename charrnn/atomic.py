@@ -17,6 +17,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; a checkpoint gets the mode any new file would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -42,6 +43,16 @@ def remove_stale_temporaries(directory: Path) -> None:
             p.unlink()
         except OSError:
             pass
+
+
+def _mode_for(path: Path) -> int:
+    """The target's current mode, else what open() would give a new file under this umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -16,6 +16,7 @@ pair the weights of one iteration with the optimizer of another.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -24,10 +25,12 @@ import numpy as np
 from .atomic import write_bytes_atomic, write_text_atomic
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import UserError
-from .models.base import check_parameters
+from .models.base import check_parameters, state_size
 from .vocab import Vocab
 
 FORMAT = "charrnn-run/1"
+PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
+PROGRESS_VALUES = ("elapsed", "best_val", "last_val")    # numbers (the last two may be null)
 WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
 RESUME = "resume.safetensors"
 
@@ -124,3 +127,41 @@ def load_run(run_dir: Path, which: str = "latest") -> Tuple[ModelConfig, Vocab, 
     model, _ = load_run_config(run_dir)
     vocab = load_vocab(run_dir, model)
     return model, vocab, load_weights(weights_path(run_dir, which), model)
+
+
+def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, path: Path) -> None:
+    """Raise UserError unless resume.safetensors fits `model` before any of it is used.
+
+    Checks the weights (names, shapes, float, finite), that the optimizer and carried
+    state are finite floats, the states' (L, B, H) shapes, and the counters' types.
+    The engine-specific layout of the optimizer and RNG is left to the stepper.
+    """
+    where = str(path)
+    check_parameters(model, {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}, where)
+    for key, value in arrays.items():
+        if key.startswith(("optim/", "state/")) and (value.dtype.kind != "f" or not np.all(np.isfinite(value))):
+            raise UserError(f"{where}: {key} is not finite floating point; the checkpoint is damaged")
+    states = sorted(k for k in arrays if k.startswith("state/"))
+    if states != [f"state/{i}" for i in range(state_size(model.cell))]:
+        raise UserError(f"{where} carries states {states or 'none'}, not those of a {model.cell}; the checkpoint is damaged")
+    for key in states:
+        shape = arrays[key].shape
+        if len(shape) != 3 or shape[0] != model.layers or shape[2] != model.hidden or shape[1] < 1:
+            raise UserError(f"{where}: {key} has shape {list(shape)}, expected [{model.layers}, B, {model.hidden}]; "
+                            "the checkpoint is damaged or from another run")
+    _check_progress(meta.get("progress"), where)
+
+
+def _check_progress(progress, where: str) -> None:
+    """The counters Trainer.Progress is built from (unknown keys are left to it to refuse)."""
+    if not isinstance(progress, dict) or not set(PROGRESS_COUNTS) <= set(progress):
+        raise UserError(f"{where} lacks the trainer's counters; it is damaged or from another program")
+    for key in PROGRESS_COUNTS:
+        value = progress[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{where}: progress {key} is {value!r}, not a count; the checkpoint is damaged")
+    for key in (k for k in PROGRESS_VALUES if k in progress):
+        value = progress[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        if not (number or (value is None and key != "elapsed")) or (key == "elapsed" and not 0 <= value < math.inf):
+            raise UserError(f"{where}: progress {key} is {value!r}, not a number; the checkpoint is damaged")

@@ -1,10 +1,13 @@
 """metrics.jsonl (one JSON object per logged step) and loss.png drawn from it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 from typing import List
+
+from .errors import UserError
 
 LN2 = math.log(2.0)
 
@@ -18,16 +21,25 @@ class MetricsLog:
     so the file tells one consistent history."""
 
     def __init__(self, path: Path, resume_from_iter: int | None = None):
+        from .atomic import write_text_atomic  # a kill while rewriting must not lose the history
+
         self.path = Path(path)
-        if resume_from_iter is None:
-            self.path.write_text("")
-        else:
-            kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_from_iter]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        kept = [] if resume_from_iter is None else [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_from_iter]
+        with self._reporting_errors():
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
+        with self._reporting_errors(), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+    @contextlib.contextmanager
+    def _reporting_errors(self):
+        """A full disk or a read-only folder is the user's to fix: one line, not a traceback."""
+        try:
+            yield
+        except OSError as e:
+            raise UserError(f"cannot write a checkpoint in {self.path.parent} ({self.path.name}: {e.strerror or e}); "
+                            "free space or fix permissions, then --resume: the previous checkpoint is intact") from None
 
 
 def read_metrics(path: Path) -> List[dict]:

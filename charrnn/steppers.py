@@ -168,8 +168,13 @@ class TorchStepper:
     def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
         try:
             state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i, ks in meta["keys"].items()}
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            for i, entries in state.items():  # torch checks no shapes here; a mismatch would fail mid-step
+                for k, v in entries.items():
+                    if k != "step" and v.shape != params[i].shape:
+                        raise ValueError(f"{i}/{k} has shape {list(v.shape)}, expected {list(params[i].shape)}")
             self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
             raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); start a new run or resume with the same --optimizer") from None
 
     def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:

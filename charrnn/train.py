@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .batching import Streams
-from .checkpoint import RESUME, WEIGHTS, read_safetensors, save_weights, write_safetensors
+from .checkpoint import RESUME, WEIGHTS, check_resume, read_safetensors, save_weights, write_safetensors
 from .config import TrainConfig
 from .errors import TrainingDiverged, UserError
 from .metrics import MetricsLog, bits_per_char, plot_losses
@@ -49,11 +49,16 @@ def learning_rate(cfg: TrainConfig, lr0: float, progress: Progress, fraction_don
 class Trainer:
     def __init__(self, cfg: TrainConfig, stepper, train: Streams, val: Optional[Streams], run_dir: Path,
                  is_main: bool = True, reduce_sum: Callable[[list], list] = lambda v: v,
-                 gather_state: Callable[[list], list] = lambda s: s, sampler: Optional[Callable] = None,
+                 reduce_max: Callable[[list], list] = lambda v: v,
+                 gather_state: Callable[[list], list] = lambda s: s, shard: Optional[tuple] = None,
+                 sampler: Optional[Callable] = None,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)):
+        """Under torchrun, `train` and `val` are this process's streams; `shard` = (start, stop, total)
+        places them in the global batch; the reducers are collectives (devices.make_reducers)."""
         self.cfg, self.stepper, self.train, self.val = cfg, stepper, train, val
         self.run_dir = Path(run_dir)
-        self.is_main, self.reduce_sum, self.gather_state = is_main, reduce_sum, gather_state
+        self.is_main, self.reduce_sum, self.reduce_max, self.gather_state = is_main, reduce_sum, reduce_max, gather_state
+        self.shard = shard or (0, train.batch_size, train.batch_size)
         self.sampler, self.log = sampler, log
         self.progress = Progress()
         self.state = stepper.zero_state(train.batch_size)
@@ -99,7 +104,8 @@ class Trainer:
         started, window_losses, window_started, iters_since = time.perf_counter(), [], time.perf_counter(), 0
         base_elapsed, last_saved = p.elapsed, None
         bar = self._progress_bar()
-        while not self.finished() and not self.stop_requested:
+        stopping = self._agree_to_stop(p.elapsed)
+        while not self.finished() and not stopping:
             lr = learning_rate(cfg, self.lr0, p, self.fraction_done())
             self.stepper.set_lr(lr)
             x, y = self.train.window(p.window)
@@ -113,7 +119,7 @@ class Trainer:
             if p.window == self.train.num_windows:  # epoch boundary: the seed resets the state
                 p.epoch, p.window = p.epoch + 1, 0
                 self.state = self.stepper.zero_state(self.train.batch_size)
-            p.elapsed = base_elapsed + time.perf_counter() - started
+            stopping = self._agree_to_stop(base_elapsed + time.perf_counter() - started)
             window_losses.append(loss)
             iters_since += 1
             if bar is not None:
@@ -135,11 +141,23 @@ class Trainer:
                 window_started = time.perf_counter()
         if bar is not None:
             bar.close()
-        if self.stop_requested:
-            self.log(f"{self.stop_requested}: saving a checkpoint at iteration {p.iteration}")
+        if stopping and self.is_main:
+            self.log(f"{stopping}: saving a checkpoint at iteration {p.iteration}")
         if last_saved != p.iteration:
             self.validate_and_save()
         return p
+
+    def _agree_to_stop(self, elapsed: float) -> Optional[str]:
+        """Set the run's clock and say whether to stop, the same on every process.
+
+        Under torchrun each process has its own clock and its own signals; one
+        stopping alone would leave the others waiting in a collective forever.
+        So all take the slowest clock and stop if any was asked to.
+        """
+        self.progress.elapsed, asked = self.reduce_max([elapsed, 1.0 if self.stop_requested else 0.0])
+        if not asked:
+            return None
+        return self.stop_requested or "another process was asked to stop"
 
     def _progress_bar(self):
         if not (self.is_main and sys.stderr.isatty()):
@@ -237,6 +255,10 @@ class Trainer:
     def restore(self) -> None:
         """Load resume.safetensors: weights, optimizer, carried state, RNG and counters."""
         arrays, meta = read_safetensors(self.run_dir / RESUME)
+        check_resume(arrays, meta, self.stepper.model.config, self.run_dir / RESUME)
+        if meta.get("optimizer_name") != self.cfg.resolved_optimizer:
+            raise UserError(f"the run in {self.run_dir} was trained with --optimizer {meta.get('optimizer_name')}, not "
+                            f"{self.cfg.resolved_optimizer}; resume it with the same --optimizer and --impl")
         try:
             params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
             self.stepper.model.set_parameters(params)
@@ -245,8 +267,9 @@ class Trainer:
             progress = meta["progress"]
             self.progress = Progress(**progress)
             states = [arrays[f"state/{i}"] for i in range(len([k for k in arrays if k.startswith("state/")]))]
-        except (KeyError, TypeError) as e:
-            raise UserError(f"{self.run_dir / RESUME} lacks {e}; it is damaged or from another program") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{self.run_dir / RESUME} does not fit this run ({type(e).__name__}: {e}); "
+                            "it is damaged or from another program") from None
         self.progress.best_val = math.inf if self.progress.best_val is None else self.progress.best_val
         self.state = self._reshard_state(states)
         if self.progress.window >= self.train.num_windows:
@@ -256,13 +279,12 @@ class Trainer:
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_from_iter=self.progress.iteration)
 
     def _reshard_state(self, states: list):
-        """The saved state holds every stream of the global batch; keep this process's share."""
-        B = self.train.batch_size
-        if not states or states[0].shape[1] == B:
-            return self.stepper.state_from_numpy(states) if states else self.stepper.zero_state(B)
-        total = states[0].shape[1]
-        rank_rows = getattr(self, "rank_rows", None)
-        if rank_rows is None or total != rank_rows[2]:
-            raise UserError(f"the checkpoint carries {total} streams but this run has --batch-size {B}; resume with the same --batch-size")
-        start, stop, _ = rank_rows
+        """The saved state holds every stream of the global batch, whatever the number of processes
+        that saved it; keep this process's share."""
+        start, stop, total = self.shard
+        if not states:
+            return self.stepper.zero_state(self.train.batch_size)
+        if states[0].shape[1] != total:
+            raise UserError(f"the checkpoint carries {states[0].shape[1]} streams but this run has --batch-size {total}; "
+                            "resume with the same --batch-size")
         return self.stepper.state_from_numpy([s[:, start:stop] for s in states])

@@ -2,6 +2,11 @@
 
 Flag precedence: explicit flags > --preset > defaults. With --resume the run's
 saved settings replace the defaults; its model shape cannot change.
+
+Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) every process
+runs this same command: --batch-size is the global batch, each process trains
+its contiguous share of the streams through DistributedDataParallel, and only
+rank 0 prints progress and writes the run directory.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from .batching import make_streams, split_train_val, validation_streams
 from .checkpoint import RESUME, load_run, load_run_config, save_run_config
 from .config import ModelConfig, TrainConfig, from_dict
 from .dataset import Corpus, load_corpus
-from .devices import init_distributed, make_reducers, resolve_device, world_from_env
+from .devices import close_distributed, init_distributed, make_reducers, resolve_device, world_from_env
 from .errors import UserError
 from .presets import preset_values
 from .vocab import format_chars
@@ -59,34 +64,8 @@ def run_train(args: dict) -> int:
     train_cfg, model_flags = build_configs(given)
     world = world_from_env()
     out = Path(train_cfg.out)
-    if not train_cfg.resume and (out / RESUME).exists() and not args.get("overwrite"):
-        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out")
-    if train_cfg.impl == "naive":
-        for flag, on in (("--bf16", train_cfg.bf16), ("--compile", train_cfg.compile), ("torchrun", world.distributed)):
-            if on:
-                raise UserError(f"--impl naive does not support {flag}; use --impl library or scratch")
-    if train_cfg.bf16 and train_cfg.device not in ("auto", "cuda"):
-        raise UserError("--bf16 needs CUDA; drop it on the CPU")
-
-    corpus = load_corpus(train_cfg.data)
-    if world.is_main:
-        print(corpus.summary(), flush=True)
-    vocab, data = corpus.vocab, corpus.data
-    init_params = None
-    if train_cfg.init_from and not train_cfg.resume:
-        init_model, vocab, init_params = load_run(Path(train_cfg.init_from), "latest")
-        data = _remap_to_vocab(corpus, vocab)
-        for key in MODEL_KEYS - {"vocab_size", "dropout"}:
-            if key in model_flags and model_flags[key] != getattr(init_model, key):
-                raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
-        model_flags = {**dataclasses.asdict(init_model), "dropout": model_flags.get("dropout", init_model.dropout)}
-    elif train_cfg.resume:
-        from .checkpoint import load_vocab
-
-        vocab = load_vocab(out, ModelConfig(**model_flags))
-        if vocab != corpus.vocab:
-            data = _remap_to_vocab(corpus, vocab)
-    model_cfg = ModelConfig(**{**model_flags, "vocab_size": len(vocab)})
+    _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
+    model_cfg, vocab, data, init_params = _load_text(train_cfg, model_flags, world, out)
 
     train_data, val_data = split_train_val(data, train_cfg.val_frac)
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
@@ -95,41 +74,95 @@ def run_train(args: dict) -> int:
         print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
 
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
-    if world.distributed:
-        init_distributed(world, device)
-        train_streams = train_streams.shard(world.rank, world.size)
-        val_streams = val_streams.shard(world.rank, world.size) if val_streams else None
-    stepper = _make_stepper(train_cfg, model_cfg, device, world, init_params)
+    if not world.distributed:
+        return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world)
+    init_distributed(world, device)
+    try:  # each process trains on its own contiguous share of the streams
+        return _train(train_cfg, model_cfg, vocab, init_params, train_streams.shard(world.rank, world.size),
+                      val_streams.shard(world.rank, world.size) if val_streams else None, device, world)
+    finally:
+        close_distributed()
 
+
+def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
+    """Refuse what cannot work before any work is done, so under torchrun every process fails alike."""
+    if not cfg.resume and (out / RESUME).exists() and not overwrite:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+    if cfg.impl == "naive":
+        for flag, on in (("--bf16", cfg.bf16), ("--compile", cfg.compile)):
+            if on:
+                raise UserError(f"--impl naive does not support {flag}; use --impl library or scratch")
+        if world.distributed:
+            raise UserError(f"--impl naive cannot train under torchrun ({world.size} processes); "
+                            "use --impl library or scratch, or run one process")
+    if cfg.bf16 and cfg.device not in ("auto", "cuda"):
+        raise UserError("--bf16 needs CUDA; drop it on the CPU")
+    world.shard_rows(cfg.batch_size)  # the global batch must divide among the processes
+
+
+def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
+    """The corpus encoded with the run's vocabulary (new, --init-from's, or --resume's); the model config."""
+    corpus = load_corpus(cfg.data)
     if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        print(corpus.summary(), flush=True)
+    vocab, data = corpus.vocab, corpus.data
+    init_params = None
+    if cfg.init_from and not cfg.resume:
+        init_model, vocab, init_params = load_run(Path(cfg.init_from), "latest")
+        data = _remap_to_vocab(corpus, vocab)
+        for key in MODEL_KEYS - {"vocab_size", "dropout"}:
+            if key in model_flags and model_flags[key] != getattr(init_model, key):
+                raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
+        model_flags = {**dataclasses.asdict(init_model), "dropout": model_flags.get("dropout", init_model.dropout)}
+    elif cfg.resume:
+        from .checkpoint import load_vocab
+
+        vocab = load_vocab(out, ModelConfig(**model_flags))
+        if vocab != corpus.vocab:
+            data = _remap_to_vocab(corpus, vocab)
+    return ModelConfig(**{**model_flags, "vocab_size": len(vocab)}), vocab, data, init_params
+
+
+def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,
+           device, world) -> int:
+    """Build the stepper and the Trainer, restore on --resume, train. Only rank 0 writes files;
+    every rank takes part in the collectives inside the Trainer."""
+    out = Path(cfg.out)
+    stepper = _make_stepper(cfg, model_cfg, device, world, init_params)
+    if world.is_main:
         from .atomic import remove_stale_temporaries
 
-        remove_stale_temporaries(out)
-        if not train_cfg.resume:
-            vocab.save(out / "vocab.json")
-        save_run_config(out, model_cfg, train_cfg)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out)
+            if not cfg.resume:
+                vocab.save(out / "vocab.json")
+            save_run_config(out, model_cfg, cfg)
+        except OSError as e:
+            raise UserError(f"cannot write a checkpoint in {out} ({e.strerror or e}); free space or fix permissions"
+                            + (", then --resume: the previous checkpoint is intact" if cfg.resume else "")) from None
 
     from .train import Trainer
 
-    reduce_sum, gather_state = make_reducers(world, device) if device is not None else ((lambda v: v), (lambda s: s))
-    trainer = Trainer(train_cfg, stepper, train_streams, val_streams, out, is_main=world.is_main,
-                      reduce_sum=reduce_sum, gather_state=gather_state, sampler=_make_sampler(stepper, vocab, train_cfg))
-    per = train_streams.batch_size
-    trainer.rank_rows = (world.rank * per, (world.rank + 1) * per, per * world.size)
-    if train_cfg.resume:
+    reduce_sum, reduce_max, gather_state = make_reducers(world, device)
+    trainer = Trainer(cfg, stepper, train_streams, val_streams, out, is_main=world.is_main,
+                      reduce_sum=reduce_sum, reduce_max=reduce_max, gather_state=gather_state,
+                      shard=world.shard_rows(cfg.batch_size), sampler=_make_sampler(stepper, vocab, cfg))
+    if cfg.resume:
         trainer.restore()
+        if world.rank > 0:  # the checkpoint holds rank 0's RNG; the others need dropout masks of their own
+            import torch
+
+            torch.manual_seed(cfg.seed + world.rank + 7919 * trainer.progress.iteration)
         if world.is_main:
             p = trainer.progress
             print(f"resuming {out} at iteration {p.iteration} (epoch {p.epoch}, window {p.window})", flush=True)
-    _install_signal_handlers(trainer)
+    previous = _install_signal_handlers(trainer)
     try:
         progress = trainer.run()
-    finally:
-        if world.distributed:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    finally:  # a Python caller of main() gets its own handlers back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if world.is_main:
         best = f"best validation loss {progress.best_val:.4f} nats/char" if math.isfinite(progress.best_val) else "no validation"
         print(f"done: iteration {progress.iteration}, epoch {progress.epoch}, {best}; checkpoints in {out}", flush=True)
@@ -163,7 +196,7 @@ def _make_sampler(stepper, vocab, cfg: TrainConfig):
     return lambda: generate(stepper.model, vocab, prime="\n", length=200, temperature=0.8, rng=rng)
 
 
-def _install_signal_handlers(trainer) -> None:
+def _install_signal_handlers(trainer) -> dict:
     """First Ctrl-C or SIGTERM: finish the step, save, exit 0. A second Ctrl-C stops at once."""
 
     def handler(signum, frame):
@@ -172,5 +205,7 @@ def _install_signal_handlers(trainer) -> None:
             raise KeyboardInterrupt
         trainer.stop_requested = f"received {name}"
 
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return previous

@@ -1,0 +1,236 @@
+"""Training under torchrun: CPU processes talking over gloo, checked against one process.
+
+The reference is a single process trained on the same global batch: with equal
+shards, DDP's averaged gradients are the gradients of the mean loss over all
+B*T characters, so the weights must agree to float32 rounding.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+    pytest.skip("this torch build has no gloo backend", allow_module_level=True)
+
+from charrnn.checkpoint import read_safetensors  # noqa: E402
+from charrnn.devices import World  # noqa: E402
+from charrnn.errors import UserError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--device", "cpu", "--hidden", 24, "--embed", 8, "--layers", 2, "--batch-size", 4, "--seq-len", 16,
+         "--log-every", 1, "--dropout", 0]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(cli_cache_dir, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cli_cache_dir))  # no test writes into the user's ~/.cache
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")  # torchrun sets 1 per process; the single-process reference must match
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def torchrun(args, nproc: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node NPROC -m charrnn ARGS`."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    return subprocess.run([sys.executable, *launcher, "-m", "charrnn", *map(str, args)], env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def launch_ranks(args, world_size: int):
+    """Start the ranks by hand with the environment torchrun gives them (one torch import fewer than
+    torchrun, and a test can signal one rank)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)], text=True,
+                             env=_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=world_size, LOCAL_WORLD_SIZE=world_size,
+                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(world_size)]
+
+
+def charrnn(args, nproc: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`charrnn ARGS` as `nproc` ranks: rank 0's output, and the first non-zero exit code of any rank."""
+    if nproc == 1:
+        return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], env=_env(),
+                              capture_output=True, text=True, timeout=timeout)
+    procs = launch_ranks(args, nproc)
+    outputs = finish(procs, timeout)
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    return subprocess.CompletedProcess(args, code, outputs[0][0], "".join(err for _, err in outputs))
+
+
+def finish(procs, timeout: float = 120) -> list:
+    """(stdout, stderr) of each process; all are killed if one outlives the timeout (a hang)."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def weights(run: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+def progress(run: Path) -> dict:
+    return read_safetensors(run / "resume.safetensors")[1]["progress"]
+
+
+def val_losses(run: Path) -> list:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_loss"] for r in rows if "val_loss" in r]
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(250)), encoding="utf-8")
+    return path
+
+
+def test_shard_rows_split_the_global_batch_into_contiguous_shares():
+    assert [World(r, 4).shard_rows(8) for r in range(4)] == [(0, 2, 8), (2, 4, 8), (4, 6, 8), (6, 8, 8)]
+    assert World().shard_rows(5) == (0, 5, 5)
+    with pytest.raises(UserError, match="--batch-size 6 does not divide among 4 processes"):
+        World(1, 4).shard_rows(6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl, launch", [("library", "torchrun"), ("scratch", "ranks")])
+def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, text, tmp_path):
+    common = ["train", "--impl", impl, "--data", text, *SMALL, "--max-iters", 6, "--eval-every", 3]
+    two = (torchrun if launch == "torchrun" else charrnn)([*common, "--out", tmp_path / "two"], nproc=2)
+    assert two.returncode == 0, two.stderr
+    one = charrnn([*common, "--out", tmp_path / "one"])
+    assert one.returncode == 0, one.stderr
+    assert two.stdout.count("done: iteration 6") == 1 and two.stderr.count("iter 6: validation") == 1  # rank 0 speaks
+    a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5, err_msg=name)
+    # the carried state is gathered from both ranks into the global batch's order
+    arrays_two = read_safetensors(tmp_path / "two" / "resume.safetensors")[0]
+    arrays_one = read_safetensors(tmp_path / "one" / "resume.safetensors")[0]
+    for name in (k for k in arrays_one if k.startswith("state/")):
+        assert arrays_two[name].shape == arrays_one[name].shape
+        np.testing.assert_allclose(arrays_two[name], arrays_one[name], rtol=0, atol=1e-5, err_msg=name)
+    # validation is sharded, then all-reduced: the same mean as one process
+    np.testing.assert_allclose(val_losses(tmp_path / "two"), val_losses(tmp_path / "one"), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_with_a_different_number_of_processes(text, tmp_path):
+    """2 processes -> 1 -> 2 (10 windows an epoch: the state is carried mid-epoch and reset at the
+    boundaries) ends where 1 process trained straight ends, with the same weights."""
+    common = ["train", "--data", text, *SMALL, "--batch-size", 8, "--seq-len", 96, "--eval-every", 100]
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    first = charrnn([*common, "--out", run, "--max-iters", 6], nproc=2)
+    assert first.returncode == 0, first.stderr
+    for nproc, until in ((1, 13), (2, 20)):
+        before = progress(run)
+        r = charrnn(["train", "--data", text, "--out", run, "--resume", "--max-iters", until], nproc=nproc)
+        assert r.returncode == 0, r.stderr
+        where = f"iteration {before['iteration']} (epoch {before['epoch']}, window {before['window']})"
+        assert f"resuming {run} at {where}" in r.stdout
+        assert progress(run)["iteration"] == until
+    reference = charrnn([*common, "--out", straight, "--max-iters", 20])
+    assert reference.returncode == 0, reference.stderr
+    assert progress(run)["epoch"] == progress(straight)["epoch"] >= 1
+    assert progress(run)["window"] == progress(straight)["window"]
+    a, b = weights(run), weights(straight)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", 3], "charrnn: error: --batch-size 3 does not divide among 2 processes"),
+    (["--impl", "naive"], "charrnn: error: --impl naive cannot train under torchrun"),
+])
+def test_refusals_under_torchrun_are_one_line_and_exit_2_on_every_rank(flags, message, text, tmp_path):
+    procs = launch_ranks(["train", "--data", text, "--out", tmp_path / "run", "--max-iters", 2, *flags], world_size=2)
+    for proc, (stdout, stderr) in zip(procs, finish(procs, 60)):
+        assert proc.returncode == 2, stderr
+        assert stderr.strip().startswith(message) and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_naive_under_torchrun_fails_with_its_message(text, tmp_path):
+    r = torchrun(["train", "--impl", "naive", "--data", text, "--out", tmp_path / "run", "--max-iters", 2], nproc=2)
+    assert r.returncode != 0  # torchrun's own exit code; each worker exited 2
+    assert "charrnn: error: --impl naive cannot train under torchrun (2 processes)" in r.stderr
+    assert "exitcode  : 2" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_iteration(text, tmp_path):
+    run = tmp_path / "run"
+    procs = launch_ranks(["train", "--data", text, "--out", run, *SMALL, "--max-iters", 100000, "--eval-every", 100000],
+                         world_size=2)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.time() < deadline and all(p.poll() is None for p in procs), finish(procs, 1)
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    iteration = progress(run)["iteration"]
+    assert f"another process was asked to stop: saving a checkpoint at iteration {iteration}" in outputs[0][1]
+    assert f"done: iteration {iteration}," in outputs[0][0]
+
+
+def _tiny_trainer(tmp_path, reduce_max, logs, is_main=True):
+    from charrnn.batching import make_streams
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.models import build_model
+    from charrnn.steppers import TorchStepper
+    from charrnn.train import Trainer
+
+    data = np.random.default_rng(1).integers(0, 7, size=4 * 50 + 1).astype(np.uint8)
+    cfg = TrainConfig(max_time=3600, eval_every=1000, log_every=1, out=str(tmp_path))
+    model = build_model("library", ModelConfig(vocab_size=7, layers=1, hidden=8, embed=4))
+    stepper = TorchStepper(model, "adam", 1e-2, 0.0, 5.0, torch.device("cpu"))
+    return Trainer(cfg, stepper, make_streams(data, 4, 10), None, tmp_path, is_main=is_main, reduce_max=reduce_max,
+                   log=logs.append)
+
+
+def test_every_rank_stops_on_the_slowest_clock(tmp_path):
+    """--max-time: a rank whose own clock is short of the budget stops when another rank's is past it."""
+    other_clock = iter([0, 0, 0, 7200])  # as all_reduce(MAX) returns it: before the loop, then after each step
+
+    def reduce_max(values):
+        return [max(values[0], next(other_clock)), values[1]]
+
+    trainer = _tiny_trainer(tmp_path, reduce_max, [], is_main=False)  # a rank > 0: it writes nothing
+    assert trainer.run().iteration == 3
+    assert trainer.progress.elapsed >= 7200
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_request_on_another_rank_stops_this_one(tmp_path):
+    other_asks = iter([0.0, 0.0, 1.0])  # another rank got SIGTERM during step 2
+
+    def reduce_max(values):
+        return [values[0], max(values[1], next(other_asks))]
+
+    logs = []
+    assert _tiny_trainer(tmp_path, reduce_max, logs).run().iteration == 2
+    assert "another process was asked to stop: saving a checkpoint at iteration 2" in logs
