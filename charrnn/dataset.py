@@ -27,7 +27,7 @@ from .corpus import data_dir, resolve_data
 from .errors import UserError
 from .vocab import Vocab
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 1 << 20  # per block, decoding and encoding hold ~20 bytes per character at once
 CACHE_FORMAT = 1
 
 
@@ -203,10 +203,17 @@ def _write_cache(directory: Path, path: Path, stamp: dict, digest: str) -> tuple
     array_name = f"{digest[:16]}.npy"
     final = directory / array_name
     tmp = directory / f".tmp-{array_name}.{os.getpid()}"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(count,))
-    _fill(path, vocab, out)
-    out.flush()
-    del out
+    # Plain writes, not a memory map: pages written through a map count in the RSS while mapped,
+    # which would add the whole encoded array to the peak of the first run.
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (count,)})
+        written = 0
+        for codes in _decoded_blocks(path):
+            encoded = vocab.encode_code_points(codes)
+            f.write(encoded.tobytes())
+            written += len(encoded)
+        assert written == count, "file changed while it was being encoded"
     os.replace(tmp, final)
     meta = {"format": CACHE_FORMAT, "stamp": stamp, "sha256": digest, "characters": count,
             "array": array_name, "vocab": list(vocab.chars)}

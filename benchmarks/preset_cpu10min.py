@@ -1,0 +1,46 @@
+"""Train `--preset cpu-10min` on tiny shakespeare and print the best validation loss.
+
+Validation is the last 10% of the text, read in order with the state carried
+(the same split nanoGPT's shakespeare_char uses). The target is <= 1.40 nats/char.
+
+    python benchmarks/preset_cpu10min.py [--out DIR] [extra train flags...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="run directory (default: a temporary one)")
+    args, extra = parser.parse_known_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="cpu10min-")) 
+    print(machine_line(), flush=True)
+    command = [sys.executable, "-m", "charrnn", "train", "--data", "tinyshakespeare", "--out", str(out),
+               "--preset", "cpu-10min", "--overwrite", *extra]
+    print("command:", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command)
+    wall = time.perf_counter() - started
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    val = [(r["iter"], r["elapsed_s"], r["val_loss"]) for r in rows if "val_loss" in r]
+    print("\n| iter | elapsed s | val loss (nats/char) | val bpc |\n|---|---|---|---|")
+    for it, elapsed, loss in val:
+        print(f"| {it} | {elapsed:.0f} | {loss:.4f} | {loss / 0.6931471805599453:.4f} |")
+    best = min(v[2] for v in val)
+    print(f"\nbest validation loss {best:.4f} nats/char ({best / 0.6931471805599453:.4f} bpc); "
+          f"wall {wall:.0f} s; exit {done.returncode}; run in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

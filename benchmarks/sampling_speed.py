@@ -1,0 +1,184 @@
+"""Generation and evaluation speed of each engine, vs a plain per-step torch.nn.LSTM loop.
+
+    python benchmarks/sampling_speed.py [--rounds 3] [--chars 300] [--eval-chars 100000]
+
+A 2x512 LSTM, embedding 64, V = 65, random weights (speed does not depend on them).
+Single stream (batch 1): each engine through charrnn's real path (Runner +
+sample.generate_indices, temperature 1 sampling), fastgen.FusedStep on its own (greedy
+argmax), and the reference: the loop most people write, nn.Embedding + nn.LSTM +
+nn.Linear called once per character under no_grad, softmax + torch.multinomial.
+Every measurement runs at 1 and at 2 threads (torch.set_num_threads and OpenBLAS,
+switched in-process), both sides alike; rounds alternate everything, and the ratio is
+taken against the reference in the same round and thread setting.
+Batched: 64 streams at once. Evaluation: charrnn.evaluate.evaluate_indices over
+--eval-chars characters of tiny shakespeare, one run per engine, 1 thread (at 2 threads
+a busy machine made it many times slower and only noisier).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+
+from _common import early_threads, load_text, machine_line, print_table, spread
+
+early_threads()
+# Let this script, not the Runner's batch-1 default, decide OpenBLAS's threads (see blas_threads below).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.evaluate import evaluate_indices  # noqa: E402
+from charrnn.fastgen import FusedStep, blas_threads  # noqa: E402
+from charrnn.models import build_model  # noqa: E402
+from charrnn.runner import Runner  # noqa: E402
+from charrnn.sample import generate_indices  # noqa: E402
+from charrnn.vocab import Vocab  # noqa: E402
+
+V, E, H, L = 65, 64, 512, 2
+PRIME = np.array([0, 1, 2, 3, 4], dtype=np.int64)
+
+
+def charrnn_generate(runner: Runner, batch: int):
+    rng = np.random.default_rng(0)
+
+    def run(chars: int) -> int:
+        for _ in generate_indices(runner, PRIME, chars, num_samples=batch, rng=rng):
+            pass
+        return chars * batch
+
+    return run
+
+
+def fastgen_greedy(model, batch: int):
+    fused = FusedStep.from_model(model, batch)
+
+    def run(chars: int) -> int:
+        fused.set_state(model.initial_state(batch))
+        nxt = np.zeros(batch, dtype=np.intp)
+        for _ in range(chars):
+            np.argmax(fused.step(nxt), axis=1, out=nxt)
+        return chars * batch
+
+    return run
+
+
+class PlainLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.rnn, self.head = nn.Embedding(V, E), nn.LSTM(E, H, L, batch_first=True), nn.Linear(H, V)
+
+
+def plain_torch(batch: int, onednn: bool = True):
+    torch.manual_seed(0)
+    m = PlainLSTM().eval()
+
+    def run(chars: int) -> int:
+        was = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = onednn
+        try:
+            with torch.no_grad():
+                x, hidden = torch.zeros(batch, 1, dtype=torch.long), None
+                for _ in range(chars):
+                    out, hidden = m.rnn(m.embed(x), hidden)
+                    probs = F.softmax(m.head(out[:, -1]), dim=-1)
+                    x = torch.multinomial(probs, 1)
+        finally:
+            torch.backends.mkldnn.enabled = was
+        return chars * batch
+
+    return run
+
+
+def threads(n: int):
+    """torch and OpenBLAS on n threads for the block."""
+    stack = contextlib.ExitStack()
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    stack.callback(torch.set_num_threads, before)
+    stack.enter_context(blas_threads(n))
+    return stack
+
+
+def measure(runs: dict, settings, rounds: int, chars: int) -> dict:
+    results = {(n, name): [] for n in settings for name in runs}
+    for _ in range(rounds):
+        for n in settings:
+            with threads(n):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    done = run(chars)
+                    results[n, name].append(done / (time.perf_counter() - start))
+    return results
+
+
+def table(results: dict, settings, names, ref: str, label: str) -> None:
+    rows = []
+    for n in settings:
+        for name in names:
+            ratio = [a / b for a, b in zip(results[n, name], results[n, ref])]
+            rows.append([n, name, spread(results[n, name]), "1" if name == ref else spread(ratio) + "x"])
+    print(label)
+    print_table(["threads", "what", "chars/s", "ratio vs plain torch loop"], rows)
+    print()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chars", type=int, default=300, help="characters per stream per measurement")
+    parser.add_argument("--eval-chars", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=None, help="ignored here: every row says its threads")
+    args = parser.parse_args()
+
+    cfg = ModelConfig(vocab_size=V, cell="lstm", layers=L, hidden=H, embed=E)
+    models = {impl: build_model(impl, cfg, seed=0) for impl in ("naive", "scratch", "library")}
+    settings = (1, 2)
+    ref = "plain torch loop (no_grad, oneDNN on)"
+
+    single = {ref: plain_torch(1), "plain torch loop, oneDNN off": plain_torch(1, onednn=False)}
+    single.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 1)
+                   for impl, m in models.items()})
+    single["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
+    for run in single.values():
+        run(20)  # warm-up
+    print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
+    print(machine_line())
+    print(f"{args.rounds} rounds; median (min-max); ratio = row / plain loop, same round and threads")
+    print()
+    table(measure(single, settings, args.rounds, args.chars), settings, list(single), ref,
+          f"single stream (batch 1), {args.chars} characters per measurement:")
+
+    batched = {ref: plain_torch(64)}
+    batched.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 64)
+                    for impl, m in models.items()})
+    batched["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
+    for run in batched.values():
+        run(5)
+    steps = max(args.chars // 10, 10)
+    table(measure(batched, settings, args.rounds, steps), settings, list(batched), ref,
+          f"batched: 64 streams at once, {steps} steps per measurement (chars/s counts all streams):")
+
+    text, source = load_text()
+    vocab = Vocab.from_text(text)
+    data = vocab.encode(text)[: args.eval_chars + 1] % V
+    rows = []
+    for impl, model in models.items():
+        with threads(1):
+            start = time.perf_counter()
+            evaluate_indices(Runner(model), data)
+            seconds = time.perf_counter() - start
+        rows.append([impl, f"{seconds:.1f}", f"{args.eval_chars / seconds:,.0f}"])
+    print(f"evaluation: evaluate_indices over {args.eval_chars:,} characters of {os.path.basename(source)}, "
+          f"one stream, chunks of 2048, 1 thread, one run each:")
+    print_table(["engine", "seconds", "chars/s"], rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

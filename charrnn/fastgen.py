@@ -1,0 +1,224 @@
+"""Fast inference one character at a time: the fused step behind sampling with the naive engine.
+
+Generating text feeds one character per step, so a step costs one read of every
+weight (a matrix-vector product per layer at batch 1) plus Python's per-call
+overhead. `NaiveModel.forward` is built for windows (time loops, arenas, stacked
+states); `FusedStep` is built once from the canonical parameters and then does,
+per step, into preallocated buffers:
+
+    layer 0:  a = h0 @ W_hh0^T + table[char]       table (V, G*H) = embed @ W_ih0^T + b_ih0 (+ b_hh0)
+    layer k:  a = [h(k-1), hk] @ [W_ih; W_hh]^T + b  one matmul (rnn, lstm); gru needs two, as r
+                                                   scales W_hn h + b_hn but not W_in x + b_in
+    head:     logits = h(L-1) @ W_head^T + b_head
+
+The hidden states of all layers sit side by side in one buffer (B, L*H), so layer
+k's input [h(k-1) new, hk old] is a contiguous column range: no copies between
+layers. Sigmoids are 0.5 * (1 + tanh(a / 2)) with the 1/2 folded into their
+weight columns (exact: a power of two), so one tanh covers all of an LSTM's gates;
+LSTM columns are reordered i, f, o, g so the sigmoid gates are contiguous.
+
+At batch 1 a step is bound by memory bandwidth, not arithmetic: a 2x512 LSTM reads
+12.7 MB of float32 weights per character (twice that in float64), which caps one core of
+the 2-core Xeon this was measured on near 2,200 steps/s. Measure with
+benchmarks/sampling_speed.py. OpenBLAS's threads hurt matrix-vector products on a
+busy machine; `blas_threads(1)` pins them for a block of code.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+from .config import ModelConfig
+from .models.base import State
+
+
+class FusedStep:
+    """One step of the model for B rows, from canonical parameters; the weights are a snapshot.
+
+    step(chars (B,) ints) -> logits (B, V), a view of an internal buffer that the next
+    step overwrites; the state lives inside and moves in and out with set_state /
+    get_state as the usual tuple of (L, B, H) arrays.
+    """
+
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
+                 dtype=np.float32):
+        cfg = config
+        self.config, self.batch_size, self.dtype = cfg, batch_size, np.dtype(dtype)
+        L, H, B = cfg.layers, cfg.hidden, batch_size
+        p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}  # prepare in float64
+        order, scale, fold_hh = _gate_layout(cfg.cell, H)
+        as_weights = lambda a: np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
+
+        def cols(w):  # (G*H, n) torch layout -> (n, G*H) fused column order, sigmoid columns halved
+            return w[order].T * scale
+
+        b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
+        table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
+        self.table = as_weights(table[:, order] * scale)          # (V, G*H)
+        self.w_x, self.w_h, self.w_xh, self.b_x, self.b_h = [], [], [], [], []
+        for k in range(L):
+            w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
+            b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
+            if fold_hh:  # rnn, lstm: both sides add up before the nonlinearity, so one matmul
+                self.w_xh.append(as_weights(cols(w_hh) if k == 0 else np.vstack([cols(w_ih), cols(w_hh)])))
+                self.b_x.append(as_weights(((b_ih + b_hh)[order] * scale)[None]))  # (1, G*H); unused at k=0
+            else:        # gru: x and h projections stay apart
+                self.w_x.append(as_weights(cols(w_ih)))           # (in, 3H)
+                self.w_h.append(as_weights(cols(w_hh)))           # (H, 3H)
+                self.b_x.append(as_weights((b_ih[order] * scale)[None]))  # (1, 3H)
+                self.b_h.append(as_weights((b_hh[order] * scale)[None]))  # (1, 3H)
+        self.head_w = as_weights(p["head.weight"].T)              # (H, V)
+        self.head_b = as_weights(p["head.bias"])                  # (V,)
+
+        G = cfg.gates
+        empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
+        self.h = empty(B, L * H)                                  # (B, L*H) layer k's h in columns [kH, (k+1)H)
+        self.c = empty(L, B, H) if cfg.cell == "lstm" else None   # (L, B, H)
+        self.a = empty(B, G * H)                                  # (B, G*H) pre-activations
+        self.a2 = empty(B, G * H)                                 # (B, G*H) table rows; gru's h side
+        self.tmp = empty(B, H)                                    # (B, H)
+        self.logits = empty(B, cfg.vocab_size)                    # (B, V)
+        self._cell = {"rnn": self._rnn, "gru": self._gru, "lstm": self._lstm}[cfg.cell]
+
+    @classmethod
+    def from_model(cls, model, batch_size: int) -> "FusedStep":
+        """From a naive model (anything with .config, .params and .dtype)."""
+        return cls(model.config, model.params, batch_size, getattr(model, "dtype", np.float32))
+
+    def set_state(self, state: State) -> None:
+        """Copy a state (tuple of (L, B, H) arrays) in."""
+        L, B, H = self.config.layers, self.batch_size, self.config.hidden
+        np.copyto(self.h.reshape(B, L, H), np.asarray(state[0]).transpose(1, 0, 2), casting="unsafe")
+        if self.c is not None:
+            np.copyto(self.c, state[1], casting="unsafe")
+
+    def get_state(self) -> State:
+        """A copy of the state, as a tuple of new (L, B, H) arrays."""
+        L, B, H = self.config.layers, self.batch_size, self.config.hidden
+        h = np.ascontiguousarray(self.h.reshape(B, L, H).transpose(1, 0, 2))
+        return (h,) if self.c is None else (h, self.c.copy())
+
+    def step(self, chars) -> np.ndarray:
+        """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""
+        H = self.config.hidden
+        for k in range(self.config.layers):
+            self._cell(k, chars, self.h[:, max(k - 1, 0) * H:(k + 1) * H])
+        np.matmul(self.h[:, -H:], self.head_w, out=self.logits)  # (B, V)
+        self.logits += self.head_b
+        return self.logits
+
+    # Each cell reads xh, layer k's input columns: [h(k-1), hk] for k > 0, [h0] for k = 0
+    # (the character arrives through the table). It writes the new hk into self.h in place.
+
+    def _input(self, k: int, chars, xh: np.ndarray, a: np.ndarray) -> None:
+        """a = xh @ W + b for rnn and lstm: the whole pre-activation."""
+        np.matmul(xh, self.w_xh[k], out=a)                        # (B, G*H)
+        if k == 0:
+            a += np.take(self.table, chars, axis=0, out=self.a2)  # (B, G*H) x W_ih^T + biases
+        else:
+            a += self.b_x[k]
+
+    def _rnn(self, k: int, chars, xh: np.ndarray) -> None:
+        H = self.config.hidden
+        self._input(k, chars, xh, self.a)
+        np.tanh(self.a, out=self.h[:, k * H:(k + 1) * H])         # (B, H) h' = tanh(a)
+
+    def _lstm(self, k: int, chars, xh: np.ndarray) -> None:
+        H, a, c, tmp = self.config.hidden, self.a, self.c[k], self.tmp
+        self._input(k, chars, xh, a)
+        np.tanh(a, out=a)                                         # (B, 4H) tanh(a/2) for i, f, o; tanh(a) for g
+        s = a[:, :3 * H]
+        s *= 0.5
+        s += 0.5                                                  # (B, 3H) i, f, o = sigmoid(.)
+        i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        c *= f                                                    # (B, H) f * c
+        c += np.multiply(i, g, out=tmp)                           # (B, H) c' = f * c + i * g
+        np.tanh(c, out=tmp)                                       # (B, H) tanh(c')
+        np.multiply(o, tmp, out=self.h[:, k * H:(k + 1) * H])     # (B, H) h' = o * tanh(c')
+
+    def _gru(self, k: int, chars, xh: np.ndarray) -> None:
+        H, xp, hp, tmp = self.config.hidden, self.a, self.a2, self.tmp
+        h = self.h[:, k * H:(k + 1) * H]                          # (B, H) old h, overwritten at the end
+        if k == 0:
+            np.take(self.table, chars, axis=0, out=xp)            # (B, 3H) W_i x + b_i
+        else:
+            np.matmul(xh[:, :H], self.w_x[k], out=xp)             # (B, 3H)
+            xp += self.b_x[k]
+        np.matmul(h, self.w_h[k], out=hp)                         # (B, 3H)
+        hp += self.b_h[k]                                         # (B, 3H) W_h h + b_h
+        rz = xp[:, :2 * H]
+        rz += hp[:, :2 * H]
+        np.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5                                                 # (B, 2H) r, z
+        r, z, n = xp[:, :H], xp[:, H:2 * H], xp[:, 2 * H:]
+        n += np.multiply(r, hp[:, 2 * H:], out=tmp)               # (B, H) W_in x + b_in + r * (W_hn h + b_hn)
+        np.tanh(n, out=n)                                         # (B, H) n
+        np.subtract(h, n, out=tmp)                                # (B, H) h - n
+        tmp *= z
+        np.add(tmp, n, out=h)                                     # (B, H) h' = n + z * (h - n)
+
+
+def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """(column order, per-column scale, whether b_hh folds into the input side) for a cell.
+
+    LSTM's i, f, g, o become i, f, o, g; sigmoid columns (lstm i, f, o; gru r, z) are
+    scaled by 1/2 so that tanh of the result gives sigmoid via 0.5 * (1 + tanh(a / 2)).
+    """
+    if cell == "rnn":
+        return np.arange(H), np.ones(H), True
+    if cell == "gru":
+        return np.arange(3 * H), np.concatenate([np.full(2 * H, 0.5), np.ones(H)]), False
+    gate = lambda j: np.arange(j * H, (j + 1) * H)  # noqa: E731
+    return np.concatenate([gate(0), gate(1), gate(3), gate(2)]), np.concatenate([np.full(3 * H, 0.5), np.ones(H)]), True
+
+
+# OpenBLAS thread control without threadpoolctl: numpy's bundled OpenBLAS exports
+# openblas_set_num_threads under a prefixed, suffixed name; find it in the loaded libraries.
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                 "openblas_set_num_threads")
+
+
+@functools.lru_cache(maxsize=None)
+def _openblas() -> Optional[Tuple[ctypes.CDLL, str]]:
+    """(the loaded OpenBLAS, the name of its set_num_threads), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {parts[-1] for parts in map(str.split, f)
+                     if len(parts) >= 6 and "openblas" in parts[-1].rsplit("/", 1)[-1].lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for setter in _BLAS_SETTERS:
+            if hasattr(lib, setter) and hasattr(lib, setter.replace("set_", "get_")):
+                return lib, setter
+    return None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[bool]:
+    """Run a block with NumPy's OpenBLAS on `n` threads, restoring the old count after.
+
+    Yields False (and changes nothing) where NumPy's BLAS is not an OpenBLAS it can find.
+    The setting is process-wide: other threads calling BLAS meanwhile see it too.
+    """
+    found = _openblas()
+    if found is None:
+        yield False
+        return
+    lib, setter = found
+    previous = getattr(lib, setter.replace("set_", "get_"))()
+    getattr(lib, setter)(ctypes.c_int(n))
+    try:
+        yield True
+    finally:
+        getattr(lib, setter)(ctypes.c_int(previous))

@@ -1,0 +1,112 @@
+"""The fused inference step against the naive engine's forward, its independent reference."""
+import numpy as np
+import pytest
+
+from charrnn.config import ModelConfig
+from charrnn.fastgen import FusedStep, blas_threads
+from charrnn.models.base import state_size
+from charrnn.models.naive import NaiveModel
+from charrnn.runner import Runner
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+
+
+def random_model(cell, dtype, layers=2, hidden=8, vocab=11, embed=5, seed=3):
+    """A naive model with random weights, biases included (so bias folding is exercised)."""
+    cfg = ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden, embed=embed)
+    model = NaiveModel(cfg, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    model.set_parameters({k: rng.uniform(-0.8, 0.8, v.shape) for k, v in model.params.items()})
+    return model.eval()
+
+
+def random_state(model, batch, rng):
+    shape = (model.config.layers, batch, model.config.hidden)
+    return tuple(rng.uniform(-1, 1, shape).astype(model.dtype) for _ in range(state_size(model.config.cell)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_fused_step_matches_naive_forward(cell, dtype):
+    model = random_model(cell, dtype)
+    rng = np.random.default_rng(0)
+    B, T = 3, 12
+    chars = rng.integers(0, model.config.vocab_size, (B, T))
+    state0 = random_state(model, B, rng)
+    expected, expected_state = model.forward(chars, state0)          # (B, T, V)
+
+    fused = FusedStep.from_model(model, B)
+    fused.set_state(state0)
+    got = np.stack([fused.step(chars[:, t]).copy() for t in range(T)], axis=1)  # (B, T, V)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE[dtype])
+    for a, b in zip(fused.get_state(), expected_state):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_fused_step_any_depth(layers):
+    model = random_model("lstm", np.float64, layers=layers)
+    chars = np.array([[1, 4, 2, 9]])
+    expected, _ = model.forward(chars, model.initial_state(1))
+    fused = FusedStep.from_model(model, 1)
+    fused.set_state(model.initial_state(1))
+    got = np.stack([fused.step(chars[:, t]).copy() for t in range(chars.shape[1])], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+def test_get_state_is_a_copy():
+    model = random_model("gru", np.float64)
+    fused = FusedStep.from_model(model, 2)
+    fused.set_state(model.initial_state(2))
+    fused.step(np.array([1, 2]))
+    before = fused.get_state()
+    kept = before[0].copy()
+    fused.step(np.array([3, 4]))
+    np.testing.assert_array_equal(before[0], kept)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_runner_same_logits_step_by_step_or_whole(cell):
+    model = random_model(cell, np.float32)
+    rng = np.random.default_rng(1)
+    chars = rng.integers(0, model.config.vocab_size, (2, 15))
+    whole, whole_state = Runner(model).feed(chars, model.initial_state(2))
+
+    runner = Runner(model)
+    state = runner.zero_state(2)
+    steps = []
+    for t in range(chars.shape[1]):
+        logits, state = runner.feed(chars[:, t:t + 1], state)
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), whole, rtol=0, atol=1e-5)
+    for a, b in zip(state, whole_state):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_runner_paths_interleave():
+    """A prime fed whole, then single steps, then a window again: one continuous text."""
+    model = random_model("lstm", np.float64)
+    chars = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
+    expected, _ = model.forward(chars, model.initial_state(1))
+    runner = Runner(model)
+    a, state = runner.feed(chars[:, :4], runner.zero_state(1))
+    b, state = runner.feed(chars[:, 4:5], state)
+    c, state = runner.feed(chars[:, 5:6], state)
+    d, state = runner.feed(chars[:, 6:], state)
+    np.testing.assert_allclose(np.concatenate([a, b, c, d], axis=1), expected, rtol=0, atol=1e-10)
+
+
+def test_blas_threads_restores_the_count():
+    from charrnn.fastgen import _openblas
+
+    found = _openblas()
+    if found is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS this process can find")
+    lib, setter = found
+    get = getattr(lib, setter.replace("set_", "get_"))
+    before = get()
+    with blas_threads(1) as changed:
+        assert changed and get() == 1
+    assert get() == before
