@@ -131,3 +131,20 @@ def load_text(min_chars: int = 1_000_000):
         parts.append(line)
         size += len(line)
     return "".join(parts), "synthetic text (tinyshakespeare.txt not found)"
+
+
+def training_loop(stepper, streams):
+    """run(iters) -> characters trained: charrnn's real train_step over the windows, state carried,
+    reset at each epoch, exactly as the Trainer does (the benchmarks time this, not the Trainer's I/O)."""
+    state = {"s": stepper.zero_state(streams.batch_size), "k": 0}
+
+    def run(iters: int) -> int:
+        for _ in range(iters):
+            if state["k"] == streams.num_windows:
+                state["s"], state["k"] = stepper.zero_state(streams.batch_size), 0
+            x, y = streams.window(state["k"])
+            _, state["s"] = stepper.train_step(x, y, state["s"])
+            state["k"] += 1
+        return iters * streams.batch_size * streams.seq_len
+
+    return run

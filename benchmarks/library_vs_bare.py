@@ -20,7 +20,7 @@ import io
 import pstats
 import time
 
-from _common import early_threads, load_text, machine_line, print_table, spread
+from _common import training_loop, early_threads, load_text, machine_line, print_table, spread
 
 early_threads()
 
@@ -40,18 +40,7 @@ LAYERS, HIDDEN, EMBED, BATCH, SEQ_LEN, LR, CLIP = 2, 512, 64, 32, 100, 2e-3, 5.0
 def charrnn_trainer(streams, vocab_size: int):
     cfg = ModelConfig(vocab_size=vocab_size, cell="lstm", layers=LAYERS, hidden=HIDDEN, embed=EMBED)
     stepper = TorchStepper(build_model("library", cfg, seed=0), "adam", LR, 0.0, CLIP, torch.device("cpu"))
-    state = {"s": stepper.zero_state(BATCH), "k": 0}
-
-    def run(iters: int) -> int:
-        for _ in range(iters):
-            if state["k"] == streams.num_windows:
-                state["s"], state["k"] = stepper.zero_state(BATCH), 0
-            x, y = streams.window(state["k"])
-            _, state["s"] = stepper.train_step(x, y, state["s"])
-            state["k"] += 1
-        return iters * BATCH * SEQ_LEN
-
-    return run
+    return training_loop(stepper, streams)
 
 
 class Bare(nn.Module):

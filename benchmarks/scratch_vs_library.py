@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from _common import early_threads, load_text, machine_line, print_table, spread
+from _common import training_loop, early_threads, load_text, machine_line, print_table, spread
 
 early_threads()
 
@@ -41,18 +41,7 @@ def trainer(impl: str, streams, vocab_size: int, script: bool = False, compile: 
     cfg = ModelConfig(vocab_size=vocab_size, cell="lstm", layers=LAYERS, hidden=HIDDEN, embed=EMBED)
     model = build_model(impl, cfg, seed=0, script=script)
     stepper = TorchStepper(model, "adam", 2e-3, 0.0, 5.0, torch.device("cpu"), compile=compile)
-    state = {"s": stepper.zero_state(BATCH), "k": 0}
-
-    def run(iters: int) -> int:
-        for _ in range(iters):
-            if state["k"] == streams.num_windows:
-                state["s"], state["k"] = stepper.zero_state(BATCH), 0
-            x, y = streams.window(state["k"])
-            _, state["s"] = stepper.train_step(x, y, state["s"])
-            state["k"] += 1
-        return iters * BATCH * SEQ_LEN
-
-    return run
+    return training_loop(stepper, streams)
 
 
 def measure(runs: dict, rounds: int, iters: int) -> dict:

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .config import ModelConfig, TrainConfig
+from .config import IMPLS, ModelConfig, TrainConfig
 from .errors import UserError
 
 
@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(sub)
     add_eval_parser(sub)
+
+    serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves")
+    serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default library)")
+    serve.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -78,6 +86,12 @@ def cmd_train(args) -> int:
     from .train_cli import run_train
 
     return run_train(vars(args))
+
+
+def cmd_serve(args) -> int:
+    from .serve import run_serve  # FastAPI and uvicorn are imported only here (the `serve` extra)
+
+    return run_serve(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

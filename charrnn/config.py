@@ -90,7 +90,7 @@ class TrainConfig:
     seed: int = option(1337, "random seed for initialisation, dropout and sampling")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
     bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
-    compile: bool = option(False, "torch.compile the model (scratch and library engines)")
+    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library")
     log_every: int = option(10, "write a metrics row / log line every N iterations")
     sample_every: int = option(0, "print a short sample every N iterations (0: never)")
     init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)")

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from .atomic import write_bytes_atomic, write_text_atomic
-from .corpus import data_dir, resolve_data
+from .corpus import data_dir, resolve_data, sha256_of
 from .errors import UserError
 from .vocab import Vocab
 
@@ -166,21 +166,13 @@ def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray]:
             probe.unlink()
         except OSError:
             continue
-        digest = digest or _sha256(path)
+        digest = digest or sha256_of(path)
         for old in directory.glob("*.npy"):
             if not old.name.startswith(digest[:16]):
                 old.unlink(missing_ok=True)
         return _write_cache(directory, path, stamp, digest)
     vocab, data, _ = _encode_file(path)  # nowhere writable: encode in memory
     return vocab, data
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_cache(directory: Path, stamp: dict):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from .errors import UserError
 
 PRESETS = {
-    "cpu-10min": dict(impl="library", cell="lstm", layers=2, hidden=384, embed=64, dropout=0.1,
-                      batch_size=32, seq_len=128, optimizer="adamw", lr=3e-3, weight_decay=0.01,
-                      schedule="cosine", warmup_iters=50, grad_clip=1.0, max_time=600.0,
+    "cpu-10min": dict(impl="library", cell="lstm", layers=2, hidden=512, embed=64, dropout=0.25,
+                      batch_size=32, seq_len=100, optimizer="adamw", lr=4e-3, weight_decay=0.01,
+                      schedule="cosine", warmup_iters=100, grad_clip=1.0, max_time=600.0,
                       eval_every=250, val_frac=0.1),
     "gpu": dict(impl="library", cell="lstm", layers=3, hidden=1024, embed=128, dropout=0.3,
                 batch_size=128, seq_len=256, optimizer="adamw", lr=2e-3, weight_decay=0.05,

@@ -74,6 +74,8 @@ def run_train(args: dict) -> int:
         print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
 
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
+    if train_cfg.bf16 and device.type != "cuda":  # e.g. --preset gpu on a machine without one
+        raise UserError(f"--bf16 needs CUDA but training would run on {device.type}; drop --bf16 (or the gpu preset)")
     if not world.distributed:
         return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world)
     init_distributed(world, device)
@@ -181,10 +183,13 @@ def _make_stepper(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_
 
     from .steppers import TorchStepper
 
-    model = build_model(cfg.impl, model_cfg, seed=cfg.seed, params=init_params, device=device)
+    # --compile: the scratch engine's time loop is TorchScripted (0.85x the library engine vs 0.78x eager,
+    # benchmarks/scratch_vs_library.py); torch.compile unrolls that loop, compiles for minutes and ran slower.
+    script = cfg.compile and cfg.impl == "scratch"
+    model = build_model(cfg.impl, model_cfg, seed=cfg.seed, params=init_params, device=device, script=script)
     torch.manual_seed(cfg.seed + world.rank)
     return TorchStepper(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, device,
-                        bf16=cfg.bf16, compile=cfg.compile, distributed=world.distributed)
+                        bf16=cfg.bf16, compile=cfg.compile and not script, distributed=world.distributed)
 
 
 def _make_sampler(stepper, vocab, cfg: TrainConfig):

@@ -1,0 +1,271 @@
+"""The web app behind `charrnn serve`: generate (streamed), look inside, training curves.
+
+    GET  /                 the page (static/index.html, app.js, style.css)
+    GET  /api/info         the model's shape, vocabulary and the server's limits
+    POST /api/generate     server-sent events (stream.py): the prime as used, characters as they come
+    POST /api/inspect      one unit's activation per character, and the top-5 next characters
+    POST /api/units        units ranked by how strongly they track simple features of a text
+    GET  /api/metrics      the run's loss curves from metrics.jsonl
+    GET  /api/samples      two samples from the loaded weights (drawn once, then cached)
+
+The checkpoint is fixed when the app is made; no request names a file. Errors are JSON
+{"error": "one line"} with a 4xx status. Each generation holds one of `max_generations` loaded
+models for its whole run (an engine's step buffers must not be shared between threads); when
+all are taken a new one gets 429.
+"""
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import List, Optional, Set
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..api import TrainedModel
+from ..checkpoint import load_run
+from ..errors import UserError
+from ..metrics import read_metrics
+from .inspect import FEATURES, Trace, Tracer, rank_units, text_features, trace_state_names, unit_series
+from .stream import Generation
+
+STATIC = Path(__file__).parent / "static"
+MAX_PRIME_CHARS = 2000        # characters of prime per generation
+MAX_LENGTH = 5000             # characters generated per request
+MAX_INSPECT_CHARS = 2000      # characters of text to look inside
+MAX_BODY_BYTES = 64 * 1024    # request body size; more gets 413
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prime: str = Field("", max_length=MAX_PRIME_CHARS)
+    length: int = Field(300, ge=1, le=MAX_LENGTH)
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_k: Optional[int] = Field(None, ge=1)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    greedy: bool = False
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+
+
+class InspectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=MAX_INSPECT_CHARS)
+    state: str = "h"
+    layer: int = 0
+    unit: int = 0
+
+
+class UnitsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=3, max_length=MAX_INSPECT_CHARS)
+    top: int = Field(10, ge=1, le=100)
+
+
+class Engine:
+    """The loaded run: generation slots (one TrainedModel each), the torch-free tracer, the run directory."""
+
+    def __init__(self, run_dir: Path, impl: str, which: str, max_generations: int, warm: bool):
+        self.run_dir, self.impl, self.which, self.max_generations = run_dir, impl, which, max_generations
+        self.slots: "queue.SimpleQueue[TrainedModel]" = queue.SimpleQueue()
+        models = [TrainedModel(run_dir, impl=impl, which=which) for _ in range(max_generations)]
+        for model in models:
+            self.slots.put(model)
+        self.config, self.vocab, params = load_run(run_dir, which)
+        self.tracer = Tracer(self.config, params, self.vocab)
+        self.samples: List[str] = []
+        self.running: Set[Generation] = set()  # so that stop_generations can reach them
+        if warm:  # build the step buffers and touch the weights now, not on the first click
+            for model in models:
+                list(model.stream(self.vocab.chars[0], 4, seed=0))
+            self.trace(self.vocab.chars[0] * 4)
+
+    def trace(self, text: str, timeout: float = 10.0) -> Optional[Trace]:
+        """The text's trace, or None when the tracer stayed busy with another text for `timeout` seconds."""
+        if not self.tracer.lock.acquire(timeout=timeout):
+            return None
+        try:
+            return self.tracer.trace(text)
+        finally:
+            self.tracer.lock.release()
+
+    def stop_generations(self) -> None:
+        """Have every running generation end at its next character (the server is shutting down)."""
+        for generation in list(self.running):
+            generation.stop.set()
+
+    def info(self) -> dict:
+        cfg = self.config
+        return {"run": self.run_dir.name, "impl": self.impl, "which": self.which, "cell": cfg.cell,
+                "layers": cfg.layers, "hidden": cfg.hidden, "vocab": list(self.vocab.chars),
+                "states": list(trace_state_names(cfg)), "features": list(FEATURES),
+                "limits": {"prime_chars": MAX_PRIME_CHARS, "length": MAX_LENGTH,
+                           "inspect_chars": MAX_INSPECT_CHARS, "generations": self.max_generations}}
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+router = APIRouter()
+
+
+@router.get("/")
+def index():
+    return FileResponse(STATIC / "index.html")
+
+
+@router.get("/api/info")
+def info(request: Request):
+    return engine(request).info()
+
+
+@router.post("/api/generate")
+async def generate(req: GenerateRequest, request: Request):
+    run = engine(request)
+    slots = run.slots
+    try:
+        model = slots.get_nowait()
+    except queue.Empty:
+        return error(429, f"{run.max_generations} generations are already running; try again when one finishes")
+    try:
+        prime = model.prime(req.prime)  # UserError (-> 400) for characters outside the vocabulary
+        chars = model.stream(prime, req.length, temperature=req.temperature, top_k=req.top_k,
+                             top_p=req.top_p, greedy=req.greedy, seed=req.seed)
+    except BaseException:
+        slots.put(model)
+        raise
+
+    def release() -> None:
+        run.running.discard(generation)
+        slots.put(model)
+
+    generation = Generation(prime, chars, release=release)
+    run.running.add(generation)
+    generation.start()
+    return StreamingResponse(generation.events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+BUSY = "the model is busy looking inside another text; try again"
+
+
+@router.post("/api/inspect")
+def inspect(req: InspectRequest, request: Request):
+    trace = engine(request).trace(req.text)
+    if trace is None:
+        return error(429, BUSY)
+    values = unit_series(trace, req.state, req.layer, req.unit)
+    predictions = trace.top_predictions(engine(request).vocab, 5)
+    return {"chars": list(req.text), "state": req.state, "layer": req.layer, "unit": req.unit,
+            "values": [round(float(v), 5) for v in values],
+            "predictions": [[[ch, round(p, 5)] for ch, p in row] for row in predictions]}
+
+
+@router.post("/api/units")
+def units(req: UnitsRequest, request: Request):
+    trace = engine(request).trace(req.text)
+    if trace is None:
+        return error(429, BUSY)
+    return {"features": list(FEATURES), **rank_units(trace.states, text_features(req.text), req.top)}
+
+
+@router.get("/api/metrics")
+def metrics(request: Request):
+    rows = read_metrics(engine(request).run_dir / "metrics.jsonl")
+    points = lambda key: [[r["iter"], r[key]] for r in rows if _number(r.get(key)) and _number(r.get("iter"))]  # noqa: E731
+    train = points("train_loss")
+    stride = max(1, len(train) // 2000)  # keep the page light for long runs
+    return {"train": train[::stride], "val": points("val_loss"), "rows": len(rows)}
+
+
+@router.get("/api/samples")
+def samples(request: Request):
+    """Training logs its samples only to the console, so the page shows fresh ones from these weights."""
+    run = engine(request)
+    if not run.samples:
+        try:
+            model = run.slots.get(timeout=10)
+        except queue.Empty:
+            return error(429, "all generation slots are busy; try again")
+        try:
+            run.samples[:] = ["".join(model.stream("", 240, temperature=0.8, seed=seed)) for seed in (1, 2)]
+        finally:
+            run.slots.put(model)
+    return {"samples": run.samples, "temperature": 0.8, "which": run.which}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+class Guard:
+    """ASGI middleware: refuse unexpected Host headers and oversized bodies; add CSP to every response."""
+
+    def __init__(self, app, allowed_hosts: Optional[List[str]]):
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = _host_name(headers.get("host", ""))
+        size = headers.get("content-length")
+        if self.allowed_hosts is not None and host not in self.allowed_hosts:
+            response = error(400, f"unexpected Host header {host!r}; open the address charrnn serve printed")
+        elif size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+            response = error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        else:
+            return await self.app(scope, receive, _with_headers(send))
+        await response(scope, receive, _with_headers(send))
+
+
+def _with_headers(send):
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            message["headers"] = list(message.get("headers", [])) + [
+                (b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                (b"referrer-policy", b"no-referrer")]
+        await send(message)
+    return sending
+
+
+def _host_name(host: str) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1'."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def create_app(run_dir, impl: str = "library", which: str = "latest", max_generations: int = 2,
+               allowed_hosts: Optional[List[str]] = None, warm: bool = True) -> FastAPI:
+    """The app for one run directory, its model loaded (`max_generations` times) and warmed.
+
+    allowed_hosts (e.g. ["127.0.0.1", "localhost"]) refuses other Host headers, so a web page
+    cannot reach a loopback server by rebinding its own domain name to 127.0.0.1.
+    """
+    app = FastAPI(title="charrnn", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = Engine(Path(run_dir), impl, which, max_generations, warm)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = (exc.errors() or [{"loc": (), "msg": "invalid request"}])[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        return error(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError):
+        return error(400, str(exc))
+
+    return app

@@ -1,0 +1,252 @@
+// charrnn serve: the page. Model output is untrusted text: it only ever reaches the page
+// through textContent / text nodes (never innerHTML), and the server's CSP forbids inline script.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+// A character as a label: whitespace made visible.
+function showChar(ch) {
+  return { "\n": "\u21b5", " ": "\u2423", "\t": "\u21e5", "\r": "\\r" }[ch] ?? ch;
+}
+
+function setStatus(id, message, isError = false) {
+  const node = $(id);
+  node.textContent = message;
+  node.classList.toggle("error", isError);
+}
+
+async function postJSON(url, body) {
+  const response = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+let info = null;
+
+// ---- tabs ----------------------------------------------------------------------------------
+function showView(name) {
+  for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-selected", String(tab.dataset.view === name));
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
+  if (name === "training") loadTraining();
+}
+
+// ---- generate --------------------------------------------------------------------------------
+let controller = null;
+
+function numberOrNull(id) {
+  const value = $(id).value.trim();
+  return value === "" ? null : Number(value);
+}
+
+async function generate(event) {
+  event.preventDefault();
+  if (controller) return;
+  const body = {
+    prime: $("prime").value, length: Number($("length").value), temperature: Number($("temperature").value),
+    top_k: numberOrNull("top-k"), top_p: numberOrNull("top-p"), seed: numberOrNull("seed"), greedy: $("greedy").checked,
+  };
+  const output = $("gen-output");
+  output.replaceChildren();
+  controller = new AbortController();
+  $("generate").disabled = true; $("stop").disabled = false; $("to-inspect").disabled = true;
+  setStatus("gen-status", "generating\u2026");
+  const started = performance.now();
+  let first = null, count = 0, ended = "stopped";
+  try {
+    const response = await fetch("/api/generate", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (!response.ok) {
+      const data = await response.json().catch(() => ({}));
+      throw new Error(data.error || `HTTP ${response.status}`);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const { name, data } = parseEvent(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+        if (name === "prime") output.append(el("span", { class: "prime" }, data.text));
+        else if (name === "text") {
+          if (first === null) first = performance.now() - started;
+          count += [...data.text].length;
+          output.append(document.createTextNode(data.text));
+          setStatus("gen-status", `${count} characters; first after ${first.toFixed(0)} ms`);
+        } else if (name === "end") ended = data.reason;
+        else if (name === "error") throw new Error(data.error);
+      }
+    }
+    setStatus("gen-status", `${ended}: ${count} characters` + (first === null ? "" : `; first after ${first.toFixed(0)} ms`));
+  } catch (err) {
+    if (err.name === "AbortError") setStatus("gen-status", `stopped after ${count} characters`);
+    else setStatus("gen-status", err.message, true);
+  } finally {
+    controller = null;
+    $("generate").disabled = false; $("stop").disabled = true; $("to-inspect").disabled = output.textContent === "";
+  }
+}
+
+function parseEvent(block) {
+  let name = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event: ")) name = line.slice(7);
+    else if (line.startsWith("data: ")) data += line.slice(6);
+  }
+  return { name, data: JSON.parse(data || "{}") };
+}
+
+// ---- look inside -----------------------------------------------------------------------------
+let shown = null; // the last /api/inspect answer
+
+function inspectRequest() {
+  return { text: $("inspect-input").value, layer: Number($("layer").value), state: $("state").value, unit: Number($("unit").value) };
+}
+
+async function showUnit() {
+  const request = inspectRequest();
+  if (!request.text) { setStatus("inspect-status", "type or paste a text first", true); return; }
+  setStatus("inspect-status", "reading the text\u2026");
+  try {
+    shown = await postJSON("/api/inspect", request);
+  } catch (err) { setStatus("inspect-status", err.message, true); return; }
+  const values = shown.values;
+  const scale = Math.max(1e-6, ...values.map(Math.abs));
+  const box = $("inspect-text");
+  box.replaceChildren();
+  shown.chars.forEach((ch, i) => {
+    const span = el("span", { "data-index": String(i) }, ch);
+    const v = values[i] / (request.state === "h" ? 1 : scale); // h lies in [-1, 1]; c is scaled to its largest
+    span.style.backgroundColor = v >= 0 ? `rgba(220, 60, 40, ${Math.min(1, v).toFixed(3)})` : `rgba(40, 100, 220, ${Math.min(1, -v).toFixed(3)})`;
+    span.title = `${values[i].toFixed(3)}`;
+    box.append(span);
+  });
+  setStatus("inspect-status", `layer ${shown.layer}, ${shown.state === "c" ? "cell" : "hidden"} state, unit ${shown.unit}: ` +
+    `red positive, blue negative (largest |value| ${scale.toFixed(3)})`);
+}
+
+function showPrediction(event) {
+  const span = event.target.closest("span[data-index]");
+  if (!span || !shown) return;
+  for (const old of document.querySelectorAll("#inspect-text span.current")) old.classList.remove("current");
+  span.classList.add("current");
+  const i = Number(span.dataset.index);
+  const rows = shown.predictions[i].map(([ch, p]) =>
+    el("tr", {}, el("td", {}, el("code", {}, showChar(ch))), el("td", {}, p.toFixed(3)),
+      el("td", {}, (() => { const bar = el("div", { class: "bar" }); bar.style.width = `${(p * 100).toFixed(1)}%`; return bar; })())));
+  $("prediction").replaceChildren(
+    el("p", {}, "after ", el("code", {}, showChar(shown.chars[i])), ` (position ${i}, activation ${shown.values[i].toFixed(3)}):`),
+    el("table", { class: "top5" }, ...rows));
+}
+
+async function findUnits() {
+  const text = $("inspect-input").value;
+  setStatus("inspect-status", "ranking units\u2026");
+  let result;
+  try { result = await postJSON("/api/units", { text, top: 5 }); } catch (err) { setStatus("inspect-status", err.message, true); return; }
+  const box = $("units");
+  box.replaceChildren(el("h3", { class: "units-title" }, "Units that track features of this text (Pearson r with each feature, strongest |r| first; click one to colour the text by it)"));
+  for (const feature of result.features) {
+    const units = result.by_feature[feature] || [];
+    const group = el("div", { class: "feature" }, el("h3", {}, feature));
+    box.append(group);
+    if (!units.length) { group.append(el("p", { class: "muted" }, "absent from this text")); continue; }
+    const table = el("table", {}, el("tr", {}, el("th", {}, "layer"), el("th", {}, "state"), el("th", {}, "unit"), el("th", {}, "r")));
+    for (const u of units) {
+      const row = el("tr", { class: "pick" }, el("td", {}, u.layer), el("td", {}, u.state), el("td", {}, u.unit), el("td", {}, u.r.toFixed(3)));
+      row.addEventListener("click", () => { $("layer").value = u.layer; $("state").value = u.state; $("unit").value = u.unit; showUnit(); });
+      table.append(row);
+    }
+    group.append(table);
+  }
+  setStatus("inspect-status", "ranked; click a unit to colour the text by it");
+}
+
+// ---- training --------------------------------------------------------------------------------
+async function loadTraining() {
+  try {
+    const metrics = await (await fetch("/api/metrics")).json();
+    drawChart(metrics);
+    setStatus("train-status", metrics.rows ? `${metrics.rows} rows in metrics.jsonl; train (blue), validation (orange), nats per character`
+                                           : "no metrics.jsonl in this run");
+  } catch (err) { setStatus("train-status", err.message, true); }
+  const box = $("samples");
+  if (box.childElementCount) return;
+  box.append(el("p", { class: "muted" }, "drawing samples\u2026"));
+  try {
+    const data = await (await fetch("/api/samples")).json();
+    box.replaceChildren(...(data.samples || []).map((s) => el("pre", { class: "output sample" }, s)));
+    if (data.error) box.append(el("p", { class: "status error" }, data.error));
+  } catch (err) { box.replaceChildren(el("p", { class: "status error" }, err.message)); }
+}
+
+function drawChart({ train, val }) {
+  const ns = "http://www.w3.org/2000/svg", W = 760, H = 300, pad = 45;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", W); svg.setAttribute("height", H);
+  const points = train.concat(val);
+  if (points.length) {
+    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+    const [x0, x1] = [Math.min(...xs), Math.max(...xs) || 1], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const sx = (x) => pad + (x - x0) / ((x1 - x0) || 1) * (W - 2 * pad);
+    const sy = (y) => H - pad - (y - y0) / ((y1 - y0) || 1) * (H - 2 * pad);
+    const add = (tag, attrs, text) => {
+      const node = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+      if (text !== undefined) node.textContent = text;
+      svg.append(node); return node;
+    };
+    add("line", { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, class: "axis" });
+    add("line", { x1: pad, y1: pad, x2: pad, y2: H - pad, class: "axis" });
+    add("text", { x: pad, y: H - pad + 16 }, String(x0));
+    add("text", { x: W - pad - 30, y: H - pad + 16 }, `${x1} iter`);
+    add("text", { x: 2, y: sy(y1) + 4 }, y1.toFixed(2));
+    add("text", { x: 2, y: sy(y0) + 4 }, y0.toFixed(2));
+    const line = (series, cls) => add("polyline", { class: cls, points: series.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ") });
+    if (train.length) line(train, "train");
+    if (val.length) line(val, "val");
+    for (const [x, y] of val) add("circle", { cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3, class: "val-point" });
+    add("text", { x: W - 150, y: pad - 20, class: "legend-train" }, "\u2014 train");
+    add("text", { x: W - 90, y: pad - 20, class: "legend-val" }, "\u2014 validation");
+    add("text", { x: 2, y: pad - 20 }, "loss (nats/char)");
+  }
+  $("chart").replaceChildren(svg);
+}
+
+// ---- start -----------------------------------------------------------------------------------
+async function start() {
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
+  $("gen-form").addEventListener("submit", generate);
+  $("stop").addEventListener("click", () => controller && controller.abort());
+  $("to-inspect").addEventListener("click", () => {
+    $("inspect-input").value = Array.from($("gen-output").textContent).slice(0, info.limits.inspect_chars).join("");
+    showView("inspect");
+    showUnit();
+  });
+  $("show").addEventListener("click", showUnit);
+  $("find-units").addEventListener("click", findUnits);
+  $("inspect-text").addEventListener("mouseover", showPrediction);
+  info = await (await fetch("/api/info")).json();
+  $("model-info").textContent = `${info.run}: ${info.layers}\u00d7${info.hidden} ${info.cell}, ${info.vocab.length} characters, --impl ${info.impl}`;
+  $("layer").replaceChildren(...Array.from({ length: info.layers }, (_, k) => el("option", { value: String(k) }, k)));
+  $("state").replaceChildren(...info.states.map((s) => el("option", { value: s }, s === "c" ? "cell (c)" : "hidden (h)")));
+  $("unit").max = String(info.hidden - 1);
+  $("length").max = String(info.limits.length);
+  document.body.dataset.ready = "1";
+}
+
+start();
