@@ -102,10 +102,16 @@ def init_distributed(world: World, device) -> None:
         dist.init_process_group(backend="gloo")
 
 
-def close_distributed() -> None:
+def close_distributed(finished: bool) -> None:
+    """Leave the process group. After a finished run, wait for every process first: rank 0 may
+    still be writing the last checkpoint, and a process that tears gloo down and exits meanwhile
+    was seen to abort ("terminate called without an active exception"). After an error, no
+    barrier: the others may be stuck in a collective, and torchrun ends them."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

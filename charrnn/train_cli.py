@@ -79,11 +79,14 @@ def run_train(args: dict) -> int:
     if not world.distributed:
         return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world)
     init_distributed(world, device)
+    finished = False
     try:  # each process trains on its own contiguous share of the streams
-        return _train(train_cfg, model_cfg, vocab, init_params, train_streams.shard(world.rank, world.size),
+        code = _train(train_cfg, model_cfg, vocab, init_params, train_streams.shard(world.rank, world.size),
                       val_streams.shard(world.rank, world.size) if val_streams else None, device, world)
+        finished = True
+        return code
     finally:
-        close_distributed()
+        close_distributed(finished)
 
 
 def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
