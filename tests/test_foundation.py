@@ -418,7 +418,7 @@ def test_tinyshakespeare_unreachable_is_one_line_error(no_tinyshakespeare, capsy
 def test_tinyshakespeare_wrong_cached_content(no_tinyshakespeare, capsys, where):
     path = no_tinyshakespeare / where
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n", encoding="utf-8")
+    path.write_text("Not the corpus:\nany text whose sha256 differs.\n", encoding="utf-8")
     assert main(["info", "tinyshakespeare"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
