@@ -86,15 +86,7 @@ def cmd_eval(args) -> int:
 
     model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device)
     corpus = load_corpus(args.data)
-    missing = [c for c in corpus.vocab.chars if c not in model.vocab]
-    if missing:
-        from .vocab import format_chars
-
-        raise UserError(f"{args.data} has characters outside the model's vocabulary: {format_chars(missing)}")
-    import numpy as np
-
-    table = np.array([model.vocab.chars.index(c) for c in corpus.vocab.chars], dtype=np.int64)
-    result = model.evaluate_indices(table[np.asarray(corpus.data)])
+    result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
     if args.json:
         print(json.dumps(result.as_dict()))
     else:

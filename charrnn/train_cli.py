@@ -25,7 +25,6 @@ from .dataset import Corpus, load_corpus
 from .devices import close_distributed, init_distributed, make_reducers, resolve_device, world_from_env
 from .errors import UserError
 from .presets import preset_values
-from .vocab import format_chars
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -51,12 +50,10 @@ def build_configs(given: dict) -> tuple[TrainConfig, dict]:
 
 
 def _remap_to_vocab(corpus: Corpus, vocab) -> np.ndarray:
-    missing = [c for c in corpus.vocab.chars if c not in vocab]
-    if missing:
-        raise UserError(f"the new corpus has characters the --init-from model never saw: {format_chars(missing)}; "
-                        "fine-tune on a text within its vocabulary, or train a new model")
-    table = np.array([vocab.chars.index(c) for c in corpus.vocab.chars], dtype=vocab.dtype)
-    return table[np.asarray(corpus.data)]
+    try:
+        return vocab.translate(corpus.vocab, corpus.data, "the new corpus")
+    except UserError as e:
+        raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, or train a new model") from None
 
 
 def run_train(args: dict) -> int:

@@ -73,6 +73,16 @@ class Vocab:
             raise UserError(f"text has characters outside the vocabulary: {format_chars(missing)}")
         return positions.astype(self.dtype)
 
+    def translate(self, other: "Vocab", data: np.ndarray, what: str) -> np.ndarray:
+        """Re-encode `data` (indices in `other`) as indices in this vocabulary.
+
+        UserError listing the characters this vocabulary lacks; `what` names the text in it."""
+        missing = [c for c in other.chars if c not in self._index]
+        if missing:
+            raise UserError(f"{what} has characters outside the model's vocabulary: {format_chars(missing)}")
+        table = np.array([self._index[c] for c in other.chars], dtype=self.dtype)
+        return table[np.asarray(data)]
+
     def decode(self, indices: Sequence[int] | np.ndarray) -> str:
         return "".join(self.chars[int(i)] for i in indices)
 
