@@ -17,7 +17,7 @@ from .config import IMPLS
 from .errors import UserError
 from .evaluate import Evaluation, evaluate_indices
 from .runner import Runner
-from .sample import beam_search, check_sampling, clean_prime, generate_indices, prime_indices
+from .sample import beam_search, check_sampling, clean_prime, generate, generate_indices, prime_indices
 
 
 class TrainedModel:
@@ -35,10 +35,7 @@ class TrainedModel:
         if impl != "naive":
             from .devices import resolve_device
 
-            try:
-                torch_device = resolve_device(device, impl)
-            except ImportError:  # resolve_device imports torch; say so as build_model would
-                raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
+            torch_device = resolve_device(device, impl)  # one-line UserError when torch is missing
         self.model = build_model(impl, self.config, params=params, device=torch_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
         self.runner = Runner(self.model)
@@ -71,13 +68,8 @@ class TrainedModel:
         _check_length(length)
         if num_samples < 1:
             raise UserError(f"--num-samples {num_samples} must be at least 1")
-        prime = self.prime(prime, unknown)
-        idx = prime_indices(self.vocab, prime)
-        rng = np.random.default_rng(seed)
-        steps = list(generate_indices(self.runner, idx, length, num_samples, temperature, top_k, top_p, greedy, rng))
-        columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)  # (N, length)
-        texts = [prime + self.vocab.decode(row) for row in columns]
-        return texts[0] if num_samples == 1 else texts
+        return generate(self.runner, self.vocab, self.prime(prime, unknown), length, temperature, top_k, top_p,
+                        greedy, np.random.default_rng(seed), num_samples)
 
     def beam(self, prime: str = "", length: int = 100, beam: int = 5, unknown: str = "error") -> str:
         """The (cleaned) prime followed by the most likely continuation that beam search finds."""

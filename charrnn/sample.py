@@ -97,14 +97,15 @@ def generate_indices(runner: Runner, prime: np.ndarray, length: int, num_samples
         last = logits[:, -1]
 
 
-def generate(model, vocab: Vocab, prime: str = "", length: int = 500, temperature: float = 1.0,
+def generate(runner: Runner, vocab: Vocab, prime: str = "", length: int = 500, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
              rng: Optional[np.random.Generator] = None, num_samples: int = 1) -> str | List[str]:
-    """The prime followed by `length` generated characters (a list when num_samples > 1)."""
+    """The prime (already cleaned, see clean_prime) followed by `length` generated characters;
+    a list of num_samples texts when num_samples > 1."""
     check_sampling(temperature, top_k, top_p)
     idx = prime_indices(vocab, prime)
-    steps = list(generate_indices(Runner(model), idx, length, num_samples, temperature, top_k, top_p, greedy, rng))
-    columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)
+    steps = list(generate_indices(runner, idx, length, num_samples, temperature, top_k, top_p, greedy, rng))
+    columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)  # (N, length)
     texts = [prime + vocab.decode(row) for row in columns]
     return texts[0] if num_samples == 1 else texts
 

@@ -45,10 +45,6 @@ def add_eval_parser(sub) -> None:
 def cmd_sample(args) -> int:
     from .api import load
 
-    if args.length < 0:
-        raise UserError(f"--length {args.length} must be non-negative")
-    if args.beam is not None and args.beam < 1:
-        raise UserError(f"--beam {args.beam} must be at least 1")
     prime = args.prime
     if args.prime_file:
         try:

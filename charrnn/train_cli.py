@@ -195,10 +195,12 @@ def _make_stepper(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_
 def _make_sampler(stepper, vocab, cfg: TrainConfig):
     if not cfg.sample_every:
         return None
+    from .runner import Runner
     from .sample import generate
 
     rng = np.random.default_rng(cfg.seed + 1)  # its own RNG: sampling must not change training's randomness
-    return lambda: generate(stepper.model, vocab, prime="\n", length=200, temperature=0.8, rng=rng)
+    # a new Runner each time: the naive engine's fused step snapshots the weights, which training changes
+    return lambda: generate(Runner(stepper.model), vocab, prime="\n", length=200, temperature=0.8, rng=rng)
 
 
 def _install_signal_handlers(trainer) -> dict:
