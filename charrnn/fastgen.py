@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import functools
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -222,3 +223,18 @@ def blas_threads(n: int) -> Iterator[bool]:
         yield True
     finally:
         getattr(lib, setter)(ctypes.c_int(previous))
+
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def one_blas_thread_unless_chosen():
+    """blas_threads(1), or nothing where the user chose a count through the environment.
+
+    Small matmuls (a naive training step, a batch-1 generation step) are fastest on one
+    OpenBLAS thread: on a busy shared 2-core machine a second thread waiting for a core
+    made them 2-8x slower (benchmarks/naive_vs_minchar.py, benchmarks/sampling_speed.py).
+    """
+    if any(v in os.environ for v in BLAS_THREAD_VARIABLES):
+        return contextlib.nullcontext()
+    return blas_threads(1)

@@ -16,13 +16,9 @@ tuples of (L, B, H) arrays either way, so the two paths interleave freely.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Dict, Tuple
 
 import numpy as np
-
-
-_BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 class Runner:
@@ -30,7 +26,6 @@ class Runner:
         self.model = model
         self.is_torch = not hasattr(model, "forward_train")
         self._fused: Dict[int, object] = {}  # batch size -> fastgen.FusedStep (naive engine)
-        self._pin_blas = not any(v in os.environ for v in _BLAS_THREAD_VARIABLES)
         if self.is_torch:
             import torch
 
@@ -67,11 +62,11 @@ class Runner:
         return tuple(s[:, rows] for s in state)
 
     def _blas_threads(self, batch_size: int):
-        if batch_size > 1 or not self._pin_blas:
+        if batch_size > 1:
             return contextlib.nullcontext()
-        from .fastgen import blas_threads
+        from .fastgen import one_blas_thread_unless_chosen
 
-        return blas_threads(1)
+        return one_blas_thread_unless_chosen()
 
     def _fused_step(self, batch_size: int):
         if batch_size not in self._fused:

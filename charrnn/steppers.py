@@ -9,9 +9,7 @@ the engine's own array type.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from typing import Dict, Tuple
 
 import numpy as np
@@ -35,7 +33,9 @@ class NumpyStepper:
         return self.model.initial_state(batch_size)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
-        with _one_blas_thread():
+        from .fastgen import one_blas_thread_unless_chosen
+
+        with one_blas_thread_unless_chosen():
             return self._train_step(x, y, state)
 
     def _train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
@@ -85,20 +85,6 @@ class NumpyStepper:
 
     def parameters_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.model.params.values())
-
-
-def _one_blas_thread():
-    """One OpenBLAS thread for a naive step, unless the environment chose a count.
-
-    The naive engine's matmuls are small (B*T x H); OpenBLAS splits them over all cores,
-    and on a shared machine a thread waiting for a busy core made steps up to 8x slower
-    (benchmarks/naive_vs_minchar.py).
-    """
-    if any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")):
-        return contextlib.nullcontext()
-    from .fastgen import blas_threads
-
-    return blas_threads(1)
 
 
 def cross_entropy_torch(logits, targets):
