@@ -97,8 +97,6 @@ def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
         if world.distributed:
             raise UserError(f"--impl naive cannot train under torchrun ({world.size} processes); "
                             "use --impl library or scratch, or run one process")
-    if cfg.bf16 and cfg.device not in ("auto", "cuda"):
-        raise UserError("--bf16 needs CUDA; drop it on the CPU")
     world.shard_rows(cfg.batch_size)  # the global batch must divide among the processes
 
 

@@ -213,3 +213,14 @@ def test_naive_engine_rejects_options_it_cannot_honour(text_file, tmp_path):
     assert r.returncode == 2 and "--compile" in r.stderr
     r = cli(["train", "--impl", "naive", "--data", text_file, "--out", tmp_path / "r", "--device", "cuda"])
     assert r.returncode == 2 and "naive" in r.stderr
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_bf16_without_cuda_is_one_line_error(device, text_file, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--bf16", "--device", device])
+    assert r.returncode == 2 and "--bf16 needs CUDA" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
