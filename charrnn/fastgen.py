@@ -20,7 +20,9 @@ LSTM columns are reordered i, f, o, g so the sigmoid gates are contiguous.
 At batch 1 a step is bound by memory bandwidth, not arithmetic: a 2x512 LSTM reads
 12.7 MB of float32 weights per character (twice that in float64), which caps one core of
 the 2-core Xeon this was measured on near 2,200 steps/s. Measure with
-benchmarks/sampling_speed.py. OpenBLAS's threads hurt matrix-vector products on a
+benchmarks/sampling_speed.py. quantize="int8" keeps the layer weights in int8
+(quantize.Int8Linear), a quarter of the bytes, at a measured cost in accuracy; the
+table and the head stay in float. OpenBLAS's threads hurt matrix-vector products on a
 busy machine; `blas_threads(1)` pins them for a block of code.
 """
 from __future__ import annotations
@@ -46,9 +48,11 @@ class FusedStep:
     """
 
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
-                 dtype=np.float32):
+                 dtype=np.float32, quantize: Optional[str] = None):
         cfg = config
+        dtype = np.float32 if quantize else dtype  # int8 weights: float64 buys nothing
         self.config, self.batch_size, self.dtype = cfg, batch_size, np.dtype(dtype)
+        self.quantize = quantize
         L, H, B = cfg.layers, cfg.hidden, batch_size
         p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}  # prepare in float64
         order, scale, fold_hh = _gate_layout(cfg.cell, H)
@@ -60,20 +64,21 @@ class FusedStep:
         b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
         table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
         self.table = as_weights(table[:, order] * scale)          # (V, G*H)
-        self.w_x, self.w_h, self.w_xh, self.b_x, self.b_h = [], [], [], [], []
+        linear = _linear_class(quantize)
+        # out = x @ w + b per layer: xh (rnn, lstm: both sides add up before the nonlinearity, so
+        # one matmul); gru keeps x and h apart, as r scales W_hn h + b_hn but not W_in x + b_in
+        self.xh, self.x, self.hh = [], [], []
         for k in range(L):
             w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
             b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
-            if fold_hh:  # rnn, lstm: both sides add up before the nonlinearity, so one matmul
-                self.w_xh.append(as_weights(cols(w_hh) if k == 0 else np.vstack([cols(w_ih), cols(w_hh)])))
-                self.b_x.append(as_weights(((b_ih + b_hh)[order] * scale)[None]))  # (1, G*H); unused at k=0
-            else:        # gru: x and h projections stay apart
-                self.w_x.append(as_weights(cols(w_ih)))           # (in, 3H)
-                self.w_h.append(as_weights(cols(w_hh)))           # (H, 3H)
-                self.b_x.append(as_weights((b_ih[order] * scale)[None]))  # (1, 3H)
-                self.b_h.append(as_weights((b_hh[order] * scale)[None]))  # (1, 3H)
-        self.head_w = as_weights(p["head.weight"].T)              # (H, V)
-        self.head_b = as_weights(p["head.bias"])                  # (V,)
+            bias = lambda b: as_weights((b[order] * scale)[None])  # noqa: E731  (1, G*H)
+            if fold_hh:  # layer 0's input side and biases are in the table
+                self.xh.append(linear(as_weights(cols(w_hh)), None) if k == 0 else
+                               linear(as_weights(np.vstack([cols(w_ih), cols(w_hh)])), bias(b_ih + b_hh)))
+            else:
+                self.x.append(None if k == 0 else linear(as_weights(cols(w_ih)), bias(b_ih)))  # (in, 3H)
+                self.hh.append(linear(as_weights(cols(w_hh)), bias(b_hh)))                      # (H, 3H)
+        head = _head_class(quantize)(as_weights(p["head.weight"].T), as_weights(p["head.bias"][None]))  # (H, V), (1, V)
 
         G = cfg.gates
         empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
@@ -84,11 +89,25 @@ class FusedStep:
         self.tmp = empty(B, H)                                    # (B, H)
         self.logits = empty(B, cfg.vocab_size)                    # (B, V)
         self._cell = {"rnn": self._rnn, "gru": self._gru, "lstm": self._lstm}[cfg.cell]
+        # per layer, built once: its input columns of self.h ([h(k-1), hk] for k > 0, [h0] for k = 0,
+        # the character arriving through the table), its own h columns, and the matmuls bound to them
+        self.inputs = [self.h[:, max(k - 1, 0) * H:(k + 1) * H] for k in range(L)]
+        self.outputs = [self.h[:, k * H:(k + 1) * H] for k in range(L)]
+        if fold_hh:
+            self.xh_call = [self.xh[k].bind(self.inputs[k], self.a) for k in range(L)]
+        else:
+            self.x_call = [None] + [self.x[k].bind(self.inputs[k][:, :H], self.a) for k in range(1, L)]
+            self.hh_call = [self.hh[k].bind(self.outputs[k], self.a2) for k in range(L)]
+        self.head_call = head.bind(self.outputs[-1], self.logits)
+        a = self.a                                                # views of the LSTM gates: s = i, f, o together
+        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if cfg.cell == "lstm" else None
 
     @classmethod
-    def from_model(cls, model, batch_size: int) -> "FusedStep":
-        """From a naive model (anything with .config, .params and .dtype)."""
-        return cls(model.config, model.params, batch_size, getattr(model, "dtype", np.float32))
+    def from_model(cls, model, batch_size: int, quantize: Optional[str] = None) -> "FusedStep":
+        """From any engine's model: a snapshot of its canonical parameters, in its dtype (float32 for torch)."""
+        dtype = getattr(model, "dtype", np.float32)
+        return cls(model.config, model.get_parameters(), batch_size,
+                   dtype if isinstance(dtype, np.dtype) else np.float32, quantize)
 
     def set_state(self, state: State) -> None:
         """Copy a state (tuple of (L, B, H) arrays) in."""
@@ -100,57 +119,47 @@ class FusedStep:
     def get_state(self) -> State:
         """A copy of the state, as a tuple of new (L, B, H) arrays."""
         L, B, H = self.config.layers, self.batch_size, self.config.hidden
-        h = np.ascontiguousarray(self.h.reshape(B, L, H).transpose(1, 0, 2))
+        h = self.h.reshape(B, L, H).transpose(1, 0, 2).copy()  # not ascontiguousarray: a view when B == 1
         return (h,) if self.c is None else (h, self.c.copy())
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""
-        H = self.config.hidden
         for k in range(self.config.layers):
-            self._cell(k, chars, self.h[:, max(k - 1, 0) * H:(k + 1) * H])
-        np.matmul(self.h[:, -H:], self.head_w, out=self.logits)  # (B, V)
-        self.logits += self.head_b
-        return self.logits
+            self._cell(k, chars)
+        return self.head_call()                                   # (B, V) self.logits
 
-    # Each cell reads xh, layer k's input columns: [h(k-1), hk] for k > 0, [h0] for k = 0
-    # (the character arrives through the table). It writes the new hk into self.h in place.
+    # Each cell reads layer k's input columns of self.h (self.inputs[k]) through its bound
+    # matmuls and writes the new hk into its own columns (self.outputs[k]) in place.
 
-    def _input(self, k: int, chars, xh: np.ndarray, a: np.ndarray) -> None:
+    def _input(self, k: int, chars) -> np.ndarray:
         """a = xh @ W + b for rnn and lstm: the whole pre-activation."""
-        np.matmul(xh, self.w_xh[k], out=a)                        # (B, G*H)
+        a = self.xh_call[k]()                                     # (B, G*H)
         if k == 0:
             a += np.take(self.table, chars, axis=0, out=self.a2)  # (B, G*H) x W_ih^T + biases
-        else:
-            a += self.b_x[k]
+        return a
 
-    def _rnn(self, k: int, chars, xh: np.ndarray) -> None:
-        H = self.config.hidden
-        self._input(k, chars, xh, self.a)
-        np.tanh(self.a, out=self.h[:, k * H:(k + 1) * H])         # (B, H) h' = tanh(a)
+    def _rnn(self, k: int, chars) -> None:
+        np.tanh(self._input(k, chars), out=self.outputs[k])      # (B, H) h' = tanh(a)
 
-    def _lstm(self, k: int, chars, xh: np.ndarray) -> None:
-        H, a, c, tmp = self.config.hidden, self.a, self.c[k], self.tmp
-        self._input(k, chars, xh, a)
+    def _lstm(self, k: int, chars) -> None:
+        c, tmp, (s, i, f, o, g) = self.c[k], self.tmp, self.gates
+        a = self._input(k, chars)
         np.tanh(a, out=a)                                         # (B, 4H) tanh(a/2) for i, f, o; tanh(a) for g
-        s = a[:, :3 * H]
         s *= 0.5
         s += 0.5                                                  # (B, 3H) i, f, o = sigmoid(.)
-        i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         c *= f                                                    # (B, H) f * c
         c += np.multiply(i, g, out=tmp)                           # (B, H) c' = f * c + i * g
         np.tanh(c, out=tmp)                                       # (B, H) tanh(c')
-        np.multiply(o, tmp, out=self.h[:, k * H:(k + 1) * H])     # (B, H) h' = o * tanh(c')
+        np.multiply(o, tmp, out=self.outputs[k])                 # (B, H) h' = o * tanh(c')
 
-    def _gru(self, k: int, chars, xh: np.ndarray) -> None:
+    def _gru(self, k: int, chars) -> None:
         H, xp, hp, tmp = self.config.hidden, self.a, self.a2, self.tmp
-        h = self.h[:, k * H:(k + 1) * H]                          # (B, H) old h, overwritten at the end
+        h = self.outputs[k]                                       # (B, H) old h, overwritten at the end
         if k == 0:
             np.take(self.table, chars, axis=0, out=xp)            # (B, 3H) W_i x + b_i
         else:
-            np.matmul(xh[:, :H], self.w_x[k], out=xp)             # (B, 3H)
-            xp += self.b_x[k]
-        np.matmul(h, self.w_h[k], out=hp)                         # (B, 3H)
-        hp += self.b_h[k]                                         # (B, 3H) W_h h + b_h
+            self.x_call[k]()                                      # (B, 3H) W_i x + b_i
+        self.hh_call[k]()                                         # (B, 3H) W_h h + b_h
         rz = xp[:, :2 * H]
         rz += hp[:, :2 * H]
         np.tanh(rz, out=rz)
@@ -162,6 +171,21 @@ class FusedStep:
         np.subtract(h, n, out=tmp)                                # (B, H) h - n
         tmp *= z
         np.add(tmp, n, out=h)                                     # (B, H) h' = n + z * (h - n)
+
+
+def _linear_class(quantize: Optional[str]):
+    """quantize.FloatLinear, or the int8 one (which needs torch, imported only then)."""
+    from .quantize import FloatLinear, Int8Linear, check_quantize
+
+    check_quantize(quantize)
+    return FloatLinear if quantize is None else Int8Linear
+
+
+def _head_class(quantize: Optional[str]):
+    """The head stays float32; in int8 mode on torch's threads, like the layers (quantize.TorchLinear)."""
+    from .quantize import FloatLinear, TorchLinear
+
+    return FloatLinear if quantize is None else TorchLinear
 
 
 def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:
@@ -218,6 +242,9 @@ def blas_threads(n: int) -> Iterator[bool]:
         return
     lib, setter = found
     previous = getattr(lib, setter.replace("set_", "get_"))()
+    if previous == n:  # already so (an enclosing block): setting it again would still cost ~30 us
+        yield True
+        return
     getattr(lib, setter)(ctypes.c_int(n))
     try:
         yield True

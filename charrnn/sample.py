@@ -38,25 +38,26 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: Optional[in
     """
     if greedy:
         return logits.argmax(axis=-1)
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.multiply(logits, 1.0 / temperature, dtype=np.float64)  # (B, V) a new float64 array
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
-        z = np.where(z < kth, -np.inf, z)
-    p = np.exp(log_softmax(z))
+        z[z < kth] = -np.inf
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z, out=z)                                    # (B, V) unnormalized: the draw scales u instead
     if top_p is not None and top_p < 1:
+        p /= p.sum(axis=-1, keepdims=True)
         order = np.argsort(-p, axis=-1)
         sorted_p = np.take_along_axis(p, order, axis=-1)
         drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= top_p  # mass before this one already reaches p
         drop = np.zeros_like(drop_sorted)
         np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        p = np.where(drop, 0.0, p)
-        p /= p.sum(axis=-1, keepdims=True)
+        p[drop] = 0.0
     rng = rng or np.random.default_rng()
-    u = rng.random(p.shape[0])[:, None]                     # (B, 1) in [0, 1)
-    cdf = np.cumsum(p, axis=-1)                             # (B, V)
+    cdf = np.cumsum(p, axis=-1, out=p)                      # (B, V), in place: a batch-1 step is ~200 us, each call counts
+    u = rng.random(p.shape[0]) * cdf[:, -1]                 # (B,) uniform in [0, total mass)
     # the first index whose cdf exceeds u: `<=` (not `<`) so u = 0 can never pick a
     # leading character that top-k or top-p removed (probability 0, so cdf 0)
-    return np.minimum((cdf <= u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
+    return np.minimum((cdf <= u[:, None]).sum(axis=-1), p.shape[-1] - 1)
 
 
 def clean_prime(vocab: Vocab, prime: str, unknown: str = "error") -> str:
@@ -90,11 +91,11 @@ def generate_indices(runner: Runner, prime: np.ndarray, length: int, num_samples
     state = runner.zero_state(num_samples)
     logits, state = runner.feed(np.tile(prime, (num_samples, 1)), state)
     last = logits[:, -1]
+    step = runner.stepper(state, num_samples)
     for _ in range(length):
         nxt = sample_next(last, temperature, top_k, top_p, rng, greedy)
         yield nxt
-        logits, state = runner.feed(nxt[:, None], state)
-        last = logits[:, -1]
+        last = step(nxt)
 
 
 def generate(runner: Runner, vocab: Vocab, prime: str = "", length: int = 500, temperature: float = 1.0,

@@ -56,15 +56,18 @@ def test_fused_step_any_depth(layers):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
 
-def test_get_state_is_a_copy():
-    model = random_model("gru", np.float64)
-    fused = FusedStep.from_model(model, 2)
-    fused.set_state(model.initial_state(2))
-    fused.step(np.array([1, 2]))
+@pytest.mark.parametrize("batch", [1, 2])  # at batch 1 the (L, 1, H) view of the buffer is already contiguous
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_get_state_is_a_copy(cell, batch):
+    model = random_model(cell, np.float64)
+    fused = FusedStep.from_model(model, batch)
+    fused.set_state(model.initial_state(batch))
+    fused.step(np.arange(1, batch + 1))
     before = fused.get_state()
-    kept = before[0].copy()
-    fused.step(np.array([3, 4]))
-    np.testing.assert_array_equal(before[0], kept)
+    kept = [s.copy() for s in before]
+    fused.step(np.arange(3, batch + 3))
+    for got, expected in zip(before, kept):
+        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
