@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import IMPLS
 from .errors import UserError
+from .quantize import QUANTIZE_CHOICES
 
 
 def _common(parser) -> None:
@@ -14,6 +15,8 @@ def _common(parser) -> None:
     parser.add_argument("--impl", choices=IMPLS, default="library", help="engine to run (any engine reads any checkpoint)")
     parser.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="torch engines only")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES,
+                        help="int8: layer weights in int8 (CPU, needs torch): faster generation, slightly less exact (README)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -51,7 +54,7 @@ def cmd_sample(args) -> int:
             prime = Path(args.prime_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --prime-file {args.prime_file} ({getattr(e, 'strerror', None) or e}); give a UTF-8 text file") from None
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device)
+    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
     prime = model.prime(prime, args.unknown)  # checked (and cleaned) before anything is printed
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
     if args.beam is not None:
@@ -80,7 +83,7 @@ def cmd_eval(args) -> int:
     from .api import load
     from .dataset import load_corpus
 
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device)
+    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
     corpus = load_corpus(args.data)
     result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
     if args.json:

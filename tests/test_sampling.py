@@ -415,6 +415,49 @@ def test_eval_rejects_characters_outside_the_vocabulary(trained, cli, tmp_path):
     assert_one_line_error(*cli("eval", "--checkpoint", trained[0], "--data", path), "'Ω'", "'✓'", str(path))
 
 
+# -- int8 --------------------------------------------------------------------------------------------
+
+def test_int8_eval_costs_little_and_matches_the_api(trained, cli):
+    """`--quantize int8` evaluates the int8 model itself: close to float, not equal to it."""
+    pytest.importorskip("torch")
+    run, data, text = trained
+    results = {}
+    for quantize in ([], ["--quantize", "int8"]):
+        code, out, _ = cli("eval", "--checkpoint", run, "--data", data, "--json", *quantize)
+        assert code == 0
+        results[bool(quantize)] = json.loads(out)
+    assert results[True]["characters"] == results[False]["characters"] == len(text) - 1
+    assert 0 < abs(results[True]["loss"] - results[False]["loss"]) < 0.01
+    api = charrnn.load(run, impl="naive", quantize="int8").evaluate(text)
+    assert api.loss == pytest.approx(results[True]["loss"], abs=1e-6)
+
+
+def test_int8_samples_are_reproducible_and_engine_independent(trained, cli):
+    pytest.importorskip("torch")
+    outputs = {impl: cli(*sample_args(trained, "--impl", impl, "--quantize", "int8", "--prime", PRIME,
+                                      "--length", 120, "--seed", 9, "--top-k", 20)) for impl in ENGINES}
+    first = outputs["naive"]
+    assert first[0] == 0 and first[1].startswith(PRIME) and len(first[1]) == len(PRIME) + 121
+    assert all(out[:2] == first[:2] for out in outputs.values())
+    assert cli(*sample_args(trained, "--quantize", "int8", "--prime", PRIME, "--length", 120, "--seed", 9,
+                            "--top-k", 20))[:2] == first[:2]
+    assert cli(*sample_args(trained, "--quantize", "int8", "--prime", PRIME, "--length", 120, "--seed", 10,
+                            "--top-k", 20))[1] != first[1]
+
+
+def test_int8_without_torch_is_one_line(trained, tmp_path):
+    code = f"""
+import sys
+sys.modules["torch"] = None
+from charrnn.cli import main
+sys.exit(main(["sample", "--checkpoint", {str(trained[0])!r}, "--impl", "naive", "--quantize", "int8"]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("charrnn: error: --quantize int8") and done.stderr.count("\n") == 1, done.stderr
+
+
 # -- the Python API ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("impl", ENGINES)

@@ -111,6 +111,31 @@ def test_generate_streams_characters(client, run_dir):
     assert text == "".join(charrnn.load(run_dir, impl="naive").stream('He said "', 40, temperature=0.9, seed=3))
 
 
+def test_generate_with_int8_weights_is_the_int8_model(run_dir):
+    """`charrnn serve --quantize int8` generates what the API's int8 model generates."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    pytest.importorskip("torch")
+    import charrnn
+    from fastapi.testclient import TestClient
+
+    from charrnn.serve.app import create_app
+
+    body = {"prime": "he ", "length": 60, "temperature": 0.8, "seed": 4}
+    app = create_app(run_dir, impl="library", max_generations=1, quantize="int8")
+    slot = app.state.engine.slots.get()
+    assert slot.runner.quantize == "int8"               # (random weights: int8 and float texts coincide here)
+    app.state.engine.slots.put(slot)
+    with TestClient(app) as int8_client:
+        response = int8_client.post("/api/generate", json=body)
+        assert response.status_code == 200, response.text
+        got = events(response.text)
+    text = "".join(data["text"] for name, data in got if name == "text")
+    assert got[-1] == ("end", {"reason": "done"})
+    assert text == "".join(charrnn.load(run_dir, impl="naive", quantize="int8").stream("he ", 60, temperature=0.8,
+                                                                                      seed=4))
+
+
 @pytest.mark.parametrize("body, status, words", [
     ({"prime": "a" * 2001}, 422, "prime"),
     ({"length": 0}, 422, "length"),

@@ -69,10 +69,11 @@ class UnitsRequest(BaseModel):
 class Engine:
     """The loaded run: generation slots (one TrainedModel each), the torch-free tracer, the run directory."""
 
-    def __init__(self, run_dir: Path, impl: str, which: str, max_generations: int, warm: bool):
+    def __init__(self, run_dir: Path, impl: str, which: str, max_generations: int, warm: bool,
+                 quantize: Optional[str] = None):
         self.run_dir, self.impl, self.which, self.max_generations = run_dir, impl, which, max_generations
         self.slots: "queue.SimpleQueue[TrainedModel]" = queue.SimpleQueue()
-        models = [TrainedModel(run_dir, impl=impl, which=which) for _ in range(max_generations)]
+        models = [TrainedModel(run_dir, impl=impl, which=which, quantize=quantize) for _ in range(max_generations)]
         for model in models:
             self.slots.put(model)
         self.config, self.vocab, params = load_run(run_dir, which)
@@ -246,14 +247,14 @@ def _host_name(host: str) -> str:
 
 
 def create_app(run_dir, impl: str = "library", which: str = "latest", max_generations: int = 2,
-               allowed_hosts: Optional[List[str]] = None, warm: bool = True) -> FastAPI:
+               allowed_hosts: Optional[List[str]] = None, warm: bool = True, quantize: Optional[str] = None) -> FastAPI:
     """The app for one run directory, its model loaded (`max_generations` times) and warmed.
 
     allowed_hosts (e.g. ["127.0.0.1", "localhost"]) refuses other Host headers, so a web page
     cannot reach a loopback server by rebinding its own domain name to 127.0.0.1.
     """
     app = FastAPI(title="charrnn", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine = Engine(Path(run_dir), impl, which, max_generations, warm)
+    app.state.engine = Engine(Path(run_dir), impl, which, max_generations, warm, quantize)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, allowed_hosts=allowed_hosts)
