@@ -10,6 +10,11 @@ nn.Linear called once per character under no_grad, softmax + torch.multinomial.
 Every measurement runs at 1 and at 2 threads (torch.set_num_threads and OpenBLAS,
 switched in-process), both sides alike; rounds alternate everything, and the ratio is
 taken against the reference in the same round and thread setting.
+The int8 rows (--quantize int8, any engine) keep the layer weights in int8: their cost in
+accuracy is what `charrnn eval --quantize int8` reports on a trained run (README).
+"float32 layer matmuls alone" is the floor of any float32 step: reading the weights once.
+Rows are 0.3 s apart: right after a float32 row, OpenBLAS's threads still spinning on
+both cores halved the next (int8, OpenMP) row's speed, a clash no single command meets.
 Batched: 64 streams at once. Evaluation: charrnn.evaluate.evaluate_indices over
 --eval-chars characters of tiny shakespeare, one run per engine, 1 thread (at 2 threads
 a busy machine made it many times slower and only noisier).
@@ -42,6 +47,7 @@ from charrnn.vocab import Vocab  # noqa: E402
 
 V, E, H, L = 65, 64, 512, 2
 PRIME = np.array([0, 1, 2, 3, 4], dtype=np.int64)
+INT8 = "charrnn --quantize int8 (Runner + generate_indices)"
 
 
 def charrnn_generate(runner: Runner, batch: int):
@@ -55,8 +61,8 @@ def charrnn_generate(runner: Runner, batch: int):
     return run
 
 
-def fastgen_greedy(model, batch: int):
-    fused = FusedStep.from_model(model, batch)
+def fastgen_greedy(model, batch: int, quantize=None):
+    fused = FusedStep.from_model(model, batch, quantize)
 
     def run(chars: int) -> int:
         fused.set_state(model.initial_state(batch))
@@ -64,6 +70,20 @@ def fastgen_greedy(model, batch: int):
         for _ in range(chars):
             np.argmax(fused.step(nxt), axis=1, out=nxt)
         return chars * batch
+
+    return run
+
+
+def weights_only(model):
+    """The float32 floor: per step, only the layer matmuls of FusedStep (no cell math, no sampling)."""
+    fused = FusedStep.from_model(model, 1)
+    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.xh)]
+
+    def run(chars: int) -> int:
+        for _ in range(chars):
+            for layer, xh in layers:
+                layer(xh, fused.a)
+        return chars
 
     return run
 
@@ -111,6 +131,7 @@ def measure(runs: dict, settings, rounds: int, chars: int) -> dict:
         for n in settings:
             with threads(n):
                 for name, run in runs.items():
+                    time.sleep(0.3)  # let the last row's spinning OpenBLAS / OpenMP threads go idle first
                     start = time.perf_counter()
                     done = run(chars)
                     results[n, name].append(done / (time.perf_counter() - start))
@@ -144,7 +165,10 @@ def main() -> int:
     single = {ref: plain_torch(1), "plain torch loop, oneDNN off": plain_torch(1, onednn=False)}
     single.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 1)
                    for impl, m in models.items()})
+    single[INT8] = charrnn_generate(Runner(models["library"], quantize="int8"), 1)
     single["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
+    single["fastgen.FusedStep alone, greedy (int8)"] = fastgen_greedy(models["naive"], 1, "int8")
+    single["float32 layer matmuls alone (no cell, no sampling)"] = weights_only(models["naive"])
     for run in single.values():
         run(20)  # warm-up
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
@@ -157,6 +181,7 @@ def main() -> int:
     batched = {ref: plain_torch(64)}
     batched.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 64)
                     for impl, m in models.items()})
+    batched[INT8] = charrnn_generate(Runner(models["library"], quantize="int8"), 64)
     batched["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
     for run in batched.values():
         run(5)
@@ -168,12 +193,14 @@ def main() -> int:
     vocab = Vocab.from_text(text)
     data = vocab.encode(text)[: args.eval_chars + 1] % V
     rows = []
-    for impl, model in models.items():
+    runners = {impl: Runner(model) for impl, model in models.items()}
+    runners["any engine, --quantize int8"] = Runner(models["library"], quantize="int8")
+    for name, runner in runners.items():
         with threads(1):
             start = time.perf_counter()
-            evaluate_indices(Runner(model), data)
+            evaluate_indices(runner, data)
             seconds = time.perf_counter() - start
-        rows.append([impl, f"{seconds:.1f}", f"{args.eval_chars / seconds:,.0f}"])
+        rows.append([name, f"{seconds:.1f}", f"{args.eval_chars / seconds:,.0f}"])
     print(f"evaluation: evaluate_indices over {args.eval_chars:,} characters of {os.path.basename(source)}, "
           f"one stream, chunks of 2048, 1 thread, one run each:")
     print_table(["engine", "seconds", "chars/s"], rows)
