@@ -12,6 +12,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+def checkpoint_write_error(folder, error: OSError, resumable: bool = True) -> UserError:
+    """The one line for a run directory that cannot be written: a full disk or a read-only
+    folder is the user's to fix. `resumable`: a checkpoint existed before this write."""
+    return UserError(f"cannot write a checkpoint in {folder} ({error.strerror or error}); free space or fix permissions"
+                     + (", then --resume: the previous checkpoint is intact" if resumable else ""))
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

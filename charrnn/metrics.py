@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import List
 
-from .errors import UserError
+from .errors import checkpoint_write_error
 
 LN2 = math.log(2.0)
 
@@ -38,8 +38,7 @@ class MetricsLog:
         try:
             yield
         except OSError as e:
-            raise UserError(f"cannot write a checkpoint in {self.path.parent} ({self.path.name}: {e.strerror or e}); "
-                            "free space or fix permissions, then --resume: the previous checkpoint is intact") from None
+            raise checkpoint_write_error(self.path.parent, e) from None
 
 
 def read_metrics(path: Path) -> List[dict]:

@@ -18,7 +18,7 @@ import numpy as np
 from .batching import Streams
 from .checkpoint import RESUME, WEIGHTS, check_resume, read_safetensors, save_weights, write_safetensors
 from .config import TrainConfig
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, UserError, checkpoint_write_error
 from .metrics import MetricsLog, bits_per_char, plot_losses
 
 
@@ -249,8 +249,7 @@ class Trainer:
             if best:
                 save_weights(self.run_dir / WEIGHTS["best"], params, info)
         except OSError as e:
-            raise UserError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or e}); free space or fix permissions, "
-                            f"then --resume: the previous checkpoint is intact") from None
+            raise checkpoint_write_error(self.run_dir, e) from None
 
     def restore(self) -> None:
         """Load resume.safetensors: weights, optimizer, carried state, RNG and counters."""

@@ -24,7 +24,7 @@ from .checkpoint import RESUME, load_run, load_run_config, save_run_config
 from .config import ModelConfig, TrainConfig, from_dict
 from .dataset import Corpus, load_corpus
 from .devices import close_distributed, init_distributed, make_reducers, resolve_device, world_from_env
-from .errors import UserError
+from .errors import UserError, checkpoint_write_error
 from .presets import preset_values
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -146,8 +146,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
                 vocab.save(out / "vocab.json")
             save_run_config(out, model_cfg, cfg)
         except OSError as e:
-            raise UserError(f"cannot write a checkpoint in {out} ({e.strerror or e}); free space or fix permissions"
-                            + (", then --resume: the previous checkpoint is intact" if cfg.resume else "")) from None
+            raise checkpoint_write_error(out, e, resumable=cfg.resume) from None
 
     from .train import Trainer
 
