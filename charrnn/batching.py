@@ -18,6 +18,7 @@ L mod T characters of each stream are not used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
@@ -50,11 +51,17 @@ class Streams:
 
     def shard(self, rank: int, world_size: int) -> "Streams":
         """The contiguous share of streams owned by one of `world_size` processes."""
-        if self.batch_size % world_size:
-            raise UserError(f"--batch-size {self.batch_size} does not divide by {world_size} processes; choose a multiple")
-        per = self.batch_size // world_size
-        rows = slice(rank * per, (rank + 1) * per)
+        rows = slice(*share_of(self.batch_size, rank, world_size))
         return Streams(self.inputs[rows], self.targets[rows], self.seq_len)
+
+
+def share_of(batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """Rows [start, stop) of a batch of streams that process `rank` of `world_size` owns."""
+    if batch_size % world_size:
+        raise UserError(f"--batch-size {batch_size} does not divide among {world_size} processes; "
+                        f"choose a multiple of {world_size} (it is the global batch under torchrun)")
+    per = batch_size // world_size
+    return rank * per, (rank + 1) * per
 
 
 def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "text") -> Streams:

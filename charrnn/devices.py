@@ -69,11 +69,9 @@ class World:
 
     def shard_rows(self, batch_size: int) -> tuple[int, int, int]:
         """(start, stop, total): the contiguous streams of the global batch this process owns."""
-        if batch_size % self.size:
-            raise UserError(f"--batch-size {batch_size} does not divide among {self.size} processes; "
-                            f"choose a multiple of {self.size} (it is the global batch under torchrun)")
-        per = batch_size // self.size
-        return self.rank * per, (self.rank + 1) * per, batch_size
+        from .batching import share_of
+
+        return (*share_of(batch_size, self.rank, self.size), batch_size)
 
 
 def world_from_env() -> World:
