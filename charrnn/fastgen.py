@@ -52,7 +52,6 @@ class FusedStep:
         cfg = config
         dtype = np.float32 if quantize else dtype  # int8 weights: float64 buys nothing
         self.config, self.batch_size, self.dtype = cfg, batch_size, np.dtype(dtype)
-        self.quantize = quantize
         L, H, B = cfg.layers, cfg.hidden, batch_size
         p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}  # prepare in float64
         order, scale, fold_hh = _gate_layout(cfg.cell, H)
@@ -64,7 +63,7 @@ class FusedStep:
         b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
         table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
         self.table = as_weights(table[:, order] * scale)          # (V, G*H)
-        linear = _linear_class(quantize)
+        linear, head_linear = _linear_classes(quantize)
         # out = x @ w + b per layer: xh (rnn, lstm: both sides add up before the nonlinearity, so
         # one matmul); gru keeps x and h apart, as r scales W_hn h + b_hn but not W_in x + b_in
         self.xh, self.x, self.hh = [], [], []
@@ -78,7 +77,7 @@ class FusedStep:
             else:
                 self.x.append(None if k == 0 else linear(as_weights(cols(w_ih)), bias(b_ih)))  # (in, 3H)
                 self.hh.append(linear(as_weights(cols(w_hh)), bias(b_hh)))                      # (H, 3H)
-        head = _head_class(quantize)(as_weights(p["head.weight"].T), as_weights(p["head.bias"][None]))  # (H, V), (1, V)
+        head = head_linear(as_weights(p["head.weight"].T), as_weights(p["head.bias"][None]))  # (H, V), (1, V)
 
         G = cfg.gates
         empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
@@ -173,19 +172,13 @@ class FusedStep:
         np.add(tmp, n, out=h)                                     # (B, H) h' = n + z * (h - n)
 
 
-def _linear_class(quantize: Optional[str]):
-    """quantize.FloatLinear, or the int8 one (which needs torch, imported only then)."""
-    from .quantize import FloatLinear, Int8Linear, check_quantize
+def _linear_classes(quantize: Optional[str]):
+    """(layers' class, head's class): NumPy float, or int8 layers with a float32 head on torch's
+    threads (quantize.py; torch is imported only then)."""
+    from .quantize import FloatLinear, Int8Linear, TorchLinear, check_quantize
 
     check_quantize(quantize)
-    return FloatLinear if quantize is None else Int8Linear
-
-
-def _head_class(quantize: Optional[str]):
-    """The head stays float32; in int8 mode on torch's threads, like the layers (quantize.TorchLinear)."""
-    from .quantize import FloatLinear, TorchLinear
-
-    return FloatLinear if quantize is None else TorchLinear
+    return (FloatLinear, FloatLinear) if quantize is None else (Int8Linear, TorchLinear)
 
 
 def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:

@@ -5,11 +5,11 @@ the speed of memory: float32 matrix-vector products on the 2-core Xeon of
 benchmarks/sampling_speed.py top out near 4,000 steps/s for a 2x512 LSTM even
 with no other work at all. Int8 weights are a quarter of the bytes. `Int8Linear`
 stores each output column's weights as int8 with its own scale, and at each call
-quantizes the input row to 8 bits with a scale from its own range: PyTorch's
+quantizes its input to 7 bits with a scale from the input's own range: PyTorch's
 dynamic quantization, run by fbgemm's int8 kernels. The price is accuracy, which
 `charrnn eval --quantize int8` measures on any text (README, Performance).
 
-Both classes compute out = x @ W + b into a caller's buffer, so `fastgen.FusedStep`
+Every class here computes out = x @ W + b into a caller's buffer, so `fastgen.FusedStep`
 does not care which it holds.
 """
 from __future__ import annotations

@@ -41,10 +41,8 @@ class Runner:
             self.device = next(model.parameters()).device
             if quantize and self.device.type != "cpu":
                 raise UserError(f"--quantize {quantize} runs on the CPU's int8 kernels; use --device cpu")
-        if quantize:
-            from .quantize import check_quantize
-
-            check_quantize(quantize)
+        if quantize:  # build it now: a bad choice or a missing torch fails here, before any output
+            self._fused_step(1)
 
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
