@@ -39,7 +39,6 @@ class TrainedModel:
             torch_device = resolve_device(device, impl)  # one-line UserError when torch is missing
         self.model = build_model(impl, self.config, params=params, device=torch_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
-        self.quantize = quantize
         self.runner = Runner(self.model, quantize)  # int8: every engine steps through the same int8 FusedStep
 
     def prime(self, prime: str = "", unknown: str = "error") -> str:

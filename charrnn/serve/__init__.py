@@ -69,7 +69,7 @@ def _serve(args, sock: socket.socket) -> None:
     # on loopback, refuse requests for other host names (DNS rebinding); elsewhere the user chose to expose it
     allowed = ["127.0.0.1", "localhost", "::1", args.host] if is_loopback(args.host) else None
     app = create_app(args.checkpoint, impl=args.impl, which=args.which, allowed_hosts=allowed,
-                     quantize=getattr(args, "quantize", None))
+                     quantize=args.quantize)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"charrnn serve: http://{shown}:{port}/  ({args.checkpoint}, --impl {args.impl}; Ctrl-C stops)", flush=True)
