@@ -10,8 +10,10 @@ nn.Linear called once per character under no_grad, softmax + torch.multinomial.
 Every measurement runs at 1 and at 2 threads (torch.set_num_threads and OpenBLAS,
 switched in-process), both sides alike; rounds alternate everything, and the ratio is
 taken against the reference in the same round and thread setting.
-The int8 rows (--quantize int8, any engine) keep the layer weights in int8: their cost in
-accuracy is what `charrnn eval --quantize int8` reports on a trained run (README).
+The int8 rows (--quantize int8, any engine) keep the layer weights in int8 and run the
+compiled step (native_step.c; with plain temperature or greedy it also draws the
+characters, in C); --top-k draws in Python. Their cost in accuracy is what
+`charrnn eval --quantize int8` reports on a trained run (README).
 "float32 layer matmuls alone" is the floor of any float32 step: reading the weights once.
 Rows are 0.3 s apart: right after a float32 row, OpenBLAS's threads still spinning on
 both cores halved the next (int8, OpenMP) row's speed, a clash no single command meets.
@@ -41,6 +43,7 @@ from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.evaluate import evaluate_indices  # noqa: E402
 from charrnn.fastgen import FusedStep, blas_threads  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
+from charrnn.native import NativeStep, kernel, kernel_problem  # noqa: E402
 from charrnn.runner import Runner  # noqa: E402
 from charrnn.sample import generate_indices  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
@@ -48,21 +51,22 @@ from charrnn.vocab import Vocab  # noqa: E402
 V, E, H, L = 65, 64, 512, 2
 PRIME = np.array([0, 1, 2, 3, 4], dtype=np.int64)
 INT8 = "charrnn --quantize int8 (Runner + generate_indices)"
+INT8_TOP_K = "charrnn --quantize int8 --top-k 40 (draws in Python)"
 
 
-def charrnn_generate(runner: Runner, batch: int):
+def charrnn_generate(runner: Runner, batch: int, top_k=None):
     rng = np.random.default_rng(0)
 
     def run(chars: int) -> int:
-        for _ in generate_indices(runner, PRIME, chars, num_samples=batch, rng=rng):
+        for _ in generate_indices(runner, PRIME, chars, num_samples=batch, rng=rng, top_k=top_k):
             pass
         return chars * batch
 
     return run
 
 
-def fastgen_greedy(model, batch: int, quantize=None):
-    fused = FusedStep.from_model(model, batch, quantize)
+def fastgen_greedy(model, batch: int, quantize=None, compiled=False):
+    fused = NativeStep.from_model(model, batch) if compiled else FusedStep.from_model(model, batch, quantize)
 
     def run(chars: int) -> int:
         fused.set_state(model.initial_state(batch))
@@ -157,6 +161,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="ignored here: every row says its threads")
     args = parser.parse_args()
 
+    if kernel() is None:
+        parser.exit(2, f"sampling_speed.py: the compiled int8 step is unavailable ({kernel_problem()})\n")
     cfg = ModelConfig(vocab_size=V, cell="lstm", layers=L, hidden=H, embed=E)
     models = {impl: build_model(impl, cfg, seed=0) for impl in ("naive", "scratch", "library")}
     settings = (1, 2)
@@ -166,13 +172,16 @@ def main() -> int:
     single.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 1)
                    for impl, m in models.items()})
     single[INT8] = charrnn_generate(Runner(models["library"], quantize="int8"), 1)
+    single[INT8_TOP_K] = charrnn_generate(Runner(models["library"], quantize="int8"), 1, top_k=40)
+    single["native.NativeStep alone, greedy (int8, compiled)"] = fastgen_greedy(models["naive"], 1, compiled=True)
     single["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
-    single["fastgen.FusedStep alone, greedy (int8)"] = fastgen_greedy(models["naive"], 1, "int8")
+    single["fastgen.FusedStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
     single["float32 layer matmuls alone (no cell, no sampling)"] = weights_only(models["naive"])
     for run in single.values():
         run(20)  # warm-up
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
     print(machine_line())
+    print(f"compiled int8 step: AVX-512 VNNI {'yes' if kernel().charrnn_has_vnni() else 'no (portable C)'}")
     print(f"{args.rounds} rounds; median (min-max); ratio = row / plain loop, same round and threads")
     print()
     table(measure(single, settings, args.rounds, args.chars), settings, list(single), ref,

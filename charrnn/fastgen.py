@@ -29,17 +29,96 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import functools
-from typing import Dict, Iterator, Optional, Tuple
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from .config import ModelConfig
 from .models.base import State
+from .quantize import FloatLinear, QuantLinear, check_quantize
 
 
-class FusedStep:
+@dataclass
+class FusedWeights:
+    """A model's weights in the fused step's layout, float64; one (w (n_in, n_out), b (1, n_out) or None)
+    pair per matmul. xh: rnn and lstm, per layer ([h(k-1), hk] -> G*H; layer 0: h0 only, its input side
+    and biases being in the table). gru keeps x (k > 0: h(k-1) -> 3H) and hh (hk -> 3H) apart."""
+
+    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T + biases, per character
+    xh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
+    x: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
+    hh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
+    head: Tuple[np.ndarray, np.ndarray]  # (H, V), (1, V)
+
+
+def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWeights:
+    """Canonical parameters -> FusedWeights: gate columns reordered, sigmoid columns halved, biases folded."""
+    cfg = config
+    p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
+    order, scale, fold_hh = _gate_layout(cfg.cell, cfg.hidden)
+
+    def cols(w):  # (G*H, n) torch layout -> (n, G*H) fused column order, sigmoid columns halved
+        return w[order].T * scale
+
+    def bias(b):
+        return (b[order] * scale)[None]                            # (1, G*H)
+
+    b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
+    table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
+    weights = FusedWeights(table[:, order] * scale, [], [], [], (p["head.weight"].T, p["head.bias"][None]))
+    for k in range(cfg.layers):
+        w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
+        b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
+        if fold_hh:  # both sides add up before the nonlinearity: one matmul per layer
+            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]), bias(b_ih + b_hh)))
+        else:        # gru: r scales W_hn h + b_hn but not W_in x + b_in
+            weights.x.append(None if k == 0 else (cols(w_ih), bias(b_ih)))
+            weights.hh.append((cols(w_hh), bias(b_hh)))
+    return weights
+
+
+class StepState:
+    """The state buffers of a one-character-at-a-time step, and moving states in and out of them.
+
+    h (B, L*H): layer k's h in columns [kH, (k+1)H), so that layer k's input [h(k-1), hk]
+    is one contiguous column range; c (L, B, H) for lstm.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, dtype):
+        L, H, B = config.layers, config.hidden, batch_size
+        self.config, self.batch_size, self.dtype = config, batch_size, np.dtype(dtype)
+        self.h = np.zeros((B, L * H), self.dtype)
+        self.c = np.zeros((L, B, H), self.dtype) if config.cell == "lstm" else None
+
+    def set_state(self, state: State) -> None:
+        """Copy a state (tuple of (L, B, H) arrays) in."""
+        L, B, H = self.config.layers, self.batch_size, self.config.hidden
+        np.copyto(self.h.reshape(B, L, H), np.asarray(state[0]).transpose(1, 0, 2), casting="unsafe")
+        if self.c is not None:
+            np.copyto(self.c, state[1], casting="unsafe")
+
+    def get_state(self) -> State:
+        """A copy of the state, as a tuple of new (L, B, H) arrays."""
+        L, B, H = self.config.layers, self.batch_size, self.config.hidden
+        h = self.h.reshape(B, L, H).transpose(1, 0, 2).copy()  # not ascontiguousarray: a view when B == 1
+        return (h,) if self.c is None else (h, self.c.copy())
+
+    def step(self, chars) -> np.ndarray:
+        raise NotImplementedError
+
+    def feed(self, indices: np.ndarray) -> np.ndarray:
+        """indices (B, T) -> logits (B, T, V) float64, one step at a time, the state carried inside."""
+        B, T = np.shape(indices)
+        logits = np.empty((B, T, self.config.vocab_size))
+        for t in range(T):
+            logits[:, t] = self.step(indices[:, t])
+        return logits
+
+
+class FusedStep(StepState):
     """One step of the model for B rows, from canonical parameters; the weights are a snapshot.
 
     step(chars (B,) ints) -> logits (B, V), a view of an internal buffer that the next
@@ -50,39 +129,18 @@ class FusedStep:
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
                  dtype=np.float32, quantize: Optional[str] = None):
         cfg = config
-        dtype = np.float32 if quantize else dtype  # int8 weights: float64 buys nothing
-        self.config, self.batch_size, self.dtype = cfg, batch_size, np.dtype(dtype)
+        super().__init__(cfg, batch_size, np.float32 if quantize else dtype)  # int8 weights: float64 buys nothing
         L, H, B = cfg.layers, cfg.hidden, batch_size
-        p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}  # prepare in float64
-        order, scale, fold_hh = _gate_layout(cfg.cell, H)
-        as_weights = lambda a: np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
-
-        def cols(w):  # (G*H, n) torch layout -> (n, G*H) fused column order, sigmoid columns halved
-            return w[order].T * scale
-
-        b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
-        table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
-        self.table = as_weights(table[:, order] * scale)          # (V, G*H)
-        linear, head_linear = _linear_classes(quantize)
-        # out = x @ w + b per layer: xh (rnn, lstm: both sides add up before the nonlinearity, so
-        # one matmul); gru keeps x and h apart, as r scales W_hn h + b_hn but not W_in x + b_in
-        self.xh, self.x, self.hh = [], [], []
-        for k in range(L):
-            w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
-            b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
-            bias = lambda b: as_weights((b[order] * scale)[None])  # noqa: E731  (1, G*H)
-            if fold_hh:  # layer 0's input side and biases are in the table
-                self.xh.append(linear(as_weights(cols(w_hh)), None) if k == 0 else
-                               linear(as_weights(np.vstack([cols(w_ih), cols(w_hh)])), bias(b_ih + b_hh)))
-            else:
-                self.x.append(None if k == 0 else linear(as_weights(cols(w_ih)), bias(b_ih)))  # (in, 3H)
-                self.hh.append(linear(as_weights(cols(w_hh)), bias(b_hh)))                      # (H, 3H)
-        head = head_linear(as_weights(p["head.weight"].T), as_weights(p["head.bias"][None]))  # (H, V), (1, V)
+        fused = fused_weights(cfg, params)
+        as_weights = lambda a: None if a is None else np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
+        self.table = as_weights(fused.table)                      # (V, G*H)
+        linear = _linear_class(quantize)
+        build = lambda wb: None if wb is None else linear(as_weights(wb[0]), as_weights(wb[1]))  # noqa: E731
+        self.xh, self.x, self.hh = ([build(wb) for wb in group] for group in (fused.xh, fused.x, fused.hh))
+        head = FloatLinear(as_weights(fused.head[0]), as_weights(fused.head[1]))  # (H, V), (1, V)
 
         G = cfg.gates
         empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
-        self.h = empty(B, L * H)                                  # (B, L*H) layer k's h in columns [kH, (k+1)H)
-        self.c = empty(L, B, H) if cfg.cell == "lstm" else None   # (L, B, H)
         self.a = empty(B, G * H)                                  # (B, G*H) pre-activations
         self.a2 = empty(B, G * H)                                 # (B, G*H) table rows; gru's h side
         self.tmp = empty(B, H)                                    # (B, H)
@@ -92,7 +150,7 @@ class FusedStep:
         # the character arriving through the table), its own h columns, and the matmuls bound to them
         self.inputs = [self.h[:, max(k - 1, 0) * H:(k + 1) * H] for k in range(L)]
         self.outputs = [self.h[:, k * H:(k + 1) * H] for k in range(L)]
-        if fold_hh:
+        if cfg.cell != "gru":
             self.xh_call = [self.xh[k].bind(self.inputs[k], self.a) for k in range(L)]
         else:
             self.x_call = [None] + [self.x[k].bind(self.inputs[k][:, :H], self.a) for k in range(1, L)]
@@ -107,19 +165,6 @@ class FusedStep:
         dtype = getattr(model, "dtype", np.float32)
         return cls(model.config, model.get_parameters(), batch_size,
                    dtype if isinstance(dtype, np.dtype) else np.float32, quantize)
-
-    def set_state(self, state: State) -> None:
-        """Copy a state (tuple of (L, B, H) arrays) in."""
-        L, B, H = self.config.layers, self.batch_size, self.config.hidden
-        np.copyto(self.h.reshape(B, L, H), np.asarray(state[0]).transpose(1, 0, 2), casting="unsafe")
-        if self.c is not None:
-            np.copyto(self.c, state[1], casting="unsafe")
-
-    def get_state(self) -> State:
-        """A copy of the state, as a tuple of new (L, B, H) arrays."""
-        L, B, H = self.config.layers, self.batch_size, self.config.hidden
-        h = self.h.reshape(B, L, H).transpose(1, 0, 2).copy()  # not ascontiguousarray: a view when B == 1
-        return (h,) if self.c is None else (h, self.c.copy())
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""
@@ -172,13 +217,10 @@ class FusedStep:
         np.add(tmp, n, out=h)                                     # (B, H) h' = n + z * (h - n)
 
 
-def _linear_classes(quantize: Optional[str]):
-    """(layers' class, head's class): NumPy float, or int8 layers with a float32 head on torch's
-    threads (quantize.py; torch is imported only then)."""
-    from .quantize import FloatLinear, Int8Linear, TorchLinear, check_quantize
-
+def _linear_class(quantize: Optional[str]):
+    """The layers' matmul: NumPy float, or quantize.QuantLinear for int8 (the head stays float)."""
     check_quantize(quantize)
-    return (FloatLinear, FloatLinear) if quantize is None else (Int8Linear, TorchLinear)
+    return FloatLinear if quantize is None else QuantLinear
 
 
 def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:

@@ -3,11 +3,12 @@
 At batch 1 a generation step reads every recurrent weight once, so its speed is
 the speed of memory: float32 matrix-vector products on the 2-core Xeon of
 benchmarks/sampling_speed.py top out near 4,000 steps/s for a 2x512 LSTM even
-with no other work at all. Int8 weights are a quarter of the bytes. `Int8Linear`
+with no other work at all. Int8 weights are a quarter of the bytes. `QuantLinear`
 stores each output column's weights as int8 with its own scale, and at each call
-quantizes its input to 7 bits with a scale from the input's own range: PyTorch's
-dynamic quantization, run by fbgemm's int8 kernels. The price is accuracy, which
-`charrnn eval --quantize int8` measures on any text (README, Performance).
+quantizes its input to 8 bits with a scale from the input's own range (dynamic
+quantization). It is the NumPy reference; native_step.c runs the same numbers fast.
+The price is accuracy, which `charrnn eval --quantize int8` measures on any text
+(README, Performance).
 
 Every class here computes out = x @ W + b into a caller's buffer, so `fastgen.FusedStep`
 does not care which it holds.
@@ -15,8 +16,7 @@ does not care which it holds.
 from __future__ import annotations
 
 import functools
-import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -42,81 +42,50 @@ class FloatLinear:
         return functools.partial(self, x, out)
 
 
-class Int8Linear:
-    """out = x @ w + b with w in int8 per output column and x quantized per call (fbgemm)."""
+def quantize_columns(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """w (n_in, n_out) -> (int8 q (n_in, n_out), float32 scale (n_out,)): w[:, n] ~ q[:, n] * scale[n].
 
-    def __init__(self, w: np.ndarray, b: Optional[np.ndarray]):
-        torch = _torch()
-        weight = torch.from_numpy(np.ascontiguousarray(np.asarray(w, dtype=np.float32).T))  # (n_out, n_in)
-        scales = (weight.abs().amax(dim=1).double() / 127).clamp_min(1e-12)
-        bias = None if b is None else torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1).copy())
-        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; the kernels remain
-            warnings.simplefilter("ignore")
-            zero = torch.zeros(weight.shape[0], dtype=torch.long)
-            qweight = torch.quantize_per_channel(weight, scales, zero, 0, torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        # the overload itself: the packet's Python dispatch cost ~10 us a call, a tenth of the kernel
-        self.op = torch.ops.quantized.linear_dynamic.default
-        self.torch = torch
-        self.scales = scales.numpy()                # (n_out,) for tests and error bounds
-
-    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return self._run(self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), out)
-
-    def bind(self, x: np.ndarray, out: np.ndarray) -> Callable[[], np.ndarray]:
-        """A call with its buffers fixed; a contiguous float32 `x` is wrapped once, not at every call."""
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            return functools.partial(self, x, out)
-        return functools.partial(self._run, self.torch.from_numpy(x), out)
-
-    def _run(self, x, out: np.ndarray) -> np.ndarray:
-        # reduce_range=True: 7-bit inputs, so that the 16-bit sums of u8 * s8 pairs in
-        # fbgemm's AVX2 kernels cannot saturate
-        np.copyto(out, self.op(x, self.packed, True).numpy(), casting="unsafe")
-        return out
+    Symmetric, one scale per output column: scale = max |w[:, n]| / 127, so every column
+    uses the whole int8 range whatever its size. An all-zero column gets scale 0.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1).astype(np.float64)
+    q = np.clip(np.rint(w / safe), -127, 127).astype(np.int8)
+    return q, scale
 
 
-class TorchLinear:
-    """out = x @ w + b in float32 on torch's threads: the int8 step's head.
+class QuantLinear:
+    """out = x @ w + b with int8 weights per output column and each input row quantized per call.
 
-    In int8 mode every multithreaded kernel then runs on one thread pool: OpenBLAS's
-    threads and torch's OpenMP threads, both spinning on the same two cores, made a
-    64-stream int8 step 6x slower than on one thread (benchmarks/sampling_speed.py).
+    Per row: s = max |x| / 127 and q_x = rint(x / s) (symmetric, 8 bits); then
+    out = (q_x @ q_w) * (s * scale) + b. The integer products are computed exactly as float32
+    (|sum| <= n_in * 127 * 127 < 2^24 for n_in up to 1,040: a 2x512 model's widest input is 1,024),
+    so native_step.c, which computes them in int32, gets the same sums bit for bit.
+    This NumPy version runs at float speed: it is the C step's reference and fallback.
     """
 
     def __init__(self, w: np.ndarray, b: Optional[np.ndarray]):
-        self.torch = _torch()
-        self.w = self.torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))              # (n_in, n_out)
-        self.b = None if b is None else self.torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(1, -1).copy())
+        q, self.scales = quantize_columns(w)                       # (n_in, n_out) int8, (n_out,)
+        self.q = q.astype(np.float32)                              # exact small integers
+        self.b = None if b is None else np.asarray(b, dtype=np.float32).reshape(1, -1)
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return self.bind(x, out)()
+        x = np.asarray(x, dtype=np.float32)
+        s = np.abs(x).max(axis=1) / np.float32(127)                # (B,) one scale per row
+        s[s == 0] = 1
+        np.matmul(np.rint(x / s[:, None]), self.q, out=out)        # (B, n_out) exact integer sums
+        out *= s[:, None] * self.scales
+        if self.b is not None:
+            out += self.b
+        return out
 
     def bind(self, x: np.ndarray, out: np.ndarray) -> Callable[[], np.ndarray]:
-        x_, out_ = self.torch.from_numpy(x), self.torch.from_numpy(out)  # views: x is read afresh at every call
-        if self.b is None:
-            multiply = functools.partial(self.torch.mm, x_, self.w, out=out_)
-        else:
-            multiply = functools.partial(self.torch.addmm, self.b, x_, self.w, out=out_)
-        return lambda: (multiply(), out)[1]
+        """A call with its buffers fixed: `x` is read afresh at every call."""
+        return functools.partial(self, x, out)
 
 
 def check_quantize(quantize: Optional[str]) -> None:
-    """One line for a bad choice or a torch without the int8 kernels, before any work."""
-    if quantize is None:
-        return
-    if quantize not in QUANTIZE_CHOICES:
+    """One line for a bad choice, before any work."""
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise UserError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
-    torch = _torch()
-    if not any(engine in torch.backends.quantized.supported_engines for engine in ("x86", "fbgemm", "qnnpack")):
-        raise UserError("--quantize int8 needs PyTorch's int8 CPU kernels (fbgemm or qnnpack), which this torch "
-                        "build lacks; sample without --quantize")
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise UserError("--quantize int8 runs on PyTorch's int8 kernels and PyTorch is not installed; "
-                        "install torch or sample without --quantize") from None
-    return torch

@@ -20,6 +20,7 @@ evaluation reports is then the int8 model's own.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -88,6 +89,22 @@ class Runner:
 
         return fused_step
 
+    def generator(self, state, batch_size: int) -> Optional[Callable]:
+        """gen(last (B, V) or None, n, temperature, uniforms (n, B) or None) -> (n, B) characters drawn
+        and fed in compiled code (native.NativeStep.generate), from `state`; None without one.
+
+        The first call passes the logits that predict the first character; later calls pass
+        None and continue where the last one ended. uniforms None takes the argmax.
+        """
+        if not self.quantize:
+            return None
+        fused = self._fused_step(batch_size)
+        if not hasattr(fused, "generate"):
+            return None
+        fused.set_state(self._as_numpy(state))
+        self._inside.pop(batch_size, None)
+        return fused.generate
+
     def select(self, state, rows: np.ndarray):
         """Keep the given batch rows of a state (beam search reorders beams)."""
         if self.is_torch:
@@ -104,14 +121,12 @@ class Runner:
 
     def _feed_fused(self, indices: np.ndarray, state) -> Tuple[np.ndarray, tuple]:
         """The FusedStep path, one character at a time; the state handed back stays valid for good."""
-        B, T = indices.shape
+        B = indices.shape[0]
         fused = self._fused_step(B)
         if state is not self._inside.get(B):  # skip the copy in when the state is the one just handed out
             fused.set_state(self._as_numpy(state))
-        logits = np.empty((B, T, fused.config.vocab_size))
         with self._blas_threads(B):  # switching OpenBLAS's threads costs ~30 us: not for int8, whose BLAS work is tiny
-            for t in range(T):
-                logits[:, t] = fused.step(indices[:, t])          # (B, V)
+            logits = fused.feed(indices)                          # (B, T, V)
         state = fused.get_state()
         if self.is_torch:
             state = tuple(self.torch.from_numpy(s) for s in state)
@@ -126,8 +141,28 @@ class Runner:
         if batch_size not in self._fused:
             from .fastgen import FusedStep
 
-            self._fused[batch_size] = FusedStep.from_model(self.model, batch_size, self.quantize)
+            if self.quantize:
+                self._fused[batch_size] = _int8_step(self.model, batch_size)
+            else:
+                self._fused[batch_size] = FusedStep.from_model(self.model, batch_size)
         return self._fused[batch_size]
+
+
+def _int8_step(model, batch_size: int):
+    """The compiled int8 step (native.py), or NumPy's with the same numbers, at float speed, and a warning."""
+    from .fastgen import FusedStep
+    from .native import NativeStep, kernel, kernel_problem
+
+    if kernel() is not None:
+        return NativeStep.from_model(model, batch_size)
+    if not _warned:
+        _warned.append(True)
+        print(f"warning: --quantize int8 runs in NumPy, at float speed: its compiled step is unavailable "
+              f"({kernel_problem()})", file=sys.stderr)
+    return FusedStep.from_model(model, batch_size, quantize="int8")
+
+
+_warned: list = []
 
 
 @contextlib.contextmanager

@@ -91,11 +91,29 @@ def generate_indices(runner: Runner, prime: np.ndarray, length: int, num_samples
     state = runner.zero_state(num_samples)
     logits, state = runner.feed(np.tile(prime, (num_samples, 1)), state)
     last = logits[:, -1]
+    compiled = None if top_k is not None or top_p is not None else runner.generator(state, num_samples)
+    if compiled is not None:
+        yield from _compiled(compiled, last, length, num_samples, temperature, greedy, rng)
+        return
     step = runner.stepper(state, num_samples)
     for _ in range(length):
         nxt = sample_next(last, temperature, top_k, top_p, rng, greedy)
         yield nxt
         last = step(nxt)
+
+
+def _compiled(generate, last: np.ndarray, length: int, num_samples: int, temperature: float, greedy: bool,
+              rng: Optional[np.random.Generator], chunk: int = 32) -> Iterator[np.ndarray]:
+    """generate_indices through compiled code, `chunk` characters per call (few enough to stream).
+
+    The uniforms are drawn as sample_next draws them, one per row per step in order, so the
+    same seed and logits give the same characters on either path.
+    """
+    rng = rng or np.random.default_rng()
+    for start in range(0, length, chunk):
+        n = min(chunk, length - start)
+        uniforms = None if greedy else rng.random((n, num_samples))
+        yield from generate(last if start == 0 else None, n, temperature, uniforms)
 
 
 def generate(runner: Runner, vocab: Vocab, prime: str = "", length: int = 500, temperature: float = 1.0,

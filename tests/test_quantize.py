@@ -1,57 +1,90 @@
-"""Int8 generation (quantize.py) against float: a closed-form error bound, the float step, and every engine."""
+"""Int8 generation: QuantLinear against a closed-form error bound, the compiled step (native_step.c)
+against QuantLinear's NumPy numbers, the int8 step against float, and every engine."""
+
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+from charrnn import native
+from charrnn.config import ModelConfig
+from charrnn.errors import UserError
+from charrnn.fastgen import FusedStep
+from charrnn.models import build_model
+from charrnn.native import NativeStep, pack_weights
+from charrnn.quantize import FloatLinear, QuantLinear, check_quantize, quantize_columns
+from charrnn.runner import Runner
+from charrnn.sample import sample_next
 
-from charrnn.config import ModelConfig  # noqa: E402
-from charrnn.errors import UserError  # noqa: E402
-from charrnn.fastgen import FusedStep  # noqa: E402
-from charrnn.models import build_model  # noqa: E402
-from charrnn.quantize import FloatLinear, Int8Linear, check_quantize  # noqa: E402
-from charrnn.runner import Runner  # noqa: E402
+needs_kernel = pytest.mark.skipif(native.kernel() is None, reason=f"no compiled step: {native.kernel_problem()}")
+ENGINES = ["naive", "scratch", "library"]
 
 
 def worst_case_error(x: np.ndarray, w: np.ndarray, w_scales: np.ndarray) -> np.ndarray:
     """|x @ w - x^ @ w^| <= sum_i |w_ij| |dx_i| + |x^_i| |dw_ij| elementwise, (B, n_out).
 
-    Weights round to the nearest multiple of their column's scale: |dw| <= s_j / 2. The input
-    is quantized as a whole to 7 bits over a range that includes 0, [min(x, 0), max(x, 0)]; with
-    the zero point rounded to an integer a value can land up to a whole step away: |dx| <= s_x.
+    Weights round to the nearest multiple of their column's scale, |dw| <= s_j / 2; each input
+    row rounds to the nearest multiple of its own scale s_x = max |x| / 127, |dx| <= s_x / 2.
     """
-    s_x = (max(x.max(), 0) - min(x.min(), 0)) / 127
-    return s_x * np.abs(w).sum(axis=0)[None] + ((np.abs(x) + s_x) @ np.ones_like(w)) * w_scales[None] / 2
+    s_x = np.abs(x).max(axis=1, keepdims=True) / 127                         # (B, 1)
+    return s_x / 2 * np.abs(w).sum(axis=0)[None] + ((np.abs(x) + s_x / 2) @ np.ones_like(w)) * w_scales[None] / 2
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_int8_linear_is_within_the_quantization_bound(batch):
+def test_quant_linear_is_within_the_quantization_bound(batch):
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.1, (96, 40)).astype(np.float32)                     # (n_in, n_out)
     b = rng.normal(0, 1, (1, 40)).astype(np.float32)
     x = rng.uniform(-1, 1, (batch, 96)).astype(np.float32)
     exact = x.astype(np.float64) @ w + b
-    got = Int8Linear(w, b)(x, np.empty((batch, 40), np.float32))
-    error = np.abs(got - exact)
-    assert np.all(error <= worst_case_error(x, w, Int8Linear(w, b).scales) + 1e-5)
+    layer = QuantLinear(w, b)
+    error = np.abs(layer(x, np.empty((batch, 40), np.float32)) - exact)
+    assert np.all(error <= worst_case_error(x, w, layer.scales) + 1e-5)
     assert error.max() > 1e-5                       # it really is quantized: float would be ~1e-7 off
     assert error.max() < 0.05 * np.abs(exact - b).max()  # and close: a few percent of the signal at worst
 
 
-def test_int8_linear_reads_a_strided_input_like_a_copy():
+def test_quant_linear_reads_a_strided_input_like_a_copy():
     """FusedStep hands layers column slices of its state buffer: not contiguous when B > 1."""
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.1, (16, 24)).astype(np.float32)
     wide = rng.uniform(-1, 1, (3, 40)).astype(np.float32)
-    layer = Int8Linear(w, None)
+    layer = QuantLinear(w, None)
     strided = layer(wide[:, 8:24], np.empty((3, 24), np.float32))
     copied = layer(np.ascontiguousarray(wide[:, 8:24]), np.empty((3, 24), np.float32))
     np.testing.assert_array_equal(strided, copied)
+
+
+def test_quantize_columns_uses_the_whole_range_and_rounds_to_nearest():
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, (30, 6))
+    w[:, 4] = 0.0                                                            # an all-zero column
+    q, scale = quantize_columns(w)
+    assert q.dtype == np.int8 and scale.dtype == np.float32
+    assert scale[4] == 0 and not q[:, 4].any()
+    live = [0, 1, 2, 3, 5]
+    assert np.all(np.abs(q[:, live]).max(axis=0) == 127)                   # each column's largest weight -> +-127
+    assert np.all(np.abs(q[:, live] * scale[live].astype(np.float64) - w[:, live]) <= scale[live] / 2 * (1 + 1e-6))
 
 
 def test_float_linear_is_matmul_plus_bias():
     rng = np.random.default_rng(2)
     w, b, x = rng.normal(size=(5, 7)), rng.normal(size=(1, 7)), rng.normal(size=(2, 5))
     np.testing.assert_allclose(FloatLinear(w, b)(x, np.empty((2, 7))), x @ w + b, rtol=1e-12)
+
+
+def test_packed_weights_follow_the_layout_native_step_c_reads():
+    """[block of 128 columns][K/4][chunk of 16 within the block][column][4 rows], K and N padded."""
+    rng = np.random.default_rng(6)
+    K, N = 10, 150                                   # K pads to 12; N to 160: a full block and a 2-chunk block
+    q = rng.integers(-127, 128, (K, N)).astype(np.int8)
+    packed = pack_weights(q)
+    K4 = 12
+    assert packed.shape == (K4 * 160,)
+    for k in range(K4):
+        for n in range(160):
+            block, within = divmod(n, 128)
+            chunks = min(8, (160 - block * 128) // 16)
+            offset = block * K4 * 128 + ((k // 4) * chunks + within // 16) * 64 + (n % 16) * 4 + k % 4
+            assert packed[offset] == (q[k, n] if k < K and n < N else 0)
 
 
 def random_model(cell, impl="naive", layers=2, hidden=32, vocab=13, embed=6, seed=4):
@@ -83,10 +116,11 @@ def test_int8_step_stays_close_to_the_float_step(cell):
 
 
 def test_every_engine_steps_through_the_same_int8_model():
-    """Whatever the engine, quantize='int8' builds one FusedStep from the canonical weights."""
+    """Whatever the engine, quantize='int8' builds one step from the canonical weights."""
+    pytest.importorskip("torch")
     chars = np.array([[3, 1, 4, 1, 5, 9, 2, 6]])
     outputs = {}
-    for impl in ("naive", "scratch", "library"):
+    for impl in ENGINES:
         runner = Runner(random_model("lstm", impl), quantize="int8")
         outputs[impl], _ = runner.feed(chars, runner.zero_state(1))
     np.testing.assert_allclose(outputs["naive"], outputs["library"], rtol=0, atol=1e-6)
@@ -96,6 +130,8 @@ def test_every_engine_steps_through_the_same_int8_model():
 @pytest.mark.parametrize("impl", ["naive", "library"])
 def test_a_long_feed_equals_single_steps(impl):
     """Prime and evaluation feed windows; generation feeds one character at a time; same model either way."""
+    if impl != "naive":
+        pytest.importorskip("torch")
     runner = Runner(random_model("gru", impl), quantize="int8")
     chars = np.array([[0, 5, 7, 7, 2, 11, 12, 1, 3]])
     whole, whole_state = runner.feed(chars, runner.zero_state(1))
@@ -121,3 +157,100 @@ def test_reusing_an_older_state_branches_from_it():
 def test_bad_quantize_choice_is_a_user_error():
     with pytest.raises(UserError, match="--quantize 'int4' is not one of int8"):
         check_quantize("int4")
+
+
+# -- the compiled step -------------------------------------------------------------------------------
+
+@needs_kernel
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_step_computes_quant_linears_numbers(cell, batch):
+    """Same integer sums as QuantLinear, so the two differ only by float rounding (tanh, epilogue order).
+    hidden 40: 160 gate columns, one full block of 128 and a partial one; odd vocabulary and embedding."""
+    model = random_model(cell, hidden=40, vocab=13, embed=6)
+    rng = np.random.default_rng(7)
+    chars = rng.integers(0, 13, (batch, 40))
+    numpy_step, compiled = FusedStep.from_model(model, batch, quantize="int8"), NativeStep.from_model(model, batch)
+    state = tuple(rng.uniform(-0.5, 0.5, s.shape) for s in model.initial_state(batch))
+    numpy_step.set_state(state)
+    compiled.set_state(state)
+    for t in range(chars.shape[1]):
+        np.testing.assert_allclose(compiled.step(chars[:, t]), numpy_step.step(chars[:, t]), rtol=0, atol=2e-5)
+    for a, b in zip(compiled.get_state(), numpy_step.get_state()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+
+
+@needs_kernel
+def test_compiled_feed_equals_its_steps_and_rejects_unknown_indices():
+    model = random_model("lstm")
+    chars = np.array([[0, 5, 7, 7, 2, 11, 12, 1, 3], [4, 4, 4, 0, 1, 2, 3, 9, 8]])
+    whole, steps = NativeStep.from_model(model, 2), NativeStep.from_model(model, 2)
+    logits = whole.feed(chars)
+    for t in range(chars.shape[1]):
+        np.testing.assert_array_equal(steps.step(chars[:, t]), logits[:, t])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        whole.step(np.array([0, 13]))
+
+
+@needs_kernel
+@pytest.mark.parametrize("greedy", [False, True])
+def test_compiled_generation_draws_what_sample_next_draws(greedy):
+    """Uniforms in the order sample_next takes them (per step, per row): the same characters."""
+    model = random_model("gru", vocab=13)
+    B, n, temperature = 2, 60, 0.7
+    rng = np.random.default_rng(8)
+    uniforms = rng.random((n, B))
+    compiled, numpy_step = NativeStep.from_model(model, B), FusedStep.from_model(model, B, quantize="int8")
+    first = numpy_step.step(np.array([1, 2])).copy()
+    compiled.step(np.array([1, 2]))
+    drawn = np.concatenate([compiled.generate(first, 25, temperature, None if greedy else uniforms[:25]),
+                            compiled.generate(None, n - 25, temperature, None if greedy else uniforms[25:])])
+
+    class Replay:  # hands sample_next the same uniforms
+        def __init__(self):
+            self.rows = iter(uniforms)
+
+        def random(self, size):
+            return next(self.rows)[:size]
+
+    replay, last, expected = Replay(), first, []
+    for _ in range(n):
+        chars = sample_next(last, temperature, rng=replay, greedy=greedy)
+        expected.append(chars)
+        last = numpy_step.step(chars)
+    np.testing.assert_array_equal(drawn, np.array(expected))
+    if not greedy:
+        assert len(set(drawn[:, 0].tolist())) > 3            # it really draws, not a constant
+
+
+def test_without_the_compiled_step_int8_runs_in_numpy_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(native, "kernel", lambda: None)
+    monkeypatch.setattr(native, "kernel_problem", lambda: "no C compiler (test)")
+    monkeypatch.setattr("charrnn.runner._warned", [])
+    runner = Runner(random_model("lstm"), quantize="int8")
+    assert isinstance(runner._fused_step(1), FusedStep)
+    assert capsys.readouterr().err.count("warning: --quantize int8 runs in NumPy") == 1
+    logits, _ = runner.feed(np.array([[3, 1, 4]]), runner.zero_state(1))
+    assert logits.shape == (1, 3, 13) and np.isfinite(logits).all()
+
+
+def test_the_library_is_built_once_per_source_and_compiler(tmp_path, monkeypatch):
+    cc = native._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = native._build(cc)
+    assert first.parent == tmp_path / "charrnn" / "native" and first.suffix == ".so"
+    built_at = first.stat().st_mtime_ns
+    assert native._build(cc) == first and first.stat().st_mtime_ns == built_at   # found, not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]              # no temporary files left
+
+
+def test_a_compiler_that_fails_is_reported_not_raised(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: no input files' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(RuntimeError, match="could not build native_step.c: cc: fatal error"):
+        native._build(str(broken))
+    assert not any((tmp_path / "charrnn" / "native").iterdir())                   # nothing half-written left

@@ -1,0 +1,233 @@
+"""The compiled int8 step: native_step.c, built once per machine with the system's C compiler.
+
+Why: at batch 1 a Python step of a 2x512 LSTM spends most of its ~200 us around the
+arithmetic (per-call overhead of a dozen small NumPy and fbgemm calls, cache misses);
+the same step in C, with int8 weights laid out for AVX-512 VNNI, costs a fraction of it
+(benchmarks/sampling_speed.py). The numbers are quantize.QuantLinear's, so the NumPy
+FusedStep with quantize="int8" is both this step's test oracle and its fallback.
+
+The library is compiled on first use with `cc -O3 -march=native` (or $CC) into the
+user's cache directory, under a name that hashes the source, the compiler and the CPU,
+and then loaded with ctypes: no build step at install time, no wheel per platform.
+Where there is no compiler, or the build fails, `kernel()` returns None and says why in
+`kernel_problem()`; callers then fall back to NumPy.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from .config import ModelConfig
+from .fastgen import StepState, fused_weights
+from .quantize import quantize_columns
+
+SOURCE = Path(__file__).with_name("native_step.c")
+CELL_CODES = {"rnn": 0, "gru": 1, "lstm": 2}
+CHUNK, BLOCK = 16, 8           # native_step.c's packing: columns in chunks of 16, blocks of 8 chunks
+_problem: list = []            # why kernel() is None, once known
+
+
+class _QLinear(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("colsum", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("k", ctypes.c_int32), ("n", ctypes.c_int32)]
+
+
+class _Net(ctypes.Structure):
+    _fields_ = [("cell", ctypes.c_int32), ("layers", ctypes.c_int32), ("hidden", ctypes.c_int32),
+                ("vocab", ctypes.c_int32), ("batch", ctypes.c_int32),
+                ("table", ctypes.c_void_p), ("xh", ctypes.POINTER(_QLinear)), ("x", ctypes.POINTER(_QLinear)),
+                ("head_w", ctypes.c_void_p), ("head_b", ctypes.c_void_p),
+                ("h", ctypes.c_void_p), ("c", ctypes.c_void_p), ("a", ctypes.c_void_p), ("a2", ctypes.c_void_p),
+                ("xq", ctypes.c_void_p), ("s", ctypes.c_void_p), ("acc", ctypes.c_void_p)]
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/charrnn/native (default ~/.cache/...), else a per-user temporary folder."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn" / "native"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"charrnn-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def _compiler() -> Optional[str]:
+    chosen = os.environ.get("CC")
+    if chosen:
+        return shutil.which(chosen) or chosen
+    return next((path for path in map(shutil.which, ("cc", "gcc", "clang")) if path), None)
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: -march=native code must not be reused on a CPU that lacks them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build(cc: str) -> Path:
+    """Compile (or find already compiled) the library for this source, compiler and CPU."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(),
+                                     platform.machine().encode()])).hexdigest()[:16]
+    target = cache_dir() / f"native_step-{key}.so"
+    if target.exists():
+        return target
+    errors = []
+    for march in (["-march=native"], []):  # some compilers (clang on arm64) refuse -march=native
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        done = subprocess.run([cc, "-O3", *march, "-fPIC", "-shared", "-fno-math-errno", "-o", tmp, str(SOURCE), "-lm"],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:
+            os.replace(tmp, target)  # atomic: another process building at the same time is harmless
+            return target
+        os.unlink(tmp)
+        errors.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    raise RuntimeError(f"{cc} could not build {SOURCE.name}: {errors[-1]}")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel() -> Optional[ctypes.CDLL]:
+    """The loaded library, or None (see kernel_problem). CHARRNN_NATIVE=0 turns it off."""
+    if os.environ.get("CHARRNN_NATIVE", "1") == "0":
+        _problem.append("CHARRNN_NATIVE=0")
+        return None
+    cc = _compiler()
+    if cc is None:
+        _problem.append("no C compiler (cc, gcc or clang; or set CC)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        _problem.append(str(exc).splitlines()[0])
+        return None
+    lib.charrnn_feed.argtypes = [ctypes.POINTER(_Net), ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
+    lib.charrnn_generate.argtypes = [ctypes.POINTER(_Net), ctypes.c_void_p, ctypes.c_int32, ctypes.c_double,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    for function in (lib.charrnn_feed, lib.charrnn_generate, lib.charrnn_has_vnni):
+        function.restype = ctypes.c_int
+    return lib
+
+
+def kernel_problem() -> str:
+    """Why kernel() is None ('' when it is not)."""
+    kernel()
+    return _problem[0] if _problem else ""
+
+
+def pack_weights(q: np.ndarray) -> np.ndarray:
+    """int8 (K, N) -> native_step.c's layout: [block of 128 columns][K/4][chunk of 16][column][4 rows]."""
+    K, N = q.shape
+    K4, N16 = -(-K // 4) * 4, -(-N // CHUNK) * CHUNK
+    padded = np.zeros((K4, N16), np.int8)
+    padded[:K, :N] = q
+    blocks = []
+    for n0 in range(0, N16, BLOCK * CHUNK):
+        block = padded[:, n0:n0 + BLOCK * CHUNK]                        # (K4, chunks * 16)
+        chunks = block.shape[1] // CHUNK
+        blocks.append(block.reshape(K4 // 4, 4, chunks, CHUNK).transpose(0, 2, 3, 1).reshape(-1))
+    return np.ascontiguousarray(np.concatenate(blocks))
+
+
+class NativeStep(StepState):
+    """fastgen.FusedStep's interface (step, feed, set_state, get_state) on the compiled int8 step,
+    plus generate(): many characters per call, drawn in C."""
+
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int):
+        lib = kernel()
+        if lib is None:
+            raise RuntimeError(f"the compiled step is unavailable: {kernel_problem()}")
+        super().__init__(config, batch_size, np.float32)
+        self.lib = lib
+        fused = fused_weights(config, params)
+        L, H, B, G, V = config.layers, config.hidden, batch_size, config.gates, config.vocab_size
+        keep = self._keep = []                                         # every array C points into
+
+        def pointer(array: Optional[np.ndarray]) -> Optional[int]:
+            if array is None:
+                return None
+            keep.append(array)
+            return array.ctypes.data
+
+        def linear(weight_bias) -> _QLinear:
+            if weight_bias is None:
+                return _QLinear()
+            w, b = weight_bias
+            q, scale = quantize_columns(w)
+            bias = None if b is None else np.ascontiguousarray(b.reshape(-1), np.float32)
+            return _QLinear(pointer(pack_weights(q)), pointer(scale), pointer(q.sum(axis=0, dtype=np.int32)),
+                            pointer(bias), q.shape[0], q.shape[1])
+
+        recurrent = fused.xh if config.cell != "gru" else fused.hh
+        xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
+        x = (_QLinear * L)(*[linear(layer) for layer in (fused.x if config.cell == "gru" else [None] * L)])
+        keep.extend([xh, x])
+        f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+        self.logits = np.zeros((B, V), np.float32)
+        self._cdf = np.zeros(V, np.float64)
+        self._net = _Net(CELL_CODES[config.cell], L, H, V, B, pointer(f32(fused.table)), xh, x,
+                         pointer(f32(fused.head[0])), pointer(f32(fused.head[1].reshape(-1))),
+                         pointer(self.h), pointer(self.c), pointer(np.zeros((B, G * H), np.float32)),
+                         pointer(np.zeros((B, G * H), np.float32)), pointer(np.zeros((B, 2 * H + 4), np.uint8)),
+                         pointer(np.zeros(B, np.float32)), pointer(np.zeros(BLOCK * CHUNK, np.int32)))
+        self._net_ref = ctypes.byref(self._net)
+
+    @classmethod
+    def from_model(cls, model, batch_size: int) -> "NativeStep":
+        return cls(model.config, model.get_parameters(), batch_size)
+
+    def step(self, chars) -> np.ndarray:
+        """Feed one character per row; returns logits (B, V) float32, valid until the next step."""
+        chars = np.ascontiguousarray(chars, dtype=np.int64)
+        self._call(self.lib.charrnn_feed, self._net_ref, chars.ctypes.data, 1, self.logits.ctypes.data)
+        return self.logits
+
+    def feed(self, indices: np.ndarray) -> np.ndarray:
+        """indices (B, T) -> logits (B, T, V) float64, the state carried inside."""
+        B, T = np.shape(indices)
+        chars = np.ascontiguousarray(np.asarray(indices, dtype=np.int64).T)          # (T, B) time-major
+        logits = np.empty((T, B, self.config.vocab_size), np.float32)
+        self._call(self.lib.charrnn_feed, self._net_ref, chars.ctypes.data, T, logits.ctypes.data)
+        return logits.transpose(1, 0, 2).astype(np.float64)
+
+    def generate(self, last: Optional[np.ndarray], length: int, temperature: float,
+                 uniforms: Optional[np.ndarray]) -> np.ndarray:
+        """Draw `length` characters per row, starting from the logits `last` (B, V), feeding each back.
+
+        uniforms (length, B) in [0, 1) draw with sample.sample_next's rule at this temperature;
+        None takes the argmax. Returns (length, B) indices; self.logits then holds the logits
+        that follow, where a call with last=None continues.
+        """
+        if last is not None:
+            np.copyto(self.logits, last, casting="unsafe")
+        out = np.empty((length, self.batch_size), np.int64)
+        if length == 0:
+            return out
+        if uniforms is not None:
+            uniforms = np.ascontiguousarray(uniforms, np.float64).reshape(length, self.batch_size)
+        self._call(self.lib.charrnn_generate, self._net_ref, self.logits.ctypes.data, length, 1.0 / temperature,
+                   None if uniforms is None else uniforms.ctypes.data, out.ctypes.data, self._cdf.ctypes.data)
+        return out
+
+    @staticmethod
+    def _call(function, *args) -> None:
+        if function(*args) != 0:
+            raise ValueError("a character index is outside the vocabulary")
