@@ -21,8 +21,11 @@ At batch 1 a step is bound by memory bandwidth, not arithmetic: a 2x512 LSTM rea
 12.7 MB of float32 weights per character (twice that in float64), which caps one core of
 the 2-core Xeon this was measured on near 2,200 steps/s. Measure with
 benchmarks/sampling_speed.py. quantize="int8" keeps the layer weights in int8
-(quantize.Int8Linear), a quarter of the bytes, at a measured cost in accuracy; the
-table and the head stay in float. OpenBLAS's threads hurt matrix-vector products on a
+(quantize.QuantLinear), a quarter of the bytes, at a measured cost in accuracy; the
+table and the head stay in float. That NumPy int8 step is the reference (and the
+fallback) of native.NativeStep, the same numbers in compiled C, which is what
+--quantize int8 runs where a C compiler is found. `fused_weights` prepares the
+weights for both. OpenBLAS's threads hurt matrix-vector products on a
 busy machine; `blas_threads(1)` pins them for a block of code.
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The compiled int8 step: native_step.c, built once per machine with the system's C compiler.
 
-Why: at batch 1 a Python step of a 2x512 LSTM spends most of its ~200 us around the
-arithmetic (per-call overhead of a dozen small NumPy and fbgemm calls, cache misses);
-the same step in C, with int8 weights laid out for AVX-512 VNNI, costs a fraction of it
+Why: at batch 1 a Python step of a 2x512 LSTM spends most of its time around the
+arithmetic (per-call overhead of a dozen small NumPy calls, cache misses); the same
+step in C, with int8 weights laid out for AVX-512 VNNI, split between threads that
+meet once per layer, and drawing the next character itself, is several times faster
 (benchmarks/sampling_speed.py). The numbers are quantize.QuantLinear's, so the NumPy
 FusedStep with quantize="int8" is both this step's test oracle and its fallback.
 
@@ -22,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -37,18 +39,32 @@ CHUNK, BLOCK = 16, 8           # native_step.c's packing: columns in chunks of 1
 _problem: list = []            # why kernel() is None, once known
 
 
+class _QRegion(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("colsum", ctypes.c_void_p), ("n", ctypes.c_int32)]
+
+
 class _QLinear(ctypes.Structure):
-    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("colsum", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("k", ctypes.c_int32), ("n", ctypes.c_int32)]
+    _fields_ = [("regions", ctypes.POINTER(_QRegion)), ("bias", ctypes.c_void_p), ("k", ctypes.c_int32)]
 
 
 class _Net(ctypes.Structure):
     _fields_ = [("cell", ctypes.c_int32), ("layers", ctypes.c_int32), ("hidden", ctypes.c_int32),
-                ("vocab", ctypes.c_int32), ("batch", ctypes.c_int32),
-                ("table", ctypes.c_void_p), ("xh", ctypes.POINTER(_QLinear)), ("x", ctypes.POINTER(_QLinear)),
+                ("vocab", ctypes.c_int32), ("batch", ctypes.c_int32), ("regions", ctypes.c_int32),
+                ("unit_start", ctypes.c_void_p), ("table", ctypes.c_void_p),
+                ("xh", ctypes.POINTER(_QLinear)), ("x", ctypes.POINTER(_QLinear)),
                 ("head_w", ctypes.c_void_p), ("head_b", ctypes.c_void_p),
-                ("h", ctypes.c_void_p), ("c", ctypes.c_void_p), ("a", ctypes.c_void_p), ("a2", ctypes.c_void_p),
-                ("xq", ctypes.c_void_p), ("s", ctypes.c_void_p), ("acc", ctypes.c_void_p)]
+                ("h", ctypes.c_void_p), ("c", ctypes.c_void_p), ("pool", ctypes.c_void_p)]
+
+
+def default_threads(hidden: int) -> int:
+    """OMP_NUM_THREADS if set, else the CPUs this process may use, at most 4; and no more than one
+    per 64 hidden units, as a thread's share must outweigh the cost of meeting once per layer."""
+    chosen = os.environ.get("OMP_NUM_THREADS", "")
+    if chosen.isdigit() and int(chosen) > 0:
+        wanted = int(chosen)
+    else:
+        wanted = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(1, min(wanted, hidden // 64))
 
 
 def cache_dir() -> Path:
@@ -94,7 +110,7 @@ def _build(cc: str) -> Path:
     for march in (["-march=native"], []):  # some compilers (clang on arm64) refuse -march=native
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        done = subprocess.run([cc, "-O3", *march, "-fPIC", "-shared", "-fno-math-errno", "-o", tmp, str(SOURCE), "-lm"],
+        done = subprocess.run([cc, "-O3", *march, "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-o", tmp, str(SOURCE), "-lm"],
                               capture_output=True, text=True, timeout=120)
         if done.returncode == 0:
             os.replace(tmp, target)  # atomic: another process building at the same time is harmless
@@ -119,10 +135,13 @@ def kernel() -> Optional[ctypes.CDLL]:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _problem.append(str(exc).splitlines()[0])
         return None
+    lib.charrnn_open.argtypes = [ctypes.POINTER(_Net), ctypes.c_int32]
+    lib.charrnn_close.argtypes = [ctypes.POINTER(_Net)]
+    lib.charrnn_close.restype = None
     lib.charrnn_feed.argtypes = [ctypes.POINTER(_Net), ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
     lib.charrnn_generate.argtypes = [ctypes.POINTER(_Net), ctypes.c_void_p, ctypes.c_int32, ctypes.c_double,
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    for function in (lib.charrnn_feed, lib.charrnn_generate, lib.charrnn_has_vnni):
+    for function in (lib.charrnn_open, lib.charrnn_feed, lib.charrnn_generate, lib.charrnn_has_vnni):
         function.restype = ctypes.c_int
     return lib
 
@@ -149,9 +168,11 @@ def pack_weights(q: np.ndarray) -> np.ndarray:
 
 class NativeStep(StepState):
     """fastgen.FusedStep's interface (step, feed, set_state, get_state) on the compiled int8 step,
-    plus generate(): many characters per call, drawn in C."""
+    plus generate(): many characters per call, drawn in C. `threads` share each step (see
+    native_step.c); default: default_threads."""
 
-    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int):
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
+                 threads: Optional[int] = None):
         lib = kernel()
         if lib is None:
             raise RuntimeError(f"the compiled step is unavailable: {kernel_problem()}")
@@ -159,6 +180,11 @@ class NativeStep(StepState):
         self.lib = lib
         fused = fused_weights(config, params)
         L, H, B, G, V = config.layers, config.hidden, batch_size, config.gates, config.vocab_size
+        self.threads = default_threads(H) if threads is None else max(1, min(int(threads), H))
+        # region r owns hidden units [start[r], start[r+1]): all G gate columns of them, gate-major
+        start = np.linspace(0, H, self.threads + 1).round().astype(np.int32)
+        regions = [np.concatenate([g * H + np.arange(start[r], start[r + 1]) for g in range(G)])
+                   for r in range(self.threads)]
         keep = self._keep = []                                         # every array C points into
 
         def pointer(array: Optional[np.ndarray]) -> Optional[int]:
@@ -171,10 +197,15 @@ class NativeStep(StepState):
             if weight_bias is None:
                 return _QLinear()
             w, b = weight_bias
-            q, scale = quantize_columns(w)
+            parts = []
+            for columns in regions:                    # per-column scales: the same as quantizing w whole
+                q, scale = quantize_columns(w[:, columns])
+                parts.append(_QRegion(pointer(pack_weights(q)), pointer(scale),
+                                      pointer(q.sum(axis=0, dtype=np.int32)), q.shape[1]))
+            table = (_QRegion * len(parts))(*parts)
+            keep.append(table)
             bias = None if b is None else np.ascontiguousarray(b.reshape(-1), np.float32)
-            return _QLinear(pointer(pack_weights(q)), pointer(scale), pointer(q.sum(axis=0, dtype=np.int32)),
-                            pointer(bias), q.shape[0], q.shape[1])
+            return _QLinear(table, pointer(bias), w.shape[0])
 
         recurrent = fused.xh if config.cell != "gru" else fused.hh
         xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
@@ -183,12 +214,14 @@ class NativeStep(StepState):
         f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
         self.logits = np.zeros((B, V), np.float32)
         self._cdf = np.zeros(V, np.float64)
-        self._net = _Net(CELL_CODES[config.cell], L, H, V, B, pointer(f32(fused.table)), xh, x,
-                         pointer(f32(fused.head[0])), pointer(f32(fused.head[1].reshape(-1))),
-                         pointer(self.h), pointer(self.c), pointer(np.zeros((B, G * H), np.float32)),
-                         pointer(np.zeros((B, G * H), np.float32)), pointer(np.zeros((B, 2 * H + 4), np.uint8)),
-                         pointer(np.zeros(B, np.float32)), pointer(np.zeros(BLOCK * CHUNK, np.int32)))
+        self._net = _Net(CELL_CODES[config.cell], L, H, V, B, self.threads, pointer(start), pointer(f32(fused.table)),
+                         xh, x, pointer(f32(fused.head[0])), pointer(f32(fused.head[1].reshape(-1))),
+                         pointer(self.h), pointer(self.c), None)
         self._net_ref = ctypes.byref(self._net)
+        if lib.charrnn_open(self._net_ref, self.threads) != 0:
+            raise MemoryError("the compiled step could not allocate its buffers or start its threads")
+        # stop the threads and free C's buffers with this object (the finalizer holds the struct, not self)
+        weakref.finalize(self, lib.charrnn_close, self._net_ref)
 
     @classmethod
     def from_model(cls, model, batch_size: int) -> "NativeStep":

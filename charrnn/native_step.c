@@ -1,67 +1,116 @@
 /* One generation step of a charrnn model with int8 layer weights, in C: native.py builds and loads it.
  *
- * Why C: at batch 1 a step of a 2x512 LSTM is ~6 M multiply-adds, a few microseconds of
- * arithmetic, but from Python it costs ~200 us: NumPy's and fbgemm's per-call overhead on
- * a dozen small arrays, and weights evicted from cache by everything around them. Here a
- * step is a loop over the layers with no allocation and no calls out.
+ * Why C: at batch 1 a step of a 2x512 LSTM is ~3 M multiply-adds, a few microseconds of
+ * arithmetic, but from Python it costs ~200 us: per-call overhead of a dozen small NumPy
+ * calls, and weights evicted from cache by everything around them. Here a step is a loop
+ * over the layers with no allocation and no calls out, and generation draws each next
+ * character here too, so Python is entered once per chunk of characters, not per step.
  *
- * The numbers are those of quantize.QuantLinear, which is the reference this file is tested
- * against: per output column n, int8 weights q_w[k][n] with scale w_scale[n]; per call and
- * per row, the input x quantized symmetrically, s = max|x| / 127, q_x = rint(x / s); then
+ * The numbers are those of quantize.QuantLinear, the reference this file is tested against:
+ * per output column n, int8 weights q_w[k][n] with scale w_scale[n]; per call and per row, the
+ * input x quantized symmetrically, s = max|x| / 127, q_x = rint(x / s); then
  *     out[n] = (sum_k q_x[k] q_w[k][n]) * (s * w_scale[n]) + bias[n].
- * The integer sums are exact, so this file and NumPy agree on them bit for bit; only the
- * float epilogue and the cell's tanh (a polynomial exp here) differ, by float rounding.
+ * The integer sums are exact, so this file and NumPy agree on them bit for bit; only the cell's
+ * tanh (a polynomial exp here) differs, by float rounding.
  *
- * Packed weights: columns in chunks of 16 and chunks in blocks of 8 (128 columns); within a
- * block, for each group of 4 input rows, each chunk's 16 columns x 4 rows as 64 bytes:
+ * Threads: the hidden units are split into `regions`, one per thread; a region owns all gate
+ * columns of its units, so a thread computes its gates, runs the cell for its units and writes
+ * their new h with no other thread involved; the threads meet once per layer, because the next
+ * layer reads all of h. New hidden states go to `hnew` (old ones stay readable in `h` until the
+ * step ends), so no thread reads a value another is overwriting. A worker that finds no step
+ * to do spins for SPIN_NS, then sleeps on a condition variable: an idle model costs no CPU.
+ *
+ * Packed weights, per region: columns in chunks of 16 and chunks in blocks of 8 (128 columns);
+ * within a block, for each group of 4 input rows, each chunk's 16 columns x 4 rows as 64 bytes:
  *     w[block][k4][chunk][col 0..15][row 0..3]
- * (K rounded up to a multiple of 4, N to a multiple of 16, padding zeros). That is the
- * operand layout of AVX-512 VNNI's vpdpbusd (u8 x s8, 4 products into each int32 lane), so
- * a block streams through memory once, front to back. The unsigned operand is q_x + 128;
+ * (K rounded up to a multiple of 4, N to a multiple of 16, padding zeros). That is the operand
+ * layout of AVX-512 VNNI's vpdpbusd (u8 x s8, 4 products into each int32 lane), so a block
+ * streams through memory once, front to back. The unsigned operand is q_x + 128;
  * 128 * sum_k q_w[k][n] (colsum) is taken off after. Without VNNI a plain loop does the same.
  */
-#include <stdint.h>
-#include <string.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define CHARRNN_VNNI 1
 #else
 #define CHARRNN_VNNI 0
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 
 enum { CELL_RNN = 0, CELL_GRU = 1, CELL_LSTM = 2 };
-enum { CHUNK = 16, BLOCK = 8 };
+enum { CHUNK = 16, BLOCK = 8, MAX_THREADS = 64 };
+#define SPIN_NS 300000L  /* a worker's busy wait for the next step before it sleeps: 0.3 ms */
+
+typedef struct {            /* one region's columns of a layer's matmul: G gates x its units, gate-major */
+    const int8_t *w;        /* packed, see above */
+    const float *scale;     /* (n) per column */
+    const int32_t *colsum;  /* (n) sum over k of q_w[k][n] */
+    int32_t n;              /* G * units */
+} qregion;
 
 typedef struct {
-    const int8_t *w;        /* packed, see above */
-    const float *scale;     /* (n) per output column */
-    const int32_t *colsum;  /* (n) sum over k of q_w[k][n] */
-    const float *bias;      /* (n), or NULL */
-    int32_t k, n;           /* true sizes */
+    const qregion *regions; /* (regions) */
+    const float *bias;      /* (G*H) in the fused gate order, or NULL */
+    int32_t k;              /* input width */
 } qlinear;
 
+typedef struct pool pool;
+
 typedef struct {
-    int32_t cell, layers, hidden, vocab, batch;
+    int32_t cell, layers, hidden, vocab, batch, regions;
+    const int32_t *unit_start; /* (regions + 1) region r owns units [unit_start[r], unit_start[r+1]) */
     const float *table;     /* (V, G*H) the first layer's input side and biases, per character */
     const qlinear *xh;      /* (layers) rnn, lstm: [h(k-1), hk] -> G*H (layer 0: h0 -> G*H); gru: hk -> 3H */
     const qlinear *x;       /* (layers) gru only: h(k-1) -> 3H; entry 0 unused */
     const float *head_w;    /* (H, V) */
     const float *head_b;    /* (V) */
-    float *h;               /* (B, L*H) layer k's h in columns [kH, (k+1)H) */
+    float *h;               /* (B, L*H) layer k's h in columns [kH, (k+1)H): the state */
     float *c;               /* (L, B, H) lstm cell states */
-    float *a, *a2;          /* (B, G*H) scratch: pre-activations */
-    uint8_t *xq;            /* (B, 2H + 4) scratch: quantized inputs */
-    float *s;               /* (B) scratch: their scales */
-    int32_t *acc;           /* (BLOCK * CHUNK) scratch */
+    pool *pool;             /* charrnn_open's: threads and scratch */
 } net;
+
+typedef struct {            /* one thread's scratch */
+    float *a, *a2;          /* (B, G * max units) its regions' pre-activations */
+    uint8_t *xq, *xq2;      /* (B, 2H + 4) quantized inputs */
+    float *s, *s2;          /* (B) their scales */
+    int32_t *acc;           /* (BLOCK * CHUNK) */
+    int sense;
+} scratch;
+
+struct pool {
+    int threads;            /* including the caller's */
+    pid_t owner;            /* after fork() the workers are gone: the child steps alone */
+    float *hnew;            /* (B, L*H) */
+    scratch work[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    const net *m;
+    const int64_t *chars;   /* the step being done: (B) */
+    atomic_int posted, arrived, flag, sleeping, quit;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+};
 
 /* round to nearest, ties to even, for |v| < 2^22: the same as rint and NumPy's rint */
 static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
 
+static inline float clamp(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
+
 /* exp(x) for x in [-87, 88]: Cephes' expf polynomial, ~1 ulp; branch-free, so loops vectorize */
 static inline float exp_approx(float x) {
-    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    x = clamp(x, -87.0f, 88.0f);
     float n = round_even(x * 1.44269504088896341f);
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
@@ -80,22 +129,20 @@ static inline float exp_approx(float x) {
 
 /* tanh(x), absolute error ~1e-7: beyond |x| = 9 tanh is 1 to float precision */
 static inline float tanh_approx(float x) {
-    x = fminf(fmaxf(x, -9.0f), 9.0f);
-    float e = exp_approx(2.0f * x);
+    float e = exp_approx(2.0f * clamp(x, -9.0f, 9.0f));
     return (e - 1.0f) / (e + 1.0f);
 }
 
-static void tanh_inplace(float *v, int n) {
-    for (int i = 0; i < n; i++) v[i] = tanh_approx(v[i]);
-}
-
-/* xq = q_x + 128 (k entries, padding to a multiple of 4 with 128, i.e. q = 0); returns s */
-static float quantize_input(const float *x, int k, uint8_t *xq) {
+/* The input x = [x1 (n1), x2 (n2)] quantized: xq = q_x + 128, padded to a multiple of 4 with
+ * 128 (q = 0); returns s. Two pieces because [h(k-1) new, hk old] live in two buffers. */
+static float quantize_input(const float *x1, int n1, const float *x2, int n2, uint8_t *xq) {
     float m = 0.0f;
-    for (int i = 0; i < k; i++) m = fmaxf(m, fabsf(x[i]));
+    for (int i = 0; i < n1; i++) m = fabsf(x1[i]) > m ? fabsf(x1[i]) : m;
+    for (int i = 0; i < n2; i++) m = fabsf(x2[i]) > m ? fabsf(x2[i]) : m;
     float s = m > 0.0f ? m / 127.0f : 1.0f;
-    for (int i = 0; i < k; i++) xq[i] = (uint8_t)(int32_t)(round_even(x[i] / s) + 128.0f);
-    for (int i = k; i < ((k + 3) & ~3); i++) xq[i] = 128;
+    for (int i = 0; i < n1; i++) xq[i] = (uint8_t)(int32_t)(round_even(x1[i] / s) + 128.0f);
+    for (int i = 0; i < n2; i++) xq[n1 + i] = (uint8_t)(int32_t)(round_even(x2[i] / s) + 128.0f);
+    for (int i = n1 + n2; i < ((n1 + n2 + 3) & ~3); i++) xq[i] = 128;
     return s;
 }
 
@@ -150,65 +197,171 @@ static void block_dot(const int8_t *w, const uint8_t *xq, int k4, int chunks, in
 #endif
 }
 
-/* For B rows: out[b] (n) = x[b] (k) @ W + bias, or out[b] += that when `add` (table rows already there).
- * Rows are quantized first; then each block of weights serves every row while it is in cache. */
-static void qlinear_apply(const net *m, const qlinear *L, const float *x, size_t x_stride, float *out, size_t out_stride,
-                          int add) {
-    int B = m->batch, k4 = (L->k + 3) / 4, n16 = (L->n + CHUNK - 1) / CHUNK * CHUNK;
-    for (int b = 0; b < B; b++) m->s[b] = quantize_input(x + b * x_stride, L->k, m->xq + (size_t)b * k4 * 4);
+/* For B rows: out[b] (G*units of region r) = x[b] @ W[:, region r] + bias. The rows were quantized
+ * already (xq (B, row), s (B)); each block of weights serves every row while it is in cache. */
+static void region_apply(const net *m, const qlinear *L, int r, const uint8_t *xq, const float *s, int32_t *acc,
+                         float *out, size_t out_stride) {
+    const qregion *q = &L->regions[r];
+    int units = m->unit_start[r + 1] - m->unit_start[r], u0 = m->unit_start[r], H = m->hidden;
+    int k4 = (L->k + 3) / 4, n16 = (q->n + CHUNK - 1) / CHUNK * CHUNK;
+    size_t xq_stride = 2 * (size_t)H + 4;
     for (int n0 = 0; n0 < n16; n0 += BLOCK * CHUNK) {
         int chunks = (n16 - n0) / CHUNK < BLOCK ? (n16 - n0) / CHUNK : BLOCK;
-        int end = n0 + chunks * CHUNK < L->n ? n0 + chunks * CHUNK : L->n;
-        for (int b = 0; b < B; b++) {
-            block_dot(L->w + (size_t)n0 * k4 * 4, m->xq + (size_t)b * k4 * 4, k4, chunks, m->acc);
-            float s = m->s[b], *o = out + b * out_stride;
+        int end = n0 + chunks * CHUNK < q->n ? n0 + chunks * CHUNK : q->n;
+        for (int b = 0; b < m->batch; b++) {
+            block_dot(q->w + (size_t)n0 * k4 * 4, xq + b * xq_stride, k4, chunks, acc);
+            float *o = out + b * out_stride;
             for (int n = n0; n < end; n++) {
-                float v = (float)(m->acc[n - n0] - 128 * L->colsum[n]) * (s * L->scale[n]);
-                if (L->bias) v += L->bias[n];
-                o[n] = add ? o[n] + v : v;
+                float v = (float)(acc[n - n0] - 128 * q->colsum[n]) * (s[b] * q->scale[n]);
+                o[n] = L->bias ? v + L->bias[(n / units) * H + u0 + n % units] : v;
             }
         }
     }
 }
 
-/* layer k for all rows; chars (B) feed layer 0 through the table */
-static void layer_step(const net *m, int k, const int64_t *chars) {
+/* Quantize every row's input to a matmul: [x1 (n1) at column c1 of buf1, x2 (n2) at c2 of buf2] */
+static void quantize_rows(const net *m, const float *buf1, int c1, int n1, const float *buf2, int c2, int n2,
+                          uint8_t *xq, float *s) {
+    size_t row = (size_t)m->layers * m->hidden, xq_stride = 2 * (size_t)m->hidden + 4;
+    for (int b = 0; b < m->batch; b++)
+        s[b] = quantize_input(buf1 + b * row + c1, n1, buf2 + b * row + c2, n2, xq + b * xq_stride);
+}
+
+/* Layer k, the regions this thread owns: gates, cell, new h into hnew. */
+static void layer_share(const net *m, int k, int t, int stride, const int64_t *chars) {
+    pool *p = m->pool;
+    scratch *w = &p->work[t];
     int B = m->batch, H = m->hidden, G = m->cell == CELL_LSTM ? 4 : m->cell == CELL_GRU ? 3 : 1;
     size_t row = (size_t)m->layers * H, gh = (size_t)G * H;
-    float *a = m->a, *h = m->h + (size_t)k * H;                   /* row b's hk: h + b * row */
-    const float *input = m->h + (size_t)(k > 0 ? k - 1 : 0) * H;  /* [h(k-1), hk], or [h0] for layer 0 */
-    if (k == 0)
-        for (int b = 0; b < B; b++) memcpy(a + b * gh, m->table + (size_t)chars[b] * gh, sizeof(float) * gh);
+    float *hnew = p->hnew;
+    /* inputs: rnn, lstm [h(k-1) new, hk old] (layer 0: h0 old); gru x side h(k-1) new, h side hk old */
     if (m->cell == CELL_GRU) {
-        float *hp = m->a2;
-        if (k > 0) qlinear_apply(m, &m->x[k], input, row, a, gh, 0);
-        qlinear_apply(m, &m->xh[k], h, row, hp, gh, 0);
-        for (int b = 0; b < B; b++) {
-            float *ab = a + b * gh, *hpb = hp + b * gh, *hb = h + b * row;
-            for (int j = 0; j < 2 * H; j++) ab[j] = 0.5f + 0.5f * tanh_approx(ab[j] + hpb[j]);   /* r, z */
-            for (int j = 0; j < H; j++) {
-                float n = tanh_approx(ab[2 * H + j] + ab[j] * hpb[2 * H + j]);
-                hb[j] = n + ab[H + j] * (hb[j] - n);
-            }
-        }
-        return;
+        quantize_rows(m, m->h, k * H, H, m->h, 0, 0, w->xq, w->s);
+        if (k > 0) quantize_rows(m, hnew, (k - 1) * H, H, hnew, 0, 0, w->xq2, w->s2);
+    } else if (k == 0) {
+        quantize_rows(m, m->h, 0, H, m->h, 0, 0, w->xq, w->s);
+    } else {
+        quantize_rows(m, hnew, (k - 1) * H, H, m->h, k * H, H, w->xq, w->s);
     }
-    qlinear_apply(m, &m->xh[k], input, row, a, gh, k == 0);
-    for (int b = 0; b < B; b++) {
-        float *ab = a + b * gh, *hb = h + b * row;
-        if (m->cell == CELL_RNN) {
-            for (int j = 0; j < H; j++) hb[j] = tanh_approx(ab[j]);
+    for (int r = t; r < m->regions; r += stride) {
+        int u0 = m->unit_start[r], units = m->unit_start[r + 1] - u0;
+        size_t ga = (size_t)G * units;                                    /* a row's stride in a, a2 */
+        if (m->cell != CELL_GRU) {
+            region_apply(m, &m->xh[k], r, w->xq, w->s, w->acc, w->a, ga);
+            for (int b = 0; b < B; b++) {
+                float *a = w->a + b * ga, *h = hnew + b * row + (size_t)k * H + u0;
+                if (k == 0) {
+                    const float *x = m->table + (size_t)chars[b] * gh + u0;
+                    for (int g = 0; g < G; g++)
+                        for (int j = 0; j < units; j++) a[g * units + j] += x[(size_t)g * H + j];
+                }
+                if (m->cell == CELL_RNN) {
+                    for (int j = 0; j < units; j++) h[j] = tanh_approx(a[j]);
+                    continue;
+                }
+                float *c = m->c + ((size_t)k * B + b) * H + u0;
+                for (int j = 0; j < G * units; j++) a[j] = tanh_approx(a[j]);  /* i, f, o halved: sigmoid = 0.5 + 0.5 tanh */
+                for (int j = 0; j < units; j++) {
+                    float i = 0.5f + 0.5f * a[j], f = 0.5f + 0.5f * a[units + j], o = 0.5f + 0.5f * a[2 * units + j];
+                    float cj = f * c[j] + i * a[3 * units + j];
+                    c[j] = cj;
+                    h[j] = o * tanh_approx(cj);
+                }
+            }
             continue;
         }
-        float *cb = m->c + ((size_t)k * B + b) * H;
-        tanh_inplace(ab, 4 * H);  /* gates i, f, o (columns halved: sigmoid = 0.5 + 0.5 tanh), then g */
-        for (int j = 0; j < H; j++) {
-            float i = 0.5f + 0.5f * ab[j], f = 0.5f + 0.5f * ab[H + j], o = 0.5f + 0.5f * ab[2 * H + j];
-            float c = f * cb[j] + i * ab[3 * H + j];
-            cb[j] = c;
-            hb[j] = o * tanh_approx(c);
+        region_apply(m, &m->xh[k], r, w->xq, w->s, w->acc, w->a2, ga);          /* W_h h + b_h */
+        if (k > 0) region_apply(m, &m->x[k], r, w->xq2, w->s2, w->acc, w->a, ga); /* W_i x + b_i */
+        for (int b = 0; b < B; b++) {
+            float *xp = w->a + b * ga, *hp = w->a2 + b * ga;
+            const float *hold = m->h + b * row + (size_t)k * H + u0;
+            float *h = hnew + b * row + (size_t)k * H + u0;
+            if (k == 0) {
+                const float *x = m->table + (size_t)chars[b] * gh + u0;
+                for (int g = 0; g < G; g++)
+                    for (int j = 0; j < units; j++) xp[g * units + j] = x[(size_t)g * H + j];
+            }
+            for (int j = 0; j < 2 * units; j++) xp[j] = 0.5f + 0.5f * tanh_approx(xp[j] + hp[j]);   /* r, z */
+            for (int j = 0; j < units; j++) {
+                float n = tanh_approx(xp[2 * units + j] + xp[j] * hp[2 * units + j]);
+                h[j] = n + xp[units + j] * (hold[j] - n);
+            }
         }
     }
+}
+
+/* All threads wait here until every one has arrived (sense-reversing, spinning: a layer is ~50 us) */
+static void barrier(pool *p, int t) {
+    int sense = p->work[t].sense = !p->work[t].sense;
+    if (atomic_fetch_add(&p->arrived, 1) == p->threads - 1) {
+        atomic_store(&p->arrived, 0);
+        atomic_store(&p->flag, sense);
+    } else {
+        /* yield now and then: with more threads than free cores (several models stepping at
+         * once), the thread we wait for may be the one our spinning keeps off its core */
+        for (int spins = 1; atomic_load(&p->flag) != sense; spins++) {
+            cpu_relax();
+            if (spins % 1024 == 0) sched_yield();
+        }
+    }
+}
+
+static void all_layers(const net *m, int t, int stride, const int64_t *chars) {
+    for (int k = 0; k < m->layers; k++) {
+        layer_share(m, k, t, stride, chars);
+        if (stride > 1) barrier(m->pool, t);
+    }
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+typedef struct { pool *p; int t; } worker_arg;
+
+static void *worker(void *arg_) {
+    worker_arg arg = *(worker_arg *)arg_;
+    free(arg_);
+    pool *p = arg.p;
+    int seen = 0;
+    for (;;) {
+        long start = now_ns();
+        int spins = 0;
+        while (atomic_load(&p->posted) == seen && !atomic_load(&p->quit)) {
+            cpu_relax();
+            if (++spins % 256 == 0 && now_ns() - start > SPIN_NS) {
+                pthread_mutex_lock(&p->lock);
+                atomic_store(&p->sleeping, atomic_load(&p->sleeping) + 1);
+                while (atomic_load(&p->posted) == seen && !atomic_load(&p->quit)) pthread_cond_wait(&p->wake, &p->lock);
+                atomic_store(&p->sleeping, atomic_load(&p->sleeping) - 1);
+                pthread_mutex_unlock(&p->lock);
+            }
+        }
+        if (atomic_load(&p->quit)) return NULL;
+        seen = atomic_load(&p->posted);
+        all_layers(p->m, arg.t, p->threads, p->chars);
+    }
+}
+
+/* the layers of one step, on every thread; new h copied into the state at the end */
+static void layers(const net *m, const int64_t *chars) {
+    pool *p = m->pool;
+    if (p->threads > 1 && getpid() == p->owner) {
+        p->m = m;
+        p->chars = chars;
+        atomic_fetch_add(&p->posted, 1);
+        if (atomic_load(&p->sleeping)) {
+            pthread_mutex_lock(&p->lock);
+            pthread_cond_broadcast(&p->wake);
+            pthread_mutex_unlock(&p->lock);
+        }
+        all_layers(m, 0, p->threads, chars);
+    } else {
+        all_layers(m, 0, 1, chars);
+    }
+    memcpy(m->h, p->hnew, sizeof(float) * m->batch * m->layers * m->hidden);
 }
 
 /* logits (B, V) = h_top (B, H) @ head_w + head_b; head_w is (H, V) so that the inner loop runs
@@ -227,21 +380,14 @@ static void head(const net *m, float *logits) {
     }
 }
 
-static void step(const net *m, const int64_t *chars, float *logits) {
-    for (int k = 0; k < m->layers; k++) layer_step(m, k, chars);
-    head(m, logits);
-}
-
 /* Feed chars (T, B) time-major (checked: each in [0, V)); logits (T, B, V), or NULL to keep only the state. */
 int charrnn_feed(const net *m, const int64_t *chars, int32_t T, float *logits) {
     size_t B = m->batch, V = m->vocab;
     for (size_t i = 0; i < (size_t)T * B; i++)
         if (chars[i] < 0 || chars[i] >= (int64_t)V) return -1;
     for (int t = 0; t < T; t++) {
-        if (logits) step(m, chars + t * B, logits + t * B * V);
-        else {
-            for (int k = 0; k < m->layers; k++) layer_step(m, k, chars + t * B);
-        }
+        layers(m, chars + t * B);
+        if (logits) head(m, logits + t * B * V);
     }
     return 0;
 }
@@ -279,7 +425,73 @@ int charrnn_generate(const net *m, float *last, int32_t T, double inv_temperatur
         int64_t *chars = out + t * B;
         for (size_t b = 0; b < B; b++)
             chars[b] = uniforms ? draw(last + b * V, V, inv_temperature, uniforms[t * B + b], cdf) : argmax(last + b * V, V);
-        step(m, chars, last);
+        layers(m, chars);
+        head(m, last);
+    }
+    return 0;
+}
+
+void charrnn_close(net *m) {
+    pool *p = m->pool;
+    if (!p) return;
+    m->pool = NULL;
+    if (getpid() == p->owner) {
+        pthread_mutex_lock(&p->lock);
+        atomic_store(&p->quit, 1);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+        for (int t = 1; t < p->threads; t++) pthread_join(p->ids[t], NULL);
+    }
+    for (int t = 0; t < MAX_THREADS; t++) {  /* all: a failed charrnn_open may have allocated beyond p->threads */
+        scratch *w = &p->work[t];
+        free(w->a); free(w->a2); free(w->xq); free(w->xq2); free(w->s); free(w->s2); free(w->acc);
+    }
+    free(p->hnew);
+    free(p);
+}
+
+/* Allocate the scratch and start threads - 1 workers (threads <= regions). 0 on success. */
+int charrnn_open(net *m, int32_t threads) {
+    if (threads < 1 || threads > MAX_THREADS || threads > m->regions) return -1;
+    pool *p = calloc(1, sizeof(pool));
+    if (!p) return -1;
+    int H = m->hidden, B = m->batch, G = m->cell == CELL_LSTM ? 4 : m->cell == CELL_GRU ? 3 : 1, widest = 0;
+    for (int r = 0; r < m->regions; r++)
+        if (m->unit_start[r + 1] - m->unit_start[r] > widest) widest = m->unit_start[r + 1] - m->unit_start[r];
+    p->threads = threads;
+    p->owner = getpid();
+    p->hnew = calloc((size_t)B * m->layers * H, sizeof(float));
+    int failed = !p->hnew;
+    for (int t = 0; t < threads; t++) {
+        scratch *w = &p->work[t];
+        w->a = calloc((size_t)B * G * widest, sizeof(float));
+        w->a2 = calloc((size_t)B * G * widest, sizeof(float));
+        w->xq = calloc((size_t)B * (2 * H + 4), 1);
+        w->xq2 = calloc((size_t)B * (2 * H + 4), 1);
+        w->s = calloc(B, sizeof(float));
+        w->s2 = calloc(B, sizeof(float));
+        w->acc = aligned_alloc(64, sizeof(int32_t) * BLOCK * CHUNK);
+        failed |= !w->a || !w->a2 || !w->xq || !w->xq2 || !w->s || !w->s2 || !w->acc;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    m->pool = p;
+    if (failed) {
+        p->threads = 1;
+        charrnn_close(m);
+        return -1;
+    }
+    for (int t = 1; t < threads; t++) {
+        worker_arg *arg = malloc(sizeof(worker_arg));
+        if (!arg) { p->threads = t; charrnn_close(m); return -1; }
+        arg->p = p;
+        arg->t = t;
+        if (pthread_create(&p->ids[t], NULL, worker, arg) != 0) {
+            free(arg);
+            p->threads = t;
+            charrnn_close(m);
+            return -1;
+        }
     }
     return 0;
 }

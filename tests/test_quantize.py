@@ -163,14 +163,17 @@ def test_bad_quantize_choice_is_a_user_error():
 
 @needs_kernel
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_compiled_step_computes_quant_linears_numbers(cell, batch):
-    """Same integer sums as QuantLinear, so the two differ only by float rounding (tanh, epilogue order).
-    hidden 40: 160 gate columns, one full block of 128 and a partial one; odd vocabulary and embedding."""
+@pytest.mark.parametrize("batch,threads", [(1, 1), (3, 1), (1, 2), (3, 3)])
+def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads):
+    """Same integer sums as QuantLinear, so the two differ only by float rounding (tanh).
+    hidden 40: 160 gate columns, one full block of 128 and a partial one; odd vocabulary and
+    embedding; threads split the units unevenly (3 threads: 13, 14, 13) and meet once per layer."""
     model = random_model(cell, hidden=40, vocab=13, embed=6)
     rng = np.random.default_rng(7)
     chars = rng.integers(0, 13, (batch, 40))
-    numpy_step, compiled = FusedStep.from_model(model, batch, quantize="int8"), NativeStep.from_model(model, batch)
+    numpy_step = FusedStep.from_model(model, batch, quantize="int8")
+    compiled = NativeStep(model.config, model.get_parameters(), batch, threads=threads)
+    assert compiled.threads == threads
     state = tuple(rng.uniform(-0.5, 0.5, s.shape) for s in model.initial_state(batch))
     numpy_step.set_state(state)
     compiled.set_state(state)
@@ -254,3 +257,28 @@ def test_a_compiler_that_fails_is_reported_not_raised(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="could not build native_step.c: cc: fatal error"):
         native._build(str(broken))
     assert not any((tmp_path / "charrnn" / "native").iterdir())                   # nothing half-written left
+
+
+@needs_kernel
+def test_idle_worker_threads_sleep():
+    """Workers spin briefly for the next step, then sleep: a model left alone costs no CPU."""
+    import time
+
+    model = random_model("lstm", hidden=128)
+    compiled = NativeStep(model.config, model.get_parameters(), 1, threads=2)
+    compiled.feed(np.zeros((1, 50), dtype=np.int64))
+    time.sleep(0.05)                                             # past the spinning (0.3 ms)
+    cpu, wall = time.process_time(), time.perf_counter()
+    time.sleep(0.5)
+    assert time.process_time() - cpu < 0.05 * (time.perf_counter() - wall)
+    compiled.feed(np.zeros((1, 5), dtype=np.int64))            # and they wake for the next step
+    del compiled                                                 # joins them (weakref.finalize)
+
+
+def test_default_threads_follow_omp_num_threads_and_model_size(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert native.default_threads(512) == 3
+    assert native.default_threads(128) == 2                      # one per 64 hidden units at most
+    assert native.default_threads(24) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= native.default_threads(4096) <= 4
