@@ -65,8 +65,11 @@ def charrnn_generate(runner: Runner, batch: int, top_k=None):
     return run
 
 
-def fastgen_greedy(model, batch: int, quantize=None, compiled=False):
-    fused = NativeStep.from_model(model, batch) if compiled else FusedStep.from_model(model, batch, quantize)
+def fastgen_greedy(model, batch: int, quantize=None, native_threads=None):
+    if native_threads:
+        fused = NativeStep(model.config, model.get_parameters(), batch, threads=native_threads)
+    else:
+        fused = FusedStep.from_model(model, batch, quantize)
 
     def run(chars: int) -> int:
         fused.set_state(model.initial_state(batch))
@@ -76,6 +79,24 @@ def fastgen_greedy(model, batch: int, quantize=None, compiled=False):
         return chars * batch
 
     return run
+
+
+def int8_runner(model, threads: int) -> Runner:
+    """A --quantize int8 Runner whose compiled step runs on `threads` threads (it reads OMP_NUM_THREADS)."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        return Runner(model, quantize="int8")
+    finally:
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
+def per_setting(settings, build) -> dict:
+    """A row whose runner depends on the thread setting: {threads: run}."""
+    return {n: build(n) for n in settings}
 
 
 def weights_only(model):
@@ -135,6 +156,7 @@ def measure(runs: dict, settings, rounds: int, chars: int) -> dict:
         for n in settings:
             with threads(n):
                 for name, run in runs.items():
+                    run = run[n] if isinstance(run, dict) else run
                     time.sleep(0.3)  # let the last row's spinning OpenBLAS / OpenMP threads go idle first
                     start = time.perf_counter()
                     done = run(chars)
@@ -171,14 +193,17 @@ def main() -> int:
     single = {ref: plain_torch(1), "plain torch loop, oneDNN off": plain_torch(1, onednn=False)}
     single.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 1)
                    for impl, m in models.items()})
-    single[INT8] = charrnn_generate(Runner(models["library"], quantize="int8"), 1)
-    single[INT8_TOP_K] = charrnn_generate(Runner(models["library"], quantize="int8"), 1, top_k=40)
-    single["native.NativeStep alone, greedy (int8, compiled)"] = fastgen_greedy(models["naive"], 1, compiled=True)
+    single[INT8] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 1))
+    single[INT8_TOP_K] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 1,
+                                                                          top_k=40))
+    single["native.NativeStep alone, greedy (int8, compiled)"] = per_setting(
+        settings, lambda n: fastgen_greedy(models["naive"], 1, native_threads=n))
     single["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
     single["fastgen.FusedStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
     single["float32 layer matmuls alone (no cell, no sampling)"] = weights_only(models["naive"])
     for run in single.values():
-        run(20)  # warm-up
+        for each in (run.values() if isinstance(run, dict) else [run]):
+            each(20)  # warm-up
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
     print(machine_line())
     print(f"compiled int8 step: AVX-512 VNNI {'yes' if kernel().charrnn_has_vnni() else 'no (portable C)'}")
@@ -190,10 +215,11 @@ def main() -> int:
     batched = {ref: plain_torch(64)}
     batched.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 64)
                     for impl, m in models.items()})
-    batched[INT8] = charrnn_generate(Runner(models["library"], quantize="int8"), 64)
+    batched[INT8] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 64))
     batched["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
     for run in batched.values():
-        run(5)
+        for each in (run.values() if isinstance(run, dict) else [run]):
+            each(5)
     steps = max(args.chars // 10, 10)
     table(measure(batched, settings, args.rounds, steps), settings, list(batched), ref,
           f"batched: 64 streams at once, {steps} steps per measurement (chars/s counts all streams):")
@@ -203,7 +229,8 @@ def main() -> int:
     data = vocab.encode(text)[: args.eval_chars + 1] % V
     rows = []
     runners = {impl: Runner(model) for impl, model in models.items()}
-    runners["any engine, --quantize int8"] = Runner(models["library"], quantize="int8")
+    runners["any engine, --quantize int8 (compiled, 1 thread)"] = int8_runner(models["library"], 1)
+    runners["any engine, --quantize int8 (compiled, 2 threads)"] = int8_runner(models["library"], 2)
     for name, runner in runners.items():
         with threads(1):
             start = time.perf_counter()

@@ -40,11 +40,12 @@ _problem: list = []            # why kernel() is None, once known
 
 
 class _QRegion(ctypes.Structure):
-    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("colsum", ctypes.c_void_p), ("n", ctypes.c_int32)]
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("colsum", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("n", ctypes.c_int32)]
 
 
 class _QLinear(ctypes.Structure):
-    _fields_ = [("regions", ctypes.POINTER(_QRegion)), ("bias", ctypes.c_void_p), ("k", ctypes.c_int32)]
+    _fields_ = [("regions", ctypes.POINTER(_QRegion)), ("k", ctypes.c_int32)]
 
 
 class _Net(ctypes.Structure):
@@ -200,12 +201,12 @@ class NativeStep(StepState):
             parts = []
             for columns in regions:                    # per-column scales: the same as quantizing w whole
                 q, scale = quantize_columns(w[:, columns])
+                bias = None if b is None else np.ascontiguousarray(b.reshape(-1)[columns], np.float32)
                 parts.append(_QRegion(pointer(pack_weights(q)), pointer(scale),
-                                      pointer(q.sum(axis=0, dtype=np.int32)), q.shape[1]))
+                                      pointer(q.sum(axis=0, dtype=np.int32)), pointer(bias), q.shape[1]))
             table = (_QRegion * len(parts))(*parts)
             keep.append(table)
-            bias = None if b is None else np.ascontiguousarray(b.reshape(-1), np.float32)
-            return _QLinear(table, pointer(bias), w.shape[0])
+            return _QLinear(table, w.shape[0])
 
         recurrent = fused.xh if config.cell != "gru" else fused.hh
         xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
