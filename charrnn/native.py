@@ -111,8 +111,8 @@ def _build(cc: str) -> Path:
     for march in (["-march=native"], []):  # some compilers (clang on arm64) refuse -march=native
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        done = subprocess.run([cc, "-O3", *march, "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-o", tmp, str(SOURCE), "-lm"],
-                              capture_output=True, text=True, timeout=120)
+        command = [cc, "-O3", *march, "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-o", tmp, str(SOURCE), "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode == 0:
             os.replace(tmp, target)  # atomic: another process building at the same time is harmless
             return target

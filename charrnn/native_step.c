@@ -98,6 +98,7 @@ struct pool {
     pthread_t ids[MAX_THREADS];
     const net *m;
     const int64_t *chars;   /* the step being done: (B) */
+    float *logits;          /* where it writes its logits (B, V), or NULL */
     atomic_int posted, arrived, flag, sleeping, quit;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -343,11 +344,32 @@ static void barrier(pool *p, int t) {
     }
 }
 
-static void all_layers(const net *m, int t, int stride, const int64_t *chars) {
+/* logits (V) = h_top (H) @ head_w + head_b for row b; head_w is (H, V) so that the inner loop runs
+ * over independent outputs and vectorizes (a dot product would be a serial float sum) */
+static void head_row(const net *m, int b, float *out) {
+    int H = m->hidden, V = m->vocab;
+    const float *h_top = m->h + ((size_t)b * m->layers + m->layers - 1) * H;
+    memcpy(out, m->head_b, sizeof(float) * V);
+    for (int j = 0; j < H; j++) {
+        const float *w = m->head_w + (size_t)j * V;
+        float hj = h_top[j];
+        for (int v = 0; v < V; v++) out[v] += hj * w[v];
+    }
+}
+
+/* One step's share of thread t (of `stride`): the layers (meeting after each), then the new h of
+ * its rows into the state and, when logits is not NULL, their logits (B, V): the rows split too. */
+static void step_share(const net *m, int t, int stride, const int64_t *chars, float *logits) {
     for (int k = 0; k < m->layers; k++) {
         layer_share(m, k, t, stride, chars);
         if (stride > 1) barrier(m->pool, t);
     }
+    size_t row = (size_t)m->layers * m->hidden;
+    for (int b = t; b < m->batch; b += stride) {
+        memcpy(m->h + b * row, m->pool->hnew + b * row, sizeof(float) * row);
+        if (logits) head_row(m, b, logits + (size_t)b * m->vocab);
+    }
+    if (stride > 1 && m->batch > 1) barrier(m->pool, t);
 }
 
 static long now_ns(void) {
@@ -378,42 +400,26 @@ static void *worker(void *arg_) {
         }
         if (atomic_load(&p->quit)) return NULL;
         seen = atomic_load(&p->posted);
-        all_layers(p->m, arg.t, p->threads, p->chars);
+        step_share(p->m, arg.t, p->threads, p->chars, p->logits);
     }
 }
 
-/* the layers of one step, on every thread; new h copied into the state at the end */
-static void layers(const net *m, const int64_t *chars) {
+/* one step on every thread: new state, and logits (B, V) unless NULL */
+static void step(const net *m, const int64_t *chars, float *logits) {
     pool *p = m->pool;
     if (p->threads > 1 && getpid() == p->owner) {
         p->m = m;
         p->chars = chars;
+        p->logits = logits;
         atomic_fetch_add(&p->posted, 1);
         if (atomic_load(&p->sleeping)) {
             pthread_mutex_lock(&p->lock);
             pthread_cond_broadcast(&p->wake);
             pthread_mutex_unlock(&p->lock);
         }
-        all_layers(m, 0, p->threads, chars);
+        step_share(m, 0, p->threads, chars, logits);
     } else {
-        all_layers(m, 0, 1, chars);
-    }
-    memcpy(m->h, p->hnew, sizeof(float) * m->batch * m->layers * m->hidden);
-}
-
-/* logits (B, V) = h_top (B, H) @ head_w + head_b; head_w is (H, V) so that the inner loop runs
- * over independent outputs and vectorizes (a dot product would be a serial float sum) */
-static void head(const net *m, float *logits) {
-    int H = m->hidden, V = m->vocab;
-    for (int b = 0; b < m->batch; b++) {
-        const float *h_top = m->h + ((size_t)b * m->layers + m->layers - 1) * H;
-        float *out = logits + (size_t)b * V;
-        memcpy(out, m->head_b, sizeof(float) * V);
-        for (int j = 0; j < H; j++) {
-            const float *w = m->head_w + (size_t)j * V;
-            float hj = h_top[j];
-            for (int v = 0; v < V; v++) out[v] += hj * w[v];
-        }
+        step_share(m, 0, 1, chars, logits);
     }
 }
 
@@ -422,10 +428,7 @@ int charrnn_feed(const net *m, const int64_t *chars, int32_t T, float *logits) {
     size_t B = m->batch, V = m->vocab;
     for (size_t i = 0; i < (size_t)T * B; i++)
         if (chars[i] < 0 || chars[i] >= (int64_t)V) return -1;
-    for (int t = 0; t < T; t++) {
-        layers(m, chars + t * B);
-        if (logits) head(m, logits + t * B * V);
-    }
+    for (int t = 0; t < T; t++) step(m, chars + t * B, logits ? logits + t * B * V : NULL);
     return 0;
 }
 
@@ -462,8 +465,7 @@ int charrnn_generate(const net *m, float *last, int32_t T, double inv_temperatur
         int64_t *chars = out + t * B;
         for (size_t b = 0; b < B; b++)
             chars[b] = uniforms ? draw(last + b * V, V, inv_temperature, uniforms[t * B + b], cdf) : argmax(last + b * V, V);
-        layers(m, chars);
-        head(m, last);
+        step(m, chars, last);
     }
     return 0;
 }

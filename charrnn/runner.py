@@ -13,9 +13,11 @@ nn.LSTM at T = 1 on CPU.
 Longer feeds (the prime, evaluation) use the model's own forward. States are the same
 tuples of (L, B, H) arrays either way, so the two paths interleave freely.
 
-quantize="int8" sends every feed, of any length and for any engine, through a FusedStep
-with int8 layer weights (quantize.py), one character at a time: the loss that
-evaluation reports is then the int8 model's own.
+quantize="int8" sends every feed, of any length and for any engine, through an int8
+step, one character at a time: the compiled native.NativeStep, or where it cannot be
+built the NumPy FusedStep with the same numbers (quantize.QuantLinear). The loss that
+evaluation reports is then the int8 model's own. `generator` lets sampling draw the
+characters inside the compiled step as well.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class Runner:
             self.device = next(model.parameters()).device
             if quantize and self.device.type != "cpu":
                 raise UserError(f"--quantize {quantize} runs on the CPU's int8 kernels; use --device cpu")
-        if quantize:  # build it now: a bad choice or a missing torch fails here, before any output
+        if quantize:  # build it now: a bad choice fails, and the C step compiles, before any output
             self._fused_step(1)
 
     def zero_state(self, batch_size: int):
