@@ -41,7 +41,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .models.base import State
-from .quantize import FloatLinear, QuantLinear, check_quantize
+from .quantize import FloatLinear, QuantLinear, check_quantize, tanh_approx
 
 
 @dataclass
@@ -149,6 +149,8 @@ class FusedStep(StepState):
         self.tmp = empty(B, H)                                    # (B, H)
         self.logits = empty(B, cfg.vocab_size)                    # (B, V)
         self._cell = {"rnn": self._rnn, "gru": self._gru, "lstm": self._lstm}[cfg.cell]
+        # int8: the compiled step's own tanh, op for op, so that both give the same states bit for bit
+        self._tanh = np.tanh if quantize is None else tanh_approx
         # per layer, built once: its input columns of self.h ([h(k-1), hk] for k > 0, [h0] for k = 0,
         # the character arriving through the table), its own h columns, and the matmuls bound to them
         self.inputs = [self.h[:, max(k - 1, 0) * H:(k + 1) * H] for k in range(L)]
@@ -186,17 +188,17 @@ class FusedStep(StepState):
         return a
 
     def _rnn(self, k: int, chars) -> None:
-        np.tanh(self._input(k, chars), out=self.outputs[k])      # (B, H) h' = tanh(a)
+        self._tanh(self._input(k, chars), out=self.outputs[k])   # (B, H) h' = tanh(a)
 
     def _lstm(self, k: int, chars) -> None:
         c, tmp, (s, i, f, o, g) = self.c[k], self.tmp, self.gates
         a = self._input(k, chars)
-        np.tanh(a, out=a)                                         # (B, 4H) tanh(a/2) for i, f, o; tanh(a) for g
+        self._tanh(a, out=a)                                      # (B, 4H) tanh(a/2) for i, f, o; tanh(a) for g
         s *= 0.5
         s += 0.5                                                  # (B, 3H) i, f, o = sigmoid(.)
         c *= f                                                    # (B, H) f * c
         c += np.multiply(i, g, out=tmp)                           # (B, H) c' = f * c + i * g
-        np.tanh(c, out=tmp)                                       # (B, H) tanh(c')
+        self._tanh(c, out=tmp)                                    # (B, H) tanh(c')
         np.multiply(o, tmp, out=self.outputs[k])                 # (B, H) h' = o * tanh(c')
 
     def _gru(self, k: int, chars) -> None:
@@ -209,12 +211,12 @@ class FusedStep(StepState):
         self.hh_call[k]()                                         # (B, 3H) W_h h + b_h
         rz = xp[:, :2 * H]
         rz += hp[:, :2 * H]
-        np.tanh(rz, out=rz)
+        self._tanh(rz, out=rz)
         rz *= 0.5
         rz += 0.5                                                 # (B, 2H) r, z
         r, z, n = xp[:, :H], xp[:, H:2 * H], xp[:, 2 * H:]
         n += np.multiply(r, hp[:, 2 * H:], out=tmp)               # (B, H) W_in x + b_in + r * (W_hn h + b_hn)
-        np.tanh(n, out=n)                                         # (B, H) n
+        self._tanh(n, out=n)                                      # (B, H) n
         np.subtract(h, n, out=tmp)                                # (B, H) h - n
         tmp *= z
         np.add(tmp, n, out=h)                                     # (B, H) h' = n + z * (h - n)

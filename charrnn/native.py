@@ -98,12 +98,15 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
+FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
+         "-ffp-contract=off"]  # no fused multiply-adds: every float operation rounds as NumPy's does
+
+
 def _build(cc: str) -> Path:
-    """Compile (or find already compiled) the library for this source, compiler and CPU."""
+    """Compile (or find already compiled) the library for this source, compiler, flags and CPU."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(),
-                                     platform.machine().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
     target = cache_dir() / f"native_step-{key}.so"
     if target.exists():
         return target
@@ -111,8 +114,8 @@ def _build(cc: str) -> Path:
     for march in (["-march=native"], []):  # some compilers (clang on arm64) refuse -march=native
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        command = [cc, "-O3", *march, "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-o", tmp, str(SOURCE), "-lm"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([cc, *FLAGS, *march, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=120)
         if done.returncode == 0:
             os.replace(tmp, target)  # atomic: another process building at the same time is harmless
             return target
@@ -132,10 +135,15 @@ def kernel() -> Optional[ctypes.CDLL]:
         _problem.append("no C compiler (cc, gcc or clang; or set CC)")
         return None
     try:
-        lib = ctypes.CDLL(str(_build(cc)))
+        return load_library(_build(cc))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _problem.append(str(exc).splitlines()[0])
         return None
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """Load a compiled native_step.c and declare its functions' signatures."""
+    lib = ctypes.CDLL(str(path))
     lib.charrnn_open.argtypes = [ctypes.POINTER(_Net), ctypes.c_int32]
     lib.charrnn_close.argtypes = [ctypes.POINTER(_Net)]
     lib.charrnn_close.restype = None
@@ -170,11 +178,11 @@ def pack_weights(q: np.ndarray) -> np.ndarray:
 class NativeStep(StepState):
     """fastgen.FusedStep's interface (step, feed, set_state, get_state) on the compiled int8 step,
     plus generate(): many characters per call, drawn in C. `threads` share each step (see
-    native_step.c); default: default_threads."""
+    native_step.c); default: default_threads. `library`: another build of native_step.c (tests)."""
 
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
-                 threads: Optional[int] = None):
-        lib = kernel()
+                 threads: Optional[int] = None, library: Optional[ctypes.CDLL] = None):
+        lib = library or kernel()
         if lib is None:
             raise RuntimeError(f"the compiled step is unavailable: {kernel_problem()}")
         super().__init__(config, batch_size, np.float32)

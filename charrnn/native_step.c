@@ -10,8 +10,12 @@
  * per output column n, int8 weights q_w[k][n] with scale w_scale[n]; per call and per row, the
  * input x quantized symmetrically, s = max|x| / 127, q_x = rint(x / s); then
  *     out[n] = (sum_k q_x[k] q_w[k][n]) * (s * w_scale[n]) + bias[n].
- * The integer sums are exact, so this file and NumPy agree on them bit for bit; only the cell's
- * tanh (a polynomial exp here) differs, by float rounding.
+ * The integer sums are exact, and every float operation after them (the epilogue, the cells, the
+ * polynomial tanh below, which quantize.tanh_approx repeats in NumPy) happens in the same order
+ * with the same float32 rounding (native.py compiles with -ffp-contract=off: no fused multiply-adds),
+ * so the NumPy int8 step and this one compute the same states bit for bit. That matters: any
+ * difference could round a later input to another int8 level, and the recurrence carries it on.
+ * Only the logits differ, by the head's summation order.
  *
  * Threads: the hidden units are split into `regions`, one per thread; a region owns all gate
  * columns of its units, so a thread computes its gates, runs the cell for its units and writes

@@ -163,12 +163,15 @@ def test_bad_quantize_choice_is_a_user_error():
 
 @needs_kernel
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("batch,threads", [(1, 1), (3, 1), (1, 2), (3, 3)])
-def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads):
-    """Same integer sums as QuantLinear, so the two differ only by float rounding (tanh).
-    hidden 40: 160 gate columns, one full block of 128 and a partial one; odd vocabulary and
-    embedding; threads split the units unevenly (3 threads: 13, 14, 13) and meet once per layer."""
-    model = random_model(cell, hidden=40, vocab=13, embed=6)
+@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96)])
+def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidden):
+    """The same int8 model, op for op: the states agree bit for bit through 40 steps (so no input
+    ever rounds to another int8 level); logits to summation order (the head's float sums).
+    hidden 40: lstm's 160 gate columns are a full block of 128 and a partial one; odd vocabulary
+    and embedding; threads split the units unevenly (3 threads: 13, 14, 13) and meet once per
+    layer. 5 rows at hidden 96 on 2 threads: full blocks (lstm, gru) where a group of four rows
+    shares each weight load, and a fifth row alone."""
+    model = random_model(cell, hidden=hidden, vocab=13, embed=6)
     rng = np.random.default_rng(7)
     chars = rng.integers(0, 13, (batch, 40))
     numpy_step = FusedStep.from_model(model, batch, quantize="int8")
@@ -178,9 +181,9 @@ def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads):
     numpy_step.set_state(state)
     compiled.set_state(state)
     for t in range(chars.shape[1]):
-        np.testing.assert_allclose(compiled.step(chars[:, t]), numpy_step.step(chars[:, t]), rtol=0, atol=2e-5)
-    for a, b in zip(compiled.get_state(), numpy_step.get_state()):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(compiled.step(chars[:, t]), numpy_step.step(chars[:, t]), rtol=0, atol=1e-5)
+        for a, b in zip(compiled.get_state(), numpy_step.get_state()):
+            np.testing.assert_array_equal(a, b)
 
 
 @needs_kernel
@@ -282,3 +285,35 @@ def test_default_threads_follow_omp_num_threads_and_model_size(monkeypatch):
     assert native.default_threads(24) == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert 1 <= native.default_threads(4096) <= 4
+
+
+@needs_kernel
+def test_the_portable_c_loop_computes_the_same_numbers(tmp_path):
+    """CPUs without AVX-512 VNNI compile the plain loop instead: built here without -march, it must
+    agree with the NumPy int8 step as the VNNI build does, states bit for bit."""
+    import subprocess
+
+    library = tmp_path / "portable.so"
+    flags = [flag for flag in native.FLAGS if flag != "-O3"]
+    subprocess.run([native._compiler(), "-O2", *flags, "-o", str(library), str(native.SOURCE), "-lm"],
+                   check=True, capture_output=True, timeout=120)
+    portable = native.load_library(library)
+    assert portable.charrnn_has_vnni() == 0
+    for cell in ("gru", "lstm"):
+        model = random_model(cell, hidden=96, vocab=13, embed=6)
+        chars = np.random.default_rng(9).integers(0, 13, (5, 30))               # 5 rows: a 4-row group and one
+        compiled = NativeStep(model.config, model.get_parameters(), 5, threads=2, library=portable)
+        reference = FusedStep.from_model(model, 5, quantize="int8")
+        np.testing.assert_allclose(compiled.feed(chars), reference.feed(chars), rtol=0, atol=1e-5)
+        for a, b in zip(compiled.get_state(), reference.get_state()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_tanh_approx_is_close_to_tanh():
+    """The int8 steps' tanh (quantize.tanh_approx, native_step.c's polynomial in NumPy) against np.tanh."""
+    from charrnn.quantize import tanh_approx
+
+    x = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.0, 1e-8, -1e-8, 40.0, -40.0]]).astype(np.float32)
+    got = tanh_approx(x, np.empty_like(x))
+    assert np.abs(got - np.tanh(x.astype(np.float64))).max() < 3e-7
+    assert got[x == 0].tolist() == [0.0, 0.0] and np.all(np.abs(got) <= 1)
