@@ -39,7 +39,7 @@ class TrainedModel:
             torch_device = resolve_device(device, impl)  # one-line UserError when torch is missing
         self.model = build_model(impl, self.config, params=params, device=torch_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
-        self.runner = Runner(self.model, quantize)  # int8: every engine steps through the same int8 FusedStep
+        self.runner = Runner(self.model, quantize)  # int8: every engine steps through the same int8 step
 
     def prime(self, prime: str = "", unknown: str = "error") -> str:
         """The prime as sampling uses it and prints it: unknown characters raise UserError,
@@ -102,6 +102,6 @@ def _check_length(length: int) -> None:
 
 def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu",
          quantize: Optional[str] = None) -> TrainedModel:
-    """quantize="int8": layer weights in int8 for faster batch-1 generation (CPU, needs torch);
+    """quantize="int8": layer weights in int8, run by the compiled step (native.py; CPU, no torch needed);
     `evaluate` then reports the int8 model's loss, so its cost in accuracy is one call away."""
     return TrainedModel(Path(run_dir), impl=impl, which=which, device=device, quantize=quantize)

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default library)")
     serve.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
-    serve.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="int8: generate with int8 layer weights (faster, slightly less exact)")
+    serve.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="int8: generate with int8 layer weights in a compiled step (faster, slightly less exact)")
     serve.set_defaults(handler=cmd_serve)
     return parser
 
