@@ -81,9 +81,7 @@ class Runner:
                 return logits[:, -1]
 
             return step
-        fused = self._fused_step(batch_size)
-        fused.set_state(self._as_numpy(state))
-        self._inside.pop(batch_size, None)  # the step's state moves on: no state handed out matches it now
+        fused = self._fused_step_from(state, batch_size)
 
         def fused_step(chars):
             with self._blas_threads(batch_size):
@@ -98,14 +96,9 @@ class Runner:
         The first call passes the logits that predict the first character; later calls pass
         None and continue where the last one ended. uniforms None takes the argmax.
         """
-        if not self.quantize:
+        if not self.quantize or not hasattr(self._fused_step(batch_size), "generate"):
             return None
-        fused = self._fused_step(batch_size)
-        if not hasattr(fused, "generate"):
-            return None
-        fused.set_state(self._as_numpy(state))
-        self._inside.pop(batch_size, None)
-        return fused.generate
+        return self._fused_step_from(state, batch_size).generate
 
     def select(self, state, rows: np.ndarray):
         """Keep the given batch rows of a state (beam search reorders beams)."""
@@ -138,6 +131,13 @@ class Runner:
     @staticmethod
     def _as_numpy(state) -> tuple:
         return tuple(s.cpu().numpy() if hasattr(s, "cpu") else s for s in state)
+
+    def _fused_step_from(self, state, batch_size: int):
+        """The step for this batch size, holding `state`, for a loop that carries the state inside it."""
+        fused = self._fused_step(batch_size)
+        fused.set_state(self._as_numpy(state))
+        self._inside.pop(batch_size, None)  # the step's state moves on: no state handed out matches it now
+        return fused
 
     def _fused_step(self, batch_size: int):
         if batch_size not in self._fused:
