@@ -163,14 +163,14 @@ def test_bad_quantize_choice_is_a_user_error():
 
 @needs_kernel
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96)])
+@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96), (9, 2, 96)])
 def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidden):
     """The same int8 model, op for op: the states agree bit for bit through 40 steps (so no input
     ever rounds to another int8 level); logits to summation order (the head's float sums).
     hidden 40: lstm's 160 gate columns are a full block of 128 and a partial one; odd vocabulary
     and embedding; threads split the units unevenly (3 threads: 13, 14, 13) and meet once per
     layer. 5 rows at hidden 96 on 2 threads: full blocks (lstm, gru) where a group of four rows
-    shares each weight load, and a fifth row alone."""
+    shares each weight load, and a fifth row alone; 9 rows: two groups of four."""
     model = random_model(cell, hidden=hidden, vocab=13, embed=6)
     rng = np.random.default_rng(7)
     chars = rng.integers(0, 13, (batch, 40))
