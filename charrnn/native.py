@@ -8,7 +8,7 @@ meet once per layer, and drawing the next character itself, is several times fas
 FusedStep with quantize="int8" is both this step's test oracle and its fallback.
 
 The library is compiled on first use with `cc -O3 -march=native` (or $CC) into the
-user's cache directory, under a name that hashes the source, the compiler and the CPU,
+user's cache directory, under a name that hashes the source, the compiler, its flags and the CPU,
 and then loaded with ctypes: no build step at install time, no wheel per platform.
 Where there is no compiler, or the build fails, `kernel()` returns None and says why in
 `kernel_problem()`; callers then fall back to NumPy.

@@ -34,8 +34,8 @@ class Runner:
     def __init__(self, model, quantize: Optional[str] = None):
         self.model, self.quantize = model, quantize
         self.is_torch = not hasattr(model, "forward_train")
-        self._fused: Dict[int, object] = {}  # batch size -> fastgen.FusedStep
-        self._inside: Dict[int, tuple] = {}   # batch size -> the state a FusedStep holds now
+        self._fused: Dict[int, object] = {}  # batch size -> fastgen.FusedStep, or native.NativeStep for int8
+        self._inside: Dict[int, tuple] = {}   # batch size -> the state that step holds now
         if self.is_torch:
             import torch
 
@@ -120,7 +120,7 @@ class Runner:
         fused = self._fused_step(B)
         if state is not self._inside.get(B):  # skip the copy in when the state is the one just handed out
             fused.set_state(self._as_numpy(state))
-        with self._blas_threads(B):  # switching OpenBLAS's threads costs ~30 us: not for int8, whose BLAS work is tiny
+        with self._blas_threads(B):  # switching OpenBLAS's threads costs ~30 us: not for int8, which needs no BLAS
             logits = fused.feed(indices)                          # (B, T, V)
         state = fused.get_state()
         if self.is_torch:
