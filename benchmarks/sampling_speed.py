@@ -99,6 +99,13 @@ def per_setting(settings, build) -> dict:
     return {n: build(n) for n in settings}
 
 
+def warm_up(rows: dict, chars: int) -> None:
+    """Run every row once (each thread setting's runner of a per_setting row) before timing."""
+    for run in rows.values():
+        for each in (run.values() if isinstance(run, dict) else [run]):
+            each(chars)
+
+
 def weights_only(model):
     """The float32 floor: per step, only the layer matmuls of FusedStep (no cell math, no sampling)."""
     fused = FusedStep.from_model(model, 1)
@@ -201,9 +208,7 @@ def main() -> int:
     single["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
     single["fastgen.FusedStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
     single["float32 layer matmuls alone (no cell, no sampling)"] = weights_only(models["naive"])
-    for run in single.values():
-        for each in (run.values() if isinstance(run, dict) else [run]):
-            each(20)  # warm-up
+    warm_up(single, 20)
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
     print(machine_line())
     print(f"compiled int8 step: AVX-512 VNNI {'yes' if kernel().charrnn_has_vnni() else 'no (portable C)'}")
@@ -217,9 +222,7 @@ def main() -> int:
                     for impl, m in models.items()})
     batched[INT8] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 64))
     batched["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
-    for run in batched.values():
-        for each in (run.values() if isinstance(run, dict) else [run]):
-            each(5)
+    warm_up(batched, 5)
     steps = max(args.chars // 10, 10)
     table(measure(batched, settings, args.rounds, steps), settings, list(batched), ref,
           f"batched: 64 streams at once, {steps} steps per measurement (chars/s counts all streams):")
