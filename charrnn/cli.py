@@ -30,10 +30,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[str] =
         if f.name in skip or f.metadata.get("cli") is False:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
+        default = f.metadata.get("shown", f.default)
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
+        for key in ("nargs", "action"):  # several values (--data A B) or a repeatable flag (--include P)
+            if f.metadata.get(key):
+                kwargs[key] = f.metadata[key]
         hint = str(hints[f.name])
         if "bool" in hint:
             parser.add_argument(flag, action="store_true", **kwargs)
@@ -48,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     info = sub.add_parser("info", help="print corpus size and vocabulary")
-    info.add_argument("data", help="a UTF-8 text file or a corpus name (tinyshakespeare, pystdlib)")
-    info.add_argument("--json", action="store_true", help='print {"characters": N, "vocab_size": V}')
+    info.add_argument("data", nargs="+", metavar="DATA",
+                      help="UTF-8 text files or folders of them, or a corpus name (tinyshakespeare, pystdlib)")
+    add_collection_flags(info)
+    info.add_argument("--doc-sep", default="\x1e",
+                      help="character joining the documents of a collection (default: \\x1e, the ASCII record separator)")
+    info.add_argument("--json", action="store_true", help='print {"characters": N, "vocab_size": V}; a collection '
+                      'adds "files" and "skipped"')
 
     train = sub.add_parser("train", help="train a model (see README for presets)")
     add_config_flags(train, TrainConfig)
@@ -73,14 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_info(args) -> int:
-    from charrnn.data.corpus import load_corpus
+def add_collection_flags(parser: argparse.ArgumentParser) -> None:
+    """--include and --exclude for the commands that read DATA (train gets them from TrainConfig)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("include", "exclude"):
+            parser.add_argument("--" + f.name, action="append", default=[], metavar="PATTERN",
+                                help=f"{f.metadata['help']} (default: {f.metadata['shown']})")
 
-    corpus = load_corpus(args.data)
+
+def cmd_info(args) -> int:
+    from charrnn.data.collection import Spec, parse_separator
+    from charrnn.data.dataset import describe
+
+    lines, facts = describe(Spec(tuple(args.data), tuple(args.include), tuple(args.exclude),
+                                 parse_separator(args.doc_sep), "DATA"))
     if args.json:
-        print(json.dumps({"characters": corpus.characters, "vocab_size": len(corpus.vocab)}))
+        print(json.dumps(facts, ensure_ascii=False))
     else:
-        print(corpus.summary())
+        print("\n".join(lines))
     return 0
 
 

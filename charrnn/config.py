@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from charrnn.errors import UserError
 
@@ -78,7 +78,24 @@ class ModelConfig:
 class TrainConfig:
     """How to train. `max_iters` and `max_time` count the whole run, across resumes."""
 
-    data: str = option("tinyshakespeare", "a UTF-8 text file, or a corpus name: tinyshakespeare, pystdlib")
+    data: Tuple[str, ...] = option(
+        ("tinyshakespeare",), "one or more UTF-8 text files or folders (a folder: every text file below it), "
+        "or a corpus name: tinyshakespeare, pystdlib", nargs="+", shown="tinyshakespeare")
+    val_data: Optional[Tuple[str, ...]] = option(
+        None, "files or folders to validate on, instead of holding out part of --data (--val-frac is then unused)",
+        nargs="+", shown="none")
+    include: Tuple[str, ...] = option(
+        (), "in folders, read only files matching this glob, e.g. '*.py' (repeatable); without '/' it matches a "
+        "file or folder name at any depth, with '/' the path inside the folder", action="append", shown="every file")
+    exclude: Tuple[str, ...] = option(
+        (), "in folders, skip files and folders matching this glob, e.g. 'tests' (repeatable)", action="append",
+        shown="none")
+    doc_sep: str = option("\x1e", "character joining the documents of a collection, which the model learns as "
+                          "their boundary: one character, an escape (\\f, \\x1e, U+241E) or none",
+                          shown="\\x1e, the ASCII record separator")
+    max_vocab: Optional[int] = option(None, "keep the N-1 most frequent characters and map the others to U+FFFD, "
+                                      "which sampling never emits (for texts with thousands of distinct characters)",
+                                      shown="no limit")
     out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png")
     impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn)", IMPLS)
     batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
@@ -95,7 +112,8 @@ class TrainConfig:
     max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run (across --resume)")
     eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)")
     checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at each evaluation")
-    val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation")
+    val_frac: float = option(0.1, "fraction held out for validation: whole documents of a collection (by a hash of "
+                                  "their path), or the end of a single text")
     seed: int = option(1337, "random seed for initialisation, dropout and sampling")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
     bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
@@ -107,6 +125,18 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        from charrnn.data.collection import parse_separator  # lazily: the data layer imports numpy
+
+        for name in ("data", "val_data", "include", "exclude"):  # a str (an older run's config.json) or a list
+            value = getattr(self, name)
+            if value is not None:
+                value = (value,) if isinstance(value, str) else tuple(value)
+                _check(all(isinstance(v, str) and v for v in value), name, f"{list(value)} must be non-empty strings")
+                object.__setattr__(self, name, value)
+        _check(len(self.data) >= 1, "data", "needs at least one path")
+        _check(self.val_data is None or len(self.val_data) >= 1, "val_data", "needs at least one path")
+        object.__setattr__(self, "doc_sep", parse_separator(self.doc_sep))
+        _check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab", f"{self.max_vocab} must be at least 3")
         for name in ("batch_size", "seq_len", "eval_every", "log_every"):
             _check(getattr(self, name) >= 1, name, f"{getattr(self, name)} must be at least 1")
         _check(self.lr is None or self.lr > 0, "lr", f"{self.lr} must be positive")

@@ -353,8 +353,8 @@ def test_info_rejects_bad_file(run_cli, tmp_path, name):
     assert_one_line_error(run_cli(["info", path]))
 
 
-def test_info_rejects_directory_and_missing_path(run_cli, tmp_path):
-    assert_one_line_error(run_cli(["info", tmp_path]))
+def test_info_rejects_empty_directory_and_missing_path(run_cli, tmp_path):
+    assert_one_line_error(run_cli(["info", tmp_path]))  # a folder with no text file in it
     assert_one_line_error(run_cli(["info", tmp_path / "no-such-file.txt"]))
 
 
@@ -384,10 +384,12 @@ def test_pystdlib_builds_offline_and_deterministically(run_cli, tmp_path):
         result = run_cli(["info", "pystdlib", "--json"], env={**offline, "CHARRNN_DATA_DIR": data_dir})
         assert result.returncode == 0, result.stderr
         counts.append(json.loads(result.stdout))
-        texts.append(b"".join(p.read_bytes() for p in sorted(data_dir.glob("pystdlib-*.txt"))))
+        folder = next(data_dir.glob("pystdlib-*"))  # one document per module, joined by the separator
+        files = sorted(folder.rglob("*.py"), key=lambda p: p.relative_to(folder).parts)
+        texts.append("\x1e".join(p.read_text(encoding="utf-8") for p in files))
     assert counts[0]["characters"] > 100_000 and counts[0]["vocab_size"] > 50
     assert counts[0] == counts[1] == counts[2]
-    assert texts[0] == texts[1] and len(texts[0].decode("utf-8")) == counts[0]["characters"]
+    assert texts[0] == texts[1] and len(texts[0]) == counts[0]["characters"]
 
 
 @pytest.fixture

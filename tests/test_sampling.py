@@ -406,7 +406,7 @@ def test_eval_matches_an_independent_computation(trained, cli, impl):
     code, out, _ = cli("eval", "--checkpoint", run, "--impl", impl, "--data", data, "--json")
     assert code == 0
     result = json.loads(out)
-    assert set(result) == {"loss", "bpc", "characters"}
+    assert set(result) == {"loss", "bpc", "characters", "trained_on"}
     assert result["characters"] == len(text) - 1
     assert result["bpc"] == pytest.approx(result["loss"] / math.log(2), rel=1e-12)
     assert abs(result["loss"] - reference_loss(run, text)) < 1e-5

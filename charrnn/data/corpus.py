@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Corpus:
     name: str
     vocab: Vocab
     data: np.ndarray
+    sha256: Optional[str] = None   # of the file, where the cache knew it
 
     @property
     def characters(self) -> int:
@@ -48,8 +49,18 @@ class Corpus:
 
 
 def load_corpus(spec: str, use_cache: bool = True) -> Corpus:
-    """Resolve `--data` and return the encoded corpus (memory-mapped when cached)."""
+    """Resolve `--data` and return the encoded corpus (memory-mapped when cached).
+
+    A folder (or `pystdlib`) is read as a collection: its documents joined by the default
+    separator (collection.py)."""
     path = resolve_data(spec)
+    if path.is_dir():
+        from charrnn.data.collection import Collection, Spec
+
+        collection = Collection(Spec((spec,)))
+        separator = collection.separator
+        vocab = Vocab.from_code_points(set(collection.counts) | ({ord(separator)} if separator else set()))
+        return Corpus(str(path), vocab, collection.encode(collection.documents, vocab, separator)[0])
     if not use_cache:
         vocab, data, _ = _encode_file(path)
         return Corpus(str(path), vocab, data)
@@ -116,7 +127,7 @@ def _stamp(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
-def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray]:
+def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray, Optional[str]]:
     stamp = _stamp(path)
     for directory in _cache_dirs(path):
         hit = _read_cache(directory, stamp)
@@ -137,9 +148,9 @@ def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray]:
         for old in directory.glob("*.npy"):
             if not old.name.startswith(digest[:16]):
                 old.unlink(missing_ok=True)
-        return _write_cache(directory, path, stamp, digest)
+        return (*_write_cache(directory, path, stamp, digest), digest)
     vocab, data, _ = _encode_file(path)  # nowhere writable: encode in memory
-    return vocab, data
+    return vocab, data, None
 
 
 def _read_cache(directory: Path, stamp: dict):
@@ -152,7 +163,7 @@ def _read_cache(directory: Path, stamp: dict):
         data = np.load(directory / meta["array"], mmap_mode="r", allow_pickle=False)
         if data.shape != (meta["characters"],) or data.dtype != vocab.dtype:
             return None
-        return vocab, data
+        return vocab, data, meta.get("sha256")
     except (OSError, ValueError, KeyError, TypeError, UserError):
         return None
 

@@ -1,20 +1,23 @@
 """Named corpora and where their text comes from.
 
-`--data` is either a path to a UTF-8 text file or one of the names below.
-`tinyshakespeare` is downloaded once into the cache directory and verified by
-sha256; `pystdlib` needs no network at all (the interpreter's own standard
-library sources), so a machine with no internet can still train.
+`--data` is a path to a UTF-8 text file, a folder of them (collection.py), or one
+of the names below. `tinyshakespeare` is downloaded once into the cache directory
+and verified by sha256; `pystdlib` needs no network at all (a folder of the
+interpreter's own standard-library modules), so a machine with no internet can
+still train.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import sysconfig
+import tempfile
 import urllib.request
 from pathlib import Path
 
-from charrnn.storage import user_cache_dir, write_bytes_atomic
+from charrnn.storage import TMP_PREFIX, user_cache_dir, write_bytes_atomic
 from charrnn.errors import UserError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -31,8 +34,8 @@ def data_dir() -> Path:
     return user_cache_dir()
 
 
-def resolve_data(spec: str) -> Path:
-    """Turn a --data value into the path of a text file, fetching or generating it if needed."""
+def resolve_data(spec: str, flag: str = "--data") -> Path:
+    """Turn a --data value into the path of a text file or a folder, fetching or generating it if needed."""
     if spec == "tinyshakespeare":
         return fetch_tinyshakespeare()
     if spec == "pystdlib":
@@ -40,9 +43,10 @@ def resolve_data(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
         names = ", ".join(NAMED_CORPORA)
-        raise UserError(f"--data {spec}: no such file; give a path to a UTF-8 text file or a corpus name ({names})")
-    if path.is_dir():
-        raise UserError(f"--data {spec} is a directory; give the path of a UTF-8 text file")
+        raise UserError(f"{flag} {spec}: no such file or folder; give a UTF-8 text file, a folder of them, "
+                        f"or a corpus name ({names})")
+    if not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
+        raise UserError(f"{flag} {spec} is not a regular file; give a UTF-8 text file or a folder of them")
     return path
 
 
@@ -81,34 +85,60 @@ def fetch_tinyshakespeare() -> Path:
 
 
 def build_pystdlib() -> Path:
-    """The interpreter's standard-library .py sources, sorted by path, capped at PYSTDLIB_MAX_CHARS.
+    """A folder of the interpreter's standard-library modules, one .py document per module, about
+    PYSTDLIB_MAX_CHARS characters in all; built once into the data directory, needing no network.
 
-    Deterministic for a given Python version, and needs no network.
+    Which modules: every stdlib .py file except tests, site-packages and generated tables (codec
+    tables, pydoc's topics), taken in the order of sha256("pystdlib:" + its relative path) until the
+    total reaches PYSTDLIB_MAX_CHARS: a sample spread across the whole library (not its first letters),
+    deterministic for a given Python version. As a collection, its validation split holds out whole
+    modules from all over the library (collection.py), so validation resembles training.
     """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    target = data_dir() / f"pystdlib-{version}.txt"
-    if target.is_file():
+    target = data_dir() / f"pystdlib-{version}"
+    if target.is_dir():
         return target
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts, total = [], 0
-    for source in sorted(stdlib.rglob("*.py")):
+    candidates = []
+    for source in stdlib.rglob("*.py"):
         relative = source.relative_to(stdlib)
-        if relative.parts[0] in ("site-packages", "dist-packages") or "test" in relative.parts[0]:
+        if _excluded_from_pystdlib(relative):
             continue
+        candidates.append((hashlib.sha256(f"pystdlib:{relative.as_posix()}".encode()).hexdigest(), relative))
+    chosen, total = [], 0
+    for _, relative in sorted(candidates):
         try:
-            text = source.read_text(encoding="utf-8")
+            text = (stdlib / relative).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        if "\x00" in text:
-            continue
-        parts.append(text)
+        if "\x00" in text or not text.strip() or "decoding_table = (" in text:
+            continue  # binary, empty, or a generated codec table (not Python anyone writes)
+        chosen.append((relative, text))
         total += len(text)
         if total >= PYSTDLIB_MAX_CHARS:
             break
-    corpus = "".join(parts)[:PYSTDLIB_MAX_CHARS]
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(target, corpus.encode("utf-8"))
+        directory = data_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}pystdlib-{version}-", dir=directory))
+        try:
+            for relative, text in chosen:
+                (building / relative).parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(building / relative, text.encode("utf-8"))
+            try:
+                os.rename(building, target)  # the whole folder appears at once
+            except OSError:
+                if not target.is_dir():      # else another process built it first: use theirs
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     except OSError as e:
         raise UserError(f"cannot write {target} ({e.strerror}); set $CHARRNN_DATA_DIR to a writable directory") from None
     return target
+
+
+def _excluded_from_pystdlib(relative: Path) -> bool:
+    parts = relative.parts
+    return (parts[0] in ("site-packages", "dist-packages", "pydoc_data") or parts[0].startswith("config-")
+            or any(p in ("test", "tests", "idle_test") or p.startswith("test_") for p in parts)
+            or relative.name.startswith("_sysconfigdata"))

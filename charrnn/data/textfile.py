@@ -17,10 +17,21 @@ from charrnn.errors import UserError
 BLOCK_BYTES = 1 << 20
 
 
-def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[str] = None) -> Iterator[str]:
-    """Yield the file's text block by block; UserError on non-UTF-8, NUL or empty input.
+class NotText(UserError):
+    """A file refused by the text reader; `reason` says why in a word or two ("binary", "not UTF-8",
+    "empty", "unreadable", "a directory"), so a folder can skip the file and count it."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[str] = None,
+                   digest=None) -> Iterator[str]:
+    """Yield the file's text block by block; NotText (a UserError) on non-UTF-8, NUL or empty input.
 
     `what` names the file in messages (e.g. "--prime-file notes.txt"); default: its path.
+    `digest` (a hashlib object), when given, is updated with every byte read.
     """
     name = what or str(path)
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -28,25 +39,27 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
     try:
         f = open(path, "rb")
     except IsADirectoryError:
-        raise UserError(f"{name} is a directory; give a UTF-8 text file") from None
+        raise NotText(f"{name} is a directory; give a UTF-8 text file", "a directory") from None
     except OSError as e:
-        raise UserError(f"cannot read {name} ({e.strerror}); check the path and its permissions") from None
+        raise NotText(f"cannot read {name} ({e.strerror}); check the path and its permissions", "unreadable") from None
     with f:
         while True:
             try:
                 raw = f.read(block_bytes)
             except OSError as e:
-                raise UserError(f"cannot read {name} ({e.strerror}); give a regular UTF-8 text file") from None
+                raise NotText(f"cannot read {name} ({e.strerror}); give a regular UTF-8 text file", "unreadable") from None
+            if digest is not None:
+                digest.update(raw)
             final = not raw
             nul = raw.find(b"\x00")
             if nul >= 0:
-                raise UserError(f"{name} looks binary (NUL byte at offset {offset + nul}); give a UTF-8 text file")
+                raise NotText(f"{name} looks binary (NUL byte at offset {offset + nul}); give a UTF-8 text file", "binary")
             try:
                 text = decoder.decode(raw, final=final)
             except UnicodeDecodeError as e:
-                raise UserError(
-                    f"{name} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. iconv -f LATIN1 -t UTF-8"
-                ) from None
+                raise NotText(
+                    f"{name} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. iconv -f LATIN1 -t UTF-8",
+                    "not UTF-8") from None
             if first and text:
                 if text.startswith("\ufeff"):
                     text = text[1:]  # a UTF-8 byte-order mark is not part of the text
@@ -58,7 +71,7 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
             if final:
                 break
     if empty:
-        raise UserError(f"{name} is empty; give a text of at least a few hundred characters")
+        raise NotText(f"{name} is empty; give a text of at least a few hundred characters", "empty")
 
 
 def read_text_file(path, what: Optional[str] = None) -> str:

@@ -38,8 +38,16 @@ class TrainedModel:
     def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
         from charrnn.models import build_model
 
+        from charrnn.data.dataset import read_record
+
         self.run_dir = Path(run_dir)
         self.config, self.vocab, params = load_run(self.run_dir, which)
+        record = read_record(self.run_dir) or {}
+        # a collection's document separator (what an empty prime starts from), and --max-vocab's
+        # unknown symbol (never sampled; characters outside the vocabulary read as it)
+        self.separator = record.get("doc_sep") if record.get("doc_sep") in self.vocab else None
+        self.unknown = record.get("unknown") if record.get("unknown") in self.vocab else None
+        self._banned = self.vocab.chars.index(self.unknown) if self.unknown else None
         self.impl = impl
         torch_device = None
         if impl != "naive":
@@ -52,7 +60,10 @@ class TrainedModel:
 
     def prime(self, prime: str = "", unknown: str = "error", audience: str = "python") -> str:
         """The prime as sampling uses it and prints it: unknown characters raise UserError,
-        or are dropped with a warning on stderr when unknown='skip'. `audience`: see clean_prime."""
+        or are dropped with a warning on stderr when unknown='skip'. `audience`: see clean_prime.
+        A --max-vocab run reads them as its unknown symbol, as training did."""
+        if self.unknown and isinstance(prime, str):
+            prime = "".join(c if c in self.vocab else self.unknown for c in prime)
         return clean_prime(self.vocab, prime, unknown, audience)
 
     def stream(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
@@ -70,7 +81,8 @@ class TrainedModel:
     def stream_checked(self, prime: str, length: int, options: SamplingOptions,
                        rng: np.random.Generator) -> Iterator[str]:
         """`stream` for options already validated (the CLI's door) and a prime already cleaned."""
-        steps = generate_indices(self.predictor, prime_indices(self.vocab, prime), length, options, 1, rng)
+        steps = generate_indices(self.predictor, prime_indices(self.vocab, prime, self.separator), length, options, 1,
+                                 rng, self._banned)
         return (self.vocab.chars[int(step[0])] for step in steps)
 
     def sample(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
@@ -85,7 +97,8 @@ class TrainedModel:
     def sample_checked(self, prime: str, length: int, options: SamplingOptions, rng: np.random.Generator,
                        num_samples: int) -> List[str]:
         """`sample` for options already validated and a prime already cleaned; always a list."""
-        return generate(self.predictor, self.vocab, prime, length, options, rng, num_samples)
+        return generate(self.predictor, self.vocab, prime, length, options, rng, num_samples, self.separator,
+                        self.unknown)
 
     def beam(self, prime: str = "", length: int = 100, beam: int = 5, unknown: str = "error") -> str:
         """The (cleaned) prime followed by the most likely continuation that beam search finds."""
@@ -93,10 +106,13 @@ class TrainedModel:
         return self.beam_checked(self.prime(prime, unknown), length, beam)
 
     def beam_checked(self, prime: str, length: int, beam: int) -> str:
-        return prime + self.vocab.decode(beam_search(self.predictor, prime_indices(self.vocab, prime), length, beam))
+        found = beam_search(self.predictor, prime_indices(self.vocab, prime, self.separator), length, beam, self._banned)
+        return prime + self.vocab.decode(found)
 
     def evaluate(self, text: str) -> Evaluation:
         """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream."""
+        if self.unknown and isinstance(text, str):
+            text = "".join(c if c in self.vocab else self.unknown for c in text)
         missing = self.vocab.unknown(text)
         if missing:
             from charrnn.data.vocab import format_chars

@@ -48,13 +48,21 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
                    help="prime characters outside the vocabulary: error (default) or skip them")
+    p.add_argument("--stop-at-sep", action="store_true",
+                   help="end each sample at the document separator of a run trained on a collection: whole documents "
+                        "(an empty prime starts a new document); --length is then the most characters")
     p.set_defaults(handler=cmd_sample)
 
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="loss and bits per character of a text")
     _common(p)
-    p.add_argument("--data", required=True, help="a UTF-8 text file or a corpus name")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="UTF-8 text files or folders of them, or a corpus name; documents are joined by the run's "
+                        "separator")
+    from charrnn.cli import add_collection_flags
+
+    add_collection_flags(p)
     p.set_defaults(handler=cmd_eval)
 
 
@@ -84,6 +92,7 @@ def cmd_sample(args) -> int:
     options = _check_sample_flags(args)
     prime = args.prime if args.prime_file is None else read_text_file(args.prime_file, "--prime-file")
     model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    stop = _separator(model, args.checkpoint) if args.stop_at_sep else None
     prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
     rng = np.random.default_rng(args.seed)
     if options is None:
@@ -92,12 +101,16 @@ def cmd_sample(args) -> int:
         characters = model.stream_checked(prime, args.length, options, rng)
         sys.stdout.write(prime)
         for ch in characters:
+            if ch == stop:
+                break  # the document is whole
             sys.stdout.write(ch)
             sys.stdout.flush()  # stream as it is generated
         sys.stdout.write("\n")
         return 0
     else:
         texts = model.sample_checked(prime, args.length, options, rng, args.num_samples)
+    if stop:  # each text up to the first separator it generated (the prime is kept whole)
+        texts = [text[: len(prime)] + text[len(prime):].split(stop, 1)[0] for text in texts]
     if args.json:
         settings = {"beam": args.beam} if options is None else {**options.as_dict(), "seed": args.seed}
         print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings,
@@ -113,15 +126,26 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _separator(model, run_dir) -> str:
+    if model.separator is None:
+        raise UserError(f"--stop-at-sep: {run_dir} was trained on a single text, so it has no document separator; "
+                        "drop --stop-at-sep")
+    return model.separator
+
+
 def cmd_eval(args) -> int:
-    from charrnn.data.corpus import load_corpus
+    from charrnn.data.dataset import eval_data, read_record, trained_on
     from charrnn.infer.api import load
 
     model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
-    corpus = load_corpus(args.data)
-    result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
+    data, source = eval_data(args.data, args.include, args.exclude, model.vocab, read_record(args.checkpoint))
+    if source.skipped:
+        print(f"warning: {source.files_line()}", file=sys.stderr)
+    result = model.evaluate_indices(data)
+    line, facts = trained_on(args.checkpoint)
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps({**result.as_dict(), "trained_on": facts}, ensure_ascii=False))
     else:
         print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters")
+        print(line)
     return 0

@@ -142,11 +142,12 @@ def clean_prime(vocab: Vocab, prime: str, unknown: str = "error", audience: str 
     return prime
 
 
-def prime_indices(vocab: Vocab, prime: str) -> np.ndarray:
-    """Encode a cleaned prime (clean_prime); an empty prime becomes a newline, the start the model knows best,
-    or the vocabulary's first character where the text had no newline."""
+def prime_indices(vocab: Vocab, prime: str, start: Optional[str] = None) -> np.ndarray:
+    """Encode a cleaned prime (clean_prime); an empty prime becomes `start` (a collection's document
+    separator: a new document begins), else a newline, the start the model knows best, or the
+    vocabulary's first character where the text had no newline."""
     if not prime:
-        prime = DEFAULT_START if DEFAULT_START in vocab else vocab.chars[0]
+        prime = start if start and start in vocab else DEFAULT_START if DEFAULT_START in vocab else vocab.chars[0]
     return vocab.encode(prime).astype(np.int64)
 
 
@@ -159,20 +160,25 @@ class DrawingStep(Step, Protocol):
 
 
 def generate_indices(predictor: Predictor, prime: np.ndarray, length: int, options: SamplingOptions,
-                     num_samples: int = 1, rng: Optional[np.random.Generator] = None) -> Iterator[np.ndarray]:
+                     num_samples: int = 1, rng: Optional[np.random.Generator] = None,
+                     banned: Optional[int] = None) -> Iterator[np.ndarray]:
     """Warm the state on the prime, then yield (num_samples,) indices, one step at a time.
 
-    The generation owns its Step (Predictor.start), so generations interleave freely.
+    The generation owns its Step (Predictor.start), so generations interleave freely. `banned`: an
+    index never drawn (a --max-vocab run's unknown symbol): its logit is masked at every step.
     """
     rng = rng or np.random.default_rng()
     logits, state = predictor.feed(np.tile(prime, (num_samples, 1)), predictor.zero_state(num_samples))
     last = logits[:, -1]
     step = predictor.start(state, num_samples)
-    if isinstance(step, DrawingStep) and not options.draws_in_python:
+    if isinstance(step, DrawingStep) and not options.draws_in_python and banned is None:
         yield from _compiled(step, last, length, num_samples, options, rng)
         return
     step_function = predictor.step_function(step)
     for _ in range(length):
+        if banned is not None:
+            last = np.array(last, dtype=np.float64)  # a copy: a Step's logits buffer is its own
+            last[:, banned] = -np.inf
         nxt = sample_next(last, options.temperature, options.top_k, options.top_p, rng, options.greedy)
         yield nxt
         last = step_function(nxt)
@@ -192,22 +198,28 @@ def _compiled(step: DrawingStep, last: np.ndarray, length: int, num_samples: int
 
 
 def generate(predictor: Predictor, vocab: Vocab, prime: str, length: int, options: SamplingOptions,
-             rng: Optional[np.random.Generator] = None, num_samples: int = 1) -> List[str]:
-    """num_samples texts, each the (cleaned) prime followed by `length` generated characters."""
-    idx = prime_indices(vocab, prime)
-    steps = list(generate_indices(predictor, idx, length, options, num_samples, rng))
+             rng: Optional[np.random.Generator] = None, num_samples: int = 1, start: Optional[str] = None,
+             banned: Optional[str] = None) -> List[str]:
+    """num_samples texts, each the (cleaned) prime followed by `length` generated characters.
+    `start`: what an empty prime becomes (prime_indices); `banned`: a character never drawn."""
+    idx = prime_indices(vocab, prime, start)
+    never = vocab.chars.index(banned) if banned and banned in vocab else None
+    steps = list(generate_indices(predictor, idx, length, options, num_samples, rng, never))
     columns = np.stack(steps, axis=1) if steps else np.zeros((num_samples, 0), dtype=np.int64)  # (N, length)
     return [prime + vocab.decode(row) for row in columns]
 
 
-def beam_search(predictor: Predictor, prime: np.ndarray, length: int, beam: int) -> np.ndarray:
-    """The most likely continuation found keeping `beam` hypotheses; returns (length,) indices."""
+def beam_search(predictor: Predictor, prime: np.ndarray, length: int, beam: int,
+                banned: Optional[int] = None) -> np.ndarray:
+    """The most likely continuation found keeping `beam` hypotheses, never `banned`; returns (length,) indices."""
     logits, state = predictor.feed(prime[None, :], predictor.zero_state(1))
     scores = np.zeros(1)
     sequences = np.zeros((1, 0), dtype=np.int64)
     last = logits[:, -1]
     for _ in range(length):
         total = scores[:, None] + log_softmax(last)          # (K, V)
+        if banned is not None:
+            total[:, banned] = -np.inf
         flat = np.argsort(-total, axis=None, kind="stable")[:beam]
         rows, chars = np.divmod(flat, total.shape[1])
         scores = total[rows, chars]

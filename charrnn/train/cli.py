@@ -21,8 +21,7 @@ import numpy as np
 
 from charrnn.checkpoint import RESUME, load_run, load_run_config, save_run_config
 from charrnn.config import ModelConfig, TrainConfig, from_dict
-from charrnn.data.batching import make_streams, split_train_val, validation_streams
-from charrnn.data.corpus import Corpus, load_corpus
+from charrnn.data.batching import make_streams, validation_streams
 from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
 from charrnn.train.distributed import world_from_env
@@ -51,9 +50,11 @@ def build_configs(given: dict) -> tuple[TrainConfig, dict]:
     return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
 
 
-def _remap_to_vocab(corpus: Corpus, vocab) -> np.ndarray:
+def _remap_to_vocab(data, vocab) -> tuple:
+    """The training and validation texts re-encoded in `vocab` (copies)."""
     try:
-        return vocab.translate(corpus.vocab, corpus.data, "the new corpus")
+        return (vocab.translate(data.vocab, data.train, "the new corpus"),
+                vocab.translate(data.vocab, data.val, "the new corpus"))
     except UserError as e:
         raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, or train a new model") from None
 
@@ -64,9 +65,8 @@ def run_train(args: dict) -> int:
     world = world_from_env()
     out = Path(train_cfg.out)
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
-    model_cfg, vocab, data, init_params = _load_text(train_cfg, model_flags, world, out)
+    model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
 
-    train_data, val_data = split_train_val(data, train_cfg.val_frac)
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
     val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len, multiple_of=world.size) if len(val_data) else None
     if train_cfg.val_frac > 0 and val_streams is None and world.is_main:
@@ -76,12 +76,12 @@ def run_train(args: dict) -> int:
     if train_cfg.bf16 and device.type != "cuda":  # e.g. --preset gpu on a machine without one
         raise UserError(f"--bf16 needs CUDA but training would run on {device.type}; drop --bf16 (or the gpu preset)")
     if not world.distributed:
-        return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world)
+        return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world, data)
     world.join(device)
     finished = False
     try:  # each process trains on its own contiguous share of the streams
         code = _train(train_cfg, model_cfg, vocab, init_params, train_streams.shard(world.rank, world.size),
-                      val_streams.shard(world.rank, world.size) if val_streams else None, device, world)
+                      val_streams.shard(world.rank, world.size) if val_streams else None, device, world, data)
         finished = True
     finally:
         world.leave(finished)
@@ -109,15 +109,22 @@ def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
 
 
 def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
-    """The corpus encoded with the run's vocabulary (new, --init-from's, or --resume's); the model config."""
-    corpus = load_corpus(cfg.data)
+    """The training and validation texts encoded with the run's vocabulary (new, --init-from's, or
+    --resume's), the model config, and the data's description (data.dataset.TrainingData)."""
+    from charrnn.data.dataset import check_same_data, training_data
+
+    data = training_data(cfg)
     if world.is_main:
-        print(corpus.summary(), flush=True)
-    vocab, data = corpus.vocab, corpus.data
+        print("\n".join(data.lines), flush=True)
+        for warning in data.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if cfg.resume:
+        check_same_data(out, data.record)
+    vocab, texts = data.vocab, (data.train, data.val)
     init_params = None
     if cfg.init_from and not cfg.resume:
         init_model, vocab, init_params = load_run(Path(cfg.init_from), "latest")
-        data = _remap_to_vocab(corpus, vocab)
+        texts = _remap_to_vocab(data, vocab)
         for key in MODEL_KEYS - {"vocab_size", "dropout"}:
             if key in model_flags and model_flags[key] != getattr(init_model, key):
                 raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
@@ -126,13 +133,13 @@ def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
         from charrnn.checkpoint import load_vocab
 
         vocab = load_vocab(out, ModelConfig(**model_flags))
-        if vocab != corpus.vocab:
-            data = _remap_to_vocab(corpus, vocab)
-    return ModelConfig(**{**model_flags, "vocab_size": len(vocab)}), vocab, data, init_params
+        if vocab != data.vocab:
+            texts = _remap_to_vocab(data, vocab)
+    return ModelConfig(**{**model_flags, "vocab_size": len(vocab)}), vocab, texts, init_params, data
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,
-           device, world) -> int:
+           device, world, data=None) -> int:
     """Build the learner and the Trainer, restore on --resume, train. Only rank 0 writes files;
     every rank takes part in the collectives inside the Trainer."""
     out = Path(cfg.out)
@@ -145,6 +152,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
             remove_stale_temporaries(out)
             if not cfg.resume:
                 vocab.save(out / "vocab.json")
+            if data is not None and (not cfg.resume or not (out / "data.json").exists()):
+                from charrnn.data.dataset import write_record
+
+                write_record(out, data.record)  # what was read: --resume and eval check and name it
             save_run_config(out, model_cfg, cfg)
         except OSError as e:
             raise checkpoint_write_error(out, e, resumable=cfg.resume) from None
@@ -152,7 +163,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
     from charrnn.train.loop import Trainer
 
     trainer = Trainer(cfg, learner, train_streams, val_streams, out, world=world,
-                      sampler=_make_sampler(learner, vocab, cfg))
+                      sampler=_make_sampler(learner, vocab, cfg, data))
     if cfg.resume:
         trainer.restore()
         if world.rank > 0:  # the checkpoint holds rank 0's RNG; the others need dropout masks of their own
@@ -195,7 +206,7 @@ def _make_learner(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_
                         bf16=cfg.bf16, compile=cfg.compile and not script, distributed=world.distributed)
 
 
-def _make_sampler(learner, vocab, cfg: TrainConfig):
+def _make_sampler(learner, vocab, cfg: TrainConfig, data=None):
     """A short sample now and then (--sample-every). It must never stop training: a model has no fixed
     start character (the text may hold no newline: prime_indices picks one the vocabulary has)."""
     if not cfg.sample_every:
@@ -205,8 +216,9 @@ def _make_sampler(learner, vocab, cfg: TrainConfig):
 
     rng = np.random.default_rng(cfg.seed + 1)  # its own RNG: sampling must not change training's randomness
     options = sampling_options(temperature=0.8)
+    marks = {"start": data.separator, "banned": data.unknown} if data is not None and vocab == data.vocab else {}
     # a new Predictor each time: the naive engine's step snapshots the weights, which training changes
-    return lambda: generate(Predictor(learner.model), vocab, "", 200, options, rng)[0]
+    return lambda: generate(Predictor(learner.model), vocab, "", 200, options, rng, **marks)[0]
 
 
 def _install_signal_handlers(trainer) -> dict:
