@@ -41,7 +41,7 @@ from torch import nn  # noqa: E402
 
 from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
-from charrnn.devices import blas_threads
+from charrnn.devices import blas_threads  # noqa: E402
 from charrnn.infer.evaluate import evaluate_indices  # noqa: E402
 from charrnn.infer.native import NativeStep, kernel, kernel_problem  # noqa: E402
 from charrnn.infer.predictor import Predictor  # noqa: E402

@@ -31,7 +31,8 @@ from charrnn.models.base import check_parameters, state_size
 
 FORMAT = "charrnn-run/1"
 PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
-PROGRESS_VALUES = ("elapsed", "best_val", "last_val")    # numbers (the last two may be null)
+PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0")  # numbers (all but elapsed may be null)
+PROGRESS_LISTS = {"budget": 3, "cosine_from": 2}          # null, or lists of numbers (or nulls)
 WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
 RESUME = "resume.safetensors"
 
@@ -208,3 +209,12 @@ def _check_progress(progress, where: str) -> None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
         if not (number or (value is None and key != "elapsed")) or (key == "elapsed" and not 0 <= value < math.inf):
             raise UserError(f"{where}: progress {key} is {value!r}, not a number; the checkpoint is damaged")
+    for key, size in PROGRESS_LISTS.items():
+        value = progress.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == size
+                                      and all(v is None or _is_number(v) for v in value)):
+            raise UserError(f"{where}: progress {key} is {value!r}, not a list of {size} numbers; the checkpoint is damaged")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags override them")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    from charrnn.infer.cli import add_eval_parser, add_sample_parser  # noqa: WPS433 (keeps this file small)
+    from charrnn.infer.cli import add_eval_parser, add_sample_parser
 
     add_sample_parser(sub)
     add_eval_parser(sub)

@@ -86,8 +86,10 @@ class TrainConfig:
     optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw otherwise", OPTIMIZERS)
     lr: Optional[float] = option(None, "learning rate; default 0.1 for adagrad, 2e-3 for adam/adamw")
     lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)")
-    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: warm-up then cosine to lr0/10 over the run's budget", SCHEDULES)
-    warmup_iters: int = option(0, "linear warm-up iterations (cosine schedule)")
+    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: down to lr/10 at the end of the run's budget "
+                                    "(a --resume with another budget continues the decay from where it is)", SCHEDULES)
+    warmup_iters: int = option(0, "linear warm-up from lr/N to --lr over the first N iterations (either schedule); "
+                                  "a cosine starts where it ends")
     weight_decay: float = option(0.0, "decoupled weight decay (adamw)")
     grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off")
     epochs: Optional[float] = option(None, "stop after this many epochs (whole run); default 10 when no other limit is given")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite, set-up included: ./scripts/test.sh [pytest args]
+# The test suite, set-up included: ./scripts/test.sh [pytest args]. The linter (ruff) runs first.
 # Tests that need tiny shakespeare look in $CHARRNN_DATA_DIR (default: ../shared/data
 # when it exists) and skip cleanly when it is absent.
 # The `serve` extra (FastAPI, uvicorn) is always installed: it is small. The browser tests of
@@ -20,4 +20,5 @@ CHARRNN_EXTRAS=${CHARRNN_EXTRAS:-$EXTRAS} ./scripts/setup.sh
 if [ -z "${CHARRNN_DATA_DIR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
   export CHARRNN_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
+.venv/bin/ruff check --quiet . || { echo "test.sh: ruff found lint errors (above); fix them first" >&2; exit 1; }
 exec .venv/bin/python -m pytest "$@"

@@ -220,7 +220,7 @@ class NativeWeights:
         recurrent = fused.xh if config.cell != "gru" else fused.hh
         self.xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
         self.x = (_QLinear * L)(*[linear(layer) for layer in (fused.x if config.cell == "gru" else [None] * L)])
-        f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+        f32 = lambda a: np.ascontiguousarray(a, np.float32)
         self.unit_start, self.table = self.pointer(start), self.pointer(f32(fused.table))
         self.head_w, self.head_b = self.pointer(f32(fused.head[0])), self.pointer(f32(fused.head[1].reshape(-1)))
 

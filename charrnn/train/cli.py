@@ -44,11 +44,32 @@ def build_configs(given: dict) -> tuple[TrainConfig, dict]:
                 raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
                                 f"({getattr(saved_model, key)}); drop the flag or start a new run")
         base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
+        _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS})
         base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
         train = from_dict(TrainConfig, base, "settings")
         return train, dataclasses.asdict(saved_model)
     train = from_dict(TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, "settings")
     return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
+
+
+# Settings that place the carried state and the window counter in the text: changing one on --resume would
+# continue from a state that belongs to other columns of other streams.
+LAYOUT_KEYS = ("batch_size", "seq_len", "val_frac")
+QUIET_KEYS = ("resume", "out", "log_every", "eval_every", "checkpoint_every", "sample_every")
+
+
+def _check_resume_changes(saved: dict, given: dict) -> None:
+    """Refuse a changed data layout; say which other settings now differ from the run's (they are in force)."""
+    changed = {k: (saved[k], v) for k, v in given.items() if k in saved and saved[k] != v and k not in QUIET_KEYS}
+    for key in LAYOUT_KEYS:
+        if key in changed:
+            old, new = changed[key]
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {new} differs from the run being resumed ({old}): its carried state and position "
+                            f"belong to that layout; resume with {flag} {old}, or start a new run with --init-from")
+    if changed:
+        described = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in sorted(changed.items()))
+        print(f"resume: these settings differ from the run's and are in force from now on: {described}", flush=True)
 
 
 def _remap_to_vocab(corpus: Corpus, vocab) -> np.ndarray:
