@@ -11,7 +11,10 @@ from .quantize import QUANTIZE_CHOICES
 
 
 def _common(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source.add_argument("--onnx", metavar="MODEL.onnx", help="a file made by 'charrnn export --format onnx', run by "
+                        "ONNX Runtime (the vocabulary and config come from the file)")
     parser.add_argument("--impl", choices=IMPLS, default="library", help="engine to run (any engine reads any checkpoint)")
     parser.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="torch engines only")
@@ -45,16 +48,24 @@ def add_eval_parser(sub) -> None:
     p.set_defaults(handler=cmd_eval)
 
 
-def cmd_sample(args) -> int:
+def _load(args):
+    if args.onnx:
+        from .export.onnx_api import load_from_args
+
+        return load_from_args(args)
     from .api import load
 
+    return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+
+
+def cmd_sample(args) -> int:
     prime = args.prime
     if args.prime_file:
         try:
             prime = Path(args.prime_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --prime-file {args.prime_file} ({getattr(e, 'strerror', None) or e}); give a UTF-8 text file") from None
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     prime = model.prime(prime, args.unknown)  # checked (and cleaned) before anything is printed
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
     if args.beam is not None:
@@ -80,10 +91,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .api import load
     from .dataset import load_corpus
 
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     corpus = load_corpus(args.data)
     result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
     if args.json:
