@@ -17,13 +17,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from charrnn.cli import main  # noqa: E402
-from charrnn.config import ModelConfig  # noqa: E402
-from charrnn.export.onnx_export import build_model_proto  # noqa: E402
-from charrnn.export.onnx_model import OnnxCharModel  # noqa: E402
-from charrnn.models import build_model  # noqa: E402
-from charrnn.models.base import init_parameters  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.cli import main
+from charrnn.config import ModelConfig
+from charrnn.export.onnx_export import build_model_proto
+from charrnn.export.onnx_model import OnnxCharModel
+from charrnn.models import build_model
+from charrnn.models.base import init_parameters
+from charrnn.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -72,7 +72,7 @@ def test_onnx_matches_naive_one_character_at_a_time(tmp_path, cell, layers):
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_onnx_matches_naive_in_windows_of_any_length_and_batch(tmp_path, cell, layers):
     """Batch and time are dynamic: windows of 1, 7, 32 and 60 characters at batch 1, 3 and 8 in one session."""
-    cfg, vocab, params, path = export(tmp_path, cell, layers)
+    cfg, _vocab, params, path = export(tmp_path, cell, layers)
     model, reference = OnnxCharModel(path), naive(cfg, params)
     rng = np.random.default_rng(layers)
     for batch in (1, 3, 8):
@@ -121,7 +121,7 @@ def cli(args, env=None, **kw):
     full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], env=full_env, capture_output=True,
-                          text=True, timeout=300, **kw)
+                          text=True, timeout=300, check=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +304,7 @@ def test_without_the_onnx_packages_export_and_onnx_say_what_to_install(trained, 
     for args in (["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path / "m.onnx"],
                  ["sample", "--onnx", path, "--length", 5], ["eval", "--onnx", path, "--data", run / "vocab.json"]):
         done = subprocess.run([sys.executable, "-c", BLOCK_ONNX, *map(str, args)], env=env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, check=False)
         assert_one_line_error(done.returncode, done.stderr, "pip install -e '.[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -317,7 +317,7 @@ def test_the_rest_of_charrnn_never_imports_onnx(trained):
             f"assert main(['sample', '--checkpoint', {str(run)!r}, '--impl', 'naive', '--length', '5']) == 0; "
             f"assert main(['export', '--checkpoint', {str(run)!r}, '--format', 'web', '--out', {str(run / 'web')!r}]) == 0")
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
@@ -328,10 +328,10 @@ def test_the_example_script_streams_what_charrnn_samples(trained, capsys):
     example = ROOT / "examples" / "onnx_generate.py"
     assert "charrnn" not in "".join(line for line in example.read_text().splitlines(keepends=True)
                                     if line.lstrip().startswith(("import", "from")))
-    run, path = trained["naive"]
+    _run, path = trained["naive"]
     for knobs in (["--greedy"], ["--seed", "5", "--temperature", "0.8"]):
         done = subprocess.run([sys.executable, str(example), str(path), "--prime", "First", "--length", "150", *knobs],
-                              capture_output=True, text=True, timeout=120, cwd="/")
+                              check=False, capture_output=True, text=True, timeout=120, cwd="/")
         assert done.returncode == 0, done.stderr
-        code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--prime", "First", "--length", 150, *knobs])
+        _code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--prime", "First", "--length", 150, *knobs])
         assert done.stdout == out

@@ -61,7 +61,7 @@ def test_export_writes_a_folder_holding_the_exact_weights(tmp_path, capsys):
     assert "index.html" in out
     assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["charrnn.js", "index.html", "model.js"]
     model = read_model_js(tmp_path / "site" / "model.js")
-    config, vocab, params = load_run(run)
+    _config, vocab, params = load_run(run)
     assert model["format"] == "charrnn-web/1" and model["config"]["cell"] == "gru"
     assert model["vocab"] == list(vocab.chars)
     blob = base64.b64decode(model["data"])

@@ -8,7 +8,7 @@ per step), whichever model they hold. `load_onnx` is `charrnn.load` for a .onnx 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class OnnxRunner:
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
 
-    def feed(self, indices: np.ndarray, state) -> Tuple[np.ndarray, tuple]:
+    def feed(self, indices: np.ndarray, state) -> tuple[np.ndarray, tuple]:
         """indices (B, T) -> logits (B, T, V) as float64, new state."""
         logits, state = self.model.forward(indices, state)
         return logits.astype(np.float64), state
@@ -53,7 +53,7 @@ class OnnxRunner:
 class OnnxTrainedModel(TrainedModel):
     """TrainedModel's sample, stream, beam and evaluate over an exported .onnx file."""
 
-    def __init__(self, path, threads: Optional[int] = None):  # noqa: super().__init__ reads a run directory
+    def __init__(self, path, threads: int | None = None):  # not super().__init__, which reads a run directory
         self.run_dir = None
         self.path = Path(path)
         self.model = OnnxCharModel(path, threads=threads)
@@ -62,7 +62,7 @@ class OnnxTrainedModel(TrainedModel):
         self.runner = OnnxRunner(self.model)
 
 
-def load_onnx(path, threads: Optional[int] = None) -> OnnxTrainedModel:
+def load_onnx(path, threads: int | None = None) -> OnnxTrainedModel:
     return OnnxTrainedModel(path, threads=threads)
 
 

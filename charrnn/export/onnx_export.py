@@ -45,7 +45,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from ..config import ModelConfig, to_dict
 from ..errors import UserError
 from ..vocab import Vocab
 from . import require
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 14
 IR_VERSION = 8
@@ -70,7 +73,7 @@ def reorder_gates(weight: np.ndarray, cell: str, hidden: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(blocks, axis=0))
 
 
-def layer_weights(config: ModelConfig, params: Dict[str, np.ndarray], k: int):
+def layer_weights(config: ModelConfig, params: dict[str, np.ndarray], k: int):
     """Layer k's W (1, G*H, in), R (1, G*H, H), B (1, 2*G*H) for ONNX's RNN/GRU/LSTM op, float32."""
     cell, H = config.cell, config.hidden
     w = reorder_gates(params[f"rnn.weight_ih_l{k}"], cell, H)
@@ -80,8 +83,8 @@ def layer_weights(config: ModelConfig, params: Dict[str, np.ndarray], k: int):
     return tuple(a[None].astype(np.float32) for a in (w, r, b))
 
 
-def build_model_proto(config: ModelConfig, vocab: Vocab, params: Dict[str, np.ndarray],
-                      source: str = "") -> "onnx.ModelProto":  # noqa: F821 (onnx is imported lazily)
+def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray],
+                      source: str = "") -> onnx.ModelProto:
     """The float32 ONNX model of a charrnn network (see the module docstring for the graph)."""
     onnx = require("onnx", "exporting to ONNX")
     from onnx import TensorProto, helper, numpy_helper
@@ -125,7 +128,7 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: Dict[str, np.nd
     y = node("MatMul", [y, head], ["head_out"])                                        # (B, T, V)
     node("Add", [y, const("head.bias", params["head.bias"].astype(np.float32))], ["logits"])
 
-    state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])  # noqa: E731
+    state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])
     graph = helper.make_graph(
         nodes, "charrnn",
         inputs=[helper.make_tensor_value_info("chars", TensorProto.INT64, ["batch", "time"]), state("h0")]
@@ -144,7 +147,7 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: Dict[str, np.nd
     return model
 
 
-def quantize_int8(model: "onnx.ModelProto", config: ModelConfig) -> "onnx.ModelProto":  # noqa: F821
+def quantize_int8(model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProto:
     """ONNX Runtime's dynamic int8 quantization of the LSTM layers and the head (see the module docstring)."""
     if config.cell != "lstm":
         raise UserError(f"--quantize int8 is offered for LSTM models only: ONNX Runtime has no int8 kernel for "
@@ -173,7 +176,7 @@ def quantize_int8(model: "onnx.ModelProto", config: ModelConfig) -> "onnx.ModelP
     return quantized
 
 
-def export_onnx(run_dir, which: str, out, quantize: Optional[str] = None) -> dict:
+def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
     """Write run_dir's weights (`which`: latest or best) to `out` as ONNX; returns what was written."""
     from ..atomic import write_bytes_atomic
     from ..checkpoint import load_run

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -26,7 +25,7 @@ FORMAT = "charrnn-onnx/1"  # the same string as onnx_export.FORMAT (not imported
 class OnnxCharModel:
     """A charrnn model in an ONNX Runtime session (CPU). `threads`: intra-op threads (default: ONNX Runtime's)."""
 
-    def __init__(self, path, threads: Optional[int] = None):
+    def __init__(self, path, threads: int | None = None):
         ort = require("onnxruntime", "running an .onnx model")
         self.path = Path(path)
         if not self.path.is_file():
@@ -37,7 +36,7 @@ class OnnxCharModel:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, InvalidGraph, Fail, ...)
+        except Exception as e:  # noqa: BLE001 (onnxruntime raises its own types: InvalidProtobuf, InvalidGraph, Fail, ...)
             raise UserError(f"{self.path} is not a readable ONNX model ({type(e).__name__}); "
                             "it is damaged, or not a file written by 'charrnn export'") from None
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -47,13 +46,17 @@ class OnnxCharModel:
         self._outputs = ["logits", "hn", "cn"][: 1 + len(self._state_names)]
         _check_signature(self.session, self.config, self._state_names, self._outputs, str(self.path))
 
-    def initial_state(self, batch_size: int) -> Tuple[np.ndarray, ...]:
+    def initial_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
         shape = (self.config.layers, batch_size, self.config.hidden)
         return tuple(np.zeros(shape, np.float32) for _ in self._state_names)
 
-    def forward(self, inputs, state) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
+    def forward(self, inputs, state) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """inputs (B, T) ints, state -> (logits (B, T, V) float32, new state); the state given is not changed."""
         chars = np.ascontiguousarray(inputs, dtype=np.int64)
+        if chars.ndim != 2:
+            raise ValueError(f"inputs must be (B, T) character indices, got shape {chars.shape}")
+        if chars.size and (chars.min() < 0 or chars.max() >= self.config.vocab_size):
+            raise ValueError(f"character indices must be in [0, {self.config.vocab_size})")
         if chars.shape[1] == 0:  # ONNX's recurrent ops need one step at least; nothing to do
             return np.zeros(chars.shape + (self.config.vocab_size,), np.float32), tuple(state)
         feeds = {"chars": chars}
@@ -65,7 +68,7 @@ class OnnxCharModel:
     __call__ = forward
 
 
-def _read_metadata(meta: dict, where: str) -> Tuple[ModelConfig, Vocab]:
+def _read_metadata(meta: dict, where: str) -> tuple[ModelConfig, Vocab]:
     if meta.get("format") != FORMAT:
         raise UserError(f"{where} is an ONNX model but not one written by 'charrnn export' "
                         "(its metadata lacks format, vocab and config); export the run with charrnn")
