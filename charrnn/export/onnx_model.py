@@ -10,6 +10,7 @@ ONNX Runtime cannot read, or that is not a charrnn export, is refused with a one
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,13 @@ FORMAT = "charrnn-onnx/1"  # the same string as onnx_export.FORMAT (not imported
 
 
 class OnnxCharModel:
-    """A charrnn model in an ONNX Runtime session (CPU). `threads`: intra-op threads (default: ONNX Runtime's)."""
+    """A charrnn model in an ONNX Runtime session on the CPU.
+
+    `threads`: ONNX Runtime's intra-op threads; default $OMP_NUM_THREADS, else 1. One thread, not
+    ONNX Runtime's one per core, because a second one made neither generation nor evaluation faster
+    on a 2-core machine, and with ONNX Runtime's spin-waiting on (its default, turned off here) it
+    halved generation speed whenever anything else wanted that core (docs/export.md, Speed).
+    """
 
     def __init__(self, path, threads: int | None = None):
         ort = require("onnxruntime", "running an .onnx model")
@@ -32,8 +39,8 @@ class OnnxCharModel:
             raise UserError(f"{self.path} is not a file; give a model written by 'charrnn export --format onnx'")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ONNX Runtime's own warnings would add lines to a one-line error
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or _threads_from_env()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 (onnxruntime raises its own types: InvalidProtobuf, InvalidGraph, Fail, ...)
@@ -66,6 +73,13 @@ class OnnxCharModel:
         return logits, tuple(new_state)
 
     __call__ = forward
+
+
+def _threads_from_env() -> int:
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1
 
 
 def _read_metadata(meta: dict, where: str) -> tuple[ModelConfig, Vocab]:
