@@ -7,7 +7,11 @@ FORMATS = ("onnx", "web")
 
 
 def add_export_parser(subparsers) -> None:
-    p = subparsers.add_parser("export", help="write a trained model as ONNX or as a static web page (docs/export.md)")
+    p = subparsers.add_parser(
+        "export", help="write a trained model as ONNX or as a static web page (docs/export.md)",
+        description="Take a trained model elsewhere: an .onnx file that ONNX Runtime runs in any language it ships "
+                    "for (run it here with 'charrnn sample --onnx FILE'), or a folder whose index.html generates "
+                    "text in a browser with no server. See docs/export.md.")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
     p.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
     p.add_argument("--format", required=True, choices=FORMATS,
