@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(sub)
     add_eval_parser(sub)
+    from charrnn.export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves")
     serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")

@@ -18,7 +18,10 @@ SEPARATOR = "\n\n----- sample {index} of {total} -----\n"
 
 
 def _common(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source.add_argument("--onnx", metavar="MODEL.onnx", help="a file made by 'charrnn export --format onnx', run by "
+                        "ONNX Runtime (the vocabulary and config come from the file)")
     parser.add_argument("--impl", choices=IMPLS, default="library",
                         help="engine to run; any engine reads any run (default: library)")
     parser.add_argument("--which", choices=WHICH, default="latest",
@@ -77,13 +80,23 @@ def _check_sample_flags(args):
     return sampling_options(args.temperature, args.top_k, args.top_p, args.greedy, cli=True)
 
 
+def _load(args):
+    """The model the command line names: a run directory, or an exported .onnx file."""
+    if args.onnx:
+        from charrnn.export.onnx_api import load_from_args
+
+        return load_from_args(args)
+    from charrnn.infer.api import load
+
+    return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+
+
 def cmd_sample(args) -> int:
     from charrnn.data.textfile import read_text_file
-    from charrnn.infer.api import load
 
     options = _check_sample_flags(args)
     prime = args.prime if args.prime_file is None else read_text_file(args.prime_file, "--prime-file")
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
     rng = np.random.default_rng(args.seed)
     if options is None:
@@ -115,9 +128,8 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from charrnn.data.corpus import load_corpus
-    from charrnn.infer.api import load
 
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     corpus = load_corpus(args.data)
     result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
     if args.json:
