@@ -92,7 +92,8 @@ def test_a_failing_sampler_is_reported_and_training_goes_on(text, tmp_path):
     learner = NumpyLearner(model, "adagrad", 0.1, 0.0, 5.0, seed=0)
     data = np.random.default_rng(0).integers(0, 5, size=200).astype(np.uint8)
     cfg = TrainConfig(impl="naive", max_iters=3, sample_every=1, eval_every=1000, out=str(tmp_path))
-    assert Trainer(cfg, learner, make_streams(data, 2, 4), None, tmp_path, sampler=broken, log=logs.append).run().iteration == 3
+    assert Trainer(cfg, learner, make_streams(data, 2, 4), None, tmp_path, sampler=broken,
+                   log=logs.append).run().iteration == 3
     assert sum("warning: no sample at iteration" in m and "boom" in m for m in logs) == 3
 
 

@@ -17,13 +17,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from charrnn.cli import main
-from charrnn.config import ModelConfig
-from charrnn.data.vocab import Vocab
-from charrnn.export.onnx_export import build_model_proto
-from charrnn.export.onnx_model import OnnxCharModel
-from charrnn.models import build_model
-from charrnn.models.base import init_parameters
+from charrnn.cli import main  # noqa: E402
+from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.export.onnx_export import build_model_proto  # noqa: E402
+from charrnn.export.onnx_model import OnnxCharModel  # noqa: E402
+from charrnn.models import build_model  # noqa: E402
+from charrnn.models.base import init_parameters  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -287,9 +287,11 @@ def test_options_that_do_not_apply_are_refused(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "LSTM models only")
     code, _, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path])
     assert_one_line_error(code, err, "is a directory")
-    code, _, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path / "no" / "m.onnx"])
+    code, _, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out",
+                                     tmp_path / "no" / "m.onnx"])
     assert_one_line_error(code, err, "does not exist")
-    code, _, err = run_main(capsys, ["export", "--checkpoint", tmp_path, "--format", "onnx", "--out", tmp_path / "m.onnx"])
+    code, _, err = run_main(capsys, ["export", "--checkpoint", tmp_path, "--format", "onnx", "--out",
+                                     tmp_path / "m.onnx"])
     assert_one_line_error(code, err, "config.json")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -315,7 +317,8 @@ def test_the_rest_of_charrnn_never_imports_onnx(trained):
     code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None; "
             "from charrnn.cli import main; "
             f"assert main(['sample', '--checkpoint', {str(run)!r}, '--impl', 'naive', '--length', '5']) == 0; "
-            f"assert main(['export', '--checkpoint', {str(run)!r}, '--format', 'web', '--out', {str(run / 'web')!r}]) == 0")
+            f"assert main(['export', '--checkpoint', {str(run)!r}, '--format', 'web', "
+            f"'--out', {str(run / 'web')!r}]) == 0")
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -168,7 +168,8 @@ def test_the_page_samples_what_charrnn_sample_prints(chromium, sites, capsys, ce
     run, site = sites[cell]
     knobs = dict(knobs)
     prime = knobs.pop("prime", "The café 🙂")
-    flags = {"greedy": "--greedy", "seed": "--seed", "temperature": "--temperature", "topK": "--top-k", "topP": "--top-p"}
+    flags = {"greedy": "--greedy", "seed": "--seed", "temperature": "--temperature", "topK": "--top-k",
+             "topP": "--top-p"}
     args = ["sample", "--checkpoint", run, "--impl", "naive", "--prime", prime, "--length", 300]
     for key, value in knobs.items():
         args += [flags[key]] if value is True else [flags[key], value]

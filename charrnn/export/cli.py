@@ -13,12 +13,14 @@ def add_export_parser(subparsers) -> None:
                     "for (run it here with 'charrnn sample --onnx FILE'), or a folder whose index.html generates "
                     "text in a browser with no server. See docs/export.md.")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
-    p.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
+    p.add_argument("--which", choices=("latest", "best"), default="latest",
+                   help="model.safetensors or best.safetensors")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx: one .onnx file (chars and state in, logits and state out; vocabulary and config in "
                         "its metadata), for ONNX Runtime anywhere (needs the onnx extra). web: a folder whose "
                         "index.html generates text in the browser, no server, opened straight from disk")
-    p.add_argument("--out", required=True, metavar="PATH", help="the .onnx file (replaced if it exists), or the folder for web")
+    p.add_argument("--out", required=True, metavar="PATH", help="the .onnx file (replaced if it exists), or the "
+                                                                "folder for web")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                    help="onnx, LSTM only: int8 weights by ONNX Runtime's dynamic quantization (about 4x smaller, "
                         "runs only in ONNX Runtime; ONNX Runtime has no int8 GRU or RNN); measure its cost with "

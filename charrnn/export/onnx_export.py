@@ -4,7 +4,8 @@ The graph (shape letters as in models/base.py; B and T are dynamic, L, H, V fixe
 
     chars (B, T) int64 --Gather(embed.weight)--> (B, T, E) --Transpose--> (T, B, E)
     for each layer k:  RNN | GRU | LSTM (initial state h0[k], c0[k])  --> Y (T, 1, B, H) --Squeeze--> (T, B, H)
-                                                                      --> Y_h, Y_c (1, B, H) --Concat--> hn, cn (L, B, H)
+                                                                      --> Y_h, Y_c (1, B, H) --Concat--> hn, cn (L, B,
+                                                                                                                 H)
     (T, B, H) --Transpose--> (B, T, H) --MatMul(head.weight^T), Add(head.bias)--> logits (B, T, V)
 
 ONNX Runtime keeps no state between calls: feed `hn` (and `cn`) back as `h0` (`c0`) to carry it,

@@ -25,10 +25,12 @@ def _common(parser) -> None:
     parser.add_argument("--impl", choices=IMPLS, default="library",
                         help="engine to run; any engine reads any run (default: library)")
     parser.add_argument("--which", choices=WHICH, default="latest",
-                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss (default: latest)")
+                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss "
+                             "(default: latest)")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch engines only (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
-                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster generation, "
+                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
+                             "generation, "
                              "slightly less exact (README)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -38,15 +40,18 @@ def add_sample_parser(sub) -> None:
     _common(p)
     primes = p.add_mutually_exclusive_group()
     primes.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
-    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training reads)")
+    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training "
+                                                             "reads)")
     p.add_argument("--length", type=int, default=500, help="characters to generate, at least 1 (default: 500)")
     p.add_argument("--temperature", type=float,
                    help="> 0; lower is more conservative (default: 1.0); not with --greedy or --beam")
-    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after temperature)")
+    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after "
+                                             "temperature)")
     p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (after top-k)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character (argmax)")
     p.add_argument("--beam", type=int,
-                   help="beam search with this many hypotheses: the most likely continuation (one sample; no sampling knobs)")
+                   help="beam search with this many hypotheses: the most likely continuation "
+                        "(one sample; no sampling knobs)")
     p.add_argument("--seed", type=int, help="make the output reproducible")
     p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
@@ -70,7 +75,8 @@ def _check_sample_flags(args):
     count("num_samples", args.num_samples, 1, True)
     if args.beam is not None:
         count("beam", args.beam, 1, True)
-        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1), ("--temperature", args.temperature is not None),
+        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1),
+                                            ("--temperature", args.temperature is not None),
                                             ("--top-k", args.top_k is not None), ("--top-p", args.top_p is not None),
                                             ("--greedy", args.greedy), ("--seed", args.seed is not None)) if given]
         if ignored:
@@ -135,5 +141,6 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
-        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters")
+        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted "
+              f"characters")
     return 0

@@ -30,9 +30,9 @@ from typing import Dict, Optional
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.storage import atomic_file, user_cache_dir
 from charrnn.infer.linear import quantize_columns
 from charrnn.infer.steps import StepState, fused_weights
+from charrnn.storage import atomic_file, user_cache_dir
 
 SOURCE = Path(__file__).with_name("native_step.c")
 CELL_CODES = {"rnn": 0, "gru": 1, "lstm": 2}

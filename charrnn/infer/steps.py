@@ -69,7 +69,8 @@ def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWe
         w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
         b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
         if fold_hh:  # both sides add up before the nonlinearity: one matmul per layer
-            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]), bias(b_ih + b_hh)))
+            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]),
+                                                                 bias(b_ih + b_hh)))
         else:        # gru: r scales W_hn h + b_hn but not W_in x + b_in
             weights.x.append(None if k == 0 else (cols(w_ih), bias(b_ih)))
             weights.hh.append((cols(w_hh), bias(b_hh)))
@@ -205,7 +206,8 @@ class NumpyStep(StepState):
             self.hh_call = [weights.hh[k].bind(self.outputs[k], self.a2) for k in range(L)]
         self.head_call = weights.head.bind(self.outputs[-1], self.logits)
         a = self.a                                                # views of the LSTM gates: s = i, f, o together
-        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if cfg.cell == "lstm" else None
+        lstm = cfg.cell == "lstm"
+        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if lstm else None
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""

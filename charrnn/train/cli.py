@@ -76,7 +76,8 @@ def _remap_to_vocab(corpus: Corpus, vocab) -> np.ndarray:
     try:
         return vocab.translate(corpus.vocab, corpus.data, "the new corpus")
     except UserError as e:
-        raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, or train a new model") from None
+        raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, "
+                        "or train a new model") from None
 
 
 def run_train(args: dict) -> int:
@@ -89,7 +90,8 @@ def run_train(args: dict) -> int:
 
     train_data, val_data = split_train_val(data, train_cfg.val_frac)
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
-    val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len, multiple_of=world.size) if len(val_data) else None
+    val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len,
+                                     multiple_of=world.size) if len(val_data) else None
     if train_cfg.val_frac > 0 and val_streams is None and world.is_main:
         print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
 
@@ -118,7 +120,8 @@ def run_train(args: dict) -> int:
 def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
     """Refuse what cannot work before any work is done, so under torchrun every process fails alike."""
     if not cfg.resume and (out / RESUME).exists() and not overwrite:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
+                        f"choose another --out")
     if cfg.impl == "naive":
         for flag, on in (("--bf16", cfg.bf16), ("--compile", cfg.compile)):
             if on:
@@ -190,7 +193,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if world.is_main:
-        best = f"best validation loss {progress.best_val:.4f} nats/char" if math.isfinite(progress.best_val) else "no validation"
+        best = (f"best validation loss {progress.best_val:.4f} nats/char" if math.isfinite(progress.best_val)
+                else "no validation")
         print(f"done: iteration {progress.iteration}, epoch {progress.epoch}, {best}; checkpoints in {out}", flush=True)
     return 0
 

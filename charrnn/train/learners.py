@@ -207,7 +207,8 @@ class TorchLearner:
 
     def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
         try:
-            state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i, ks in meta["keys"].items()}
+            state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i,
+                     ks in meta["keys"].items()}
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             for i, entries in state.items():  # torch checks no shapes here; a mismatch would fail mid-step
                 for k, v in entries.items():
@@ -217,7 +218,8 @@ class TorchLearner:
             for group in self.optimizer.param_groups:  # torch restores the saved hyperparameters: keep this run's
                 group["weight_decay"] = self.weight_decay
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-            raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); start a new run or resume with the same --optimizer") from None
+            raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); start "
+                            f"a new run or resume with the same --optimizer") from None
 
     def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
         arrays = {"torch": self.torch.get_rng_state().numpy()}

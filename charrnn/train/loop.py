@@ -269,8 +269,9 @@ class Trainer:
         self._continue_schedule()
         self.state = self._reshard_state(point.state)
         if self.progress.window >= self.train.num_windows:
-            raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len give "
-                            f"{self.train.num_windows} windows per epoch; resume with the run's original data and shapes")
+            raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len "
+                            f"give {self.train.num_windows} windows per epoch; resume with the run's original data "
+                            "and shapes")
         if self.world.is_main:
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_from_iter=self.progress.iteration)
 
@@ -294,7 +295,8 @@ class Trainer:
         if not states:
             return self.learner.zero_state(self.train.batch_size)
         if states[0].shape[1] != total:
-            raise UserError(f"the checkpoint carries {states[0].shape[1]} streams but this run has --batch-size {total}; "
+            raise UserError(f"the checkpoint carries {states[0].shape[1]} streams but this run has "
+                            f"--batch-size {total}; "
                             "resume with the same --batch-size")
         return self.learner.state_from_numpy([s[:, start:stop] for s in states])
 
