@@ -55,28 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="UTF-8 text files or folders of them, or a corpus name (tinyshakespeare, pystdlib)")
     add_collection_flags(info)
     info.add_argument("--doc-sep", default="\x1e",
-                      help="character joining the documents of a collection (default: \\x1e, the ASCII record separator)")
+                      help="character joining the documents of a collection "
+                           "(default: \\x1e, the ASCII record separator)")
     info.add_argument("--json", action="store_true", help='print {"characters": N, "vocab_size": V}; a collection '
                       'adds "files" and "skipped"')
 
     train = sub.add_parser("train", help="train a model (see README for presets)")
     add_config_flags(train, TrainConfig)
     add_config_flags(train, ModelConfig)
-    train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags override them")
+    train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags "
+                                                                   "override them")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    from charrnn.infer.cli import add_eval_parser, add_sample_parser  # noqa: WPS433 (keeps this file small)
+    from charrnn.infer.cli import add_eval_parser, add_sample_parser
 
     add_sample_parser(sub)
     add_eval_parser(sub)
+    from charrnn.export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves")
     serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default library)")
-    serve.add_argument("--which", choices=WHICH, default="latest", help="latest: model.safetensors; best: best.safetensors (default: latest)")
-    serve.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: generate with int8 layer weights in a compiled step (faster, slightly less exact)")
+    serve.add_argument("--which", choices=WHICH, default="latest", help="latest: model.safetensors; best: "
+                                                                        "best.safetensors (default: latest)")
+    serve.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: generate with int8 layer weights in a "
+                                                                  "compiled step (faster, slightly less exact)")
     serve.set_defaults(handler=cmd_serve)
     return parser
 

@@ -116,7 +116,8 @@ def _label(given: str) -> str:
     return given.rstrip("/\\") or given
 
 
-def _walk(root: Path, index: int, label: str, spec: Spec, skipped: List[Tuple[str, str]]) -> List[Tuple[Tuple[str, ...], Document]]:
+def _walk(root: Path, index: int, label: str, spec: Spec,
+          skipped: List[Tuple[str, str]]) -> List[Tuple[Tuple[str, ...], Document]]:
     """Files below `root` that pass the filters, as (relative parts, Document); skipped ones noted."""
     found = []
     seen_folders = set()
@@ -263,7 +264,8 @@ class _Cache:
     """Scan results and encodings of one collection, in its own folder under the data directory."""
 
     def __init__(self, spec: Spec, candidates: Sequence[Document], roots: Sequence[Path]):
-        where = hashlib.sha256(json.dumps([[str(r) for r in roots], spec.include, spec.exclude]).encode()).hexdigest()[:16]
+        where = json.dumps([[str(r) for r in roots], spec.include, spec.exclude])
+        where = hashlib.sha256(where.encode()).hexdigest()[:16]
         stamps = [[d.root, d.key, d.size, d.mtime_ns, d.inode] for d in candidates]
         self.key = hashlib.sha256(json.dumps([CACHE_FORMAT, spec.include, spec.exclude, stamps]).encode()).hexdigest()
         self.directory = None
@@ -294,7 +296,8 @@ class _Cache:
         for old in self.directory.glob("*.npy"):  # encodings of the collection as it was
             self._drop(old)
         try:
-            write_text_atomic(self.directory / "scan.json", json.dumps({"format": CACHE_FORMAT, "key": self.key, **scan}))
+            write_text_atomic(self.directory / "scan.json",
+                              json.dumps({"format": CACHE_FORMAT, "key": self.key, **scan}))
         except OSError:
             pass
 
@@ -415,8 +418,8 @@ class Collection:
                     beyond[code] = beyond.get(code, 0) + c
                 results.append({"characters": n, "sha256": tap.sha.hexdigest()})
         codes = np.nonzero(counts)[0]
-        all_codes = codes.tolist() + sorted(beyond)
-        return {"results": results, "codes": all_codes, "counts": counts[codes].tolist() + [beyond[c] for c in sorted(beyond)]}
+        return {"results": results, "codes": codes.tolist() + sorted(beyond),
+                "counts": counts[codes].tolist() + [beyond[c] for c in sorted(beyond)]}
 
     def encode(self, documents: Sequence[Document], vocab: Vocab, separator: Optional[str] = None,
                unknown: Optional[str] = None, what: Optional[str] = None) -> Tuple[np.ndarray, int]:
@@ -431,7 +434,11 @@ class Collection:
         encoder = Encoder(vocab, unknown, what or f"{self.spec.flag} {' '.join(self.spec.paths)}")
         if self.cache.directory is None:  # nowhere to write: encode in memory
             out = np.empty(total, vocab.dtype)
-            self._fill(documents, separator, encoder, out, lambda block, at: out.__setitem__(slice(at, at + len(block)), block))
+
+            def put(block, at):
+                out[at : at + len(block)] = block
+
+            self._fill(documents, separator, encoder, put)
             return out, encoder.unknown_count
         self.cache.make_room()
         final = self.cache.directory / f"{key}.npy"
@@ -439,13 +446,14 @@ class Collection:
         with atomic_file(final) as tmp, open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(
                 f, {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (total,)})
-            self._fill(documents, separator, encoder, None, lambda block, at: f.write(block.tobytes()))
+            self._fill(documents, separator, encoder, lambda block, at: f.write(block.tobytes()))
         write_text_atomic(self.cache.directory / f"{key}.json",
                           json.dumps({"format": CACHE_FORMAT, "key": self.cache.key, "characters": total,
                                       "unknown": encoder.unknown_count}))
         return np.load(final, mmap_mode="r", allow_pickle=False), encoder.unknown_count
 
-    def _fill(self, documents, separator, encoder: Encoder, out, put) -> None:
+    def _fill(self, documents, separator, encoder: Encoder, put) -> None:
+        """put(block, position) each encoded block of the joined text, in order."""
         position = 0
         sep = encoder(_code_points(separator)) if separator else None
         with _progress(sum(d.size for d in documents), "encoding") as bar:

@@ -78,7 +78,8 @@ def open_source(spec: Spec, as_collection: bool = False):
     return Collection(spec) if as_collection or is_collection(spec.paths) else SingleText(spec)
 
 
-def translate(source: Vocab, data: np.ndarray, target: Vocab, unknown: Optional[str], what: str) -> Tuple[np.ndarray, int]:
+def translate(source: Vocab, data: np.ndarray, target: Vocab, unknown: Optional[str],
+              what: str) -> Tuple[np.ndarray, int]:
     """Indices in `source` re-encoded in `target` (a copy); characters `target` lacks become `unknown`,
     or, without one, a UserError naming them."""
     index = {c: i for i, c in enumerate(target.chars)}
@@ -122,7 +123,8 @@ def document_split(documents: Sequence[Document], val_frac: float) -> Tuple[List
         chosen = {min(order, key=lambda i: documents[i].characters)}
     if len(chosen) == len(documents):
         chosen.discard(order[-1])
-    return ([d for i, d in enumerate(documents) if i not in chosen], [d for i, d in enumerate(documents) if i in chosen])
+    return ([d for i, d in enumerate(documents) if i not in chosen],
+            [d for i, d in enumerate(documents) if i in chosen])
 
 
 @dataclass
@@ -188,7 +190,8 @@ def training_data(cfg) -> TrainingData:
         "val_documents": [_entry(d) for d in val_documents] if rule == "val-data" else None,
         "skipped": [[name, why] for s in sources for name, why in s.skipped],
     }
-    total = {"documents": len(train) + len(val) + (1 if separator else 0), "val-data": len(train)}.get(rule, len(train) + len(val))
+    total = {"documents": len(train) + len(val) + (1 if separator else 0),  # the separator between the two
+             "val-data": len(train)}.get(rule, len(train) + len(val))
     lines, warnings = [f"Total {total} characters with {len(vocab)} unique tokens."], []
     if isinstance(source, Collection):
         lines.append(source.files_line())
@@ -232,7 +235,8 @@ def read_record(run_dir: Path) -> Optional[dict]:
         return None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not readable JSON ({e}); the run directory is damaged") from None
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or not isinstance(record.get("documents"), list):
+    if (not isinstance(record, dict) or record.get("format") != RECORD_FORMAT
+            or not isinstance(record.get("documents"), list)):
         raise UserError(f"{path} is not a {RECORD_FORMAT} record; the run directory is damaged")
     return record
 
@@ -249,8 +253,10 @@ def check_same_data(run_dir: Path, current: dict) -> None:
         if old == new:
             continue
         old_keys, new_keys = {k for k, _ in old}, {k for k, _ in new}
-        edited = sorted(k for k in old_keys & new_keys if {h for kk, h in old if kk == k} != {h for kk, h in new if kk == k})
-        for label, keys in (("changed", edited), ("added", sorted(new_keys - old_keys)), ("removed", sorted(old_keys - new_keys))):
+        hashes = [{k: {h for kk, h in c if kk == k} for k in keys} for c, keys in ((old, old_keys), (new, new_keys))]
+        edited = sorted(k for k in old_keys & new_keys if hashes[0][k] != hashes[1][k])
+        for label, keys in (("changed", edited), ("added", sorted(new_keys - old_keys)),
+                            ("removed", sorted(old_keys - new_keys))):
             if keys:
                 changes.append(f"{len(keys)} file{'s' if len(keys) != 1 else ''} {label} in {what} ({_few(keys)})")
         if not changes:
@@ -291,8 +297,9 @@ def trained_on(run_dir: Path) -> Tuple[str, dict]:
             "max_vocab": record.get("max_vocab"), "validation": split.get("about")}
     if len(documents) == 1:
         info["sha256"] = documents[0].get("sha256")
-    line = (f"model trained on {' '.join(record.get('paths') or [])} ({_files(len(documents)).replace('document', 'file')}, "
-            f"{characters:,} characters); validation: {split.get('about', 'unrecorded')}")
+    files = f"{len(documents)} file{'s' if len(documents) != 1 else ''}"
+    line = (f"model trained on {' '.join(record.get('paths') or [])} ({files}, {characters:,} characters); "
+            f"validation: {split.get('about', 'unrecorded')}")
     return line, info
 
 

@@ -47,19 +47,21 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
             try:
                 raw = f.read(block_bytes)
             except OSError as e:
-                raise NotText(f"cannot read {name} ({e.strerror}); give a regular UTF-8 text file", "unreadable") from None
+                raise NotText(f"cannot read {name} ({e.strerror}); give a regular UTF-8 text file",
+                              "unreadable") from None
             if digest is not None:
                 digest.update(raw)
             final = not raw
             nul = raw.find(b"\x00")
             if nul >= 0:
-                raise NotText(f"{name} looks binary (NUL byte at offset {offset + nul}); give a UTF-8 text file", "binary")
+                raise NotText(f"{name} looks binary (NUL byte at offset {offset + nul}); give a UTF-8 text file",
+                              "binary")
             try:
                 text = decoder.decode(raw, final=final)
             except UnicodeDecodeError as e:
                 raise NotText(
-                    f"{name} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. iconv -f LATIN1 -t UTF-8",
-                    "not UTF-8") from None
+                    f"{name} is not valid UTF-8 (byte offset {offset + e.start}); "
+                    "convert it, e.g. iconv -f LATIN1 -t UTF-8", "not UTF-8") from None
             if first and text:
                 if text.startswith("\ufeff"):
                     text = text[1:]  # a UTF-8 byte-order mark is not part of the text

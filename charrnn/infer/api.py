@@ -36,9 +36,8 @@ class TrainedModel:
     """A trained run loaded into one engine, ready to sample and evaluate. Build it with `load`."""
 
     def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
-        from charrnn.models import build_model
-
         from charrnn.data.dataset import read_record
+        from charrnn.models import build_model
 
         self.run_dir = Path(run_dir)
         self.config, self.vocab, params = load_run(self.run_dir, which)
@@ -106,7 +105,8 @@ class TrainedModel:
         return self.beam_checked(self.prime(prime, unknown), length, beam)
 
     def beam_checked(self, prime: str, length: int, beam: int) -> str:
-        found = beam_search(self.predictor, prime_indices(self.vocab, prime, self.separator), length, beam, self._banned)
+        start = prime_indices(self.vocab, prime, self.separator)
+        found = beam_search(self.predictor, start, length, beam, self._banned)
         return prime + self.vocab.decode(found)
 
     def evaluate(self, text: str) -> Evaluation:
