@@ -6,6 +6,7 @@
     best.safetensors   weights with the lowest validation loss so far
     resume.safetensors everything --resume needs: weights, optimizer, carried
                        state and RNG, with the trainer's counters as JSON metadata
+    data.json          what was read: files, sha256, separator, split (data/dataset.py)
     metrics.jsonl, loss.png
 
 Weights are safetensors and metadata is JSON: loading a checkpoint never runs

@@ -93,6 +93,7 @@ def folder(tmp_path) -> Path:
     write(root / "empty.txt", b"")
     os.symlink("..", root / "a" / "loop")          # a symlink loop back to the folder
     os.symlink("nowhere.txt", root / "dangling.txt")
+    os.mkfifo(root / "pipe.txt")                    # opening it would block: never opened
     return root
 
 
@@ -109,14 +110,15 @@ def joined(root: Path, names, sep=DEFAULT_SEP) -> str:
 def test_a_folder_reads_every_text_file_in_order_and_skips_the_rest(folder):
     collection = Collection(Spec((str(folder),)))
     assert [d.key for d in collection.documents] == READ
-    assert sorted(why for _, why in collection.skipped) == ["binary", "broken link", "empty", "not UTF-8"]
+    assert sorted(why for _, why in collection.skipped) == ["binary", "broken link", "empty", "not UTF-8",
+                                                            "not a regular file"]
     text = joined(folder, READ)
     out = ok("info", folder).splitlines()
     assert out[0] == f"Total {len(text)} characters with {len(set(text))} unique tokens."
-    assert out[1].startswith("4 files read") and "4 skipped" in out[1] and "image.bin (binary)" in out[1]
+    assert out[1].startswith("4 files read") and "5 skipped" in out[1] and "image.bin (binary)" in out[1]
     facts = json.loads(ok("info", folder, "--json"))
     assert (facts["characters"], facts["vocab_size"]) == (len(text), len(set(text)))
-    assert (facts["files"], facts["skipped"]) == (4, 4)
+    assert (facts["files"], facts["skipped"]) == (4, 5)
     data = charrnn.data.corpus.load_corpus(str(folder))   # the joined text itself, encoded
     assert data.vocab.decode(data.data) == text
 

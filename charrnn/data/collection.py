@@ -294,7 +294,12 @@ class _Cache:
         if self.directory is None:
             return
         for old in self.directory.glob("*.npy"):  # encodings of the collection as it was
-            self._drop(old)
+            try:
+                stale = json.loads(old.with_suffix(".json").read_text(encoding="utf-8")).get("key") != self.key
+            except (OSError, ValueError, AttributeError):
+                stale = True
+            if stale:
+                self._drop(old)
         try:
             write_text_atomic(self.directory / "scan.json",
                               json.dumps({"format": CACHE_FORMAT, "key": self.key, **scan}))
@@ -309,7 +314,7 @@ class _Cache:
             return None
         try:
             meta = json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))
-            array = np.load(self.directory / f"{key}.npy", mmap_mode="r", allow_pickle=False)
+            array = np.load(self.directory / f"{key}.npy", mmap_mode="r" if characters else None, allow_pickle=False)
             if meta.get("key") != self.key or array.shape != (characters,) or array.dtype != dtype:
                 return None
         except (OSError, ValueError, AttributeError):
@@ -442,14 +447,20 @@ class Collection:
             return out, encoder.unknown_count
         self.cache.make_room()
         final = self.cache.directory / f"{key}.npy"
-        # Plain writes, not a memory map: pages written through a map count in the RSS while mapped.
-        with atomic_file(final) as tmp, open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (total,)})
-            self._fill(documents, separator, encoder, lambda block, at: f.write(block.tobytes()))
-        write_text_atomic(self.cache.directory / f"{key}.json",
-                          json.dumps({"format": CACHE_FORMAT, "key": self.cache.key, "characters": total,
-                                      "unknown": encoder.unknown_count}))
+        try:
+            # Plain writes, not a memory map: pages written through a map count in the RSS while mapped.
+            with atomic_file(final) as tmp, open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (total,)})
+                self._fill(documents, separator, encoder, lambda block, at: f.write(block.tobytes()))
+            write_text_atomic(self.cache.directory / f"{key}.json",
+                              json.dumps({"format": CACHE_FORMAT, "key": self.cache.key, "characters": total,
+                                          "unknown": encoder.unknown_count}))
+        except OSError as e:
+            raise UserError(f"cannot write the encoded text to {self.cache.directory} ({e.strerror or e}); free "
+                            "space, or set $CHARRNN_DATA_DIR to a folder with room for it") from None
+        if total == 0:
+            return np.zeros(0, vocab.dtype), 0  # an empty file cannot be memory-mapped
         return np.load(final, mmap_mode="r", allow_pickle=False), encoder.unknown_count
 
     def _fill(self, documents, separator, encoder: Encoder, put) -> None:

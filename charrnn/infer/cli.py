@@ -146,25 +146,28 @@ def cmd_sample(args) -> int:
 
 
 def _separator(model, run_dir) -> str:
-    if model.separator is None:
-        raise UserError(f"--stop-at-sep: {run_dir} was trained on a single text, so it has no document separator; "
-                        "drop --stop-at-sep")
-    return model.separator
+    separator = getattr(model, "separator", None)
+    if separator is None:
+        raise UserError(f"--stop-at-sep: {run_dir or 'the model'} was trained on a single text, so it has no document "
+                        "separator; drop --stop-at-sep")
+    return separator
 
 
 def cmd_eval(args) -> int:
     from charrnn.data.dataset import eval_data, read_record, trained_on
 
     model = _load(args)
-    data, source = eval_data(args.data, args.include, args.exclude, model.vocab, read_record(args.checkpoint))
+    record = read_record(args.checkpoint) if args.checkpoint else None  # an .onnx file keeps no record
+    data, source = eval_data(args.data, args.include, args.exclude, model.vocab, record)
     if source.skipped:
         print(f"warning: {source.files_line()}", file=sys.stderr)
     result = model.evaluate_indices(data)
-    line, facts = trained_on(args.checkpoint)
+    line, facts = trained_on(args.checkpoint) if args.checkpoint else (None, None)
     if args.json:
-        print(json.dumps({**result.as_dict(), "trained_on": facts}, ensure_ascii=False))
+        print(json.dumps({**result.as_dict(), **({"trained_on": facts} if facts else {})}, ensure_ascii=False))
     else:
         print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted "
               f"characters")
-        print(line)
+        if line:
+            print(line)
     return 0
