@@ -7,7 +7,7 @@ Writes --files text files totalling about --size-mb MB into a temporary folder (
 sizes spread from a tenth to twice the mean; each a slice of tiny shakespeare, or of synthetic text
 without it, at a random place, every tenth with a line of accented characters), then runs
 `python -m charrnn train --data FOLDER` on it twice, each in a fresh process: a 1x64 model,
-20 iterations, validation on ~0.1% of the characters (whole documents) only at the end.
+20 iterations, validation on ~0.02% of the characters (whole documents) only at the end.
 
 Each run is a grandchild of a measuring child that reports its peak RSS from
 getrusage(RUSAGE_CHILDREN).ru_maxrss (the whole process: interpreter, NumPy, the data). "Data ready"
@@ -63,7 +63,7 @@ def train_once(data: Path, out: Path, impl: str, env: dict) -> tuple:
     cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "charrnn", "train", "--data", str(data),
            "--out", str(out), "--impl", impl, "--max-iters", "20", "--hidden", "64", "--layers", "1",
            "--embed", "16", "--batch-size", "32", "--seq-len", "64", "--eval-every", "1000",
-           "--val-frac", "0.001", "--log-every", "10", "--overwrite"]
+           "--val-frac", "0.0002", "--log-every", "10", "--overwrite"]
     start = time.perf_counter()
     ready, peak, code = float("nan"), float("nan"), -1
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as child:

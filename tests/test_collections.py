@@ -121,6 +121,24 @@ def test_a_folder_reads_every_text_file_in_order_and_skips_the_rest(folder):
     assert (facts["files"], facts["skipped"]) == (4, 5)
     data = charrnn.data.corpus.load_corpus(str(folder))   # the joined text itself, encoded
     assert data.vocab.decode(data.data) == text
+    trained = ok("train", "--data", folder, "--out", folder.parent / "run", *TINY, "--max-iters", "1").splitlines()
+    assert trained[1] == out[1]                            # training says the same in one line
+
+
+def test_encoding_needs_uint32_only_beyond_65536_symbols():
+    from charrnn.data.collection import Encoder
+    from charrnn.data.vocab import Vocab
+
+    for n, dtype in ((65536, np.uint16), (65537, np.uint32)):
+        codes = list(range(0x20, 0x20 + n // 2)) + list(range(0x10000, 0x10000 + n - n // 2))
+        vocab = Vocab.from_code_points(codes)
+        assert len(vocab) == n and vocab.dtype == dtype
+        text = np.array(codes[::-1], dtype=np.uint32)
+        encoded = Encoder(vocab)(text)
+        assert encoded.dtype == dtype and vocab.decode(encoded) == "".join(map(chr, codes[::-1]))
+    with pytest.raises(charrnn.UserError, match="outside"):
+        Encoder(Vocab(("a", "b")))(np.array([ord("a"), 0x1F600], dtype=np.uint32))
+    assert Encoder(Vocab(("a", UNKNOWN)), UNKNOWN)(np.array([97, 0x1F600, 98], dtype=np.uint32)).tolist() == [0, 1, 1]
 
 
 def test_a_file_named_explicitly_is_still_refused_in_one_line(folder):
