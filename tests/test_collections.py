@@ -296,6 +296,18 @@ def test_resume_on_changed_data_is_refused_in_one_line(tmp_path):
     assert text[1].startswith(f"model trained on {root} (3 files")
 
 
+def test_a_run_inside_the_folder_is_not_read_as_text(tmp_path, monkeypatch):
+    root = tmp_path / "notes"
+    for i in range(3):
+        write(root / f"{i}.txt", words(i))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(root / "data"))   # its caches too
+    ok("train", "--data", ".", "--out", "runs/first", *TINY, "--max-iters", "2")
+    out = ok("train", "--data", ".", "--out", "runs/first", *TINY, "--max-iters", "3", "--resume")
+    files = next(line for line in out.splitlines() if "files read" in line)
+    assert files.startswith("3 files read") and "a charrnn run" in files and "data folder" in files
+
+
 def test_an_older_config_with_one_data_string_still_loads():
     cfg = from_dict(TrainConfig, {"data": "tinyshakespeare", "out": "x"}, "config.json")
     assert cfg.data == ("tinyshakespeare",) and TrainConfig(data=["a", "b"]).data == ("a", "b")

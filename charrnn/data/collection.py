@@ -5,9 +5,11 @@ it (compared folder by folder), skipping hidden files and folders (a name starti
 charrnn's own `*.charrnn-cache` folders. `--include`/`--exclude` glob patterns narrow it: a pattern
 without '/' matches a file or folder name at any depth (a matching folder takes everything in it), a
 pattern with '/' matches the path relative to the folder given. A folder reached twice (a symlink
-loop, two links to one folder) is read once; so is a file. Inside a folder, a file that is not UTF-8
-text (binary, another encoding, empty), unreadable, or not a regular file is skipped and counted; a
-file named explicitly is refused in one line, as it always was.
+loop, two links to one folder) is read once; so is a file. A charrnn run directory (it holds
+resume.safetensors, or config.json and vocab.json) and the data directory below the folder are
+not read: `--data . --out runs/x` must not train on its own checkpoints and metrics next time.
+Inside a folder, a file that is not UTF-8 text (binary, another encoding, empty), unreadable, or not
+a regular file is skipped and counted; a file named explicitly is refused in one line, as always.
 
 Joining. Documents are joined with a separator, `--doc-sep`, by default U+001E, the ASCII record
 separator: a control character made for exactly this, which real texts almost never contain (the
@@ -50,6 +52,7 @@ BMP = 0x10000               # code points below this are counted and encoded thr
 KEEP_ENCODINGS = 4          # encoded arrays kept per collection (other splits, vocabularies), newest first
 PROGRESS_MIN_BYTES = 32 << 20
 SHOWN_SKIPPED = 3           # files named in the one line that says how many were skipped
+RUN_MARKERS = ("resume.safetensors", "config.json", "vocab.json")  # a charrnn run: the first, or the other two
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,19 @@ def _label(given: str) -> str:
     return given.rstrip("/\\") or given
 
 
+def _identity(path: Path):
+    try:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+
+
 def _walk(root: Path, index: int, label: str, spec: Spec,
           skipped: List[Tuple[str, str]]) -> List[Tuple[Tuple[str, ...], Document]]:
     """Files below `root` that pass the filters, as (relative parts, Document); skipped ones noted."""
     found = []
-    seen_folders = set()
+    seen_folders, data_folder = set(), _identity(data_dir())
     pending: List[Tuple[Path, Tuple[str, ...]]] = [(root, ())]
     while pending:  # a stack, not recursion: a deep tree must not exhaust Python's stack
         folder, parts = pending.pop()
@@ -135,6 +146,11 @@ def _walk(root: Path, index: int, label: str, spec: Spec,
         if (st.st_dev, st.st_ino) in seen_folders:
             continue  # a symlink loop, or a second way into a folder already read
         seen_folders.add((st.st_dev, st.st_ino))
+        names = {entry.name for entry in entries}
+        run = RUN_MARKERS[0] in names or set(RUN_MARKERS[1:]) <= names
+        if parts and (run or (st.st_dev, st.st_ino) == data_folder):
+            skipped.append((shown + "/", "a charrnn run" if run else "charrnn's data folder"))
+            continue  # checkpoints and caches written there are not the user's text
         for entry in entries:
             if entry.name.startswith(".") or entry.name.endswith(CACHE_SUFFIX):
                 continue
