@@ -33,7 +33,11 @@ from charrnn.infer.sampling import (
 
 
 class TrainedModel:
-    """A trained run loaded into one engine, ready to sample and evaluate. Build it with `load`."""
+    """A trained run loaded into one engine, ready to sample and evaluate. Build it with `load`.
+
+    `separator`: the document separator of a run trained on a collection (else None): an empty prime
+    starts a new document, and `text.split(model.separator)[0]` is a whole one. `unknown`: a --max-vocab
+    run's symbol for every dropped character (U+FFFD), never sampled (else None)."""
 
     def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
         from charrnn.data.dataset import read_record
