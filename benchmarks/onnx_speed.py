@@ -35,10 +35,10 @@ import numpy as np
 from charrnn.config import ModelConfig
 from charrnn.data.vocab import Vocab
 from charrnn.export.onnx_export import build_model_proto, quantize_int8
-from charrnn.export.onnx_model import OnnxCharModel
 from charrnn.infer.evaluate import evaluate_indices
 from charrnn.infer.predictor import Predictor
 from charrnn.models import build_model
+from charrnn.models.onnx_runtime import OnnxCharModel
 
 V, E, H, L = 65, 64, 512, 2
 REF = "ONNX Runtime float32 (charrnn sample --onnx)"
