@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 # _common first: early_threads must pin BLAS threads before NumPy loads OpenBLAS (isort: skip)
-from _common import load_text, machine_line, print_table, spread  # isort: skip
-from sampling_speed import charrnn_generate, int8_runner, measure, per_setting, warm_up  # isort: skip
+from _common import load_text, machine_line, print_table  # isort: skip
+from sampling_speed import charrnn_generate, int8_runner, measure, per_setting, table, warm_up  # isort: skip
 
 import numpy as np
 
@@ -67,17 +67,6 @@ def session_greedy(path: Path, threads_n: int):
     return run
 
 
-def table(results: dict, settings, names, label: str) -> None:
-    rows = []
-    for n in settings:
-        for name in names:
-            ratio = [a / b for a, b in zip(results[n, name], results[n, REF])]
-            rows.append([n, name, spread(results[n, name]), "1" if name == REF else spread(ratio) + "x"])
-    print(label)
-    print_table(["threads", "what", "chars/s", "ratio vs ONNX Runtime float32"], rows)
-    print()
-
-
 def speed(args, settings) -> None:
     cfg = ModelConfig(vocab_size=V, cell="lstm", layers=L, hidden=H, embed=E)
     vocab = Vocab(tuple(chr(32 + i) for i in range(V)))
@@ -107,7 +96,7 @@ def speed(args, settings) -> None:
         print(f"{args.rounds} rounds; median (min-max); ratio = row / ONNX Runtime float32, same round and threads")
         print()
         results = measure(rows, settings, args.rounds, args.chars)
-        table(results, settings, list(rows), f"{args.chars} characters per measurement:")
+        table(results, settings, list(rows), REF, f"{args.chars} characters per measurement:", "ONNX Runtime float32")
 
 
 def accuracy(args) -> None:
