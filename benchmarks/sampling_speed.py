@@ -111,7 +111,7 @@ def warm_up(rows: dict, chars: int) -> None:
 def weights_only(model):
     """The float32 floor: per step, only the layer matmuls of NumpyStep (no cell math, no sampling)."""
     fused = NumpyStep.from_model(model, 1)
-    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.xh)]
+    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.weights.xh)]
 
     def run(chars: int) -> int:
         for _ in range(chars):

@@ -191,6 +191,7 @@ class NumpyStep(StepState):
     def _setup(self, weights: NumpyWeights, batch_size: int) -> None:
         cfg = weights.config
         super().__init__(cfg, batch_size, weights.dtype)
+        self.weights = weights
         L, H, B, G = cfg.layers, cfg.hidden, batch_size, cfg.gates
         self.table, self._tanh = weights.table, weights.tanh
         empty = lambda *shape: np.zeros(shape, self.dtype)
