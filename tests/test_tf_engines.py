@@ -1,0 +1,300 @@
+"""The TensorFlow engines (tf: the seed's section IV; keras: its section V) against the others.
+
+Same weights and batch -> the same logits, final state and gradients as the naive engine (its
+hand-written backward is the reference); the Keras <-> canonical conversion is exact; the
+optimizers are torch.optim's; a TF training step is a torch training step; resume is exact.
+The module skips where TensorFlow is not installed.
+"""
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.losses import cross_entropy  # noqa: E402
+from charrnn.models import build_model  # noqa: E402
+from charrnn.models.base import init_parameters, parameter_shapes  # noqa: E402
+from charrnn.models.keras_engine import (KerasModel, canonical_to_keras, keras_gradients_to_canonical,  # noqa: E402
+                                         keras_keys, keras_to_canonical)
+from charrnn.models.tf_engine import TFModel  # noqa: E402
+from charrnn.train.tf_step import TFOptimizer, TFStepper, mean_cross_entropy  # noqa: E402
+
+CELLS = ["rnn", "gru", "lstm"]
+TF_ENGINES = {"tf": TFModel, "keras": KerasModel}
+V, E, H, B, T = 11, 5, 7, 3, 6
+
+
+def config(cell, layers=2, dropout=0.0, hidden=H, embed=E):
+    return ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout)
+
+
+def problem(cfg, seed=0):
+    """Random weights (biases and embedding visibly non-zero), inputs, targets and a non-zero state."""
+    rng = np.random.default_rng(seed)
+    params = {k: rng.uniform(-0.6, 0.6, v.shape) for k, v in init_parameters(cfg, seed).items()}
+    inputs = rng.integers(0, V, (B, T))
+    targets = rng.integers(0, V, (B, T))
+    state = tuple(rng.standard_normal((cfg.layers, B, cfg.hidden)) * 0.5 for _ in range(2 if cfg.cell == "lstm" else 1))
+    return params, inputs, targets, state
+
+
+def naive_reference(cfg, params, inputs, targets, state):
+    """The naive engine in float64: logits, final state, loss, gradients, d(loss)/d(initial state)."""
+    model = build_model("naive", cfg, params=params, dtype="float64")
+    logits, final, cache = model.forward_train(inputs, state)
+    loss, dlogits = cross_entropy(logits, targets)
+    grads, dstate = model.backward(cache, dlogits)
+    return logits, final, loss, grads, dstate
+
+
+def close(ours, ref, rtol, name):
+    """Relative error of the whole array (the scale of a gradient is its largest entry), element by element."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, name
+    scale = np.abs(ref).max()
+    assert scale > 1e-6, f"{name}: the test would not see a wrong value"
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=rtol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("impl", list(TF_ENGINES))
+def test_forward_and_gradients_match_the_naive_engine(impl, cell, layers):
+    cfg = config(cell, layers)
+    params, inputs, targets, state = problem(cfg, seed=layers)
+    ref_logits, ref_final, ref_loss, ref_grads, ref_dstate = naive_reference(cfg, params, inputs, targets, state)
+    model = TF_ENGINES[impl](cfg, params=params)                       # float32, as they train
+    logits, final = model.eval().forward(inputs, state)
+    np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=0, atol=1e-5, err_msg="logits")
+    assert len(final) == len(ref_final)
+    for ours, theirs in zip(final, ref_final):
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=0, atol=1e-5, err_msg="final state")
+
+    state_t = [tf.constant(s, tf.float32) for s in state]
+    with tf.GradientTape() as tape:
+        tape.watch(state_t)
+        logits_t, _ = model.call(tf.constant(inputs, tf.int32), tuple(state_t), training=True)
+        loss = mean_cross_entropy(tf, logits_t, tf.constant(targets, tf.int32))
+    named = model.training_variables()
+    grads = tape.gradient(loss, [entry[1] for entry in named] + state_t)
+    assert abs(float(loss) - ref_loss) < 1e-5
+    ours = {entry[0]: np.asarray(tf.convert_to_tensor(g)) for entry, g in zip(named, grads)}
+    if impl == "keras":
+        ours = keras_gradients_to_canonical(cfg, ours)
+    assert list(ours) == list(ref_grads)                                # every canonical name, same order
+    for name, grad in ref_grads.items():
+        close(ours[name], grad, 1e-4, name)
+    for ours_d, ref_d in zip(grads[len(named):], ref_dstate):
+        close(ours_d.numpy(), ref_d, 1e-4, "d loss / d initial state")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("impl", list(TF_ENGINES))
+def test_float64_agrees_to_rounding(impl, cell):
+    """In float64 a 1e-10 disagreement is a wrong formula, not rounding."""
+    cfg = config(cell)
+    params, inputs, _, state = problem(cfg, seed=5)
+    ref_logits, ref_final, *_ = naive_reference(cfg, params, inputs, np.zeros_like(inputs), state)
+    logits, final = TF_ENGINES[impl](cfg, params=params, dtype="float64").eval().forward(inputs, state)
+    np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=0, atol=1e-10)
+    for ours, theirs in zip(final, ref_final):
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_conversion_is_exact_both_ways(cell):
+    cfg = config(cell)
+    rng = np.random.default_rng(2)
+    shapes = {"embed.embeddings": (V, E), "head.kernel": (H, V), "head.bias": (V,)}
+    G = cfg.gates
+    for k in range(cfg.layers):
+        shapes.update({f"rnn_l{k}.kernel": (E if k == 0 else H, G * H), f"rnn_l{k}.recurrent_kernel": (H, G * H),
+                       f"rnn_l{k}.bias": (2, 3 * H) if cell == "gru" else (G * H,)})
+    weights = {k: rng.standard_normal(shapes[k]).astype(np.float32) for k in keras_keys(cfg)}
+    canonical = keras_to_canonical(cfg, weights)
+    assert {k: v.shape for k, v in canonical.items()} == parameter_shapes(cfg)
+    back = canonical_to_keras(cfg, canonical)
+    for key in keras_keys(cfg):
+        np.testing.assert_array_equal(back[key], weights[key], err_msg=key)      # Keras -> canonical -> Keras
+
+    params = {k: v.astype(np.float32) for k, v in problem(cfg)[0].items()}
+    again = keras_to_canonical(cfg, canonical_to_keras(cfg, params))
+    for name, value in params.items():
+        if cell != "gru" and name.startswith("rnn.bias"):       # one Keras bias: the sum, all in bias_ih
+            continue
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
+    if cell != "gru":
+        for k in range(cfg.layers):
+            summed = params[f"rnn.bias_ih_l{k}"] + params[f"rnn.bias_hh_l{k}"]
+            np.testing.assert_array_equal(again[f"rnn.bias_ih_l{k}"], summed)
+            assert not again[f"rnn.bias_hh_l{k}"].any()
+    # the gate order, seen from the equations: Keras' GRU update gate z is torch's second block
+    if cell == "gru":
+        z_rows = params["rnn.weight_ih_l0"][H:2 * H]
+        np.testing.assert_array_equal(canonical_to_keras(cfg, params)["rnn_l0.kernel"][:, :H], z_rows.T)
+
+
+@pytest.mark.parametrize("impl", list(TF_ENGINES))
+def test_parameters_come_back_and_initial_weights_equal_every_engine(impl):
+    cfg = config("lstm")
+    expected = init_parameters(cfg, 7)
+    params = TF_ENGINES[impl](cfg, seed=7).get_parameters()
+    assert list(params) == list(expected)
+    for name, value in params.items():
+        assert value.dtype == np.float32
+        if impl == "keras" and name.startswith("rnn.bias"):
+            k = name[-1]
+            np.testing.assert_allclose(params[f"rnn.bias_ih_l{k}"] + params[f"rnn.bias_hh_l{k}"],
+                                       expected[f"rnn.bias_ih_l{k}"] + expected[f"rnn.bias_hh_l{k}"], atol=1e-7)
+        else:
+            np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    from charrnn.errors import UserError
+
+    with pytest.raises(UserError, match="head.bias"):
+        TF_ENGINES[impl](cfg).set_parameters({k: v for k, v in expected.items() if k != "head.bias"})
+
+
+# -- the optimizers and the training step -------------------------------------------------------
+
+@pytest.mark.parametrize("kind,wd", [("adagrad", 0.0), ("adagrad", 0.1), ("adam", 0.0), ("adam", 0.05),
+                                     ("adamw", 0.0), ("adamw", 0.01)])
+def test_optimizer_updates_equal_torch_optim(kind, wd):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    shapes = [(5, 3), (7,), (4, 4)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ours = [tf.Variable(a) for a in init]
+    opt = TFOptimizer(kind, [(f"p{i}", v) for i, v in enumerate(ours)], 0.1, wd)
+    theirs = [torch.nn.Parameter(torch.tensor(a)) for a in init]
+    torch_opt = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](
+        theirs, lr=0.1, weight_decay=wd)
+    apply = tf.function(lambda *g: opt.apply(list(g)))
+    for step in range(15):
+        lr = 0.1 * 0.9 ** step                                      # the lr changes between steps, as schedules do
+        opt.lr.assign(lr)
+        for group in torch_opt.param_groups:
+            group["lr"] = lr
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        apply(*[tf.constant(g) for g in grads])
+        for p, g in zip(theirs, grads):
+            p.grad = torch.tensor(g)
+        torch_opt.step()
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=0, atol=1e-6)
+    arrays, meta = opt.state_dict("canonical")
+    assert meta["step"] == 15 and meta["type"] == kind
+
+
+def test_optimizer_state_is_the_naive_engines_format():
+    """--impl tf saves its slots under canonical names, as the naive engine does: each loads the other's."""
+    from charrnn.numpy_optim import make_optimizer
+
+    cfg = config("gru")
+    model = TFModel(cfg, seed=1)
+    stepper = TFStepper(model, "adam", 1e-2, 0.0, 5.0)
+    _, inputs, targets, _ = problem(cfg)
+    stepper.train_step(inputs, targets, stepper.zero_state(B))
+    arrays, meta = stepper.optimizer_state()
+    naive_params = {k: v.astype(np.float64) for k, v in model.get_parameters().items()}
+    naive_opt = make_optimizer("adam", naive_params, 1e-2)
+    naive_opt.load_state_dict(arrays, meta)
+    assert naive_opt.steps == 1
+    stepper.load_optimizer_state(*naive_opt.state_dict())
+    from charrnn.errors import UserError
+
+    with pytest.raises(UserError, match="optimizer"):
+        stepper.load_optimizer_state(arrays, {**meta, "type": "adagrad"})
+
+
+@pytest.mark.parametrize("cell,optimizer,wd", [("rnn", "adagrad", 0.0), ("gru", "adamw", 0.1), ("lstm", "adam", 0.0),
+                                               ("lstm", "adamw", 0.1)])
+def test_a_training_step_is_the_torch_engines_step(cell, optimizer, wd):
+    """Loss, clipping (active: clip 0.5), optimizer and carried state, four windows: TF engines vs library."""
+    torch = pytest.importorskip("torch")
+    from charrnn.steppers import TorchStepper
+
+    cfg = config(cell, hidden=12, embed=6)
+    rng = np.random.default_rng(4)
+    windows = [(rng.integers(0, V, (4, 8)), rng.integers(0, V, (4, 8))) for _ in range(4)]
+    library = build_model("library", cfg, seed=3)
+    steppers = {"library": TorchStepper(library, optimizer, 0.02, wd, 0.5, torch.device("cpu")),
+                **{impl: TFStepper(cls(cfg, seed=3), optimizer, 0.02, wd, 0.5) for impl, cls in TF_ENGINES.items()}}
+    states = {k: s.zero_state(4) for k, s in steppers.items()}
+    for x, y in windows:
+        losses = {}
+        for k, s in steppers.items():
+            losses[k], states[k] = s.train_step(x, y, states[k])
+        assert max(abs(v - losses["library"]) for v in losses.values()) < 1e-5, losses
+    ref = steppers["library"].get_parameters()
+    assert max(np.abs(ref[k] - init_parameters(cfg, 3)[k]).max() for k in ref) > 1e-2   # it did train
+    for impl in TF_ENGINES:
+        params = steppers[impl].get_parameters()
+        for name, value in ref.items():
+            if impl == "keras" and cell != "gru" and name.startswith("rnn.bias"):
+                k = name[-1]
+                value = ref[f"rnn.bias_ih_l{k}"] + ref[f"rnn.bias_hh_l{k}"] if "_ih_" in name else 0 * value
+            np.testing.assert_allclose(params[name], value, rtol=0, atol=2e-5, err_msg=f"{impl} {name}")
+        library_state = steppers["library"].state_to_numpy(states["library"])
+        for ours, theirs in zip(steppers[impl].state_to_numpy(states[impl]), library_state):
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("impl", list(TF_ENGINES))
+def test_resume_from_saved_stepper_state_is_exact(impl):
+    """Weights, optimizer slots, step count, lr, dropout RNG and carried state saved as NumPy and
+    loaded into a fresh stepper: the next windows are bit for bit those of the run that went on."""
+    cfg = config("lstm", dropout=0.3, hidden=10)
+    rng = np.random.default_rng(5)
+    windows = [(rng.integers(0, V, (4, 8)), rng.integers(0, V, (4, 8))) for _ in range(5)]
+
+    def fresh():
+        return TFStepper(TF_ENGINES[impl](cfg, seed=2), "adamw", 1e-2, 0.01, 1.0)
+
+    first = fresh()
+    state = first.zero_state(4)
+    for x, y in windows[:3]:
+        _, state = first.train_step(x, y, state)
+    saved = (first.get_parameters(), first.optimizer_state(), first.rng_state(), first.state_to_numpy(state))
+    assert saved[2][0], "dropout > 0 must have RNG state to save"
+    first.set_lr(5e-3)
+    straight = [first.train_step(x, y, state)[0] for x, y in windows[3:]]
+
+    second = fresh()
+    second.model.set_parameters(saved[0])
+    second.load_optimizer_state(*saved[1])
+    second.set_rng_state(*saved[2])
+    second.set_lr(5e-3)
+    state = second.state_from_numpy(saved[3])
+    resumed = [second.train_step(x, y, state)[0] for x, y in windows[3:]]
+    assert resumed == straight
+    for name, value in first.get_parameters().items():
+        np.testing.assert_array_equal(second.get_parameters()[name], value, err_msg=name)
+
+
+def test_dropout_is_training_only_and_eval_loss_is_the_forward():
+    cfg = config("gru", dropout=0.5)
+    params, inputs, targets, state = problem(cfg)
+    for impl, cls in TF_ENGINES.items():
+        model = cls(cfg, params=params)
+        stepper = TFStepper(model, "adam", 1e-3, 0.0, 5.0)
+        ref_logits, _ = build_model("naive", cfg, params=params, dtype="float64").eval().forward(inputs, state)
+        loss, _ = stepper.eval_loss(inputs, targets, stepper.state_from_numpy(list(state)))
+        assert abs(loss - cross_entropy(ref_logits, targets)[0]) < 1e-5, impl
+        train_a = model.train().forward(inputs, state)[0].numpy()
+        train_b = model.forward(inputs, state)[0].numpy()
+        assert np.abs(train_a - train_b).max() > 1e-3, f"{impl}: dropout draws new masks each window"
+        assert np.abs(model.eval().forward(inputs, state)[0].numpy() - ref_logits).max() < 1e-5
+
+
+def test_without_tensorflow_a_tf_engine_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['tensorflow'] = None\n"
+            "from charrnn.errors import UserError\n"
+            "from charrnn.config import ModelConfig\n"
+            "from charrnn.models.tf_engine import TFModel\n"
+            "try:\n    TFModel(ModelConfig(vocab_size=5))\nexcept UserError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1 and "pip install 'charrnn[tensorflow]'" in out.stdout
