@@ -37,9 +37,9 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
-from .base import check_parameters, init_parameters, parameter_shapes, state_size
-from .tf_common import as_inputs, as_state, require_keras, require_tensorflow, state_specs, zero_state
+from charrnn.config import ModelConfig
+from charrnn.models.base import check_parameters, init_parameters, parameter_shapes, state_size
+from charrnn.models.tf_common import as_inputs, as_state, require_keras, require_tensorflow, state_specs, zero_state
 
 # Keras' GRU gate blocks z, r, h are torch's blocks 1, 0, 2 (r, z, n); the permutation is its own inverse.
 GRU_ORDER = (1, 0, 2)
@@ -141,6 +141,7 @@ class KerasModel:
     """`--impl keras`: the CharModel interface (models/base.py) on a Keras model."""
 
     impl = "keras"
+    backend = "tensorflow"
     optimizer_layout = "keras"   # the optimizer's slots follow Keras' weights (a summed bias has one slot)
 
     def __init__(self, config: ModelConfig, seed: int = 0, params=None, dtype="float32", device: str = "/CPU:0"):

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from typing import Optional
 
-from ..errors import UserError
+from charrnn.errors import UserError
 
 _TF = None
 
@@ -142,12 +142,6 @@ def resolve_tf_device(name: str, impl: str) -> str:
     return f"/GPU:{min(local, len(gpus) - 1)}"
 
 
-def tf_dtype(dtype) -> "object":
-    """'float32' / np.float64 / tf.float32 -> the tf.DType."""
-    tf = require_tensorflow()
-    return tf.as_dtype(getattr(dtype, "name", None) or str(dtype))
-
-
 def as_state(state, dtype, impl: str = "tf") -> tuple:
     """A state of NumPy arrays or tensors -> a tuple of tf tensors of `dtype` (each (L, B, H))."""
     tf = require_tensorflow(impl)
@@ -167,14 +161,14 @@ def as_inputs(inputs, impl: str = "tf"):
 
 def state_specs(config, dtype) -> list:
     """tf.TensorSpecs of a state (L, B, H) with any batch: one trace serves every batch size."""
-    from .base import state_size
+    from charrnn.models.base import state_size
 
     tf = require_tensorflow()
     return [tf.TensorSpec([config.layers, None, config.hidden], dtype) for _ in range(state_size(config.cell))]
 
 
 def zero_state(config, batch_size: int, dtype, device: str) -> tuple:
-    from .base import state_size
+    from charrnn.models.base import state_size
 
     tf = require_tensorflow()
     with tf.device(device):

@@ -28,9 +28,9 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
-from .base import check_parameters, init_parameters, parameter_shapes
-from .tf_common import as_inputs, as_state, require_tensorflow, state_specs, zero_state
+from charrnn.config import ModelConfig
+from charrnn.models.base import check_parameters, init_parameters, parameter_shapes
+from charrnn.models.tf_common import as_inputs, as_state, require_tensorflow, state_specs, zero_state
 
 
 def rnn_cell(tf, xp_t, state, w_hh, b_hh):
@@ -84,6 +84,7 @@ class TFModel:
     """`--impl tf`: the CharModel interface (models/base.py) on TensorFlow variables."""
 
     impl = "tf"
+    backend = "tensorflow"   # its forward takes and returns tf tensors (NumPy accepted going in)
     optimizer_layout = "canonical"   # the optimizer's slots carry canonical names, as the naive engine's do
 
     def __init__(self, config: ModelConfig, seed: int = 0, params=None, dtype="float32", device: str = "/CPU:0"):

@@ -32,8 +32,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ..errors import UserError
-from ..models.tf_common import as_inputs, as_state, require_tensorflow, state_specs
+from charrnn.errors import UserError
+from charrnn.models.tf_common import as_inputs, as_state, require_tensorflow, state_specs
 
 OPTIMIZER_DEFAULTS = {
     "adagrad": {"eps": 1e-10},
