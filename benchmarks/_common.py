@@ -45,13 +45,9 @@ def cpu_model() -> str:
 
 
 def blas_thread_count():
-    from charrnn.fastgen import _openblas
+    from charrnn.devices import blas_thread_count as count
 
-    found = _openblas()
-    if found is None:
-        return "?"
-    lib, setter = found
-    return getattr(lib, setter.replace("set_", "get_"))()
+    return count() or "?"
 
 
 def machine_line() -> str:

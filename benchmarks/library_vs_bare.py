@@ -4,7 +4,7 @@
 
 Both: nn.Embedding(V, 64) + nn.LSTM(64, 512, 2 layers) + nn.Linear, batch 32, windows of
 100, Adam lr 2e-3, gradient norm clipped to 5, state carried between windows and
-detached, on tiny shakespeare. charrnn: steppers.TorchStepper.train_step on windows
+detached, on tiny shakespeare. charrnn: steppers.TorchLearner.train_step on windows
 from batching.make_streams (NumPy int64 windows converted each step). Bare: the
 pytorch/examples word_language_model way, the text as one tensor and windows sliced
 from it. Each round times both back to back and reports charrnn / bare.
@@ -20,7 +20,7 @@ import io
 import pstats
 import time
 
-from _common import training_loop, early_threads, load_text, machine_line, print_table, spread
+from _common import early_threads, load_text, machine_line, print_table, spread, training_loop
 
 early_threads()
 
@@ -28,18 +28,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from charrnn.batching import make_streams  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.data.batching import make_streams  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
-from charrnn.steppers import TorchStepper  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.train.learners import TorchLearner  # noqa: E402
 
 LAYERS, HIDDEN, EMBED, BATCH, SEQ_LEN, LR, CLIP = 2, 512, 64, 32, 100, 2e-3, 5.0
 
 
 def charrnn_trainer(streams, vocab_size: int):
     cfg = ModelConfig(vocab_size=vocab_size, cell="lstm", layers=LAYERS, hidden=HIDDEN, embed=EMBED)
-    stepper = TorchStepper(build_model("library", cfg, seed=0), "adam", LR, 0.0, CLIP, torch.device("cpu"))
+    stepper = TorchLearner(build_model("library", cfg, seed=0), "adam", LR, 0.0, CLIP, torch.device("cpu"))
     return training_loop(stepper, streams)
 
 
@@ -119,7 +119,7 @@ def main() -> int:
     text, source = load_text()
     vocab = Vocab.from_text(text)
     data = vocab.encode(text)
-    runs = {"charrnn library engine (TorchStepper)": charrnn_trainer(make_streams(data, BATCH, SEQ_LEN), len(vocab)),
+    runs = {"charrnn library engine (TorchLearner)": charrnn_trainer(make_streams(data, BATCH, SEQ_LEN), len(vocab)),
             "bare torch.nn loop": bare_trainer(data, len(vocab))}
     for run in runs.values():
         run(2)  # warm-up: oneDNN builds its kernels on first use
@@ -153,7 +153,7 @@ def main() -> int:
     print(f"total self CPU ms per step: charrnn {total(ours):.1f}, bare {total(bare):.1f}")
     print()
     print("cProfile of 2 charrnn steps, top 10 by own time:")
-    print(python_profile(runs["charrnn library engine (TorchStepper)"]))
+    print(python_profile(runs["charrnn library engine (TorchLearner)"]))
     return 0
 
 

@@ -25,13 +25,13 @@ early_threads()
 
 import numpy as np  # noqa: E402
 
-from charrnn.batching import make_streams  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
-from charrnn.fastgen import blas_threads  # noqa: E402
+from charrnn.data.batching import make_streams  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.devices import blas_threads  # noqa: E402
 from charrnn.losses import cross_entropy  # noqa: E402
 from charrnn.models.naive import NaiveModel  # noqa: E402
-from charrnn.numpy_optim import clip_grad_norm, make_optimizer  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.train.numpy_optim import clip_grad_norm, make_optimizer  # noqa: E402
 
 HIDDEN, SEQ_LEN, BATCH, LR = 100, 25, 64, 0.1
 

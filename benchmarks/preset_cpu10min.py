@@ -23,7 +23,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="run directory (default: a temporary one)")
     args, extra = parser.parse_known_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="cpu10min-")) 
+    out = Path(args.out or tempfile.mkdtemp(prefix="cpu10min-"))
     print(machine_line(), flush=True)
     command = [sys.executable, "-m", "charrnn", "train", "--data", "tinyshakespeare", "--out", str(out),
                "--preset", "cpu-10min", "--overwrite", *extra]
@@ -54,7 +54,7 @@ def _streams(out: Path) -> int:
 def _eval_one_stream(out: Path, extra: list) -> dict:
     """The last 10% of the text as one stream: fewer cold starts than the B streams of in-training validation.
     With --quantize int8: what int8 generation costs in accuracy on a real model."""
-    from charrnn.corpus import resolve_data
+    from charrnn.data.sources import resolve_data
 
     text = resolve_data("tinyshakespeare").read_text(encoding="utf-8")
     val_path = out / "validation-split.txt"

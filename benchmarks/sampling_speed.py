@@ -3,8 +3,8 @@
     python benchmarks/sampling_speed.py [--rounds 3] [--chars 300] [--eval-chars 100000]
 
 A 2x512 LSTM, embedding 64, V = 65, random weights (speed does not depend on them).
-Single stream (batch 1): each engine through charrnn's real path (Runner +
-sample.generate_indices, temperature 1 sampling), fastgen.FusedStep on its own (greedy
+Single stream (batch 1): each engine through charrnn's real path (Predictor +
+sample.generate_indices, temperature 1 sampling), fastgen.NumpyStep on its own (greedy
 argmax), and the reference: the loop most people write, nn.Embedding + nn.LSTM +
 nn.Linear called once per character under no_grad, softmax + torch.multinomial.
 Every measurement runs at 1 and at 2 threads (torch.set_num_threads and OpenBLAS,
@@ -17,7 +17,7 @@ characters, in C); --top-k draws in Python. Their cost in accuracy is what
 "float32 layer matmuls alone" is the floor of any float32 step: reading the weights once.
 Rows are 0.3 s apart: right after a float32 row, OpenBLAS's threads still spinning on
 both cores halved the next (int8, OpenMP) row's speed, a clash no single command meets.
-Batched: 64 streams at once. Evaluation: charrnn.evaluate.evaluate_indices over
+Batched: 64 streams at once. Evaluation: charrnn.infer.evaluate.evaluate_indices over
 --eval-chars characters of tiny shakespeare, one run per engine, 1 thread (at 2 threads
 a busy machine made it many times slower and only noisier).
 """
@@ -31,7 +31,7 @@ import time
 from _common import early_threads, load_text, machine_line, print_table, spread
 
 early_threads()
-# Let this script, not the Runner's batch-1 default, decide OpenBLAS's threads (see blas_threads below).
+# Let this script, not the Predictor's batch-1 default, decide OpenBLAS's threads (see blas_threads below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
 
 import numpy as np  # noqa: E402
@@ -40,21 +40,22 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from charrnn.config import ModelConfig  # noqa: E402
-from charrnn.evaluate import evaluate_indices  # noqa: E402
-from charrnn.fastgen import FusedStep, blas_threads  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.devices import blas_threads
+from charrnn.infer.evaluate import evaluate_indices  # noqa: E402
+from charrnn.infer.native import NativeStep, kernel, kernel_problem  # noqa: E402
+from charrnn.infer.predictor import Predictor  # noqa: E402
+from charrnn.infer.sampling import generate_indices  # noqa: E402
+from charrnn.infer.steps import NumpyStep  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
-from charrnn.native import NativeStep, kernel, kernel_problem  # noqa: E402
-from charrnn.runner import Runner  # noqa: E402
-from charrnn.sample import generate_indices  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
 
 V, E, H, L = 65, 64, 512, 2
 PRIME = np.array([0, 1, 2, 3, 4], dtype=np.int64)
-INT8 = "charrnn --quantize int8 (Runner + generate_indices)"
+INT8 = "charrnn --quantize int8 (Predictor + generate_indices)"
 INT8_TOP_K = "charrnn --quantize int8 --top-k 40 (draws in Python)"
 
 
-def charrnn_generate(runner: Runner, batch: int, top_k=None):
+def charrnn_generate(runner: Predictor, batch: int, top_k=None):
     rng = np.random.default_rng(0)
 
     def run(chars: int) -> int:
@@ -69,7 +70,7 @@ def fastgen_greedy(model, batch: int, quantize=None, native_threads=None):
     if native_threads:
         fused = NativeStep(model.config, model.get_parameters(), batch, threads=native_threads)
     else:
-        fused = FusedStep.from_model(model, batch, quantize)
+        fused = NumpyStep.from_model(model, batch, quantize)
 
     def run(chars: int) -> int:
         fused.set_state(model.initial_state(batch))
@@ -81,12 +82,12 @@ def fastgen_greedy(model, batch: int, quantize=None, native_threads=None):
     return run
 
 
-def int8_runner(model, threads: int) -> Runner:
-    """A --quantize int8 Runner whose compiled step runs on `threads` threads (it reads OMP_NUM_THREADS)."""
+def int8_runner(model, threads: int) -> Predictor:
+    """A --quantize int8 Predictor whose compiled step runs on `threads` threads (it reads OMP_NUM_THREADS)."""
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
-        return Runner(model, quantize="int8")
+        return Predictor(model, quantize="int8")
     finally:
         if before is None:
             del os.environ["OMP_NUM_THREADS"]
@@ -107,8 +108,8 @@ def warm_up(rows: dict, chars: int) -> None:
 
 
 def weights_only(model):
-    """The float32 floor: per step, only the layer matmuls of FusedStep (no cell math, no sampling)."""
-    fused = FusedStep.from_model(model, 1)
+    """The float32 floor: per step, only the layer matmuls of NumpyStep (no cell math, no sampling)."""
+    fused = NumpyStep.from_model(model, 1)
     layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.xh)]
 
     def run(chars: int) -> int:
@@ -198,15 +199,15 @@ def main() -> int:
     ref = "plain torch loop (no_grad, oneDNN on)"
 
     single = {ref: plain_torch(1), "plain torch loop, oneDNN off": plain_torch(1, onednn=False)}
-    single.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 1)
+    single.update({f"charrnn {impl} (Predictor + generate_indices)": charrnn_generate(Predictor(m), 1)
                    for impl, m in models.items()})
     single[INT8] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 1))
     single[INT8_TOP_K] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 1,
                                                                           top_k=40))
     single["native.NativeStep alone, greedy (int8, compiled)"] = per_setting(
         settings, lambda n: fastgen_greedy(models["naive"], 1, native_threads=n))
-    single["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
-    single["fastgen.FusedStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
+    single["fastgen.NumpyStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
+    single["fastgen.NumpyStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
     single["float32 layer matmuls alone (no cell, no sampling)"] = weights_only(models["naive"])
     warm_up(single, 20)
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
@@ -218,10 +219,10 @@ def main() -> int:
           f"single stream (batch 1), {args.chars} characters per measurement:")
 
     batched = {ref: plain_torch(64)}
-    batched.update({f"charrnn {impl} (Runner + generate_indices)": charrnn_generate(Runner(m), 64)
+    batched.update({f"charrnn {impl} (Predictor + generate_indices)": charrnn_generate(Predictor(m), 64)
                     for impl, m in models.items()})
     batched[INT8] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 64))
-    batched["fastgen.FusedStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
+    batched["fastgen.NumpyStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
     warm_up(batched, 5)
     steps = max(args.chars // 10, 10)
     table(measure(batched, settings, args.rounds, steps), settings, list(batched), ref,
@@ -231,7 +232,7 @@ def main() -> int:
     vocab = Vocab.from_text(text)
     data = vocab.encode(text)[: args.eval_chars + 1] % V
     rows = []
-    runners = {impl: Runner(model) for impl, model in models.items()}
+    runners = {impl: Predictor(model) for impl, model in models.items()}
     runners["any engine, --quantize int8 (compiled, 1 thread)"] = int8_runner(models["library"], 1)
     runners["any engine, --quantize int8 (compiled, 2 threads)"] = int8_runner(models["library"], 2)
     for name, runner in runners.items():

@@ -3,7 +3,7 @@
     python benchmarks/scratch_vs_library.py [--rounds 5] [--iters 2] [--compile]
 
 2x512 LSTM, embedding 64, batch 32, windows of 100, Adam lr 2e-3, clip 5, on tiny
-shakespeare, each driven through charrnn's real step (steppers.TorchStepper.train_step
+shakespeare, each driven through charrnn's real step (steppers.TorchLearner.train_step
 with the state carried between windows). Modes: scratch eager, scratch with
 TorchScript cells (build_model(..., script=True)) and the library engine; each round
 times every mode back to back and reports scratch / library per round.
@@ -20,18 +20,17 @@ import subprocess
 import sys
 import time
 
-from _common import training_loop, early_threads, load_text, machine_line, print_table, spread
+from _common import early_threads, load_text, machine_line, print_table, spread, training_loop
 
 early_threads()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from charrnn.batching import make_streams  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.data.batching import make_streams  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
-from charrnn.steppers import TorchStepper  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.train.learners import TorchLearner  # noqa: E402
 
 LAYERS, HIDDEN, EMBED, BATCH, SEQ_LEN = 2, 512, 64, 32, 100
 
@@ -40,7 +39,7 @@ def trainer(impl: str, streams, vocab_size: int, script: bool = False, compile: 
     """A function run(iters) -> characters trained, continuing through the windows with state carried."""
     cfg = ModelConfig(vocab_size=vocab_size, cell="lstm", layers=LAYERS, hidden=HIDDEN, embed=EMBED)
     model = build_model(impl, cfg, seed=0, script=script)
-    stepper = TorchStepper(model, "adam", 2e-3, 0.0, 5.0, torch.device("cpu"), compile=compile)
+    stepper = TorchLearner(model, "adam", 2e-3, 0.0, 5.0, torch.device("cpu"), compile=compile)
     return training_loop(stepper, streams)
 
 

@@ -1,10 +1,27 @@
-"""charrnn: character-level recurrent language models with three interchangeable engines."""
+"""charrnn: character-level recurrent language models with interchangeable engines.
 
-__version__ = "0.1.0"
+    import charrnn
+    model = charrnn.load("runs/shakespeare")                  # a trained run, for sampling and evaluation
+    text = charrnn.read_text("notes.txt")                     # read exactly as training and `charrnn eval` read
+"""
+
+__version__ = "0.2.0"
+
+from charrnn.errors import UserError  # noqa: E402  (a ValueError: what a bad option or file raises)
 
 
 def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu", quantize=None):
-    """Load a trained run for sampling and evaluation; see charrnn.api.load and TrainedModel."""
-    from .api import load as _load
+    """Load a trained run for sampling and evaluation; see charrnn.infer.api.load and TrainedModel."""
+    from charrnn.infer.api import load as _load
 
     return _load(run_dir, impl=impl, which=which, device=device, quantize=quantize)
+
+
+def read_text(path) -> str:
+    """A text file read as charrnn reads every text: UTF-8, a byte-order mark dropped, line endings kept."""
+    from charrnn.data.textfile import read_text_file
+
+    return read_text_file(path)
+
+
+__all__ = ["UserError", "load", "read_text"]

@@ -1,3 +1,3 @@
-from .cli import entry
+from charrnn.cli import entry
 
 entry()

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_text_atomic
-from .config import ModelConfig, TrainConfig, from_dict, to_dict
-from .errors import UserError
-from .models.base import check_parameters, state_size
-from .vocab import Vocab
+from charrnn.storage import write_bytes_atomic, write_text_atomic
+from charrnn.config import ModelConfig, TrainConfig, from_dict, to_dict
+from charrnn.data.vocab import Vocab
+from charrnn.errors import UserError
+from charrnn.models.base import check_parameters, state_size
 
 FORMAT = "charrnn-run/1"
 PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
@@ -59,10 +60,10 @@ def load_run_config(run_dir: Path) -> Tuple[ModelConfig, Optional[dict]]:
         raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object; the run directory is damaged")
-    model_dict = data.get("model", data)  # model fields under "model" or at the top level
-    if model_dict is data:
-        model_dict = {k: v for k, v in data.items() if k not in ("format", "train")}
-    model = from_dict(ModelConfig, model_dict, str(path))
+    if data.get("format") != FORMAT or not isinstance(data.get("model"), dict):
+        raise UserError(f"{path} is not a {FORMAT} run configuration (format {data.get('format')!r}); "
+                        "the run directory is damaged or from another program")
+    model = from_dict(ModelConfig, data["model"], str(path))
     if model.vocab_size < 1:
         raise UserError(f"{path}: vocab_size must be positive; the run directory is damaged")
     train = data.get("train")
@@ -97,13 +98,17 @@ def read_safetensors(path: Path) -> Tuple[Dict[str, np.ndarray], dict]:
         raise UserError(f"cannot read {path} ({e.strerror})") from None
     try:
         arrays = _st().load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-        raw_meta = header.get("__metadata__") or {}
-        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+        meta = {k: json.loads(v) for k, v in (_metadata(path) or {}).items()}
     except Exception as e:  # safetensors raises several types for damaged files
         raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}); it is damaged or not a charrnn checkpoint") from None
     return arrays, meta
+
+
+def _metadata(path: Path) -> Optional[dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return f.metadata()
 
 
 def save_weights(path: Path, params: Dict[str, np.ndarray], info: Optional[dict] = None) -> None:
@@ -129,12 +134,50 @@ def load_run(run_dir: Path, which: str = "latest") -> Tuple[ModelConfig, Vocab, 
     return model, vocab, load_weights(weights_path(run_dir, which), model)
 
 
+@dataclass
+class ResumePoint:
+    """Everything --resume needs, as resume.safetensors holds it: one self-contained file, so a
+    kill between two writes can never pair the weights of one iteration with the optimizer of another."""
+
+    params: Dict[str, np.ndarray]
+    optimizer: Tuple[Dict[str, np.ndarray], dict]   # engine-specific arrays and JSON metadata
+    rng: Tuple[Dict[str, np.ndarray], dict]
+    state: List[np.ndarray]                          # the carried state of every stream, (L, B, H) each
+    progress: dict                                   # the trainer's counters (train.loop.Progress)
+    optimizer_name: str
+
+
+_SECTIONS = ("param/", "optim/", "rng/", "state/")
+
+
+def write_resume(run_dir: Path, point: ResumePoint) -> None:
+    arrays = {f"param/{k}": v for k, v in point.params.items()}
+    arrays.update({f"optim/{k}": v for k, v in point.optimizer[0].items()})
+    arrays.update({f"rng/{k}": v for k, v in point.rng[0].items()})
+    arrays.update({f"state/{i}": s for i, s in enumerate(point.state)})
+    meta = {"progress": point.progress, "optimizer": point.optimizer[1], "rng": point.rng[1],
+            "optimizer_name": point.optimizer_name}
+    write_safetensors(Path(run_dir) / RESUME, arrays, meta)
+
+
+def read_resume(run_dir: Path, model: ModelConfig) -> ResumePoint:
+    """resume.safetensors, checked against `model` (check_resume) before any of it is used."""
+    path = Path(run_dir) / RESUME
+    arrays, meta = read_safetensors(path)
+    check_resume(arrays, meta, model, path)
+    part = {section: {k[len(section):]: v for k, v in arrays.items() if k.startswith(section)} for section in _SECTIONS}
+    return ResumePoint(params=part["param/"], optimizer=(part["optim/"], meta.get("optimizer")),
+                       rng=(part["rng/"], meta.get("rng")),
+                       state=[part["state/"][str(i)] for i in range(len(part["state/"]))],
+                       progress=meta["progress"], optimizer_name=meta.get("optimizer_name"))
+
+
 def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, path: Path) -> None:
     """Raise UserError unless resume.safetensors fits `model` before any of it is used.
 
     Checks the weights (names, shapes, float, finite), that the optimizer and carried
     state are finite floats, the states' (L, B, H) shapes, and the counters' types.
-    The engine-specific layout of the optimizer and RNG is left to the stepper.
+    The engine-specific layout of the optimizer and RNG is left to the learner.
     """
     where = str(path)
     check_parameters(model, {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}, where)

@@ -9,11 +9,11 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from typing import Optional, Sequence
 
-from .config import IMPLS, ModelConfig, TrainConfig
-from .errors import UserError
-from .quantize import QUANTIZE_CHOICES
+from charrnn.config import IMPLS, QUANTIZE_MODES, WHICH, ModelConfig, TrainConfig
+from charrnn.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags override them")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    from .sample_cli import add_eval_parser, add_sample_parser  # noqa: WPS433 (keeps this file small)
+    from charrnn.infer.cli import add_eval_parser, add_sample_parser  # noqa: WPS433 (keeps this file small)
 
     add_sample_parser(sub)
     add_eval_parser(sub)
@@ -67,14 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default library)")
-    serve.add_argument("--which", choices=("latest", "best"), default="latest", help="model.safetensors or best.safetensors")
-    serve.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="int8: generate with int8 layer weights in a compiled step (faster, slightly less exact)")
+    serve.add_argument("--which", choices=WHICH, default="latest", help="latest: model.safetensors; best: best.safetensors (default: latest)")
+    serve.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: generate with int8 layer weights in a compiled step (faster, slightly less exact)")
     serve.set_defaults(handler=cmd_serve)
     return parser
 
 
 def cmd_info(args) -> int:
-    from .dataset import load_corpus
+    from charrnn.data.corpus import load_corpus
 
     corpus = load_corpus(args.data)
     if args.json:
@@ -85,18 +85,23 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train_cli import run_train
+    from charrnn.train.cli import run_train
 
     return run_train(vars(args))
 
 
 def cmd_serve(args) -> int:
-    from .serve import run_serve  # FastAPI and uvicorn are imported only here (the `serve` extra)
+    from charrnn.serve import run_serve  # FastAPI and uvicorn are imported only here (the `serve` extra)
 
     return run_serve(args)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # for a user at a terminal: what happened, not where in charrnn
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    warnings.formatwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         handler = {"info": cmd_info, "train": cmd_train}.get(args.command) or args.handler

@@ -10,13 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from .errors import UserError
+from charrnn.errors import UserError
 
 CELLS = ("rnn", "gru", "lstm")
 IMPLS = ("naive", "scratch", "library")
 OPTIMIZERS = ("adagrad", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("epoch", "cosine")
+WHICH = ("latest", "best")          # model.safetensors or best.safetensors
+QUANTIZE_MODES = ("int8",)
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
@@ -31,6 +33,13 @@ def _flag(name: str) -> str:
 def _check(cond: bool, name: str, message: str) -> None:
     if not cond:
         raise UserError(f"{_flag(name)} {message}")
+
+
+def check_choice(name: str, value: Any, choices: tuple, cli: bool = True) -> None:
+    """One clear line for a value outside `choices`: `--name X` on the command line, `name=X` in Python."""
+    if not isinstance(value, str) or value not in choices:
+        where = _flag(name) if cli else f"{name}="
+        raise UserError(f"{where} {value!r} is not one of {', '.join(choices)}")
 
 
 def _check_choices(cfg: Any) -> None:

@@ -1,24 +1,30 @@
-"""Choosing the device, and torch.distributed set-up when launched by torchrun.
+"""Where the arithmetic runs: the torch device, and how many threads NumPy's BLAS may use.
 
-Under torchrun every process runs the same `charrnn train`; torchrun tells each
-one its place through RANK, WORLD_SIZE and LOCAL_RANK. Gradients are averaged
-by DistributedDataParallel; the few other numbers the processes must share
-(throughput, validation loss, when to stop, the carried state for a
-checkpoint) go through the collectives made by `make_reducers`.
+`--device auto` picks cuda, then mps, then cpu. BLAS threads matter for the NumPy paths:
+small matrix products (a naive training step, a batch-1 generation step) are fastest on
+one OpenBLAS thread, because on a busy shared machine a second thread that must wait for a
+core slows every product down (docs/performance.md). threadpoolctl finds and sets the
+BLAS NumPy loaded, whichever it is.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from dataclasses import dataclass
+from typing import Iterator, Optional
 
-from .errors import UserError
+from charrnn.config import DEVICES, check_choice
+from charrnn.errors import UserError
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def resolve_device(name: str, impl: str, local_rank: int | None = None):
+def resolve_device(name: str, impl: str, local_rank: Optional[int] = None):
     """auto -> cuda, then mps, then cpu. Returns a torch.device, or None for the NumPy engine.
 
     `local_rank` (torchrun's LOCAL_RANK) picks the GPU: process k of a node uses cuda:k.
     """
+    check_choice("device", name, DEVICES)
     if impl == "naive":
         if name in ("cuda", "mps"):
             raise UserError(f"--impl naive runs on the CPU with NumPy; drop --device {name} or use --impl library")
@@ -51,101 +57,39 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-@dataclass(frozen=True)
-class World:
-    """This process's place among the torchrun processes (rank 0 of 1 when not distributed)."""
+@functools.lru_cache(maxsize=None)
+def _blas():
+    """threadpoolctl's handle on the BLAS libraries loaded so far (NumPy's), or None without any."""
+    import numpy  # noqa: F401  (loads NumPy's BLAS, so that threadpoolctl can find it)
+    from threadpoolctl import ThreadpoolController
 
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    def shard_rows(self, batch_size: int) -> tuple[int, int, int]:
-        """(start, stop, total): the contiguous streams of the global batch this process owns."""
-        from .batching import share_of
-
-        return (*share_of(batch_size, self.rank, self.size), batch_size)
+    blas = ThreadpoolController().select(user_api="blas")
+    return blas if blas.lib_controllers else None
 
 
-def world_from_env() -> World:
-    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; rank 0 of 1 when they are absent."""
-    try:
-        world = World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                      int(os.environ.get("LOCAL_RANK", 0)))
-    except ValueError:
-        raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun") from None
-    if world.size < 1 or not 0 <= world.rank < world.size:
-        raise UserError(f"RANK {world.rank} is outside WORLD_SIZE {world.size}; launch with torchrun")
-    return world
+def blas_thread_count() -> Optional[int]:
+    """Threads NumPy's BLAS uses now, or None where none is found."""
+    blas = _blas()
+    return None if blas is None else blas.lib_controllers[0].num_threads
 
 
-def init_distributed(world: World, device) -> None:
-    """Join the process group: NCCL between GPUs, gloo between CPU processes."""
-    import torch
-    import torch.distributed as dist
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[bool]:
+    """Run a block with NumPy's BLAS on `n` threads, restoring the old count after.
 
-    if dist.is_initialized():
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL's own buffers go to this process's GPU, not cuda:0
-        dist.init_process_group(backend="nccl")
-    else:
-        dist.init_process_group(backend="gloo")
-
-
-def close_distributed(finished: bool) -> None:
-    """Leave the process group. After a finished run, wait for every process first: rank 0 may
-    still be writing the last checkpoint, and a process that tears gloo down and exits meanwhile
-    was seen to abort ("terminate called without an active exception"). After an error, no
-    barrier: the others may be stuck in a collective, and torchrun ends them."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        if finished:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def make_reducers(world: World, device):
-    """reduce_sum and reduce_max (list of floats -> list of floats, the same on every process)
-    and gather_state (this process's (L, b, H) arrays -> the global batch's (L, B, H) arrays).
-
-    Every process must call each of them at the same points, in the same order:
-    they are collectives. Outside torchrun they return their input.
+    Yields False (and changes nothing) where no BLAS is found. The setting is
+    process-wide: other threads calling BLAS meanwhile see it too.
     """
-    if not world.distributed or device is None:
-        return (lambda values: values), (lambda values: values), (lambda states: states)
-    import numpy as np
-    import torch
-    import torch.distributed as dist
+    blas = _blas()
+    if blas is None:
+        yield False
+        return
+    with blas.limit(limits=n):
+        yield True
 
-    comm_device = device if device.type == "cuda" else torch.device("cpu")
 
-    def reduce(values, op):
-        t = torch.tensor(values, dtype=torch.float64, device=comm_device)
-        dist.all_reduce(t, op=op)
-        return t.tolist()
-
-    def gather_state(states):
-        out = []
-        for s in states:
-            local = torch.as_tensor(np.ascontiguousarray(s), device=comm_device)
-            parts = [torch.empty_like(local) for _ in range(world.size)]
-            dist.all_gather(parts, local)
-            out.append(torch.cat(parts, dim=1).cpu().numpy())  # ranks own contiguous rows, in rank order
-        return out
-
-    def reduce_sum(values):
-        return reduce(values, dist.ReduceOp.SUM)
-
-    def reduce_max(values):
-        return reduce(values, dist.ReduceOp.MAX)
-
-    return reduce_sum, reduce_max, gather_state
+def one_blas_thread_unless_chosen():
+    """blas_threads(1), or nothing where the user chose a count through the environment."""
+    if any(v in os.environ for v in BLAS_THREAD_VARIABLES):
+        return contextlib.nullcontext()
+    return blas_threads(1)

@@ -6,8 +6,10 @@ Everything else is a bug and keeps its traceback.
 """
 
 
-class UserError(Exception):
-    """A problem with the user's input; the message says what is wrong and what to do."""
+class UserError(ValueError):
+    """A problem with the user's input; the message says what is wrong and what to do.
+
+    A ValueError, so that Python callers of the API can catch it as the bad value it is."""
 
     exit_code = 2
 
@@ -23,3 +25,11 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+DISTRIBUTION = "charrnn-toolkit"   # the name on the package index; the import name and the command are charrnn
+
+
+def install_hint(extra: str) -> str:
+    """How to install an optional extra, for a clone and for an installed package alike."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (in a clone of charrnn: pip install -e '.[{extra}]')"

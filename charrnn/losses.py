@@ -6,6 +6,7 @@ and its trainer stay importable without torch.
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
@@ -34,3 +35,23 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.nd
     probs *= (1.0 / (total * N))[:, None]                       # (N, V) softmax / N: the mean's 1 / (B*T)
     probs[rows, flat] -= 1.0 / N                                # (N, V) (softmax - onehot) / N
     return float(loss), probs.reshape(logits.shape)
+
+
+def cross_entropy_torch(logits, targets):
+    """Mean cross-entropy in nats per character; logits (B, T, V) tensor, targets (B, T) tensor."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, shifted by each row's maximum so it cannot overflow."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+LN2 = math.log(2.0)
+
+
+def bits_per_char(nats: float) -> float:
+    return nats / LN2

@@ -21,8 +21,8 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
     pytest.skip("this torch build has no gloo backend", allow_module_level=True)
 
 from charrnn.checkpoint import read_safetensors  # noqa: E402
-from charrnn.devices import World  # noqa: E402
 from charrnn.errors import UserError  # noqa: E402
+from charrnn.train.distributed import World  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--device", "cpu", "--hidden", 24, "--embed", 8, "--layers", 2, "--batch-size", 4, "--seq-len", 16,
@@ -197,19 +197,39 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_iteration(text, tmp_pa
     assert f"done: iteration {iteration}," in outputs[0][0]
 
 
+class _FakeWorld(World):
+    """A world whose `max` collective answers as the other ranks would."""
+
+    def __init__(self, reduce_max, rank=0):
+        super().__init__(rank=rank, size=2)
+        self.reduce_max = reduce_max
+
+    def max(self, values):
+        return self.reduce_max(list(values))
+
+    def sum(self, values):
+        return list(values)
+
+    def gather_state(self, states):
+        return states
+
+    def shard_rows(self, batch_size):
+        return (0, batch_size // 2, batch_size)
+
+
 def _tiny_trainer(tmp_path, reduce_max, logs, is_main=True):
-    from charrnn.batching import make_streams
     from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.data.batching import make_streams
     from charrnn.models import build_model
-    from charrnn.steppers import TorchStepper
-    from charrnn.train import Trainer
+    from charrnn.train.learners import TorchLearner
+    from charrnn.train.loop import Trainer
 
     data = np.random.default_rng(1).integers(0, 7, size=4 * 50 + 1).astype(np.uint8)
     cfg = TrainConfig(max_time=3600, eval_every=1000, log_every=1, out=str(tmp_path))
     model = build_model("library", ModelConfig(vocab_size=7, layers=1, hidden=8, embed=4))
-    stepper = TorchStepper(model, "adam", 1e-2, 0.0, 5.0, torch.device("cpu"))
-    return Trainer(cfg, stepper, make_streams(data, 4, 10), None, tmp_path, is_main=is_main, reduce_max=reduce_max,
-                   log=logs.append)
+    stepper = TorchLearner(model, "adam", 1e-2, 0.0, 5.0, torch.device("cpu"))
+    return Trainer(cfg, stepper, make_streams(data, 4, 10), None, tmp_path,
+                   world=_FakeWorld(reduce_max, rank=0 if is_main else 1), log=logs.append)
 
 
 def test_every_rank_stops_on_the_slowest_clock(tmp_path):

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 from charrnn.config import ModelConfig
-from charrnn.fastgen import FusedStep, blas_threads
+from charrnn.devices import blas_threads
+from charrnn.infer.predictor import Predictor
+from charrnn.infer.steps import NumpyStep
 from charrnn.models.base import state_size
 from charrnn.models.naive import NaiveModel
-from charrnn.runner import Runner
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 
@@ -35,7 +36,7 @@ def test_fused_step_matches_naive_forward(cell, dtype):
     state0 = random_state(model, B, rng)
     expected, expected_state = model.forward(chars, state0)          # (B, T, V)
 
-    fused = FusedStep.from_model(model, B)
+    fused = NumpyStep.from_model(model, B)
     fused.set_state(state0)
     got = np.stack([fused.step(chars[:, t]).copy() for t in range(T)], axis=1)  # (B, T, V)
     assert got.dtype == dtype
@@ -50,7 +51,7 @@ def test_fused_step_any_depth(layers):
     model = random_model("lstm", np.float64, layers=layers)
     chars = np.array([[1, 4, 2, 9]])
     expected, _ = model.forward(chars, model.initial_state(1))
-    fused = FusedStep.from_model(model, 1)
+    fused = NumpyStep.from_model(model, 1)
     fused.set_state(model.initial_state(1))
     got = np.stack([fused.step(chars[:, t]).copy() for t in range(chars.shape[1])], axis=1)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
@@ -60,7 +61,7 @@ def test_fused_step_any_depth(layers):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_get_state_is_a_copy(cell, batch):
     model = random_model(cell, np.float64)
-    fused = FusedStep.from_model(model, batch)
+    fused = NumpyStep.from_model(model, batch)
     fused.set_state(model.initial_state(batch))
     fused.step(np.arange(1, batch + 1))
     before = fused.get_state()
@@ -75,9 +76,9 @@ def test_runner_same_logits_step_by_step_or_whole(cell):
     model = random_model(cell, np.float32)
     rng = np.random.default_rng(1)
     chars = rng.integers(0, model.config.vocab_size, (2, 15))
-    whole, whole_state = Runner(model).feed(chars, model.initial_state(2))
+    whole, whole_state = Predictor(model).feed(chars, model.initial_state(2))
 
-    runner = Runner(model)
+    runner = Predictor(model)
     state = runner.zero_state(2)
     steps = []
     for t in range(chars.shape[1]):
@@ -93,7 +94,7 @@ def test_runner_paths_interleave():
     model = random_model("lstm", np.float64)
     chars = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
     expected, _ = model.forward(chars, model.initial_state(1))
-    runner = Runner(model)
+    runner = Predictor(model)
     a, state = runner.feed(chars[:, :4], runner.zero_state(1))
     b, state = runner.feed(chars[:, 4:5], state)
     c, state = runner.feed(chars[:, 5:6], state)
@@ -102,14 +103,11 @@ def test_runner_paths_interleave():
 
 
 def test_blas_threads_restores_the_count():
-    from charrnn.fastgen import _openblas
+    from charrnn.devices import blas_thread_count
 
-    found = _openblas()
-    if found is None:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS this process can find")
-    lib, setter = found
-    get = getattr(lib, setter.replace("set_", "get_"))
-    before = get()
+    before = blas_thread_count()
+    if before is None:
+        pytest.skip("threadpoolctl finds no BLAS in this process")
     with blas_threads(1) as changed:
-        assert changed and get() == 1
-    assert get() == before
+        assert changed and blas_thread_count() == 1
+    assert blas_thread_count() == before

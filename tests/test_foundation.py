@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-import charrnn.corpus
-import charrnn.dataset
-from charrnn.batching import make_streams, split_train_val
+import charrnn.data.corpus
+import charrnn.data.sources
 from charrnn.cli import main
-from charrnn.dataset import corpus_from_text, load_corpus
+from charrnn.data.batching import make_streams, split_train_val
+from charrnn.data.corpus import corpus_from_text, load_corpus
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
-from charrnn.vocab import Vocab
 
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MIXED = "Hello, wörld! naïve café — 中文 😀 \U0010fffd\ttab\r\nline\n"
@@ -216,7 +216,7 @@ def is_memmap(array) -> bool:
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_load_corpus_equals_corpus_from_text(isolated, monkeypatch, block_bytes, use_cache):
     if block_bytes:
-        monkeypatch.setattr(charrnn.dataset, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(charrnn.data.corpus, "BLOCK_BYTES", block_bytes)
     text = MIXED * 7
     path = isolated / "mixed.txt"
     path.write_bytes(text.encode("utf-8"))
@@ -233,8 +233,8 @@ def test_second_load_is_memory_mapped_from_cache(isolated, tiny_text, monkeypatc
     def no_encoding(*args, **kwargs):
         raise AssertionError("the file was encoded again instead of read from the cache")
 
-    monkeypatch.setattr(charrnn.dataset, "_scan", no_encoding)
-    monkeypatch.setattr(charrnn.dataset, "_fill", no_encoding)
+    monkeypatch.setattr(charrnn.data.corpus, "_scan", no_encoding)
+    monkeypatch.setattr(charrnn.data.corpus, "_fill", no_encoding)
     second = load_corpus(str(tiny_text))
     assert is_memmap(second.data)
     assert_same_corpus(second, text)
@@ -256,7 +256,7 @@ def test_changed_file_is_encoded_again(isolated, same_size):
 @pytest.mark.parametrize("block_bytes", [1, None])
 def test_utf8_bom_is_stripped(isolated, monkeypatch, block_bytes):
     if block_bytes:
-        monkeypatch.setattr(charrnn.dataset, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(charrnn.data.corpus, "BLOCK_BYTES", block_bytes)
     text = "first line\nsecond \ufeff stays inside\n"
     path = isolated / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
@@ -399,7 +399,7 @@ def no_tinyshakespeare(tmp_path, monkeypatch):
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setattr(charrnn.corpus, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/nothing")
+    monkeypatch.setattr(charrnn.data.sources, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/nothing")
     return data_dir
 
 

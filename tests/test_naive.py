@@ -14,7 +14,7 @@ from charrnn.config import ModelConfig
 from charrnn.errors import UserError
 from charrnn.losses import cross_entropy
 from charrnn.models.naive import NaiveModel
-from charrnn import numpy_optim
+from charrnn.train import numpy_optim
 
 CELLS = ["rnn", "gru", "lstm"]
 V, E, H, B, T, L = 7, 5, 6, 3, 4, 2
@@ -215,7 +215,7 @@ def test_clip_grad_norm_matches_torch(max_norm):
 
 
 def test_naive_engine_does_not_import_torch():
-    code = ("import sys, charrnn.models.naive, charrnn.losses, charrnn.numpy_optim; "
+    code = ("import sys, charrnn.models.naive, charrnn.losses, charrnn.train.numpy_optim; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 

@@ -4,15 +4,15 @@ against QuantLinear's NumPy numbers, the int8 step against float, and every engi
 import numpy as np
 import pytest
 
-from charrnn import native
 from charrnn.config import ModelConfig
 from charrnn.errors import UserError
-from charrnn.fastgen import FusedStep
+from charrnn.infer import native
+from charrnn.infer.linear import FloatLinear, QuantLinear, quantize_columns
+from charrnn.infer.native import NativeStep, pack_weights
+from charrnn.infer.predictor import Predictor
+from charrnn.infer.sampling import sample_next
+from charrnn.infer.steps import NumpyStep
 from charrnn.models import build_model
-from charrnn.native import NativeStep, pack_weights
-from charrnn.quantize import FloatLinear, QuantLinear, check_quantize, quantize_columns
-from charrnn.runner import Runner
-from charrnn.sample import sample_next
 
 needs_kernel = pytest.mark.skipif(native.kernel() is None, reason=f"no compiled step: {native.kernel_problem()}")
 ENGINES = ["naive", "scratch", "library"]
@@ -43,7 +43,7 @@ def test_quant_linear_is_within_the_quantization_bound(batch):
 
 
 def test_quant_linear_reads_a_strided_input_like_a_copy():
-    """FusedStep hands layers column slices of its state buffer: not contiguous when B > 1."""
+    """NumpyStep hands layers column slices of its state buffer: not contiguous when B > 1."""
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.1, (16, 24)).astype(np.float32)
     wide = rng.uniform(-1, 1, (3, 40)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_int8_step_stays_close_to_the_float_step(cell):
     rng = np.random.default_rng(5)
     B, T = 2, 40
     chars = rng.integers(0, model.config.vocab_size, (B, T))
-    float_step, int8_step = FusedStep.from_model(model, B), FusedStep.from_model(model, B, quantize="int8")
+    float_step, int8_step = NumpyStep.from_model(model, B), NumpyStep.from_model(model, B, quantize="int8")
     for fused in (float_step, int8_step):
         fused.set_state(model.initial_state(B))
     diffs, sizes = [], []
@@ -121,7 +121,7 @@ def test_every_engine_steps_through_the_same_int8_model():
     chars = np.array([[3, 1, 4, 1, 5, 9, 2, 6]])
     outputs = {}
     for impl in ENGINES:
-        runner = Runner(random_model("lstm", impl), quantize="int8")
+        runner = Predictor(random_model("lstm", impl), quantize="int8")
         outputs[impl], _ = runner.feed(chars, runner.zero_state(1))
     np.testing.assert_allclose(outputs["naive"], outputs["library"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(outputs["naive"], outputs["scratch"], rtol=0, atol=1e-6)
@@ -132,7 +132,7 @@ def test_a_long_feed_equals_single_steps(impl):
     """Prime and evaluation feed windows; generation feeds one character at a time; same model either way."""
     if impl != "naive":
         pytest.importorskip("torch")
-    runner = Runner(random_model("gru", impl), quantize="int8")
+    runner = Predictor(random_model("gru", impl), quantize="int8")
     chars = np.array([[0, 5, 7, 7, 2, 11, 12, 1, 3]])
     whole, whole_state = runner.feed(chars, runner.zero_state(1))
     state, steps = runner.zero_state(1), []
@@ -146,7 +146,7 @@ def test_a_long_feed_equals_single_steps(impl):
 
 def test_reusing_an_older_state_branches_from_it():
     """The runner skips copying in the state it just handed out; any other state must be copied in."""
-    runner = Runner(random_model("lstm"), quantize="int8")
+    runner = Predictor(random_model("lstm"), quantize="int8")
     _, state_a = runner.feed(np.array([[1, 2, 3]]), runner.zero_state(1))
     first, _ = runner.feed(np.array([[4]]), state_a)
     _, _ = runner.feed(np.array([[8]]), runner.zero_state(1))     # move the step's state elsewhere
@@ -154,9 +154,13 @@ def test_reusing_an_older_state_branches_from_it():
     np.testing.assert_array_equal(first, again)
 
 
-def test_bad_quantize_choice_is_a_user_error():
-    with pytest.raises(UserError, match="--quantize 'int4' is not one of int8"):
-        check_quantize("int4")
+@pytest.mark.parametrize("bad", ["int4", "INT8", True, 8])
+def test_bad_quantize_choice_is_a_user_error(tmp_path, bad):
+    """charrnn.load checks quantize where it enters, before touching the run directory."""
+    import charrnn
+
+    with pytest.raises(UserError, match=r"^quantize= .* is not one of int8$"):
+        charrnn.load(tmp_path / "no-such-run", impl="naive", quantize=bad)
 
 
 # -- the compiled step -------------------------------------------------------------------------------
@@ -174,7 +178,7 @@ def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidd
     model = random_model(cell, hidden=hidden, vocab=13, embed=6)
     rng = np.random.default_rng(7)
     chars = rng.integers(0, 13, (batch, 40))
-    numpy_step = FusedStep.from_model(model, batch, quantize="int8")
+    numpy_step = NumpyStep.from_model(model, batch, quantize="int8")
     compiled = NativeStep(model.config, model.get_parameters(), batch, threads=threads)
     assert compiled.threads == threads
     state = tuple(rng.uniform(-0.5, 0.5, s.shape) for s in model.initial_state(batch))
@@ -206,7 +210,7 @@ def test_compiled_generation_draws_what_sample_next_draws(greedy):
     B, n, temperature = 2, 60, 0.7
     rng = np.random.default_rng(8)
     uniforms = rng.random((n, B))
-    compiled, numpy_step = NativeStep.from_model(model, B), FusedStep.from_model(model, B, quantize="int8")
+    compiled, numpy_step = NativeStep.from_model(model, B), NumpyStep.from_model(model, B, quantize="int8")
     first = numpy_step.step(np.array([1, 2])).copy()
     compiled.step(np.array([1, 2]))
     drawn = np.concatenate([compiled.generate(first, 25, temperature, None if greedy else uniforms[:25]),
@@ -229,13 +233,15 @@ def test_compiled_generation_draws_what_sample_next_draws(greedy):
         assert len(set(drawn[:, 0].tolist())) > 3            # it really draws, not a constant
 
 
-def test_without_the_compiled_step_int8_runs_in_numpy_with_a_warning(monkeypatch, capsys):
+def test_without_the_compiled_step_int8_runs_in_numpy_with_a_warning(monkeypatch):
+    from charrnn.infer.predictor import NativeStepUnavailable
+
     monkeypatch.setattr(native, "kernel", lambda: None)
     monkeypatch.setattr(native, "kernel_problem", lambda: "no C compiler (test)")
-    monkeypatch.setattr("charrnn.runner._warned", [])
-    runner = Runner(random_model("lstm"), quantize="int8")
-    assert isinstance(runner._fused_step(1), FusedStep)
-    assert capsys.readouterr().err.count("warning: --quantize int8 runs in NumPy") == 1
+    with pytest.warns(NativeStepUnavailable, match="--quantize int8 runs in NumPy.*no C compiler") as caught:
+        runner = Predictor(random_model("lstm"), quantize="int8")
+    assert len(caught) == 1
+    assert isinstance(runner.start(runner.zero_state(1), 1), NumpyStep)
     logits, _ = runner.feed(np.array([[3, 1, 4]]), runner.zero_state(1))
     assert logits.shape == (1, 3, 13) and np.isfinite(logits).all()
 
@@ -303,7 +309,7 @@ def test_the_portable_c_loop_computes_the_same_numbers(tmp_path):
         model = random_model(cell, hidden=96, vocab=13, embed=6)
         chars = np.random.default_rng(9).integers(0, 13, (5, 30))               # 5 rows: a 4-row group and one
         compiled = NativeStep(model.config, model.get_parameters(), 5, threads=2, library=portable)
-        reference = FusedStep.from_model(model, 5, quantize="int8")
+        reference = NumpyStep.from_model(model, 5, quantize="int8")
         np.testing.assert_allclose(compiled.feed(chars), reference.feed(chars), rtol=0, atol=1e-5)
         for a, b in zip(compiled.get_state(), reference.get_state()):
             np.testing.assert_array_equal(a, b)
@@ -311,7 +317,7 @@ def test_the_portable_c_loop_computes_the_same_numbers(tmp_path):
 
 def test_numpy_tanh_approx_is_close_to_tanh():
     """The int8 steps' tanh (quantize.tanh_approx, native_step.c's polynomial in NumPy) against np.tanh."""
-    from charrnn.quantize import tanh_approx
+    from charrnn.infer.linear import tanh_approx
 
     x = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.0, 1e-8, -1e-8, 40.0, -40.0]]).astype(np.float32)
     got = tanh_approx(x, np.empty_like(x))

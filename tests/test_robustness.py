@@ -40,7 +40,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from charrnn import atomic
+from charrnn import storage as atomic
 from charrnn.checkpoint import RESUME, load_run, read_safetensors, write_safetensors
 from charrnn.cli import main
 from charrnn.models.base import check_parameters
@@ -611,16 +611,16 @@ def test_no_code_in_charrnn_can_unpickle():
 def test_weights_holding_nan_are_never_saved(tmp_path):
     """The loss check stops a blow-up first (tests/test_training.py); behind it, save() refuses NaN weights
     and keeps the last checkpoint. Reached in-process: a finite loss with NaN weights needs surgery."""
-    from charrnn.batching import make_streams
     from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.data.batching import make_streams
     from charrnn.errors import TrainingDiverged
     from charrnn.models import build_model
-    from charrnn.steppers import NumpyStepper
-    from charrnn.train import Trainer
+    from charrnn.train.learners import NumpyLearner
+    from charrnn.train.loop import Trainer
 
     data = np.random.default_rng(0).integers(0, 5, size=200).astype(np.uint8)
     model = build_model("naive", ModelConfig(vocab_size=5, cell="rnn", layers=1, hidden=8, embed=4))
-    stepper = NumpyStepper(model, "adagrad", 0.1, 0.0, 5.0, seed=0)
+    stepper = NumpyLearner(model, "adagrad", 0.1, 0.0, 5.0, seed=0)
     cfg = TrainConfig(impl="naive", max_iters=2, checkpoint_every=1, eval_every=1000, log_every=1000, out=str(tmp_path))
     trainer = Trainer(cfg, stepper, make_streams(data, 2, 4), None, tmp_path, log=lambda m: None)
     trainer.run()

@@ -20,8 +20,8 @@ import pytest
 import charrnn
 from charrnn.cli import main
 from charrnn.errors import UserError
-from charrnn.runner import log_softmax
-from charrnn.sample import sample_next
+from charrnn.infer.sampling import sample_next
+from charrnn.losses import log_softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["naive", "scratch", "library"]
@@ -303,7 +303,11 @@ def test_num_samples_and_json(trained, cli):
     assert len(result["samples"]) == 4 and len(set(result["samples"])) > 1
     assert all(s.startswith(PRIME) and len(s) == len(PRIME) + 25 for s in result["samples"])
     code, out, _ = cli(*sample_args(trained, "--prime", PRIME, "--length", 10, "--num-samples", 3, "--seed", 6))
-    assert code == 0 and out.startswith(PRIME) and out.count("\n\n" + PRIME) == 2  # plain text: blank-line separated
+    # plain text: each sample under a header line that no sample can be mistaken for
+    assert code == 0 and out.startswith("----- sample 1 of 3 -----\n" + PRIME)
+    parts = out.rstrip("\n").split("\n\n")
+    assert [p.split("\n", 1)[0] for p in parts] == [f"----- sample {i} of 3 -----" for i in (1, 2, 3)]
+    assert all(p.split("\n", 1)[1].startswith(PRIME) and len(p.split("\n", 1)[1]) == len(PRIME) + 10 for p in parts)
 
 
 # -- streaming and the torch-free engine (real processes) --------------------------------------------
@@ -366,14 +370,14 @@ def brute_force_best(runner, vocab, prime, length):
 @pytest.mark.parametrize("length", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_wide_beam_equals_brute_force(trained, length):
     model = charrnn.load(trained[0], impl="library")
-    best, margin = brute_force_best(model.runner, model.vocab, "The ", length)
+    best, margin = brute_force_best(model.predictor, model.vocab, "The ", length)
     assert margin > 1e-5                                        # no near-tie: the comparison is meaningful
     assert model.beam("The ", length, beam=len(model.vocab) ** length) == "The " + best
 
 
 def test_beam_on_the_command_line_and_beam_1_is_greedy(trained, cli):
     model = charrnn.load(trained[0], impl="library")
-    best, _ = brute_force_best(model.runner, model.vocab, "A q", 2)
+    best, _ = brute_force_best(model.predictor, model.vocab, "A q", 2)
     code, out, _ = cli(*sample_args(trained, "--prime", "A q", "--length", 2, "--beam", len(model.vocab) ** 2))
     assert (code, out) == (0, "A q" + best + "\n")
     for impl in ENGINES:
@@ -447,7 +451,7 @@ def test_int8_samples_are_reproducible_and_engine_independent(trained, cli, knob
 def test_int8_draws_in_c_what_python_draws(trained):
     """Plain temperature sampling draws in compiled code; --top-k V (which removes nothing) draws in
     Python from the same step's logits with the same uniforms: the same text. Streaming too."""
-    from charrnn import native
+    from charrnn.infer import native
 
     if native.kernel() is None:
         pytest.skip(f"no compiled step: {native.kernel_problem()}")
@@ -492,7 +496,7 @@ def test_python_api(trained, impl):
     result = model.evaluate(text[:500])
     assert type(result.loss) is float and result.characters == 499
     assert result.bpc == pytest.approx(result.loss / math.log(2), rel=1e-12)
-    with pytest.raises(UserError, match="--greedy"):
+    with pytest.raises(UserError, match="greedy=True"):          # the API's own wording, not a CLI flag
         model.stream(PRIME, 10, temperature=0)                  # at the call, not at the first character
     with pytest.raises(UserError, match="'Ω'"):
         model.evaluate("The Ω")

@@ -10,9 +10,9 @@ import pytest
 
 from charrnn.checkpoint import save_run_config, save_weights
 from charrnn.config import ModelConfig
+from charrnn.data.vocab import Vocab
 from charrnn.models.base import init_parameters
-from charrnn.serve.inspect import correlations, rank_units, text_features
-from charrnn.vocab import Vocab
+from charrnn.serve.activations import correlations, rank_units, text_features
 
 # starlette asks for httpx2 behind TestClient; httpx works the same here
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -116,15 +116,15 @@ def test_generate_with_int8_weights_is_the_int8_model(run_dir):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
     pytest.importorskip("torch")
-    import charrnn
     from fastapi.testclient import TestClient
 
+    import charrnn
     from charrnn.serve.app import create_app
 
     body = {"prime": "he ", "length": 60, "temperature": 0.8, "seed": 4}
     app = create_app(run_dir, impl="library", max_generations=1, quantize="int8")
     slot = app.state.engine.slots.get()
-    assert slot.runner.quantize == "int8"               # (random weights: int8 and float texts coincide here)
+    assert slot.predictor.quantize == "int8"               # (random weights: int8 and float texts coincide here)
     app.state.engine.slots.put(slot)
     with TestClient(app) as int8_client:
         response = int8_client.post("/api/generate", json=body)
@@ -184,7 +184,7 @@ def test_inspect_gives_activations_and_top5_like_the_library_engine(client, run_
         assert len(row) == 5 and sum(probs) <= 1 + 1e-6 and probs == sorted(probs, reverse=True)
     # an independent computation: the library engine's forward over the whole text
     model = charrnn.load(run_dir, impl="library")
-    logits, _ = model.runner.feed(model.vocab.encode(text)[None].astype(np.int64), model.runner.zero_state(1))
+    logits, _ = model.predictor.feed(model.vocab.encode(text)[None].astype(np.int64), model.predictor.zero_state(1))
     p = np.exp(logits[0] - logits[0].max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)                                  # (T, V)
     for t in (0, len(text) - 1):
@@ -192,13 +192,13 @@ def test_inspect_gives_activations_and_top5_like_the_library_engine(client, run_
         assert [ch for ch, _ in data["predictions"][t]] == [model.vocab.chars[i] for i in best]
         np.testing.assert_allclose([q for _, q in data["predictions"][t]], p[t, best], atol=1e-4)
     # and the activations: the library engine's state after the whole text
-    _, state = model.runner.feed(model.vocab.encode(text)[None].astype(np.int64), model.runner.zero_state(1))
+    _, state = model.predictor.feed(model.vocab.encode(text)[None].astype(np.int64), model.predictor.zero_state(1))
     assert data["values"][-1] == pytest.approx(float(state[1][1, 0, 3]), abs=1e-4)
 
 
 def test_trace_shapes(run_dir):
     from charrnn.checkpoint import load_run
-    from charrnn.serve.inspect import Tracer
+    from charrnn.serve.activations import Tracer
 
     config, vocab, params = load_run(run_dir)
     with (tracer := Tracer(config, params, vocab)).lock:
@@ -290,7 +290,7 @@ def test_missing_extra_is_one_line_naming_it(run_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
     assert main(["serve", "--checkpoint", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "charrnn[serve]" in err
+    assert err.count("\n") == 1 and "pip install 'charrnn-toolkit[serve]'" in err and "pip install -e '.[serve]'" in err
 
 
 def test_closing_the_stream_stops_the_generation_and_frees_its_slot():
@@ -331,30 +331,15 @@ def test_the_page_has_no_markup_sinks():
     assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write|\beval\(", js)
 
 
-@pytest.mark.parametrize("header, name", [("127.0.0.1:8000", "127.0.0.1"), ("localhost", "localhost"),
-                                          ("[::1]:8000", "::1"), ("evil.example:80", "evil.example")])
-def test_host_header_names(header, name):
+@pytest.mark.parametrize("host, allowed", [("127.0.0.1:8000", True), ("localhost", True), ("[::1]:8000", True),
+                                           ("evil.example:80", False), ("127.0.0.1.evil.example", False)])
+def test_host_header_names(run_dir, host, allowed):
+    """Host names as the loopback server's allow-list sees them, IPv6 brackets and ports included."""
     pytest.importorskip("fastapi")
-    from charrnn.serve.app import _host_name
+    from fastapi.testclient import TestClient
 
-    assert _host_name(header) == name
+    from charrnn.serve.app import create_app
 
-
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_trace_matches_the_library_engine(tmp_path, cell):
-    """The torch-free trace (FusedStep, one character at a time) against torch.nn over the whole text."""
-    import charrnn
-    from charrnn.checkpoint import load_run
-    from charrnn.serve.inspect import Tracer
-
-    run = make_run(tmp_path / cell, cell=cell, hidden=12)
-    config, vocab, params = load_run(run)
-    text = 'He said "go (now)"\n'
-    with (tracer := Tracer(config, params, vocab)).lock:
-        trace = tracer.trace(text)
-    model = charrnn.load(run, impl="library")
-    logits, state = model.runner.feed(vocab.encode(text)[None].astype(np.int64), model.runner.zero_state(1))
-    np.testing.assert_allclose(trace.logits, logits[0], atol=1e-4)
-    np.testing.assert_allclose(trace.states["h"][-1], state[0][:, 0], atol=1e-5)
-    if cell == "lstm":
-        np.testing.assert_allclose(trace.states["c"][-1], state[1][:, 0], atol=1e-5)
+    app = create_app(run_dir, impl="naive", max_generations=1, allowed_hosts=["127.0.0.1", "localhost", "::1"], warm=False)
+    with TestClient(app) as c:
+        assert (c.get("/api/info", headers={"host": host}).status_code == 200) is allowed

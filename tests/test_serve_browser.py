@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_serve import TEXT, make_run
 
 CHROMIUM = os.environ.get("CHARRNN_CHROMIUM", "/usr/bin/chromium")

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn.batching import make_streams
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.batching import make_streams
 from charrnn.models import build_model
-from charrnn.train import Trainer
+from charrnn.train.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ["naive", "scratch", "library"]
@@ -87,13 +87,13 @@ class RecordingStepper:
 def test_state_carries_between_windows_and_resets_each_epoch(tmp_path):
     import torch
 
-    from charrnn.steppers import TorchStepper
+    from charrnn.train.learners import TorchLearner
 
     data = np.random.default_rng(1).integers(0, 7, size=4 * 50 + 1).astype(np.uint8)
     streams = make_streams(data, batch_size=4, seq_len=10)          # 5 windows per epoch
     cfg = TrainConfig(max_iters=12, eval_every=1000, log_every=1000, out=str(tmp_path))
     model = build_model("library", ModelConfig(vocab_size=7, cell="lstm", layers=2, hidden=8, embed=4))
-    stepper = RecordingStepper(TorchStepper(model, "adam", 1e-2, 0.0, 5.0, torch.device("cpu")))
+    stepper = RecordingStepper(TorchLearner(model, "adam", 1e-2, 0.0, 5.0, torch.device("cpu")))
     Trainer(cfg, stepper, streams, None, tmp_path, log=lambda m: None).run()
     calls = stepper.calls
     assert len(calls) == 12

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..errors import UserError
+from charrnn.config import ModelConfig
+from charrnn.errors import UserError
 
 
 def build_model(impl: str, config: ModelConfig, seed: int = 0, params=None, device=None,
                 dtype: str = "float32", script: bool = False):
     """Build an engine by name. Only the naive engine is importable without torch."""
     if impl == "naive":
-        from .naive import NaiveModel
+        from charrnn.models.naive import NaiveModel
 
         return NaiveModel(config, params=params, dtype=np.dtype(dtype), seed=seed)
     try:
@@ -19,11 +19,11 @@ def build_model(impl: str, config: ModelConfig, seed: int = 0, params=None, devi
     except ImportError:
         raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
     if impl == "scratch":
-        from .scratch import ScratchModel
+        from charrnn.models.scratch import ScratchModel
 
         model = ScratchModel(config, seed=seed, script=script)
     elif impl == "library":
-        from .library import LibraryModel
+        from charrnn.models.library import LibraryModel
 
         model = LibraryModel(config, seed=seed)
     else:

@@ -23,13 +23,16 @@ from typing import Any, Dict, Protocol, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
+from charrnn.config import ModelConfig
 
 State = Tuple[Any, ...]
 
 
 class CharModel(Protocol):
+    """What every engine is: training, sampling and evaluation never ask which one they hold."""
+
     config: ModelConfig
+    backend: str   # "numpy", "torch", "tensorflow" or "onnx": which array type its forward takes and returns
 
     def initial_state(self, batch_size: int) -> State: ...
 
@@ -80,7 +83,7 @@ def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32) -> Dict[str, 
 
 def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str) -> None:
     """Raise UserError unless `params` has exactly the canonical names and shapes for `cfg`."""
-    from ..errors import UserError
+    from charrnn.errors import UserError
 
     expected = parameter_shapes(cfg)
     missing = sorted(set(expected) - set(params))

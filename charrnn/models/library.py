@@ -5,11 +5,10 @@ canonical ones because the submodules are called embed, rnn and head.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .torch_common import TorchCharModel
+from charrnn.config import ModelConfig
+from charrnn.models.torch_common import TorchCharModel
 
 _RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 

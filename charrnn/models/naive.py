@@ -17,8 +17,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
-from .base import State, check_parameters, init_parameters, parameter_shapes, state_size
+from charrnn.config import ModelConfig
+from charrnn.models.base import State, check_parameters, init_parameters, parameter_shapes, state_size
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -187,6 +187,8 @@ class NaiveModel:
     `params` holds the canonical torch.nn names and layouts (base.parameter_shapes).
     Use float32 to train and float64 to check gradients.
     """
+
+    backend = "numpy"    # how inference reaches it (infer/predictor.py)
 
     def __init__(self, config: ModelConfig, params: Optional[Dict[str, np.ndarray]] = None,
                  dtype=np.float32, seed: int = 0):

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
-from .torch_common import TorchCharModel
+from charrnn.config import ModelConfig
+from charrnn.models.torch_common import TorchCharModel
 
 
 def rnn_layer(xp: Tensor, h: Tensor, w_hh_t: Tensor) -> Tuple[Tensor, Tensor]:

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .base import check_parameters, init_parameters, state_size
+from charrnn.config import ModelConfig
+from charrnn.models.base import check_parameters, init_parameters, state_size
 
 
 class TorchCharModel(nn.Module):
@@ -19,6 +19,7 @@ class TorchCharModel(nn.Module):
     """
 
     config: ModelConfig
+    backend = "torch"    # how inference reaches it (infer/predictor.py)
 
     def init_weights(self, seed: int) -> None:
         self.set_parameters(init_parameters(self.config, seed))
@@ -41,8 +42,3 @@ class TorchCharModel(nn.Module):
         """Accept NumPy or torch integer arrays (B, T); return a long tensor on the model's device."""
         device = next(self.parameters()).device
         return torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs, device=device).long()
-
-
-def detach_state(state: tuple) -> tuple:
-    """Cut the graph between windows: truncated BPTT keeps the values, drops the history."""
-    return tuple(s.detach() for s in state)

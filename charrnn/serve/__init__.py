@@ -1,6 +1,6 @@
 """`charrnn serve`: a local web page to generate text, look inside the model, and see training curves.
 
-Needs the optional `serve` extra (FastAPI and uvicorn): pip install 'charrnn[serve]'.
+Needs the optional `serve` extra (FastAPI and uvicorn): see errors.install_hint.
 Nothing here imports them until the command runs, so the core stays light.
 """
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from ..errors import UserError
+from charrnn.errors import UserError, install_hint
 
-EXTRA_HINT = "charrnn serve needs FastAPI and uvicorn: pip install 'charrnn[serve]'"
+EXTRA_HINT = f"charrnn serve needs FastAPI and uvicorn: {install_hint('serve')}"
 
 
 def require_extra() -> None:
@@ -36,11 +36,11 @@ def run_serve(args) -> int:
     require_extra()
     import numpy  # noqa: F401 (loads OpenBLAS, so blas_threads can find it)
 
-    from ..fastgen import blas_threads
+    from charrnn.devices import blas_threads
 
     sock = listen(args.host, args.port)  # first, so a taken port fails before the model loads
-    # every request is batch 1: one BLAS thread each is fastest (a prime fed through NumPy on two threads of
-    # a busy 2-core machine took 18x longer), and concurrent requests use the other cores
+    # every request is batch 1: one BLAS thread each is fastest (a second thread waiting for a busy core
+    # slows every small product down), and concurrent requests use the other cores
     with sock, blas_threads(1):
         _serve(args, sock)
     return 0
@@ -64,7 +64,7 @@ def listen(host: str, port: int) -> socket.socket:
 def _serve(args, sock: socket.socket) -> None:
     import uvicorn
 
-    from .app import create_app
+    from charrnn.serve.app import create_app
 
     # on loopback, refuse requests for other host names (DNS rebinding); elsewhere the user chose to expose it
     allowed = ["127.0.0.1", "localhost", "::1", args.host] if is_loopback(args.host) else None

@@ -19,18 +19,21 @@ import queue
 from pathlib import Path
 from typing import List, Optional, Set
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..api import TrainedModel
-from ..checkpoint import load_run
-from ..errors import UserError
-from ..metrics import read_metrics
-from .inspect import FEATURES, Trace, Tracer, rank_units, text_features, trace_state_names, unit_series
-from .stream import Generation
+from charrnn.checkpoint import load_run
+from charrnn.errors import UserError
+from charrnn.infer.api import TrainedModel, load
+from charrnn.infer.sampling import sampling_options
+from charrnn.serve.activations import FEATURES, Trace, Tracer, rank_units, text_features, trace_state_names, unit_series
+from charrnn.serve.stream import Generation
+from charrnn.train.metrics import read_metrics
 
 STATIC = Path(__file__).parent / "static"
 MAX_PRIME_CHARS = 2000        # characters of prime per generation
@@ -73,7 +76,7 @@ class Engine:
                  quantize: Optional[str] = None):
         self.run_dir, self.impl, self.which, self.max_generations = run_dir, impl, which, max_generations
         self.slots: "queue.SimpleQueue[TrainedModel]" = queue.SimpleQueue()
-        models = [TrainedModel(run_dir, impl=impl, which=which, quantize=quantize) for _ in range(max_generations)]
+        models = [load(run_dir, impl=impl, which=which, quantize=quantize) for _ in range(max_generations)]
         for model in models:
             self.slots.put(model)
         self.config, self.vocab, params = load_run(run_dir, which)
@@ -138,9 +141,9 @@ async def generate(req: GenerateRequest, request: Request):
     except queue.Empty:
         return error(429, f"{run.max_generations} generations are already running; try again when one finishes")
     try:
-        prime = model.prime(req.prime)  # UserError (-> 400) for characters outside the vocabulary
-        chars = model.stream(prime, req.length, temperature=req.temperature, top_k=req.top_k,
-                             top_p=req.top_p, greedy=req.greedy, seed=req.seed)
+        prime = model.prime(req.prime, audience="web")  # UserError (-> 400) for characters outside the vocabulary
+        options = sampling_options(None if req.greedy else req.temperature, req.top_k, req.top_p, req.greedy)
+        chars = model.stream_checked(prime, req.length, options, np.random.default_rng(req.seed))
     except BaseException:
         slots.put(model)
         raise
@@ -209,20 +212,17 @@ def _number(value) -> bool:
 
 
 class Guard:
-    """ASGI middleware: refuse unexpected Host headers and oversized bodies; add CSP to every response."""
+    """ASGI middleware: refuse oversized bodies; add CSP to every response (Host names: TrustedHostMiddleware)."""
 
-    def __init__(self, app, allowed_hosts: Optional[List[str]]):
-        self.app, self.allowed_hosts = app, allowed_hosts
+    def __init__(self, app):
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        host = _host_name(headers.get("host", ""))
         size = headers.get("content-length")
-        if self.allowed_hosts is not None and host not in self.allowed_hosts:
-            response = error(400, f"unexpected Host header {host!r}; open the address charrnn serve printed")
-        elif size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
             response = error(413, f"request body over {MAX_BODY_BYTES} bytes")
         else:
             return await self.app(scope, receive, _with_headers(send))
@@ -239,13 +239,6 @@ def _with_headers(send):
     return sending
 
 
-def _host_name(host: str) -> str:
-    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1'."""
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 def create_app(run_dir, impl: str = "library", which: str = "latest", max_generations: int = 2,
                allowed_hosts: Optional[List[str]] = None, warm: bool = True, quantize: Optional[str] = None) -> FastAPI:
     """The app for one run directory, its model loaded (`max_generations` times) and warmed.
@@ -257,7 +250,10 @@ def create_app(run_dir, impl: str = "library", which: str = "latest", max_genera
     app.state.engine = Engine(Path(run_dir), impl, which, max_generations, warm, quantize)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(Guard, allowed_hosts=allowed_hosts)
+    app.add_middleware(Guard)
+    if allowed_hosts is not None:  # added last, so it runs first: a foreign Host gets nothing else
+        hosts = [*allowed_hosts, *(f"[{h}]" for h in allowed_hosts if ":" in h)]
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

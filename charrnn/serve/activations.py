@@ -1,6 +1,6 @@
 """Look inside a model: per-character activations, next-character predictions, units that track features.
 
-Torch-free: `fastgen.FusedStep` steps one character at a time from a zero state, and after
+Torch-free: `infer.steps.NumpyStep` steps one character at a time from a zero state, and after
 each character we copy out the state (h for every layer, c too for an LSTM) and the logits.
 Position t therefore holds the state *after reading* text[t] and the prediction of text[t + 1].
 
@@ -16,11 +16,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..errors import UserError
-from ..fastgen import FusedStep, blas_threads
-from ..runner import log_softmax
-from ..vocab import Vocab
+from charrnn.config import ModelConfig
+from charrnn.data.vocab import Vocab
+from charrnn.devices import blas_threads
+from charrnn.errors import UserError
+from charrnn.infer.steps import NumpyStep
+from charrnn.losses import log_softmax
 
 STATES = ("h", "c")  # c exists for LSTMs only
 
@@ -39,12 +40,12 @@ class Trace:
 
 
 class Tracer:
-    """Runs texts through one FusedStep (batch 1, float32); one text at a time, the last few cached."""
+    """Runs texts through one NumpyStep (batch 1, float32); one text at a time, the last few cached."""
 
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], vocab: Vocab, cache_size: int = 4):
         self.config, self.vocab = config, vocab
-        self.fused = FusedStep(config, params, batch_size=1, dtype=np.float32)
-        self.lock = threading.Lock()  # the FusedStep's buffers are shared: one text at a time
+        self.fused = NumpyStep(config, params, batch_size=1, dtype=np.float32)
+        self.lock = threading.Lock()  # the NumpyStep's buffers are shared: one text at a time
         self._cache: "OrderedDict[str, Trace]" = OrderedDict()
         self._cache_size = cache_size
 
@@ -58,7 +59,7 @@ class Tracer:
             return self._cache[text]
         missing = self.vocab.unknown(text)
         if missing:
-            from ..vocab import format_chars
+            from charrnn.data.vocab import format_chars
 
             raise UserError(f"the text has characters outside the model's vocabulary: {format_chars(missing)}")
         trace = self._run(text)

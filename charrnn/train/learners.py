@@ -1,28 +1,64 @@
-"""One training step, for each kind of engine, behind one interface.
+"""A learner: one engine's model with its optimizer, loss and gradients, behind one interface.
 
-The training loop never asks which engine it holds: it calls a Stepper.
-`TorchStepper` serves the scratch and library engines (autograd, torch.optim,
-optionally DDP); `NumpyStepper` serves the naive engine (hand-written
-backward, NumPy optimizers with torch.optim's exact semantics). States cross
-this boundary as NumPy arrays only when saved; inside the loop they stay in
-the engine's own array type.
+The training loop never asks which engine it holds: it calls a `Learner`.
+`TorchLearner` serves the scratch and library engines (autograd, torch.optim,
+optionally DDP); `NumpyLearner` serves the naive engine (hand-written backward,
+NumPy optimizers with torch.optim's exact semantics). States cross this boundary
+as NumPy arrays only when saved; inside the loop they stay in the engine's own
+array type.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Protocol, Tuple
 
 import numpy as np
 
-from .errors import UserError
-from .losses import cross_entropy
+from charrnn.errors import UserError
+from charrnn.losses import cross_entropy, cross_entropy_torch
+from charrnn.models.base import CharModel, State
+
+Arrays = Dict[str, np.ndarray]
 
 
-class NumpyStepper:
+class Learner(Protocol):
+    """What the training loop needs of an engine: steps, and everything a checkpoint holds."""
+
+    model: CharModel
+
+    def zero_state(self, batch_size: int) -> State: ...
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, state: State) -> Tuple[float, State]:
+        """One window: forward (B, T), mean loss in nats, backward, clip, update. Returns the loss and the
+        final state, detached (truncated BPTT). A non-finite loss skips the update."""
+
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state: State) -> Tuple[float, State]:
+        """Mean loss of one window in eval mode (no dropout), and the carried state."""
+
+    def set_lr(self, lr: float) -> None: ...
+
+    def state_to_numpy(self, state: State) -> List[np.ndarray]: ...
+
+    def state_from_numpy(self, arrays: List[np.ndarray]) -> State: ...
+
+    def optimizer_state(self) -> Tuple[Arrays, Any]: ...
+
+    def load_optimizer_state(self, arrays: Arrays, meta: Any) -> None: ...
+
+    def rng_state(self) -> Tuple[Arrays, Any]: ...
+
+    def set_rng_state(self, arrays: Arrays, meta: Any) -> None: ...
+
+    def get_parameters(self) -> Arrays: ...
+
+    def parameters_finite(self) -> bool: ...
+
+
+class NumpyLearner:
     """Training for the naive engine: forward_train -> shared loss -> backward -> clip -> step."""
 
     def __init__(self, model, optimizer: str, lr: float, weight_decay: float, grad_clip: float, seed: int):
-        from .numpy_optim import make_optimizer
+        from charrnn.train.numpy_optim import make_optimizer
 
         self.model = model
         self.optimizer = make_optimizer(optimizer, model.params, lr, weight_decay)
@@ -33,13 +69,13 @@ class NumpyStepper:
         return self.model.initial_state(batch_size)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
-        from .fastgen import one_blas_thread_unless_chosen
+        from charrnn.devices import one_blas_thread_unless_chosen
 
         with one_blas_thread_unless_chosen():
             return self._train_step(x, y, state)
 
     def _train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
-        from .numpy_optim import clip_grad_norm
+        from charrnn.train.numpy_optim import clip_grad_norm
 
         self.model.train()
         logits, new_state, cache = self.model.forward_train(x, state, self.rng)
@@ -87,14 +123,7 @@ class NumpyStepper:
         return all(np.isfinite(p).all() for p in self.model.params.values())
 
 
-def cross_entropy_torch(logits, targets):
-    """Mean cross-entropy in nats per character; logits (B, T, V), targets (B, T)."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-
-
-class TorchStepper:
+class TorchLearner:
     """Training for the scratch and library engines, with optional DDP, bf16 autocast and compile."""
 
     def __init__(self, model, optimizer: str, lr: float, weight_decay: float, grad_clip: float,
@@ -106,12 +135,12 @@ class TorchStepper:
         self.device = device
         self.grad_clip = grad_clip
         self.bf16 = bf16
-        runner = model
+        wrapped = model
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.runner = torch.compile(runner) if compile else runner
+            wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.wrapped = torch.compile(wrapped) if compile else wrapped  # what the forward runs through
         params = list(model.parameters())
         if optimizer == "adagrad":
             self.optimizer = torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
@@ -128,7 +157,7 @@ class TorchStepper:
 
     def _forward(self, x, state):
         with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bf16):
-            return self.runner(self._tensor(x), state)
+            return self.wrapped(self._tensor(x), state)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
         self.model.train()

@@ -4,8 +4,8 @@ Why: at batch 1 a Python step of a 2x512 LSTM spends most of its time around the
 arithmetic (per-call overhead of a dozen small NumPy calls, cache misses); the same
 step in C, with int8 weights laid out for AVX-512 VNNI, split between threads that
 meet once per layer, and drawing the next character itself, is several times faster
-(benchmarks/sampling_speed.py). The numbers are quantize.QuantLinear's, so the NumPy
-FusedStep with quantize="int8" is both this step's test oracle and its fallback.
+(benchmarks/sampling_speed.py). The numbers are linear.QuantLinear's, so the NumPy
+NumpyStep with quantize="int8" is both this step's test oracle and its fallback.
 
 The library is compiled on first use with `cc -O3 -march=native` (or $CC) into the
 user's cache directory, under a name that hashes the source, the compiler, its flags and the CPU,
@@ -29,9 +29,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .config import ModelConfig
-from .fastgen import StepState, fused_weights
-from .quantize import quantize_columns
+from charrnn.config import ModelConfig
+from charrnn.storage import atomic_file, user_cache_dir
+from charrnn.infer.linear import quantize_columns
+from charrnn.infer.steps import StepState, fused_weights
 
 SOURCE = Path(__file__).with_name("native_step.c")
 CELL_CODES = {"rnn": 0, "gru": 1, "lstm": 2}
@@ -69,8 +70,8 @@ def default_threads(hidden: int) -> int:
 
 
 def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/charrnn/native (default ~/.cache/...), else a per-user temporary folder."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn" / "native"
+    """The user cache's native/ folder (storage.user_cache_dir), else a per-user temporary folder."""
+    base = user_cache_dir("native")
     try:
         base.mkdir(parents=True, exist_ok=True)
         if os.access(base, os.W_OK):
@@ -112,16 +113,21 @@ def _build(cc: str) -> Path:
         return target
     errors = []
     for march in (["-march=native"], []):  # some compilers (clang on arm64) refuse -march=native
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        done = subprocess.run([cc, *FLAGS, *march, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                              timeout=120)
-        if done.returncode == 0:
-            os.replace(tmp, target)  # atomic: another process building at the same time is harmless
+        try:  # atomic: another process building at the same time is harmless
+            with atomic_file(target) as tmp:
+                done = subprocess.run([cc, *FLAGS, *march, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True,
+                                      text=True, timeout=120)
+                if done.returncode != 0:
+                    raise _BuildFailed()
             return target
-        os.unlink(tmp)
+        except _BuildFailed:
+            pass
         errors.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
     raise RuntimeError(f"{cc} could not build {SOURCE.name}: {errors[-1]}")
+
+
+class _BuildFailed(Exception):
+    pass
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,32 +181,27 @@ def pack_weights(q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(blocks))
 
 
-class NativeStep(StepState):
-    """fastgen.FusedStep's interface (step, feed, set_state, get_state) on the compiled int8 step,
-    plus generate(): many characters per call, drawn in C. `threads` share each step (see
-    native_step.c); default: default_threads. `library`: another build of native_step.c (tests)."""
+class NativeWeights:
+    """A model's weights packed once for the compiled step: read-only, shared by every NativeStep made from them.
 
-    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
-                 threads: Optional[int] = None, library: Optional[ctypes.CDLL] = None):
+    Hidden units are split into `threads` regions, one per thread; region r owns all G gate
+    columns of its units, so each thread runs its own cells (see native_step.c).
+    """
+
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], threads: Optional[int] = None,
+                 library: Optional[ctypes.CDLL] = None):
         lib = library or kernel()
         if lib is None:
             raise RuntimeError(f"the compiled step is unavailable: {kernel_problem()}")
-        super().__init__(config, batch_size, np.float32)
-        self.lib = lib
+        self.config, self.lib = config, lib
         fused = fused_weights(config, params)
-        L, H, B, G, V = config.layers, config.hidden, batch_size, config.gates, config.vocab_size
+        L, H, G = config.layers, config.hidden, config.gates
         self.threads = default_threads(H) if threads is None else max(1, min(int(threads), H))
         # region r owns hidden units [start[r], start[r+1]): all G gate columns of them, gate-major
         start = np.linspace(0, H, self.threads + 1).round().astype(np.int32)
         regions = [np.concatenate([g * H + np.arange(start[r], start[r + 1]) for g in range(G)])
                    for r in range(self.threads)]
-        keep = self._keep = []                                         # every array C points into
-
-        def pointer(array: Optional[np.ndarray]) -> Optional[int]:
-            if array is None:
-                return None
-            keep.append(array)
-            return array.ctypes.data
+        self.keep = []                                            # every array C points into
 
         def linear(weight_bias) -> _QLinear:
             if weight_bias is None:
@@ -210,31 +211,63 @@ class NativeStep(StepState):
             for columns in regions:                    # per-column scales: the same as quantizing w whole
                 q, scale = quantize_columns(w[:, columns])
                 bias = None if b is None else np.ascontiguousarray(b.reshape(-1)[columns], np.float32)
-                parts.append(_QRegion(pointer(pack_weights(q)), pointer(scale),
-                                      pointer(q.sum(axis=0, dtype=np.int32)), pointer(bias), q.shape[1]))
+                parts.append(_QRegion(self.pointer(pack_weights(q)), self.pointer(scale),
+                                      self.pointer(q.sum(axis=0, dtype=np.int32)), self.pointer(bias), q.shape[1]))
             table = (_QRegion * len(parts))(*parts)
-            keep.append(table)
+            self.keep.append(table)
             return _QLinear(table, w.shape[0])
 
         recurrent = fused.xh if config.cell != "gru" else fused.hh
-        xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
-        x = (_QLinear * L)(*[linear(layer) for layer in (fused.x if config.cell == "gru" else [None] * L)])
-        keep.extend([xh, x])
+        self.xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
+        self.x = (_QLinear * L)(*[linear(layer) for layer in (fused.x if config.cell == "gru" else [None] * L)])
         f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
-        self.logits = np.zeros((B, V), np.float32)
-        self._cdf = np.zeros(V, np.float64)
-        self._net = _Net(CELL_CODES[config.cell], L, H, V, B, self.threads, pointer(start), pointer(f32(fused.table)),
-                         xh, x, pointer(f32(fused.head[0])), pointer(f32(fused.head[1].reshape(-1))),
-                         pointer(self.h), pointer(self.c), None)
-        self._net_ref = ctypes.byref(self._net)
-        if lib.charrnn_open(self._net_ref, self.threads) != 0:
-            raise MemoryError("the compiled step could not allocate its buffers or start its threads")
-        # stop the threads and free C's buffers with this object (the finalizer holds the struct, not self)
-        weakref.finalize(self, lib.charrnn_close, self._net_ref)
+        self.unit_start, self.table = self.pointer(start), self.pointer(f32(fused.table))
+        self.head_w, self.head_b = self.pointer(f32(fused.head[0])), self.pointer(f32(fused.head[1].reshape(-1)))
+
+    def pointer(self, array: Optional[np.ndarray]) -> Optional[int]:
+        """The address of an array C will read, kept alive as long as these weights."""
+        if array is None:
+            return None
+        self.keep.append(array)
+        return array.ctypes.data
+
+
+class NativeStep(StepState):
+    """NumpyStep's interface (step, feed, set_state, get_state) on the compiled int8 step,
+    plus generate(): many characters per call, drawn in C. `threads` share each step (see
+    native_step.c); default: default_threads. `library`: another build of native_step.c (tests).
+    Steps made `sharing` one NativeWeights share the weights and nothing else: each has its
+    own state, buffers and threads."""
+
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
+                 threads: Optional[int] = None, library: Optional[ctypes.CDLL] = None):
+        self._setup(NativeWeights(config, params, threads, library), batch_size)
+
+    @classmethod
+    def sharing(cls, weights: NativeWeights, batch_size: int) -> "NativeStep":
+        step = cls.__new__(cls)
+        step._setup(weights, batch_size)
+        return step
 
     @classmethod
     def from_model(cls, model, batch_size: int) -> "NativeStep":
         return cls(model.config, model.get_parameters(), batch_size)
+
+    def _setup(self, weights: NativeWeights, batch_size: int) -> None:
+        config = weights.config
+        super().__init__(config, batch_size, np.float32)
+        self.weights, self.lib, self.threads = weights, weights.lib, weights.threads
+        L, H, B, V = config.layers, config.hidden, batch_size, config.vocab_size
+        self.logits = np.zeros((B, V), np.float32)
+        self._cdf = np.zeros(V, np.float64)
+        c = None if self.c is None else self.c.ctypes.data
+        self._net = _Net(CELL_CODES[config.cell], L, H, V, B, self.threads, weights.unit_start, weights.table,
+                         weights.xh, weights.x, weights.head_w, weights.head_b, self.h.ctypes.data, c, None)
+        self._net_ref = ctypes.byref(self._net)
+        if self.lib.charrnn_open(self._net_ref, self.threads) != 0:
+            raise MemoryError("the compiled step could not allocate its buffers or start its threads")
+        # stop the threads and free C's buffers with this object (the finalizer holds the struct, not self)
+        weakref.finalize(self, self.lib.charrnn_close, self._net_ref)
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row; returns logits (B, V) float32, valid until the next step."""

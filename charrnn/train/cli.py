@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .batching import make_streams, split_train_val, validation_streams
-from .checkpoint import RESUME, load_run, load_run_config, save_run_config
-from .config import ModelConfig, TrainConfig, from_dict
-from .dataset import Corpus, load_corpus
-from .devices import close_distributed, init_distributed, make_reducers, resolve_device, world_from_env
-from .errors import UserError, checkpoint_write_error
-from .presets import preset_values
+from charrnn.checkpoint import RESUME, load_run, load_run_config, save_run_config
+from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.data.batching import make_streams, split_train_val, validation_streams
+from charrnn.data.corpus import Corpus, load_corpus
+from charrnn.devices import resolve_device
+from charrnn.errors import UserError, checkpoint_write_error
+from charrnn.train.distributed import world_from_env
+from charrnn.train.presets import preset_values
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -76,14 +77,14 @@ def run_train(args: dict) -> int:
         raise UserError(f"--bf16 needs CUDA but training would run on {device.type}; drop --bf16 (or the gpu preset)")
     if not world.distributed:
         return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world)
-    init_distributed(world, device)
+    world.join(device)
     finished = False
     try:  # each process trains on its own contiguous share of the streams
         code = _train(train_cfg, model_cfg, vocab, init_params, train_streams.shard(world.rank, world.size),
                       val_streams.shard(world.rank, world.size) if val_streams else None, device, world)
         finished = True
     finally:
-        close_distributed(finished)
+        world.leave(finished)
     # Leave without interpreter teardown: about one run in three, a process whose run had
     # finished and left the process group still aborted while exiting ("terminate called
     # without an active exception", from threads the gloo backend leaves behind), which
@@ -122,7 +123,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
                 raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
         model_flags = {**dataclasses.asdict(init_model), "dropout": model_flags.get("dropout", init_model.dropout)}
     elif cfg.resume:
-        from .checkpoint import load_vocab
+        from charrnn.checkpoint import load_vocab
 
         vocab = load_vocab(out, ModelConfig(**model_flags))
         if vocab != corpus.vocab:
@@ -132,12 +133,12 @@ def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,
            device, world) -> int:
-    """Build the stepper and the Trainer, restore on --resume, train. Only rank 0 writes files;
+    """Build the learner and the Trainer, restore on --resume, train. Only rank 0 writes files;
     every rank takes part in the collectives inside the Trainer."""
     out = Path(cfg.out)
-    stepper = _make_stepper(cfg, model_cfg, device, world, init_params)
+    learner = _make_learner(cfg, model_cfg, device, world, init_params)
     if world.is_main:
-        from .atomic import remove_stale_temporaries
+        from charrnn.storage import remove_stale_temporaries
 
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -148,12 +149,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
         except OSError as e:
             raise checkpoint_write_error(out, e, resumable=cfg.resume) from None
 
-    from .train import Trainer
+    from charrnn.train.loop import Trainer
 
-    reduce_sum, reduce_max, gather_state = make_reducers(world, device)
-    trainer = Trainer(cfg, stepper, train_streams, val_streams, out, is_main=world.is_main,
-                      reduce_sum=reduce_sum, reduce_max=reduce_max, gather_state=gather_state,
-                      shard=world.shard_rows(cfg.batch_size), sampler=_make_sampler(stepper, vocab, cfg))
+    trainer = Trainer(cfg, learner, train_streams, val_streams, out, world=world,
+                      sampler=_make_sampler(learner, vocab, cfg))
     if cfg.resume:
         trainer.restore()
         if world.rank > 0:  # the checkpoint holds rank 0's RNG; the others need dropout masks of their own
@@ -175,36 +174,39 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
     return 0
 
 
-def _make_stepper(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_params):
-    from .models import build_model
+def _make_learner(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_params):
+    from charrnn.models import build_model
 
     if cfg.impl == "naive":
-        from .steppers import NumpyStepper
+        from charrnn.train.learners import NumpyLearner
 
         model = build_model("naive", model_cfg, seed=cfg.seed, params=init_params)
-        return NumpyStepper(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, cfg.seed)
+        return NumpyLearner(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, cfg.seed)
     import torch
 
-    from .steppers import TorchStepper
+    from charrnn.train.learners import TorchLearner
 
-    # --compile: the scratch engine's time loop is TorchScripted (0.85x the library engine vs 0.78x eager,
-    # benchmarks/scratch_vs_library.py); torch.compile unrolls that loop, compiles for minutes and ran slower.
+    # --compile: the scratch engine's time loop is TorchScripted (faster than eager; torch.compile unrolls
+    # that loop, compiles for minutes and ran slower: docs/performance.md).
     script = cfg.compile and cfg.impl == "scratch"
     model = build_model(cfg.impl, model_cfg, seed=cfg.seed, params=init_params, device=device, script=script)
     torch.manual_seed(cfg.seed + world.rank)
-    return TorchStepper(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, device,
+    return TorchLearner(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, device,
                         bf16=cfg.bf16, compile=cfg.compile and not script, distributed=world.distributed)
 
 
-def _make_sampler(stepper, vocab, cfg: TrainConfig):
+def _make_sampler(learner, vocab, cfg: TrainConfig):
+    """A short sample now and then (--sample-every). It must never stop training: a model has no fixed
+    start character (the text may hold no newline: prime_indices picks one the vocabulary has)."""
     if not cfg.sample_every:
         return None
-    from .runner import Runner
-    from .sample import generate
+    from charrnn.infer.predictor import Predictor
+    from charrnn.infer.sampling import generate, sampling_options
 
     rng = np.random.default_rng(cfg.seed + 1)  # its own RNG: sampling must not change training's randomness
-    # a new Runner each time: the naive engine's fused step snapshots the weights, which training changes
-    return lambda: generate(Runner(stepper.model), vocab, prime="\n", length=200, temperature=0.8, rng=rng)
+    options = sampling_options(temperature=0.8)
+    # a new Predictor each time: the naive engine's step snapshots the weights, which training changes
+    return lambda: generate(Predictor(learner.model), vocab, "", 200, options, rng)[0]
 
 
 def _install_signal_handlers(trainer) -> dict:

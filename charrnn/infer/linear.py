@@ -1,16 +1,14 @@
 """The layers of a fused generation step, in float or in int8.
 
 At batch 1 a generation step reads every recurrent weight once, so its speed is
-the speed of memory: float32 matrix-vector products on the 2-core Xeon of
-benchmarks/sampling_speed.py top out near 4,000 steps/s for a 2x512 LSTM even
-with no other work at all. Int8 weights are a quarter of the bytes. `QuantLinear`
+the speed of memory, and int8 weights are a quarter of the bytes of float32. `QuantLinear`
 stores each output column's weights as int8 with its own scale, and at each call
 quantizes its input to 8 bits with a scale from the input's own range (dynamic
 quantization). It is the NumPy reference; native_step.c runs the same numbers fast.
 The price is accuracy, which `charrnn eval --quantize int8` measures on any text
-(README, Performance).
+(docs/performance.md).
 
-Every class here computes out = x @ W + b into a caller's buffer, so `fastgen.FusedStep`
+Every class here computes out = x @ W + b into a caller's buffer, so `steps.NumpyStep`
 does not care which it holds.
 """
 from __future__ import annotations
@@ -19,10 +17,6 @@ import functools
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-
-from .errors import UserError
-
-QUANTIZE_CHOICES = ("int8",)
 
 
 class FloatLinear:
@@ -114,9 +108,3 @@ def tanh_approx(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     e = exp_approx(_F(2.0) * np.clip(np.asarray(x, _F), _F(-9.0), _F(9.0)))
     np.divide(e - _F(1.0), e + _F(1.0), out=out)
     return out
-
-
-def check_quantize(quantize: Optional[str]) -> None:
-    """One line for a bad choice, before any work."""
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise UserError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")

@@ -6,7 +6,7 @@ gpu: a larger model for an hour or more on one GPU.
 """
 from __future__ import annotations
 
-from .errors import UserError
+from charrnn.errors import UserError
 
 PRESETS = {
     "cpu-10min": dict(impl="library", cell="lstm", layers=2, hidden=512, embed=64, dropout=0.25,

@@ -22,7 +22,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .errors import UserError
+from charrnn.errors import UserError
 
 
 @dataclass(frozen=True)

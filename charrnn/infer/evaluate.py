@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
-from .metrics import bits_per_char
-from .runner import Runner, log_softmax
+from charrnn.errors import UserError
+from charrnn.infer.predictor import Predictor
+from charrnn.losses import bits_per_char, log_softmax
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,17 @@ class Evaluation:
         return {"loss": self.loss, "bpc": self.bpc, "characters": self.characters}
 
 
-def evaluate_indices(runner: Runner, data: np.ndarray, chunk: int = 2048) -> Evaluation:
+def evaluate_indices(predictor: Predictor, data: np.ndarray, chunk: int = 2048) -> Evaluation:
     """Mean NLL of data[1:] given everything before, data (N,) ints; chunks of `chunk` steps, state carried."""
     if len(data) < 2:
         raise UserError("the text must have at least 2 characters to evaluate")
     data = np.asarray(data, dtype=np.int64)
-    state = runner.zero_state(1)
+    state = predictor.zero_state(1)
     total = 0.0
     for start in range(0, len(data) - 1, chunk):
         inputs = data[start : min(start + chunk, len(data) - 1)]
         targets = data[start + 1 : start + 1 + len(inputs)]
-        logits, state = runner.feed(inputs[None, :], state)
+        logits, state = predictor.feed(inputs[None, :], state)
         logp = log_softmax(logits[0])                                   # (T, V)
         total -= logp[np.arange(len(targets)), targets].sum()
     return Evaluation(float(total / (len(data) - 1)), len(data) - 1)

@@ -1,26 +1,32 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file under its final name.
+"""Files on disk: atomic writes, and the user cache folder charrnn keeps its downloads and builds in.
 
-The recipe is the classic one: write a temporary file in the same directory,
-flush and fsync it, rename it over the target (atomic on POSIX), then fsync
-the directory so the rename itself survives a power loss.
+Atomic: a reader (or a crash) never sees a half-written file under its final name. The
+recipe is the classic one: write a temporary file in the same directory, flush and fsync
+it, rename it over the target (atomic on POSIX), then fsync the directory so the rename
+itself survives a power loss. Every file charrnn writes goes through `atomic_file`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 TMP_PREFIX = ".tmp-"
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to fill by any means (a stream, a compiler); on success it is synced
+    and renamed over `path`, on any failure removed. The new file gets the mode any new file would."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; a checkpoint gets the mode any new file would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -30,6 +36,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -66,3 +77,10 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """charrnn's folder in the user's cache (platformdirs: $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn)."""
+    from platformdirs import user_cache_path
+
+    return user_cache_path("charrnn", appauthor=False).joinpath(*parts)

@@ -1,17 +1,17 @@
 /* One generation step of a charrnn model with int8 layer weights, in C: native.py builds and loads it.
  *
- * Why C: at batch 1 a step of a 2x512 LSTM is ~3 M multiply-adds, a few microseconds of
- * arithmetic, but from Python it costs ~200 us: per-call overhead of a dozen small NumPy
- * calls, and weights evicted from cache by everything around them. Here a step is a loop
+ * Why C: at batch 1 a step is a few microseconds of arithmetic, but from Python it costs
+ * far more: per-call overhead of a dozen small NumPy calls, and weights evicted from cache
+ * by everything around them (docs/performance.md). Here a step is a loop
  * over the layers with no allocation and no calls out, and generation draws each next
  * character here too, so Python is entered once per chunk of characters, not per step.
  *
- * The numbers are those of quantize.QuantLinear, the reference this file is tested against:
+ * The numbers are those of linear.QuantLinear, the reference this file is tested against:
  * per output column n, int8 weights q_w[k][n] with scale w_scale[n]; per call and per row, the
  * input x quantized symmetrically, s = max|x| / 127, q_x = rint(x / s); then
  *     out[n] = (sum_k q_x[k] q_w[k][n]) * (s * w_scale[n]) + bias[n].
  * The integer sums are exact, and every float operation after them (the epilogue, the cells, the
- * polynomial tanh below, which quantize.tanh_approx repeats in NumPy) happens in the same order
+ * polynomial tanh below, which linear.tanh_approx repeats in NumPy) happens in the same order
  * with the same float32 rounding (native.py compiles with -ffp-contract=off: no fused multiply-adds),
  * so the NumPy int8 step and this one compute the same states bit for bit. That matters: any
  * difference could round a later input to another int8 level, and the recurrence carries it on.

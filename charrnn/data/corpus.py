@@ -1,7 +1,7 @@
 """Encode a text file once into a compact integer array, cache it, and memory-map it.
 
 Peers load the whole corpus as Python objects and run out of memory on large
-files (char-rnn-tensorflow needs ~20x the file size). Here the text is read in
+files. Here the text is read in
 blocks twice (once for the vocabulary, once to encode), never held whole, and
 training reads a uint8/uint16 `.npy` through a memory map, so peak memory
 stays near the size of the encoded array.
@@ -12,7 +12,6 @@ a cheap (size, mtime) stamp avoids re-hashing an unchanged file.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -22,10 +21,11 @@ from typing import Iterator
 
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_text_atomic
-from .corpus import data_dir, resolve_data, sha256_of
-from .errors import UserError
-from .vocab import Vocab
+from charrnn.storage import atomic_file, user_cache_dir, write_text_atomic
+from charrnn.data.sources import data_dir, resolve_data, sha256_of
+from charrnn.data.textfile import decoded_chunks
+from charrnn.data.vocab import Vocab
+from charrnn.errors import UserError
 
 BLOCK_BYTES = 1 << 20  # per block, decoding and encoding hold ~20 bytes per character at once
 CACHE_FORMAT = 1
@@ -64,41 +64,9 @@ def corpus_from_text(text: str, name: str = "<text>") -> Corpus:
 
 
 def _decoded_blocks(path: Path) -> Iterator[np.ndarray]:
-    """Yield the file's code points block by block; UserError on non-UTF-8, NUL or empty input."""
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset, first, empty = 0, True, True
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
-    with f:
-        while True:
-            try:
-                raw = f.read(BLOCK_BYTES)
-            except OSError as e:
-                raise UserError(f"cannot read {path} ({e.strerror}); give a regular UTF-8 text file") from None
-            final = not raw
-            nul = raw.find(b"\x00")
-            if nul >= 0:
-                raise UserError(f"{path} looks binary (NUL byte at offset {offset + nul}); give a UTF-8 text file")
-            try:
-                text = decoder.decode(raw, final=final)
-            except UnicodeDecodeError as e:
-                raise UserError(
-                    f"{path} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. iconv -f LATIN1 -t UTF-8"
-                ) from None
-            if first and text:
-                if text.startswith("\ufeff"):
-                    text = text[1:]  # a UTF-8 byte-order mark is not part of the text
-                first = False
-            offset += len(raw)
-            if text:
-                empty = False
-                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            if final:
-                break
-    if empty:
-        raise UserError(f"{path} is empty; give a text of at least a few hundred characters")
+    """The file's code points, block by block, as the one text reader decodes them."""
+    for text in decoded_chunks(path, BLOCK_BYTES):
+        yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
 def _scan(path: Path) -> tuple[Vocab, int]:
@@ -128,8 +96,7 @@ def _fill(path: Path, vocab: Vocab, out: np.ndarray) -> None:
 def _cache_dirs(path: Path) -> list[Path]:
     beside = path.parent / (path.name + ".charrnn-cache")
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn"
-    return list(dict.fromkeys([beside, data_dir() / "encoded" / key, user_cache / "encoded" / key]))
+    return list(dict.fromkeys([beside, data_dir() / "encoded" / key, user_cache_dir("encoded", key)]))
 
 
 def _may_write_under(directory: Path) -> bool:
@@ -194,10 +161,9 @@ def _write_cache(directory: Path, path: Path, stamp: dict, digest: str) -> tuple
     vocab, count = _scan(path)
     array_name = f"{digest[:16]}.npy"
     final = directory / array_name
-    tmp = directory / f".tmp-{array_name}.{os.getpid()}"
     # Plain writes, not a memory map: pages written through a map count in the RSS while mapped,
     # which would add the whole encoded array to the peak of the first run.
-    with open(tmp, "wb") as f:
+    with atomic_file(final) as tmp, open(tmp, "wb") as f:
         np.lib.format.write_array_header_1_0(
             f, {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (count,)})
         written = 0
@@ -206,11 +172,8 @@ def _write_cache(directory: Path, path: Path, stamp: dict, digest: str) -> tuple
             f.write(encoded.tobytes())
             written += len(encoded)
         assert written == count, "file changed while it was being encoded"
-    os.replace(tmp, final)
     meta = {"format": CACHE_FORMAT, "stamp": stamp, "sha256": digest, "characters": count,
             "array": array_name, "vocab": list(vocab.chars)}
     write_text_atomic(directory / "meta.json", json.dumps(meta, ensure_ascii=False))
     return vocab, np.load(final, mmap_mode="r", allow_pickle=False)
 
-
-__all__ = ["Corpus", "load_corpus", "corpus_from_text", "write_bytes_atomic"]

@@ -14,8 +14,8 @@ import sysconfig
 import urllib.request
 from pathlib import Path
 
-from .atomic import write_bytes_atomic
-from .errors import UserError
+from charrnn.storage import user_cache_dir, write_bytes_atomic
+from charrnn.errors import UserError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -28,8 +28,7 @@ def data_dir() -> Path:
     env = os.environ.get("CHARRNN_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "charrnn"
+    return user_cache_dir()
 
 
 def resolve_data(spec: str) -> Path:

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from charrnn.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Vocab:
         return "".join(self.chars[int(i)] for i in indices)
 
     def save(self, path: Path) -> None:
-        from .atomic import write_text_atomic
+        from charrnn.storage import write_text_atomic
 
         write_text_atomic(Path(path), json.dumps(list(self.chars), ensure_ascii=False))
 

@@ -3,17 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 from typing import List
 
-from .errors import checkpoint_write_error
-
-LN2 = math.log(2.0)
-
-
-def bits_per_char(nats: float) -> float:
-    return nats / LN2
+from charrnn.errors import checkpoint_write_error
 
 
 class MetricsLog:
@@ -21,7 +14,7 @@ class MetricsLog:
     so the file tells one consistent history."""
 
     def __init__(self, path: Path, resume_from_iter: int | None = None):
-        from .atomic import write_text_atomic  # a kill while rewriting must not lose the history
+        from charrnn.storage import write_text_atomic  # a kill while rewriting must not lose the history
 
         self.path = Path(path)
         kept = [] if resume_from_iter is None else [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_from_iter]
@@ -62,10 +55,11 @@ def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import io
+
     import matplotlib.pyplot as plt
 
-    from .atomic import write_bytes_atomic
-    import io
+    from charrnn.storage import write_bytes_atomic
 
     rows = read_metrics(metrics_path)
     train = [(r["iter"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]

@@ -3,7 +3,7 @@
 Generating text feeds one character per step, so a step costs one read of every
 weight (a matrix-vector product per layer at batch 1) plus Python's per-call
 overhead. `NaiveModel.forward` is built for windows (time loops, arenas, stacked
-states); `FusedStep` is built once from the canonical parameters and then does,
+states); `NumpyStep` is built once from the canonical parameters and then does,
 per step, into preallocated buffers:
 
     layer 0:  a = h0 @ W_hh0^T + table[char]       table (V, G*H) = embed @ W_ih0^T + b_ih0 (+ b_hh0)
@@ -17,31 +17,24 @@ layers. Sigmoids are 0.5 * (1 + tanh(a / 2)) with the 1/2 folded into their
 weight columns (exact: a power of two), so one tanh covers all of an LSTM's gates;
 LSTM columns are reordered i, f, o, g so the sigmoid gates are contiguous.
 
-At batch 1 a step is bound by memory bandwidth, not arithmetic: a 2x512 LSTM reads
-12.7 MB of float32 weights per character (twice that in float64), which caps one core of
-the 2-core Xeon this was measured on near 2,200 steps/s. Measure with
-benchmarks/sampling_speed.py. quantize="int8" keeps the layer weights in int8
-(quantize.QuantLinear), a quarter of the bytes, at a measured cost in accuracy; the
-table and the head stay in float. That NumPy int8 step is the reference (and the
-fallback) of native.NativeStep, the same numbers in compiled C, which is what
---quantize int8 runs where a C compiler is found. `fused_weights` prepares the
-weights for both. OpenBLAS's threads hurt matrix-vector products on a
-busy machine; `blas_threads(1)` pins them for a block of code.
+At batch 1 a step is bound by memory bandwidth, not arithmetic: every character reads
+every layer weight once (docs/performance.md has the figures). quantize="int8" keeps the
+layer weights in int8 (linear.QuantLinear), a quarter of the bytes, at a cost in accuracy
+that `charrnn eval --quantize int8` measures; the table and the head stay in float. That
+NumPy int8 step is the reference (and the fallback) of native.NativeStep, the same numbers
+in compiled C, which is what --quantize int8 runs where a C compiler is found.
+`fused_weights` prepares the weights for both.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
-import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .config import ModelConfig
-from .models.base import State
-from .quantize import FloatLinear, QuantLinear, check_quantize, tanh_approx
+from charrnn.config import ModelConfig
+from charrnn.infer.linear import FloatLinear, QuantLinear, tanh_approx
+from charrnn.models.base import State
 
 
 @dataclass
@@ -83,6 +76,28 @@ def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWe
     return weights
 
 
+class Step(Protocol):
+    """One character at a time for B rows, the state held inside: what generation and evaluation drive.
+
+    Implementations: NumpyStep (float or int8, NumPy), native.NativeStep (int8, compiled C) and
+    predictor.ModelStep (any engine's own forward, e.g. torch.nn at T = 1).
+    """
+
+    batch_size: int
+
+    def set_state(self, state: State) -> None:
+        """Copy a state (tuple of (L, B, H) arrays) in."""
+
+    def get_state(self) -> State:
+        """A copy of the state held now, as NumPy arrays."""
+
+    def step(self, chars: np.ndarray) -> np.ndarray:
+        """chars (B,) ints -> logits (B, V), valid until the next call."""
+
+    def feed(self, indices: np.ndarray) -> np.ndarray:
+        """indices (B, T) -> logits (B, T, V) float64, the state carried inside."""
+
+
 class StepState:
     """The state buffers of a one-character-at-a-time step, and moving states in and out of them.
 
@@ -121,55 +136,76 @@ class StepState:
         return logits
 
 
-class FusedStep(StepState):
-    """One step of the model for B rows, from canonical parameters; the weights are a snapshot.
+class NumpyWeights:
+    """A model's weights prepared once for NumpyStep: read-only, shared by every step made from them."""
 
-    step(chars (B,) ints) -> logits (B, V), a view of an internal buffer that the next
-    step overwrites; the state lives inside and moves in and out with set_state /
-    get_state as the usual tuple of (L, B, H) arrays.
-    """
+    @classmethod
+    def from_model(cls, model, quantize: Optional[str] = None) -> "NumpyWeights":
+        dtype = getattr(model, "dtype", np.float32)
+        return cls(model.config, model.get_parameters(), dtype if isinstance(dtype, np.dtype) else np.float32, quantize)
 
-    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
-                 dtype=np.float32, quantize: Optional[str] = None):
-        cfg = config
-        super().__init__(cfg, batch_size, np.float32 if quantize else dtype)  # int8 weights: float64 buys nothing
-        L, H, B = cfg.layers, cfg.hidden, batch_size
-        fused = fused_weights(cfg, params)
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], dtype=np.float32,
+                 quantize: Optional[str] = None):
+        self.config = config
+        self.dtype = np.dtype(np.float32 if quantize else dtype)  # int8 weights: float64 buys nothing
+        fused = fused_weights(config, params)
         as_weights = lambda a: None if a is None else np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
         self.table = as_weights(fused.table)                      # (V, G*H)
         linear = _linear_class(quantize)
         build = lambda wb: None if wb is None else linear(as_weights(wb[0]), as_weights(wb[1]))  # noqa: E731
         self.xh, self.x, self.hh = ([build(wb) for wb in group] for group in (fused.xh, fused.x, fused.hh))
-        head = FloatLinear(as_weights(fused.head[0]), as_weights(fused.head[1]))  # (H, V), (1, V)
+        self.head = FloatLinear(as_weights(fused.head[0]), as_weights(fused.head[1]))  # (H, V), (1, V)
+        # int8: the compiled step's own tanh, op for op, so that both give the same states bit for bit
+        self.tanh = np.tanh if quantize is None else tanh_approx
 
-        G = cfg.gates
+
+class NumpyStep(StepState):
+    """One step of the model for B rows, in NumPy (float, or int8 layers); the weights are a snapshot.
+
+    step(chars (B,) ints) -> logits (B, V), a view of an internal buffer that the next
+    step overwrites; the state lives inside and moves in and out with set_state /
+    get_state as the usual tuple of (L, B, H) arrays. Steps made `sharing` one NumpyWeights
+    share the weights and nothing else, so each holds a state of its own.
+    """
+
+    def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
+                 dtype=np.float32, quantize: Optional[str] = None):
+        self._setup(NumpyWeights(config, params, dtype, quantize), batch_size)
+
+    @classmethod
+    def sharing(cls, weights: NumpyWeights, batch_size: int) -> "NumpyStep":
+        step = cls.__new__(cls)
+        step._setup(weights, batch_size)
+        return step
+
+    @classmethod
+    def from_model(cls, model, batch_size: int, quantize: Optional[str] = None) -> "NumpyStep":
+        """From any engine's model: a snapshot of its canonical parameters, in its dtype (float32 for torch)."""
+        return cls.sharing(NumpyWeights.from_model(model, quantize), batch_size)
+
+    def _setup(self, weights: NumpyWeights, batch_size: int) -> None:
+        cfg = weights.config
+        super().__init__(cfg, batch_size, weights.dtype)
+        L, H, B, G = cfg.layers, cfg.hidden, batch_size, cfg.gates
+        self.table, self._tanh = weights.table, weights.tanh
         empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
         self.a = empty(B, G * H)                                  # (B, G*H) pre-activations
         self.a2 = empty(B, G * H)                                 # (B, G*H) table rows; gru's h side
         self.tmp = empty(B, H)                                    # (B, H)
         self.logits = empty(B, cfg.vocab_size)                    # (B, V)
         self._cell = {"rnn": self._rnn, "gru": self._gru, "lstm": self._lstm}[cfg.cell]
-        # int8: the compiled step's own tanh, op for op, so that both give the same states bit for bit
-        self._tanh = np.tanh if quantize is None else tanh_approx
         # per layer, built once: its input columns of self.h ([h(k-1), hk] for k > 0, [h0] for k = 0,
         # the character arriving through the table), its own h columns, and the matmuls bound to them
         self.inputs = [self.h[:, max(k - 1, 0) * H:(k + 1) * H] for k in range(L)]
         self.outputs = [self.h[:, k * H:(k + 1) * H] for k in range(L)]
         if cfg.cell != "gru":
-            self.xh_call = [self.xh[k].bind(self.inputs[k], self.a) for k in range(L)]
+            self.xh_call = [weights.xh[k].bind(self.inputs[k], self.a) for k in range(L)]
         else:
-            self.x_call = [None] + [self.x[k].bind(self.inputs[k][:, :H], self.a) for k in range(1, L)]
-            self.hh_call = [self.hh[k].bind(self.outputs[k], self.a2) for k in range(L)]
-        self.head_call = head.bind(self.outputs[-1], self.logits)
+            self.x_call = [None] + [weights.x[k].bind(self.inputs[k][:, :H], self.a) for k in range(1, L)]
+            self.hh_call = [weights.hh[k].bind(self.outputs[k], self.a2) for k in range(L)]
+        self.head_call = weights.head.bind(self.outputs[-1], self.logits)
         a = self.a                                                # views of the LSTM gates: s = i, f, o together
         self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if cfg.cell == "lstm" else None
-
-    @classmethod
-    def from_model(cls, model, batch_size: int, quantize: Optional[str] = None) -> "FusedStep":
-        """From any engine's model: a snapshot of its canonical parameters, in its dtype (float32 for torch)."""
-        dtype = getattr(model, "dtype", np.float32)
-        return cls(model.config, model.get_parameters(), batch_size,
-                   dtype if isinstance(dtype, np.dtype) else np.float32, quantize)
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""
@@ -223,8 +259,8 @@ class FusedStep(StepState):
 
 
 def _linear_class(quantize: Optional[str]):
-    """The layers' matmul: NumPy float, or quantize.QuantLinear for int8 (the head stays float)."""
-    check_quantize(quantize)
+    """The layers' matmul: NumPy float, or linear.QuantLinear for int8 (the head stays float)."""
+    assert quantize in (None, "int8"), quantize  # validated where the option entered
     return FloatLinear if quantize is None else QuantLinear
 
 
@@ -240,68 +276,3 @@ def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:
         return np.arange(3 * H), np.concatenate([np.full(2 * H, 0.5), np.ones(H)]), False
     gate = lambda j: np.arange(j * H, (j + 1) * H)  # noqa: E731
     return np.concatenate([gate(0), gate(1), gate(3), gate(2)]), np.concatenate([np.full(3 * H, 0.5), np.ones(H)]), True
-
-
-# OpenBLAS thread control without threadpoolctl: numpy's bundled OpenBLAS exports
-# openblas_set_num_threads under a prefixed, suffixed name; find it in the loaded libraries.
-
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-                 "openblas_set_num_threads")
-
-
-@functools.lru_cache(maxsize=None)
-def _openblas() -> Optional[Tuple[ctypes.CDLL, str]]:
-    """(the loaded OpenBLAS, the name of its set_num_threads), or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {parts[-1] for parts in map(str.split, f)
-                     if len(parts) >= 6 and "openblas" in parts[-1].rsplit("/", 1)[-1].lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for setter in _BLAS_SETTERS:
-            if hasattr(lib, setter) and hasattr(lib, setter.replace("set_", "get_")):
-                return lib, setter
-    return None
-
-
-@contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[bool]:
-    """Run a block with NumPy's OpenBLAS on `n` threads, restoring the old count after.
-
-    Yields False (and changes nothing) where NumPy's BLAS is not an OpenBLAS it can find.
-    The setting is process-wide: other threads calling BLAS meanwhile see it too.
-    """
-    found = _openblas()
-    if found is None:
-        yield False
-        return
-    lib, setter = found
-    previous = getattr(lib, setter.replace("set_", "get_"))()
-    if previous == n:  # already so (an enclosing block): setting it again would still cost ~30 us
-        yield True
-        return
-    getattr(lib, setter)(ctypes.c_int(n))
-    try:
-        yield True
-    finally:
-        getattr(lib, setter)(ctypes.c_int(previous))
-
-
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
-
-
-def one_blas_thread_unless_chosen():
-    """blas_threads(1), or nothing where the user chose a count through the environment.
-
-    Small matmuls (a naive training step, a batch-1 generation step) are fastest on one
-    OpenBLAS thread: on a busy shared 2-core machine a second thread waiting for a core
-    made them 2-8x slower (benchmarks/naive_vs_minchar.py, benchmarks/sampling_speed.py).
-    """
-    if any(v in os.environ for v in BLAS_THREAD_VARIABLES):
-        return contextlib.nullcontext()
-    return blas_threads(1)

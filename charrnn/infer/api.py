@@ -1,0 +1,131 @@
+"""The Python API; the `sample` and `eval` commands are thin layers over it.
+
+    model = charrnn.load("runs/shakespeare", impl="naive")     # quantize="int8": faster, slightly less exact
+    print(model.sample("ROMEO:", 200, temperature=0.8, seed=1))
+    for ch in model.stream("ROMEO:", 200): print(ch, end="", flush=True)
+    print(model.evaluate(charrnn.read_text("valid.txt")).bpc)
+
+Every option is checked here, where it enters, and a bad one raises `charrnn.UserError` (a
+ValueError) with one line saying what is wrong; below this layer values are trusted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, List, Optional, Union
+
+import numpy as np
+
+from charrnn.checkpoint import load_run
+from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH, check_choice
+from charrnn.errors import UserError
+from charrnn.infer.evaluate import Evaluation, evaluate_indices
+from charrnn.infer.predictor import Predictor
+from charrnn.infer.sampling import (
+    SamplingOptions,
+    beam_search,
+    clean_prime,
+    count,
+    generate,
+    generate_indices,
+    prime_indices,
+    sampling_options,
+)
+
+
+class TrainedModel:
+    """A trained run loaded into one engine, ready to sample and evaluate. Build it with `load`."""
+
+    def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
+        from charrnn.models import build_model
+
+        self.run_dir = Path(run_dir)
+        self.config, self.vocab, params = load_run(self.run_dir, which)
+        self.impl = impl
+        torch_device = None
+        if impl != "naive":
+            from charrnn.devices import resolve_device
+
+            torch_device = resolve_device(device, impl)  # one-line UserError when torch is missing
+        self.model = build_model(impl, self.config, params=params, device=torch_device,
+                                 dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
+        self.predictor = Predictor(self.model, quantize)  # int8: every engine steps through the same int8 step
+
+    def prime(self, prime: str = "", unknown: str = "error", audience: str = "python") -> str:
+        """The prime as sampling uses it and prints it: unknown characters raise UserError,
+        or are dropped with a warning on stderr when unknown='skip'. `audience`: see clean_prime."""
+        return clean_prime(self.vocab, prime, unknown, audience)
+
+    def stream(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+               seed: Optional[int] = None, unknown: str = "error") -> Iterator[str]:
+        """Yield `length` generated characters one at a time (the prime itself is not yielded).
+
+        Arguments are checked here, before the first character, so a bad one raises at the
+        call rather than in the middle of a loop that may already have printed the prime.
+        """
+        options = sampling_options(temperature, top_k, top_p, greedy)
+        length, rng = count("length", length, 0, False), _rng(seed)
+        return self.stream_checked(self.prime(prime, unknown), length, options, rng)
+
+    def stream_checked(self, prime: str, length: int, options: SamplingOptions,
+                       rng: np.random.Generator) -> Iterator[str]:
+        """`stream` for options already validated (the CLI's door) and a prime already cleaned."""
+        steps = generate_indices(self.predictor, prime_indices(self.vocab, prime), length, options, 1, rng)
+        return (self.vocab.chars[int(step[0])] for step in steps)
+
+    def sample(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+               seed: Optional[int] = None, num_samples: int = 1, unknown: str = "error") -> Union[str, List[str]]:
+        """The (cleaned) prime followed by `length` characters; a list of num_samples texts when num_samples > 1."""
+        options = sampling_options(temperature, top_k, top_p, greedy)
+        length, num_samples = count("length", length, 0, False), count("num_samples", num_samples, 1, False)
+        texts = self.sample_checked(self.prime(prime, unknown), length, options, _rng(seed), num_samples)
+        return texts[0] if num_samples == 1 else texts
+
+    def sample_checked(self, prime: str, length: int, options: SamplingOptions, rng: np.random.Generator,
+                       num_samples: int) -> List[str]:
+        """`sample` for options already validated and a prime already cleaned; always a list."""
+        return generate(self.predictor, self.vocab, prime, length, options, rng, num_samples)
+
+    def beam(self, prime: str = "", length: int = 100, beam: int = 5, unknown: str = "error") -> str:
+        """The (cleaned) prime followed by the most likely continuation that beam search finds."""
+        beam, length = count("beam", beam, 1, False), count("length", length, 0, False)
+        return self.beam_checked(self.prime(prime, unknown), length, beam)
+
+    def beam_checked(self, prime: str, length: int, beam: int) -> str:
+        return prime + self.vocab.decode(beam_search(self.predictor, prime_indices(self.vocab, prime), length, beam))
+
+    def evaluate(self, text: str) -> Evaluation:
+        """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream."""
+        missing = self.vocab.unknown(text)
+        if missing:
+            from charrnn.data.vocab import format_chars
+
+            raise UserError(f"the text has characters outside the model's vocabulary: {format_chars(missing)}")
+        return evaluate_indices(self.predictor, self.vocab.encode(text))
+
+    def evaluate_indices(self, data: np.ndarray) -> Evaluation:
+        """As `evaluate`, for text already encoded with this model's vocabulary."""
+        return evaluate_indices(self.predictor, data)
+
+
+def _rng(seed) -> np.random.Generator:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise UserError(f"seed= {seed!r} must be a whole number or None")
+    return np.random.default_rng(seed)
+
+
+def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu",
+         quantize: Optional[str] = None) -> TrainedModel:
+    """A trained run, loaded for sampling and evaluation.
+
+    impl: the engine (any reads any run); which: "latest" or "best" weights; device: for the
+    torch engines; quantize="int8": layer weights in int8, run by the compiled step (CPU, no
+    torch needed), and `evaluate` then reports the int8 model's loss, so its cost is one call away.
+    """
+    check_choice("impl", impl, IMPLS, cli=False)
+    check_choice("which", which, WHICH, cli=False)
+    check_choice("device", device, DEVICES, cli=False)
+    if quantize is not None:
+        check_choice("quantize", quantize, QUANTIZE_MODES, cli=False)
+    return TrainedModel(Path(run_dir), impl=impl, which=which, device=device, quantize=quantize)

@@ -1,0 +1,127 @@
+"""`charrnn sample` and `charrnn eval`: flags -> the Python API (api.py).
+
+Options are validated here once, with the command line's wording, and handed to the API's
+`*_checked` methods, which trust them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH
+from charrnn.errors import UserError
+from charrnn.infer.sampling import UNKNOWN_CHOICES, sampling_options
+
+SEPARATOR = "\n\n----- sample {index} of {total} -----\n"
+
+
+def _common(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    parser.add_argument("--impl", choices=IMPLS, default="library",
+                        help="engine to run; any engine reads any run (default: library)")
+    parser.add_argument("--which", choices=WHICH, default="latest",
+                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss (default: latest)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch engines only (default: cpu)")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES,
+                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster generation, "
+                             "slightly less exact (README)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a trained run")
+    _common(p)
+    primes = p.add_mutually_exclusive_group()
+    primes.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
+    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training reads)")
+    p.add_argument("--length", type=int, default=500, help="characters to generate, at least 1 (default: 500)")
+    p.add_argument("--temperature", type=float,
+                   help="> 0; lower is more conservative (default: 1.0); not with --greedy or --beam")
+    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after temperature)")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (after top-k)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely character (argmax)")
+    p.add_argument("--beam", type=int,
+                   help="beam search with this many hypotheses: the most likely continuation (one sample; no sampling knobs)")
+    p.add_argument("--seed", type=int, help="make the output reproducible")
+    p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch (default: 1)")
+    p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
+                   help="prime characters outside the vocabulary: error (default) or skip them")
+    p.set_defaults(handler=cmd_sample)
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="loss and bits per character of a text")
+    _common(p)
+    p.add_argument("--data", required=True, help="a UTF-8 text file or a corpus name")
+    p.set_defaults(handler=cmd_eval)
+
+
+def _check_sample_flags(args):
+    """Every sample option, checked once: ranges, and no combination where one flag would be silently ignored."""
+    from charrnn.infer.sampling import count
+
+    if args.length < 1:
+        raise UserError(f"--length {args.length} must be at least 1")
+    count("num_samples", args.num_samples, 1, True)
+    if args.beam is not None:
+        count("beam", args.beam, 1, True)
+        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1), ("--temperature", args.temperature is not None),
+                                            ("--top-k", args.top_k is not None), ("--top-p", args.top_p is not None),
+                                            ("--greedy", args.greedy), ("--seed", args.seed is not None)) if given]
+        if ignored:
+            raise UserError(f"--beam finds the one most likely continuation and ignores {', '.join(ignored)}; "
+                            "drop them, or drop --beam to sample")
+        return None
+    return sampling_options(args.temperature, args.top_k, args.top_p, args.greedy, cli=True)
+
+
+def cmd_sample(args) -> int:
+    from charrnn.data.textfile import read_text_file
+    from charrnn.infer.api import load
+
+    options = _check_sample_flags(args)
+    prime = args.prime if args.prime_file is None else read_text_file(args.prime_file, "--prime-file")
+    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
+    rng = np.random.default_rng(args.seed)
+    if options is None:
+        texts = [model.beam_checked(prime, args.length, args.beam)]
+    elif args.num_samples == 1 and not args.json:
+        characters = model.stream_checked(prime, args.length, options, rng)
+        sys.stdout.write(prime)
+        for ch in characters:
+            sys.stdout.write(ch)
+            sys.stdout.flush()  # stream as it is generated
+        sys.stdout.write("\n")
+        return 0
+    else:
+        texts = model.sample_checked(prime, args.length, options, rng, args.num_samples)
+    if args.json:
+        settings = {"beam": args.beam} if options is None else {**options.as_dict(), "seed": args.seed}
+        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings,
+                          "impl": args.impl, "which": args.which, "quantize": args.quantize}, ensure_ascii=False))
+    elif len(texts) == 1:
+        print(texts[0])
+    else:
+        for index, text in enumerate(texts, 1):
+            sys.stdout.write(SEPARATOR.format(index=index, total=len(texts)).lstrip("\n") if index == 1
+                             else SEPARATOR.format(index=index, total=len(texts)))
+            sys.stdout.write(text)
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from charrnn.data.corpus import load_corpus
+    from charrnn.infer.api import load
+
+    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    corpus = load_corpus(args.data)
+    result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters")
+    return 0

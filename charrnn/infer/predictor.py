@@ -1,0 +1,213 @@
+"""The front door of inference: feed characters to any engine, get NumPy logits and the state back.
+
+Sampling, evaluation and the playground use a Predictor, so they never ask which engine
+they hold. States cross this door as tuples of (L, B, H) NumPy arrays, whatever the engine.
+
+Two ways in:
+- `feed(indices, state)`: a pure function of its inputs, for windows (a prime, evaluation,
+  beam search). Windows longer than one character use the engine's own forward; one
+  character, and every feed when quantized, goes through a Step made for the call.
+- `start(state, batch_size)`: a Step of its own, holding a copy of `state`, for generation's
+  tight loop. Each generation owns its Step, so interleaved generations on one model never
+  touch each other's state; only the weights, prepared once, are shared.
+
+Which Step: the naive engine's float32 NumpyStep (its fused layout, built once from a snapshot
+of the weights: build a new Predictor after changing them); for torch engines their own
+forward at T = 1 with oneDNN off (several times faster for nn.LSTM at batch 1 on CPU); with
+quantize="int8", for any engine, the compiled int8 NativeStep, or where it cannot be built
+the NumpyStep with the same int8 numbers, and a warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+
+from charrnn.config import QUANTIZE_MODES
+from charrnn.devices import one_blas_thread_unless_chosen
+from charrnn.errors import UserError
+from charrnn.infer.steps import NumpyStep, NumpyWeights, Step, StepState
+from charrnn.models.base import CharModel, State
+
+
+class Predictor:
+    """Inference for one model; `quantize` must already be valid (None or one of QUANTIZE_MODES)."""
+
+    def __init__(self, model: CharModel, quantize: Optional[str] = None):
+        assert quantize is None or quantize in QUANTIZE_MODES, quantize  # checked where the option entered
+        self.model, self.quantize = model, quantize
+        self.backend = model.backend
+        self._forward = _FORWARDS[self.backend](model)
+        if quantize and self._forward.device_type != "cpu":
+            raise UserError(f"--quantize {quantize} runs on the CPU's int8 kernels; use --device cpu")
+        self._weights = None              # NumpyWeights or native.NativeWeights, prepared once
+        self._lock = threading.Lock()
+        if quantize or self.backend == "numpy":  # now: a bad build fails, and the C step compiles, before any output
+            self._prepared()
+
+    def zero_state(self, batch_size: int) -> State:
+        shape = (self.model.config.layers, batch_size, self.model.config.hidden)
+        return tuple(np.zeros(shape, np.float32) for _ in range(2 if self.model.config.cell == "lstm" else 1))
+
+    def feed(self, indices: np.ndarray, state: State) -> Tuple[np.ndarray, State]:
+        """indices (B, T) -> logits (B, T, V) float64 NumPy, and the new state (NumPy)."""
+        indices = np.asarray(indices)
+        if not self.quantize and indices.shape[1] > 1:
+            logits, state = self._forward(indices, state)
+            return logits.astype(np.float64), state
+        step = self.start(state, indices.shape[0])
+        with self._blas_threads(indices.shape[0]):
+            logits = step.feed(indices)
+        return logits, step.get_state()
+
+    def start(self, state: State, batch_size: int) -> Step:
+        """A Step of its own holding a copy of `state`, for a loop that carries the state inside it."""
+        if self.quantize or self.backend == "numpy":
+            step = self._prepared().make_step(batch_size)
+        else:
+            step = ModelStep(self._forward, batch_size)
+        step.set_state(state)
+        return step
+
+    def step_function(self, step: Step):
+        """step.step with NumPy's BLAS pinned to one thread around each call where that is faster (batch 1)."""
+        if not isinstance(step, NumpyStep) or self.quantize or step.batch_size > 1:
+            return step.step
+
+        def pinned(chars):
+            with self._blas_threads(1):
+                return step.step(chars)
+
+        return pinned
+
+    def select(self, state: State, rows: np.ndarray) -> State:
+        """Keep the given batch rows of a state (beam search reorders beams)."""
+        return tuple(s[:, rows] for s in state)
+
+    def _blas_threads(self, batch_size: int):
+        """Small matrix-vector products run fastest on one BLAS thread (devices.py); int8 needs no BLAS."""
+        if batch_size > 1 or self.quantize or self.backend != "numpy":
+            return contextlib.nullcontext()
+        return one_blas_thread_unless_chosen()
+
+    def _prepared(self):
+        with self._lock:
+            if self._weights is None:
+                self._weights = _prepare(self.model, self.quantize)
+            return self._weights
+
+
+class _Prepared:
+    """Weights prepared once and the Step class that shares them."""
+
+    def __init__(self, step_class, weights):
+        self.step_class, self.weights = step_class, weights
+
+    def make_step(self, batch_size: int) -> Step:
+        return self.step_class.sharing(self.weights, batch_size)
+
+
+def _prepare(model: CharModel, quantize: Optional[str]) -> _Prepared:
+    """The compiled int8 step (native.py), or NumPy's with the same numbers (at float speed, with a warning);
+    without quantize, the NumPy float step."""
+    if quantize is None:
+        return _Prepared(NumpyStep, NumpyWeights.from_model(model))
+    from charrnn.infer.native import NativeStep, NativeWeights, kernel, kernel_problem
+
+    if kernel() is not None:
+        return _Prepared(NativeStep, NativeWeights(model.config, model.get_parameters()))
+    warnings.warn(f"--quantize int8 runs in NumPy, at float speed: its compiled step is unavailable "
+                  f"({kernel_problem()})", NativeStepUnavailable, stacklevel=3)
+    return _Prepared(NumpyStep, NumpyWeights.from_model(model, quantize="int8"))
+
+
+class NativeStepUnavailable(UserWarning):
+    """The compiled int8 step could not be built; int8 runs in NumPy (same numbers, float speed)."""
+
+
+warnings.simplefilter("once", NativeStepUnavailable)
+
+
+class ModelStep(StepState):
+    """A Step through an engine's own forward, one character at a time (torch, TensorFlow, ONNX...)."""
+
+    def __init__(self, forward, batch_size: int):
+        self.forward, self.batch_size = forward, batch_size
+        self.state: State = ()
+
+    def set_state(self, state: State) -> None:
+        self.state = tuple(np.array(s, dtype=np.float32) for s in state)
+
+    def get_state(self) -> State:
+        return tuple(s.copy() for s in self.state)
+
+    def step(self, chars) -> np.ndarray:
+        logits, self.state = self.forward(np.asarray(chars)[:, None], self.state)
+        return logits[:, -1]
+
+    def feed(self, indices: np.ndarray) -> np.ndarray:
+        logits, self.state = self.forward(np.asarray(indices), self.state)
+        return logits.astype(np.float64)
+
+
+# ---- each backend's forward: NumPy indices and state in, NumPy logits and state out -------------
+
+class _NumpyForward:
+    device_type = "cpu"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, indices: np.ndarray, state: State):
+        self.model.eval()
+        with one_blas_thread_unless_chosen() if indices.shape[0] == 1 else contextlib.nullcontext():
+            logits, state = self.model.forward(indices, tuple(np.asarray(s, self.model.dtype) for s in state))
+        return logits, state
+
+
+class _TorchForward:
+    def __init__(self, model):
+        import torch
+
+        self.torch, self.model = torch, model
+        model.eval()
+        self.device = next(model.parameters()).device
+        self.device_type = self.device.type
+
+    def __call__(self, indices: np.ndarray, state: State):
+        torch = self.torch
+        one_step = indices.shape[1] == 1 and self.device_type == "cpu"
+        state = tuple(torch.as_tensor(np.asarray(s), device=self.device) for s in state)
+        with torch.inference_mode(), (_onednn_off(torch) if one_step else contextlib.nullcontext()):
+            logits, state = self.model(torch.as_tensor(indices, device=self.device), state)
+        return logits.float().cpu().numpy(), tuple(s.float().cpu().numpy() for s in state)
+
+
+class _GenericForward:
+    """An engine whose forward takes and returns array-likes (TensorFlow, ONNX Runtime)."""
+
+    device_type = "cpu"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, indices: np.ndarray, state: State):
+        logits, state = self.model.forward(indices, state)
+        return np.asarray(logits, np.float32), tuple(np.asarray(s, np.float32) for s in state)
+
+
+_FORWARDS = {"numpy": _NumpyForward, "torch": _TorchForward, "tensorflow": _GenericForward, "onnx": _GenericForward}
+
+
+@contextlib.contextmanager
+def _onednn_off(torch):
+    """torch.backends.mkldnn.flags(enabled=False) without touching (and warning about) TF32."""
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was

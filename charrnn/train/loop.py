@@ -1,0 +1,273 @@
+"""The training loop: truncated BPTT over the seed's batch layout, validation, checkpoints.
+
+Truncated BPTT is visible in `run`: the state a window ends with is the state the next
+window of the same streams starts from (the learner detaches it), and it is reset to
+zeros at the start of every epoch. Everything else (the budget and the learning rate,
+logging, when to validate and checkpoint) is a helper that `run` calls by name.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from charrnn.checkpoint import RESUME, WEIGHTS, ResumePoint, read_resume, save_weights, write_resume
+from charrnn.config import TrainConfig
+from charrnn.data.batching import Streams
+from charrnn.errors import TrainingDiverged, UserError, checkpoint_write_error
+from charrnn.losses import bits_per_char
+from charrnn.train.distributed import World
+from charrnn.train.learners import Learner
+from charrnn.train.metrics import MetricsLog, plot_losses
+from charrnn.train.schedule import Budget, learning_rate
+
+
+@dataclass
+class Progress:
+    """The trainer's counters; saved with every checkpoint so --resume continues exactly."""
+
+    iteration: int = 0
+    epoch: int = 0
+    window: int = 0          # next window to train on within the epoch
+    elapsed: float = 0.0     # seconds of training over the whole run, across resumes
+    best_val: float = math.inf
+    last_val: Optional[float] = None
+
+    def epochs_done(self, windows_per_epoch: int) -> float:
+        return round(self.epoch + self.window / windows_per_epoch, 4)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Trains a Learner on `train` streams, validating on `val`; writes the run directory.
+
+    Under torchrun, `train` and `val` are this process's share of the streams and `world`
+    holds the collectives; every process runs the same loop and only rank 0 writes.
+    """
+
+    def __init__(self, cfg: TrainConfig, learner: Learner, train: Streams, val: Optional[Streams], run_dir: Path,
+                 world: Optional[World] = None, sampler: Optional[Callable[[], str]] = None,
+                 log: Callable[[str], None] = _stderr):
+        self.cfg, self.learner, self.train, self.val = cfg, learner, train, val
+        self.run_dir = Path(run_dir)
+        self.world = world or World()
+        self.sampler, self.log = sampler, log
+        self.budget = Budget(cfg, train.num_windows)
+        self.progress = Progress()
+        self.state = learner.zero_state(train.batch_size)
+        self.lr0 = cfg.resolved_lr
+        self.stop_requested: Optional[str] = None
+        self.chars_per_iter = train.batch_size * train.seq_len  # this process's share
+        self.metrics: Optional[MetricsLog] = None
+
+    def finished(self) -> bool:
+        return self.budget.finished(self.progress.iteration, self.progress.elapsed)
+
+    # ---- the loop -----------------------------------------------------------
+    def run(self) -> Progress:
+        p, cfg = self.progress, self.cfg
+        if self.world.is_main and self.metrics is None:
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        started, base_elapsed, last_saved = time.perf_counter(), p.elapsed, None
+        window = _Window()
+        bar = self._progress_bar()
+        stopping = self._agree_to_stop(p.elapsed)
+        while not self.finished() and not stopping:
+            lr = learning_rate(cfg, self.lr0, p.iteration, p.epoch, self.budget.fraction_done(p.iteration, p.elapsed))
+            self.learner.set_lr(lr)
+            x, y = self.train.window(p.window)
+            loss, self.state = self.learner.train_step(x, y, self.state)   # the state carries to the next window
+            self._stop_if_diverged(loss, lr)
+            p.iteration += 1
+            p.window += 1
+            if p.window == self.train.num_windows:  # epoch boundary: the seed resets the state
+                p.epoch, p.window = p.epoch + 1, 0
+                self.state = self.learner.zero_state(self.train.batch_size)
+            stopping = self._agree_to_stop(base_elapsed + time.perf_counter() - started)
+            window.add(loss)
+            if bar is not None:
+                self._update_bar(bar, loss, window.rate(self.chars_per_iter))
+            evaluate_now = p.iteration % cfg.eval_every == 0
+            if p.iteration % cfg.log_every == 0 or evaluate_now or self.finished():
+                self._log_train(window.mean_loss(), lr, window.rate(self.chars_per_iter))
+                window = _Window()
+            if evaluate_now:
+                self.validate_and_save()
+                last_saved = p.iteration
+            elif cfg.checkpoint_every and p.iteration % cfg.checkpoint_every == 0:
+                self.save()
+                last_saved = p.iteration
+            if cfg.sample_every and p.iteration % cfg.sample_every == 0 and self.sampler and self.world.is_main:
+                self.log(f"--- sample at iteration {p.iteration} ---\n{self.sampler()}\n---")
+        if bar is not None:
+            bar.close()
+        if stopping and self.world.is_main:
+            self.log(f"{stopping}: saving a checkpoint at iteration {p.iteration}")
+        if last_saved != p.iteration:
+            self.validate_and_save()
+        return p
+
+    def _stop_if_diverged(self, loss: float, lr: float) -> None:
+        """NaN, infinite, or far beyond a uniform guess (ln V): the run has blown up.
+
+        Adam-style updates keep a blown-up loss finite for a long time (weights grow by lr
+        per step), so "finite" alone would train on garbage for hours.
+        """
+        uniform = math.log(max(2, self.learner.model.config.vocab_size))
+        if not math.isfinite(loss) or loss > 50 * uniform:
+            raise TrainingDiverged(
+                f"loss became {loss:.4g} at iteration {self.progress.iteration + 1}; training stopped and the last good "
+                f"checkpoint in {self.run_dir} is intact; lower --lr (now {lr:.3g}) or --grad-clip")
+
+    def _agree_to_stop(self, elapsed: float) -> Optional[str]:
+        """Set the run's clock and say whether to stop, the same on every process.
+
+        Under torchrun each process has its own clock and its own signals; one stopping
+        alone would leave the others waiting in a collective forever. So all take the
+        slowest clock and stop if any was asked to.
+        """
+        self.progress.elapsed, asked = self.world.max([elapsed, 1.0 if self.stop_requested else 0.0])
+        if not asked:
+            return None
+        return self.stop_requested or "another process was asked to stop"
+
+    # ---- progress and metrics -------------------------------------------------
+    def _progress_bar(self):
+        if not (self.world.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.budget.total_iterations(), initial=self.progress.iteration, unit="it",
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def _update_bar(self, bar, loss: float, chars_per_sec: float) -> None:
+        p = self.progress
+        postfix = {"epoch": p.epoch, "loss": f"{loss:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
+        if bar.total is None and self.cfg.max_time:  # a time budget: the bar cannot know the ETA itself
+            postfix["left"] = f"{max(0.0, self.cfg.max_time - p.elapsed):.0f}s"
+        bar.update(1)
+        bar.set_postfix(postfix, refresh=False)
+
+    def _row(self, **values) -> dict:
+        """One metrics.jsonl row: where the run is, then the values measured there."""
+        p = self.progress
+        return {"iter": p.iteration, "epoch": p.epochs_done(self.train.num_windows), **values,
+                "elapsed_s": round(p.elapsed, 2)}
+
+    def _log_train(self, train_loss: float, lr: float, chars_per_sec: float) -> None:
+        world_rate = self.world.sum([chars_per_sec])[0]
+        row = self._row(train_loss=round(train_loss, 5), lr=lr, chars_per_sec=round(world_rate, 1))
+        if self.world.is_main:
+            self.metrics.append(row)
+            if not sys.stderr.isatty():
+                self.log(f"iter {row['iter']} epoch {row['epoch']:.2f} loss {train_loss:.4f} lr {lr:.3g} "
+                         f"{world_rate:,.0f} chars/s elapsed {row['elapsed_s']:.0f}s")
+
+    # ---- validation and checkpoints -----------------------------------------
+    def validate(self) -> Optional[float]:
+        """Mean loss over the validation split, read in order with the state carried."""
+        if self.val is None:
+            return None
+        state = self.learner.zero_state(self.val.batch_size)
+        total = 0.0
+        for k in range(self.val.num_windows):
+            loss, state = self.learner.eval_loss(*self.val.window(k), state)
+            total += loss
+        summed, count = self.world.sum([total, float(self.val.num_windows)])
+        return summed / count
+
+    def validate_and_save(self) -> None:
+        p = self.progress
+        val = self.validate()
+        is_best = val is not None and val < p.best_val
+        if val is not None:
+            p.last_val = val
+            p.best_val = min(p.best_val, val)
+            if self.world.is_main:
+                self.metrics.append(self._row(val_loss=round(val, 5), val_bpc=round(bits_per_char(val), 5)))
+                self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
+                         + (" (best)" if is_best else ""))
+        self.save(best=is_best or (val is None))
+        if self.world.is_main:
+            try:
+                plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            except OSError:
+                pass
+
+    def save(self, best: bool = False) -> None:
+        """Write resume.safetensors, then model.safetensors (and best.safetensors), each atomically."""
+        state = self.world.gather_state(self.learner.state_to_numpy(self.state))
+        if not self.world.is_main:
+            return
+        if not self.learner.parameters_finite():
+            raise TrainingDiverged(f"the weights hold NaN or infinite values at iteration {self.progress.iteration}; "
+                                   f"the last good checkpoint in {self.run_dir} is intact; lower --lr or --grad-clip")
+        params = self.learner.get_parameters()
+        point = ResumePoint(params=params, optimizer=self.learner.optimizer_state(), rng=self.learner.rng_state(),
+                            state=state, progress=asdict(self.progress),
+                            optimizer_name=self.cfg.resolved_optimizer)
+        info = {"iteration": self.progress.iteration, "val_loss": self.progress.last_val}
+        try:
+            write_resume(self.run_dir, point)
+            save_weights(self.run_dir / WEIGHTS["latest"], params, info)
+            if best:
+                save_weights(self.run_dir / WEIGHTS["best"], params, info)
+        except OSError as e:
+            raise checkpoint_write_error(self.run_dir, e) from None
+
+    def restore(self) -> None:
+        """Load resume.safetensors: weights, optimizer, carried state, RNG and counters."""
+        point = read_resume(self.run_dir, self.learner.model.config)
+        if point.optimizer_name != self.cfg.resolved_optimizer:
+            raise UserError(f"the run in {self.run_dir} was trained with --optimizer {point.optimizer_name}, not "
+                            f"{self.cfg.resolved_optimizer}; resume it with the same --optimizer and --impl")
+        try:
+            self.learner.model.set_parameters(point.params)
+            self.learner.load_optimizer_state(*point.optimizer)
+            self.learner.set_rng_state(*point.rng)
+            self.progress = Progress(**point.progress)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{self.run_dir / RESUME} does not fit this run ({type(e).__name__}: {e}); "
+                            "it is damaged or from another program") from None
+        self.progress.best_val = math.inf if self.progress.best_val is None else self.progress.best_val
+        self.state = self._reshard_state(point.state)
+        if self.progress.window >= self.train.num_windows:
+            raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len give "
+                            f"{self.train.num_windows} windows per epoch; resume with the run's original data and shapes")
+        if self.world.is_main:
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_from_iter=self.progress.iteration)
+
+    def _reshard_state(self, states: list):
+        """The saved state holds every stream of the global batch, whatever the number of processes
+        that saved it; keep this process's share."""
+        start, stop, total = self.world.shard_rows(self.train.batch_size * self.world.size)
+        if not states:
+            return self.learner.zero_state(self.train.batch_size)
+        if states[0].shape[1] != total:
+            raise UserError(f"the checkpoint carries {states[0].shape[1]} streams but this run has --batch-size {total}; "
+                            "resume with the same --batch-size")
+        return self.learner.state_from_numpy([s[:, start:stop] for s in states])
+
+
+class _Window:
+    """Losses and time since the last logged row."""
+
+    def __init__(self):
+        self.losses, self.started = [], time.perf_counter()
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses))
+
+    def rate(self, chars_per_iter: int) -> float:
+        return len(self.losses) * chars_per_iter / max(time.perf_counter() - self.started, 1e-9)
