@@ -6,12 +6,12 @@ Every loop: embedding 64, a 2x512 LSTM, a dense head, batch 32, windows of 100, 
 the global gradient norm clipped to 5, the state carried between windows (truncated BPTT),
 on tiny shakespeare, in float32, the loss fetched every step.
 
-- charrnn keras / tf: `TFStepper.train_step` (train/tf_step.py) on windows from
+- charrnn keras / tf: `TFLearner.train_step` (train/tf_step.py) on windows from
   `make_streams`, the way the trainer calls it.
 - bare Keras: what a Keras user writes for truncated BPTT: a functional model with the states
   as inputs and outputs, `keras.optimizers.Adam(global_clipnorm=5)`, `tf.GradientTape` in a
   `tf.function`, windows sliced from the batchified text.
-- charrnn library: `TorchStepper` on torch.nn.LSTM (oneDNN), for context.
+- charrnn library: `TorchLearner` on torch.nn.LSTM (oneDNN), for context.
 
 Each round times every loop back to back; the ratios are per round, reported as the median
 (min-max). TensorFlow's and torch's thread counts are printed; `--threads N` pins both.
@@ -33,10 +33,10 @@ if THREADS:
 
 import numpy as np  # noqa: E402
 
-from charrnn.batching import make_streams  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.data.batching import make_streams  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.models.tf_common import require_keras, require_tensorflow  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
 
 LAYERS, HIDDEN, EMBED, BATCH, SEQ_LEN, LR, CLIP = 2, 512, 64, 32, 100, 2e-3, 5.0
 
@@ -44,25 +44,25 @@ tf = require_tensorflow("keras")   # charrnn's set-up (threads, quiet logs) serv
 keras = require_keras("keras")
 
 
-def charrnn_stepper(impl: str, vocab_size: int):
+def charrnn_learner(impl: str, vocab_size: int):
     from charrnn.models.keras_engine import KerasModel
     from charrnn.models.tf_engine import TFModel
-    from charrnn.train.tf_step import TFStepper
+    from charrnn.train.tf_step import TFLearner
 
     cfg = ModelConfig(vocab_size=vocab_size, cell="lstm", layers=LAYERS, hidden=HIDDEN, embed=EMBED)
-    return TFStepper({"tf": TFModel, "keras": KerasModel}[impl](cfg, seed=0), "adam", LR, 0.0, CLIP)
+    return TFLearner({"tf": TFModel, "keras": KerasModel}[impl](cfg, seed=0), "adam", LR, 0.0, CLIP)
 
 
-def library_stepper(vocab_size: int):
+def library_learner(vocab_size: int):
     import torch
 
     from charrnn.models import build_model
-    from charrnn.steppers import TorchStepper
+    from charrnn.train.learners import TorchLearner
 
     if THREADS:
         torch.set_num_threads(THREADS)
     cfg = ModelConfig(vocab_size=vocab_size, cell="lstm", layers=LAYERS, hidden=HIDDEN, embed=EMBED)
-    return TorchStepper(build_model("library", cfg, seed=0), "adam", LR, 0.0, CLIP, torch.device("cpu"))
+    return TorchLearner(build_model("library", cfg, seed=0), "adam", LR, 0.0, CLIP, torch.device("cpu"))
 
 
 class BareKeras:
@@ -126,15 +126,15 @@ class BareKeras:
         return iters * BATCH * SEQ_LEN
 
 
-def forward_loop(stepper, streams):
-    """run(iters): the stepper's eval_loss (forward and loss, no gradient) over the same windows."""
-    state = {"s": stepper.zero_state(streams.batch_size), "k": 0}
+def forward_loop(learner, streams):
+    """run(iters): the learner's eval_loss (forward and loss, no gradient) over the same windows."""
+    state = {"s": learner.zero_state(streams.batch_size), "k": 0}
 
     def run(iters: int) -> int:
         for _ in range(iters):
             if state["k"] == streams.num_windows:
-                state["s"], state["k"] = stepper.zero_state(streams.batch_size), 0
-            _, state["s"] = stepper.eval_loss(*streams.window(state["k"]), state["s"])
+                state["s"], state["k"] = learner.zero_state(streams.batch_size), 0
+            _, state["s"] = learner.eval_loss(*streams.window(state["k"]), state["s"])
             state["k"] += 1
         return iters * streams.batch_size * streams.seq_len
 
@@ -159,10 +159,10 @@ def main() -> int:
     vocab = Vocab.from_text(text)
     data = vocab.encode(text)
     streams = make_streams(data, BATCH, SEQ_LEN)
-    steppers = {"charrnn keras": charrnn_stepper("keras", len(vocab)), "charrnn tf": charrnn_stepper("tf", len(vocab)),
-                "charrnn library": library_stepper(len(vocab))}
+    learners = {"charrnn keras": charrnn_learner("keras", len(vocab)), "charrnn tf": charrnn_learner("tf", len(vocab)),
+                "charrnn library": library_learner(len(vocab))}
     bare = BareKeras(data, len(vocab))
-    runs = {"bare Keras": bare.run, **{name: training_loop(s, streams) for name, s in steppers.items()}}
+    runs = {"bare Keras": bare.run, **{name: training_loop(s, streams) for name, s in learners.items()}}
     for run in runs.values():
         run(2)   # warm-up: tracing, oneDNN's kernels
     results = {name: [] for name in runs}
@@ -190,7 +190,7 @@ def main() -> int:
         return 0
 
     forwards = {"bare Keras": bare.run_forward,
-                **{name: forward_loop(s, streams) for name, s in steppers.items()}}
+                **{name: forward_loop(s, streams) for name, s in learners.items()}}
     for run in forwards.values():
         run(1)
     rows = []

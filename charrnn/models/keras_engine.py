@@ -170,6 +170,11 @@ class KerasModel:
     def eval(self) -> "KerasModel":
         return self.train(False)
 
+    @property
+    def device_type(self) -> str:
+        """'cpu' or 'gpu', as the Predictor asks (int8 runs on the CPU only)."""
+        return "gpu" if "GPU" in self.device.upper() else "cpu"
+
     def initial_state(self, batch_size: int) -> tuple:
         return zero_state(self.config, batch_size, self.tf_dtype, self.device)
 

@@ -1,7 +1,7 @@
 """One training step for the two TensorFlow engines (`--impl tf`, `--impl keras`).
 
-`TFStepper` is what the trainer calls (the same interface as the NumPy and torch
-steppers): one `tf.function` per window runs the forward over the whole window,
+`TFLearner` is what the trainer calls (the `Learner` interface of train/learners.py, as the NumPy and
+torch learners): one `tf.function` per window runs the forward over the whole window,
 the mean cross-entropy in nats, `tf.GradientTape`, global-norm clipping and the
 optimizer's update, in one graph. The state a window ends with comes back as
 plain tensors and goes into the next call as an input, so no gradient crosses
@@ -23,7 +23,7 @@ rules and defaults, because TensorFlow's own differ where it matters:
 With these, `--optimizer`, `--lr`, `--weight-decay` and `--grad-clip` mean the
 same for every engine, and the slots (sum, exp_avg, exp_avg_sq) mean what the
 naive engine's mean. The step is skipped when the loss is not finite, as the
-torch stepper does; the trainer then stops the run.
+torch learner does; the trainer then stops the run.
 """
 from __future__ import annotations
 
@@ -148,8 +148,8 @@ def mean_cross_entropy(tf, logits, targets):
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 
-class TFStepper:
-    """Training for the tf and keras engines: the trainer's stepper interface (see train/loop.py)."""
+class TFLearner:
+    """Training for the tf and keras engines: the trainer's learner interface (see train/loop.py)."""
 
     def __init__(self, model, optimizer: str, lr: float, weight_decay: float, grad_clip: float):
         tf = self.tf = require_tensorflow(model.impl)
@@ -186,7 +186,7 @@ class TFStepper:
         logits, new_state = self.model.call(x, state, training=False)
         return mean_cross_entropy(self.tf, logits, y), new_state
 
-    # ---- the stepper interface --------------------------------------------------------
+    # ---- the learner interface --------------------------------------------------------
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
 
