@@ -13,7 +13,8 @@ from typing import Any, Optional
 from charrnn.errors import UserError
 
 CELLS = ("rnn", "gru", "lstm")
-IMPLS = ("naive", "scratch", "library")
+IMPLS = ("naive", "scratch", "library", "tf", "keras")
+TF_IMPLS = ("tf", "keras")           # TensorFlow: optional (pip extra "tensorflow"), imported only by these
 OPTIMIZERS = ("adagrad", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("epoch", "cosine")
@@ -80,7 +81,8 @@ class TrainConfig:
 
     data: str = option("tinyshakespeare", "a UTF-8 text file, or a corpus name: tinyshakespeare, pystdlib")
     out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png")
-    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn)", IMPLS)
+    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn), "
+                       "tf (TensorFlow, own cells: the seed's section IV), keras (Keras layers: its section V)", IMPLS)
     batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
     seq_len: int = option(100, "characters per window (T): the truncated-BPTT length")
     optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw otherwise", OPTIMIZERS)
@@ -97,9 +99,11 @@ class TrainConfig:
     checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at each evaluation")
     val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation")
     seed: int = option(1337, "random seed for initialisation, dropout and sampling")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
-    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu (tf, keras: a GPU TensorFlow sees, else cpu)",
+                         DEVICES)
+    bf16: bool = option(False, "bfloat16 autocast (CUDA only; torch engines)")
+    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library "
+                                  "(tf and keras always run a compiled tf.function)")
     log_every: int = option(10, "write a metrics row / log line every N iterations")
     sample_every: int = option(0, "print a short sample every N iterations (0: never)")
     init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)")

@@ -39,7 +39,7 @@ _NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations are on|TF_ENA
 
 
 def install_hint(impl: str) -> str:
-    return (f"--impl {impl} needs TensorFlow, which is not installed; pip install 'charrnn[tensorflow]' "
+    return (f"--impl {impl} needs TensorFlow, which is not installed; pip install 'charrnn-toolkit[tensorflow]' "
             "(in a checkout: pip install -e '.[tensorflow]'), or use --impl library or naive")
 
 
