@@ -14,10 +14,15 @@ from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.losses import cross_entropy  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
 from charrnn.models.base import init_parameters, parameter_shapes  # noqa: E402
-from charrnn.models.keras_engine import (KerasModel, canonical_to_keras, keras_gradients_to_canonical,  # noqa: E402
-                                         keras_keys, keras_to_canonical)
+from charrnn.models.keras_engine import (  # noqa: E402
+    KerasModel,
+    canonical_to_keras,
+    keras_gradients_to_canonical,
+    keras_keys,
+    keras_to_canonical,
+)
 from charrnn.models.tf_engine import TFModel  # noqa: E402
-from charrnn.train.tf_step import TFOptimizer, TFStepper, mean_cross_entropy  # noqa: E402
+from charrnn.train.tf_step import TFLearner, TFOptimizer, mean_cross_entropy  # noqa: E402
 
 CELLS = ["rnn", "gru", "lstm"]
 TF_ENGINES = {"tf": TFModel, "keras": KerasModel}
@@ -187,23 +192,23 @@ def test_optimizer_updates_equal_torch_optim(kind, wd):
 
 def test_optimizer_state_is_the_naive_engines_format():
     """--impl tf saves its slots under canonical names, as the naive engine does: each loads the other's."""
-    from charrnn.numpy_optim import make_optimizer
+    from charrnn.train.numpy_optim import make_optimizer
 
     cfg = config("gru")
     model = TFModel(cfg, seed=1)
-    stepper = TFStepper(model, "adam", 1e-2, 0.0, 5.0)
+    learner = TFLearner(model, "adam", 1e-2, 0.0, 5.0)
     _, inputs, targets, _ = problem(cfg)
-    stepper.train_step(inputs, targets, stepper.zero_state(B))
-    arrays, meta = stepper.optimizer_state()
+    learner.train_step(inputs, targets, learner.zero_state(B))
+    arrays, meta = learner.optimizer_state()
     naive_params = {k: v.astype(np.float64) for k, v in model.get_parameters().items()}
     naive_opt = make_optimizer("adam", naive_params, 1e-2)
     naive_opt.load_state_dict(arrays, meta)
     assert naive_opt.steps == 1
-    stepper.load_optimizer_state(*naive_opt.state_dict())
+    learner.load_optimizer_state(*naive_opt.state_dict())
     from charrnn.errors import UserError
 
     with pytest.raises(UserError, match="optimizer"):
-        stepper.load_optimizer_state(arrays, {**meta, "type": "adagrad"})
+        learner.load_optimizer_state(arrays, {**meta, "type": "adagrad"})
 
 
 @pytest.mark.parametrize("cell,optimizer,wd", [("rnn", "adagrad", 0.0), ("gru", "adamw", 0.1), ("lstm", "adam", 0.0),
@@ -211,44 +216,44 @@ def test_optimizer_state_is_the_naive_engines_format():
 def test_a_training_step_is_the_torch_engines_step(cell, optimizer, wd):
     """Loss, clipping (active: clip 0.5), optimizer and carried state, four windows: TF engines vs library."""
     torch = pytest.importorskip("torch")
-    from charrnn.steppers import TorchStepper
+    from charrnn.train.learners import TorchLearner
 
     cfg = config(cell, hidden=12, embed=6)
     rng = np.random.default_rng(4)
     windows = [(rng.integers(0, V, (4, 8)), rng.integers(0, V, (4, 8))) for _ in range(4)]
     library = build_model("library", cfg, seed=3)
-    steppers = {"library": TorchStepper(library, optimizer, 0.02, wd, 0.5, torch.device("cpu")),
-                **{impl: TFStepper(cls(cfg, seed=3), optimizer, 0.02, wd, 0.5) for impl, cls in TF_ENGINES.items()}}
-    states = {k: s.zero_state(4) for k, s in steppers.items()}
+    learners = {"library": TorchLearner(library, optimizer, 0.02, wd, 0.5, torch.device("cpu")),
+                **{impl: TFLearner(cls(cfg, seed=3), optimizer, 0.02, wd, 0.5) for impl, cls in TF_ENGINES.items()}}
+    states = {k: s.zero_state(4) for k, s in learners.items()}
     for x, y in windows:
         losses = {}
-        for k, s in steppers.items():
+        for k, s in learners.items():
             losses[k], states[k] = s.train_step(x, y, states[k])
         assert max(abs(v - losses["library"]) for v in losses.values()) < 1e-5, losses
-    ref = steppers["library"].get_parameters()
+    ref = learners["library"].get_parameters()
     assert max(np.abs(ref[k] - init_parameters(cfg, 3)[k]).max() for k in ref) > 1e-2   # it did train
     for impl in TF_ENGINES:
-        params = steppers[impl].get_parameters()
+        params = learners[impl].get_parameters()
         for name, value in ref.items():
             if impl == "keras" and cell != "gru" and name.startswith("rnn.bias"):
                 k = name[-1]
                 value = ref[f"rnn.bias_ih_l{k}"] + ref[f"rnn.bias_hh_l{k}"] if "_ih_" in name else 0 * value
             np.testing.assert_allclose(params[name], value, rtol=0, atol=2e-5, err_msg=f"{impl} {name}")
-        library_state = steppers["library"].state_to_numpy(states["library"])
-        for ours, theirs in zip(steppers[impl].state_to_numpy(states[impl]), library_state):
+        library_state = learners["library"].state_to_numpy(states["library"])
+        for ours, theirs in zip(learners[impl].state_to_numpy(states[impl]), library_state):
             np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("impl", list(TF_ENGINES))
-def test_resume_from_saved_stepper_state_is_exact(impl):
+def test_resume_from_saved_learner_state_is_exact(impl):
     """Weights, optimizer slots, step count, lr, dropout RNG and carried state saved as NumPy and
-    loaded into a fresh stepper: the next windows are bit for bit those of the run that went on."""
+    loaded into a fresh learner: the next windows are bit for bit those of the run that went on."""
     cfg = config("lstm", dropout=0.3, hidden=10)
     rng = np.random.default_rng(5)
     windows = [(rng.integers(0, V, (4, 8)), rng.integers(0, V, (4, 8))) for _ in range(5)]
 
     def fresh():
-        return TFStepper(TF_ENGINES[impl](cfg, seed=2), "adamw", 1e-2, 0.01, 1.0)
+        return TFLearner(TF_ENGINES[impl](cfg, seed=2), "adamw", 1e-2, 0.01, 1.0)
 
     first = fresh()
     state = first.zero_state(4)
@@ -276,9 +281,9 @@ def test_dropout_is_training_only_and_eval_loss_is_the_forward():
     params, inputs, targets, state = problem(cfg)
     for impl, cls in TF_ENGINES.items():
         model = cls(cfg, params=params)
-        stepper = TFStepper(model, "adam", 1e-3, 0.0, 5.0)
+        learner = TFLearner(model, "adam", 1e-3, 0.0, 5.0)
         ref_logits, _ = build_model("naive", cfg, params=params, dtype="float64").eval().forward(inputs, state)
-        loss, _ = stepper.eval_loss(inputs, targets, stepper.state_from_numpy(list(state)))
+        loss, _ = learner.eval_loss(inputs, targets, learner.state_from_numpy(list(state)))
         assert abs(loss - cross_entropy(ref_logits, targets)[0]) < 1e-5, impl
         train_a = model.train().forward(inputs, state)[0].numpy()
         train_b = model.forward(inputs, state)[0].numpy()
@@ -286,15 +291,112 @@ def test_dropout_is_training_only_and_eval_loss_is_the_forward():
         assert np.abs(model.eval().forward(inputs, state)[0].numpy() - ref_logits).max() < 1e-5
 
 
-def test_without_tensorflow_a_tf_engine_is_one_line(tmp_path):
+# -- through the command line: train, read with other engines, resume, refuse ------------------
+
+SMALL = ["--layers", 1, "--hidden", 16, "--embed", 8, "--batch-size", 4, "--seq-len", 16, "--log-every", 1,
+         "--eval-every", 1000, "--seed", 3]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(300)), encoding="utf-8")
+    return path
+
+
+def cli(args, capsys):
+    """`charrnn ARGS` in this process (TensorFlow is imported once per test session, not per command)."""
+    from charrnn.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def weights(run):
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+@pytest.mark.parametrize("impl", list(TF_ENGINES))
+def test_cli_trains_and_every_engine_reads_the_run(impl, corpus, tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    code, _, err = cli(["train", "--impl", impl, "--data", corpus, "--out", run, *SMALL, "--max-iters", 8,
+                        "--lr", 1e-2], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses     # it learns
+    saved = weights(run)
+    assert set(saved) == set(parameter_shapes(config("lstm", layers=1, hidden=16, embed=8)).keys())
+    evals = {}
+    for reader in ("naive", impl):
+        code, out, err = cli(["eval", "--checkpoint", run, "--impl", reader, "--data", corpus, "--json"], capsys)
+        assert code == 0, err
+        evals[reader] = json.loads(out)["loss"]
+    assert abs(evals["naive"] - evals[impl]) < 1e-5 and 1.0 < evals[impl] < 3.0, evals
+    code, out, err = cli(["sample", "--checkpoint", run, "--impl", "naive", "--length", 40, "--seed", 1,
+                          "--prime", "the"], capsys)
+    assert code == 0 and out.startswith("the") and len(out.rstrip("\n")) == 43, err
+    code, out_tf, err = cli(["sample", "--checkpoint", run, "--impl", impl, "--length", 40, "--seed", 1,
+                             "--prime", "the"], capsys)
+    assert code == 0 and out_tf == out, err                                # same weights, same draws
+
+
+@pytest.mark.parametrize("impl", list(TF_ENGINES))
+def test_cli_resume_is_exact(impl, corpus, tmp_path, capsys):
+    """10 iterations + --resume to 20 == 20 straight, dropout on (its RNG state is in the checkpoint)."""
+    common = ["--impl", impl, "--data", corpus, *SMALL, "--layers", 2, "--dropout", 0.3, "--eval-every", 7]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli(["train", *common, "--out", straight, "--max-iters", 20], capsys)[0] == 0
+    assert cli(["train", *common, "--out", split, "--max-iters", 10], capsys)[0] == 0
+    code, out, err = cli(["train", "--data", corpus, "--out", split, "--max-iters", 20, "--resume"], capsys)
+    assert code == 0 and "resuming" in out and "iteration 10" in out, err
+    a, b = weights(straight), weights(split)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_tf_engines_refuse_what_they_cannot_honour(corpus, tmp_path, capsys, monkeypatch):
+    for flag in ("--bf16", "--compile"):
+        code, _, err = cli(["train", "--impl", "tf", "--data", corpus, "--out", tmp_path / "a", flag], capsys)
+        assert code == 2
+        assert err.strip() == f"charrnn: error: --impl tf does not support {flag}; use --impl library or scratch"
+    monkeypatch.setenv("RANK", "0")          # as torchrun starts a process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    code, _, err = cli(["train", "--impl", "keras", "--data", corpus, "--out", tmp_path / "b"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("charrnn: error: --impl keras cannot train under torchrun (2 processes)")
+    assert not (tmp_path / "b").exists()
+
+
+def test_without_tensorflow_the_cli_says_what_to_install(corpus, tmp_path):
+    """TensorFlow unimportable: --impl tf|keras is one line and exit 2; nothing else changes or imports it."""
     import subprocess
     import sys
+    from pathlib import Path
 
-    code = ("import sys; sys.modules['tensorflow'] = None\n"
-            "from charrnn.errors import UserError\n"
-            "from charrnn.config import ModelConfig\n"
-            "from charrnn.models.tf_engine import TFModel\n"
-            "try:\n    TFModel(ModelConfig(vocab_size=5))\nexcept UserError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+            "from charrnn.cli import main\n"
+            f"run = {str(tmp_path / 'run')!r}\n"
+            f"args = ['--data', {str(corpus)!r}, '--layers', '1', '--hidden', '8', '--embed', '4', '--batch-size', '2',"
+            " '--seq-len', '8', '--max-iters', '2']\n"
+            "assert main(['train', '--impl', 'naive', '--out', run, *args]) == 0\n"
+            "print('codes', main(['train', '--impl', 'tf', '--out', run + '2', *args]),"
+            " main(['eval', '--checkpoint', run, '--impl', 'keras', '--data', args[1]]))\n"
+            "assert main(['eval', '--checkpoint', run, '--impl', 'naive', '--data', args[1]]) == 0\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("\n") == 1 and "pip install 'charrnn[tensorflow]'" in out.stdout
+    assert "codes 2 2" in out.stdout
+    errors = [line for line in out.stderr.splitlines() if line.startswith("charrnn: error")]
+    assert len(errors) == 2 and all("pip install" in e and "TensorFlow" in e for e in errors), out.stderr
+    assert "Traceback" not in out.stderr
