@@ -5,9 +5,9 @@
     text = charrnn.read_text("notes.txt")                     # read exactly as training and `charrnn eval` read
 """
 
-__version__ = "0.2.0"
+from charrnn.errors import UserError  # a ValueError: what a bad option or file raises
 
-from charrnn.errors import UserError  # noqa: E402  (a ValueError: what a bad option or file raises)
+__version__ = "0.2.0"
 
 
 def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu", quantize=None):

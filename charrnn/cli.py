@@ -54,21 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (see README for presets)")
     add_config_flags(train, TrainConfig)
     add_config_flags(train, ModelConfig)
-    train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags override them")
+    train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags "
+                                                                   "override them")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    from charrnn.infer.cli import add_eval_parser, add_sample_parser  # noqa: WPS433 (keeps this file small)
+    from charrnn.infer.cli import add_eval_parser, add_sample_parser
 
     add_sample_parser(sub)
     add_eval_parser(sub)
+    from charrnn.export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves")
     serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default library)")
-    serve.add_argument("--which", choices=WHICH, default="latest", help="latest: model.safetensors; best: best.safetensors (default: latest)")
-    serve.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: generate with int8 layer weights in a compiled step (faster, slightly less exact)")
+    serve.add_argument("--which", choices=WHICH, default="latest", help="latest: model.safetensors; best: "
+                                                                        "best.safetensors (default: latest)")
+    serve.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: generate with int8 layer weights in a "
+                                                                  "compiled step (faster, slightly less exact)")
     serve.set_defaults(handler=cmd_serve)
     return parser
 

@@ -85,18 +85,24 @@ class TrainConfig:
                        "tf (TensorFlow, own cells: the seed's section IV), keras (Keras layers: its section V)", IMPLS)
     batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
     seq_len: int = option(100, "characters per window (T): the truncated-BPTT length")
-    optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw otherwise", OPTIMIZERS)
+    optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw "
+                                            "otherwise", OPTIMIZERS)
     lr: Optional[float] = option(None, "learning rate; default 0.1 for adagrad, 2e-3 for adam/adamw")
     lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)")
-    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: warm-up then cosine to lr0/10 over the run's budget", SCHEDULES)
-    warmup_iters: int = option(0, "linear warm-up iterations (cosine schedule)")
+    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: down to lr/10 at the end of the run's budget "
+                                    "(a --resume with another budget continues the decay from where it is)", SCHEDULES)
+    warmup_iters: int = option(0, "linear warm-up from lr/N to --lr over the first N iterations (either schedule); "
+                                  "a cosine starts where it ends")
     weight_decay: float = option(0.0, "decoupled weight decay (adamw)")
     grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off")
-    epochs: Optional[float] = option(None, "stop after this many epochs (whole run); default 10 when no other limit is given")
+    epochs: Optional[float] = option(None, "stop after this many epochs (whole run); default 10 when no other limit "
+                                           "is given")
     max_iters: Optional[int] = option(None, "stop at this iteration, counted over the whole run (across --resume)")
-    max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run (across --resume)")
+    max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run "
+                                             "(across --resume)")
     eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)")
-    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at each evaluation")
+    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at "
+                                                   "each evaluation")
     val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation")
     seed: int = option(1337, "random seed for initialisation, dropout and sampling")
     device: str = option("auto", "auto picks cuda, then mps, then cpu (tf, keras: a GPU TensorFlow sees, else cpu)",

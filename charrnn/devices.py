@@ -37,7 +37,8 @@ def resolve_device(name: str, impl: str, local_rank: Optional[int] = None):
     try:
         import torch
     except ImportError:
-        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
+        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; "
+                        "install torch or use --impl naive") from None
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"

@@ -323,3 +323,23 @@ def test_numpy_tanh_approx_is_close_to_tanh():
     got = tanh_approx(x, np.empty_like(x))
     assert np.abs(got - np.tanh(x.astype(np.float64))).max() < 3e-7
     assert got[x == 0].tolist() == [0.0, 0.0] and np.all(np.abs(got) <= 1)
+
+
+@pytest.mark.parametrize("n_in, seed", [(1200, 1), (1200, 2), (1500, 3), (2048, 4)])
+def test_quant_linear_sums_are_exact_at_any_width(n_in, seed):
+    """The integer sums the C step makes in int32 are exact in NumPy too, past float32's 2^24 (audit #20):
+    a 2-layer model wider than 520 units feeds layer 1 more than 1,040 inputs. Saturated inputs aligned
+    with column 0's weights make its sum exceed 2^24 with odd partial sums, which float32 cannot hold."""
+    rng = np.random.default_rng(seed)
+    w = np.sign(rng.standard_normal((n_in, 8))).astype(np.float32) * rng.choice([1.0, 0.9, 0.97], size=(n_in, 8))
+    w = w.astype(np.float32)
+    w[0] = np.sign(w[0])                                                        # each column's max |w| is 1
+    x = (np.sign(w[:, :1].T) * rng.choice([1.0, 0.99, 0.95], size=(1, n_in))).astype(np.float32)
+    out = QuantLinear(w, None)(x, np.empty((1, 8), np.float32))
+    s = np.abs(x).max(axis=1) / np.float32(127)
+    q_x = np.rint(x / s[:, None]).astype(np.int64)
+    q_w, scales = quantize_columns(w)
+    exact = q_x @ q_w.astype(np.int64)                                          # (1, 8) integer sums
+    assert exact[0, 0] > 2 ** 24
+    expected = exact.astype(np.float32) * (s[:, None] * scales)                 # C: (float) sum * (s * scale)
+    np.testing.assert_array_equal(out, expected)

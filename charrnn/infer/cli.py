@@ -18,14 +18,19 @@ SEPARATOR = "\n\n----- sample {index} of {total} -----\n"
 
 
 def _common(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source.add_argument("--onnx", metavar="MODEL.onnx", help="a file made by 'charrnn export --format onnx', run by "
+                        "ONNX Runtime (the vocabulary and config come from the file)")
     parser.add_argument("--impl", choices=IMPLS, default="library",
                         help="engine to run; any engine reads any run (default: library)")
     parser.add_argument("--which", choices=WHICH, default="latest",
-                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss (default: latest)")
+                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss "
+                             "(default: latest)")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch and TensorFlow engines (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
-                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster generation, "
+                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
+                             "generation, "
                              "slightly less exact (README)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -35,15 +40,18 @@ def add_sample_parser(sub) -> None:
     _common(p)
     primes = p.add_mutually_exclusive_group()
     primes.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
-    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training reads)")
+    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training "
+                                                             "reads)")
     p.add_argument("--length", type=int, default=500, help="characters to generate, at least 1 (default: 500)")
     p.add_argument("--temperature", type=float,
                    help="> 0; lower is more conservative (default: 1.0); not with --greedy or --beam")
-    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after temperature)")
+    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after "
+                                             "temperature)")
     p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (after top-k)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character (argmax)")
     p.add_argument("--beam", type=int,
-                   help="beam search with this many hypotheses: the most likely continuation (one sample; no sampling knobs)")
+                   help="beam search with this many hypotheses: the most likely continuation "
+                        "(one sample; no sampling knobs)")
     p.add_argument("--seed", type=int, help="make the output reproducible")
     p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
@@ -67,7 +75,8 @@ def _check_sample_flags(args):
     count("num_samples", args.num_samples, 1, True)
     if args.beam is not None:
         count("beam", args.beam, 1, True)
-        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1), ("--temperature", args.temperature is not None),
+        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1),
+                                            ("--temperature", args.temperature is not None),
                                             ("--top-k", args.top_k is not None), ("--top-p", args.top_p is not None),
                                             ("--greedy", args.greedy), ("--seed", args.seed is not None)) if given]
         if ignored:
@@ -77,13 +86,23 @@ def _check_sample_flags(args):
     return sampling_options(args.temperature, args.top_k, args.top_p, args.greedy, cli=True)
 
 
+def _load(args):
+    """The model the command line names: a run directory, or an exported .onnx file."""
+    if args.onnx:
+        from charrnn.export.onnx_api import load_from_args
+
+        return load_from_args(args)
+    from charrnn.infer.api import load
+
+    return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+
+
 def cmd_sample(args) -> int:
     from charrnn.data.textfile import read_text_file
-    from charrnn.infer.api import load
 
     options = _check_sample_flags(args)
     prime = args.prime if args.prime_file is None else read_text_file(args.prime_file, "--prime-file")
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
     rng = np.random.default_rng(args.seed)
     if options is None:
@@ -115,13 +134,13 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from charrnn.data.corpus import load_corpus
-    from charrnn.infer.api import load
 
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     corpus = load_corpus(args.data)
     result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
-        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters")
+        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted "
+              f"characters")
     return 0

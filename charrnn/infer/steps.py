@@ -69,7 +69,8 @@ def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWe
         w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
         b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
         if fold_hh:  # both sides add up before the nonlinearity: one matmul per layer
-            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]), bias(b_ih + b_hh)))
+            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]),
+                                                                 bias(b_ih + b_hh)))
         else:        # gru: r scales W_hn h + b_hn but not W_in x + b_in
             weights.x.append(None if k == 0 else (cols(w_ih), bias(b_ih)))
             weights.hh.append((cols(w_hh), bias(b_hh)))
@@ -149,10 +150,10 @@ class NumpyWeights:
         self.config = config
         self.dtype = np.dtype(np.float32 if quantize else dtype)  # int8 weights: float64 buys nothing
         fused = fused_weights(config, params)
-        as_weights = lambda a: None if a is None else np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
+        as_weights = lambda a: None if a is None else np.ascontiguousarray(a, dtype=self.dtype)
         self.table = as_weights(fused.table)                      # (V, G*H)
         linear = _linear_class(quantize)
-        build = lambda wb: None if wb is None else linear(as_weights(wb[0]), as_weights(wb[1]))  # noqa: E731
+        build = lambda wb: None if wb is None else linear(as_weights(wb[0]), as_weights(wb[1]))
         self.xh, self.x, self.hh = ([build(wb) for wb in group] for group in (fused.xh, fused.x, fused.hh))
         self.head = FloatLinear(as_weights(fused.head[0]), as_weights(fused.head[1]))  # (H, V), (1, V)
         # int8: the compiled step's own tanh, op for op, so that both give the same states bit for bit
@@ -188,7 +189,7 @@ class NumpyStep(StepState):
         super().__init__(cfg, batch_size, weights.dtype)
         L, H, B, G = cfg.layers, cfg.hidden, batch_size, cfg.gates
         self.table, self._tanh = weights.table, weights.tanh
-        empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
+        empty = lambda *shape: np.zeros(shape, self.dtype)
         self.a = empty(B, G * H)                                  # (B, G*H) pre-activations
         self.a2 = empty(B, G * H)                                 # (B, G*H) table rows; gru's h side
         self.tmp = empty(B, H)                                    # (B, H)
@@ -205,7 +206,8 @@ class NumpyStep(StepState):
             self.hh_call = [weights.hh[k].bind(self.outputs[k], self.a2) for k in range(L)]
         self.head_call = weights.head.bind(self.outputs[-1], self.logits)
         a = self.a                                                # views of the LSTM gates: s = i, f, o together
-        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if cfg.cell == "lstm" else None
+        lstm = cfg.cell == "lstm"
+        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if lstm else None
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""
@@ -274,5 +276,5 @@ def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:
         return np.arange(H), np.ones(H), True
     if cell == "gru":
         return np.arange(3 * H), np.concatenate([np.full(2 * H, 0.5), np.ones(H)]), False
-    gate = lambda j: np.arange(j * H, (j + 1) * H)  # noqa: E731
+    gate = lambda j: np.arange(j * H, (j + 1) * H)
     return np.concatenate([gate(0), gate(1), gate(3), gate(2)]), np.concatenate([np.full(3 * H, 0.5), np.ones(H)]), True

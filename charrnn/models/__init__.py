@@ -25,7 +25,8 @@ def build_model(impl: str, config: ModelConfig, seed: int = 0, params=None, devi
     try:
         import torch
     except ImportError:
-        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
+        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; "
+                        "install torch or use --impl naive") from None
     if impl == "scratch":
         from charrnn.models.scratch import ScratchModel
 

@@ -95,8 +95,11 @@ def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str
     for name, shape in expected.items():
         got = tuple(params[name].shape)
         if got != shape:
-            raise UserError(f"{where}: {name} has shape {list(got)}, config.json implies {list(shape)}; the run directory is mixed up")
+            raise UserError(f"{where}: {name} has shape {list(got)}, config.json implies {list(shape)}; the run "
+                            f"directory is mixed up")
         if params[name].dtype.kind != "f":
-            raise UserError(f"{where}: {name} has dtype {params[name].dtype}, expected floating point; the file is damaged")
+            raise UserError(f"{where}: {name} has dtype {params[name].dtype}, expected floating point; the file is "
+                            f"damaged")
         if not np.all(np.isfinite(params[name])):
-            raise UserError(f"{where}: {name} holds NaN or infinite values; use another checkpoint (e.g. best.safetensors)")
+            raise UserError(f"{where}: {name} holds NaN or infinite values; use another checkpoint (e.g. "
+                            f"best.safetensors)")
