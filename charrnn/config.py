@@ -53,20 +53,21 @@ def _check_choices(cfg: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: embedding (V->E), `layers` recurrent cells of width H, linear head (H->V)."""
+    """The network: embedding (V->E; none with embed 0), `layers` recurrent cells of width H, linear head (H->V)."""
 
     vocab_size: int = option(0, "number of distinct characters (V); set from the corpus", cli=False)
     cell: str = option("lstm", "recurrent cell", CELLS)
     layers: int = option(2, "number of stacked recurrent layers (L)")
     hidden: int = option(256, "hidden units per layer (H)")
-    embed: int = option(64, "character embedding size (E)")
+    embed: int = option(64, "character embedding size (E); 0: no embedding, one-hot characters straight into the "
+                            "first layer (the seed's sections III-IV, Karpathy's char-rnn)")
     dropout: float = option(0.0, "dropout after each recurrent layer, training only")
 
     def __post_init__(self):
         _check_choices(self)
         _check(self.layers >= 1, "layers", f"{self.layers} must be at least 1")
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be at least 1")
-        _check(self.embed >= 1, "embed", f"{self.embed} must be at least 1")
+        _check(self.embed >= 0, "embed", f"{self.embed} must be 0 (one-hot inputs) or more")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
         _check(self.vocab_size >= 0, "vocab_size", "must be non-negative")
 

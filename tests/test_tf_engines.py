@@ -61,11 +61,11 @@ def close(ours, ref, rtol, name):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=rtol * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("layers,embed", [(1, E), (2, E), (3, E), (2, 0)])   # embed 0: one-hot inputs
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("impl", list(TF_ENGINES))
-def test_forward_and_gradients_match_the_naive_engine(impl, cell, layers):
-    cfg = config(cell, layers)
+def test_forward_and_gradients_match_the_naive_engine(impl, cell, layers, embed):
+    cfg = config(cell, layers, embed=embed)
     params, inputs, targets, state = problem(cfg, seed=layers)
     ref_logits, ref_final, ref_loss, ref_grads, ref_dstate = naive_reference(cfg, params, inputs, targets, state)
     model = TF_ENGINES[impl](cfg, params=params)                       # float32, as they train
@@ -106,14 +106,16 @@ def test_float64_agrees_to_rounding(impl, cell):
         np.testing.assert_allclose(np.asarray(ours), theirs, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("embed", [E, 0])
 @pytest.mark.parametrize("cell", CELLS)
-def test_keras_conversion_is_exact_both_ways(cell):
-    cfg = config(cell)
+def test_keras_conversion_is_exact_both_ways(cell, embed):
+    cfg = config(cell, embed=embed)
     rng = np.random.default_rng(2)
     shapes = {"embed.embeddings": (V, E), "head.kernel": (H, V), "head.bias": (V,)}
     G = cfg.gates
     for k in range(cfg.layers):
-        shapes.update({f"rnn_l{k}.kernel": (E if k == 0 else H, G * H), f"rnn_l{k}.recurrent_kernel": (H, G * H),
+        shapes.update({f"rnn_l{k}.kernel": ((embed or V) if k == 0 else H, G * H),
+                       f"rnn_l{k}.recurrent_kernel": (H, G * H),
                        f"rnn_l{k}.bias": (2, 3 * H) if cell == "gru" else (G * H,)})
     weights = {k: rng.standard_normal(shapes[k]).astype(np.float32) for k in keras_keys(cfg)}
     canonical = keras_to_canonical(cfg, weights)
@@ -322,19 +324,22 @@ def weights(run):
     return load_file(str(run / "model.safetensors"))
 
 
-@pytest.mark.parametrize("impl", list(TF_ENGINES))
-def test_cli_trains_and_every_engine_reads_the_run(impl, corpus, tmp_path, capsys):
+@pytest.mark.parametrize("impl,flags", [("tf", []), ("keras", []),
+                                       ("tf", ["--embed", 0, "--cell", "rnn"])])   # the seed's section IV model
+def test_cli_trains_and_every_engine_reads_the_run(impl, flags, corpus, tmp_path, capsys):
     import json
 
     run = tmp_path / "run"
     code, _, err = cli(["train", "--impl", impl, "--data", corpus, "--out", run, *SMALL, "--max-iters", 8,
-                        "--lr", 1e-2], capsys)
+                        "--lr", 1e-2, *flags], capsys)
     assert code == 0, err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses     # it learns
     saved = weights(run)
-    assert set(saved) == set(parameter_shapes(config("lstm", layers=1, hidden=16, embed=8)).keys())
+    cell, embed = ("rnn", 0) if flags else ("lstm", 8)
+    assert set(saved) == set(parameter_shapes(config(cell, layers=1, hidden=16, embed=embed)).keys())
+    assert ("embed.weight" in saved) == bool(embed)
     evals = {}
     for reader in ("naive", impl):
         code, out, err = cli(["eval", "--checkpoint", run, "--impl", reader, "--data", corpus, "--json"], capsys)

@@ -7,7 +7,7 @@ The seed's section V builds its model from TensorFlow's RNN library:
 today's TensorFlow those are Keras layers:
 
     seed (TF1)                          here (Keras 3)
-    tf.nn.embedding_lookup              keras.layers.Embedding
+    tf.nn.embedding_lookup              keras.layers.Embedding (--embed 0: one-hot inputs, none)
     BasicRNNCell / GRUCell /            keras.layers.SimpleRNN / GRU / LSTM, one per layer,
       BasicLSTMCell + MultiRNNCell        return_sequences=True, return_state=True
     DropoutWrapper(output_keep_prob)    keras.layers.Dropout after each recurrent layer
@@ -55,7 +55,7 @@ def _blocks(w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 def keras_keys(cfg: ModelConfig):
     """The Keras weights' keys (layer.weight), in the order `KerasModel.training_variables` gives them."""
-    keys = ["embed.embeddings"]
+    keys = ["embed.embeddings"] if cfg.embed else []      # embed 0: one-hot inputs, no Embedding layer
     for k in range(cfg.layers):
         keys += [f"rnn_l{k}.kernel", f"rnn_l{k}.recurrent_kernel", f"rnn_l{k}.bias"]
     return keys + ["head.kernel", "head.bias"]
@@ -63,7 +63,7 @@ def keras_keys(cfg: ModelConfig):
 
 def canonical_to_keras(cfg: ModelConfig, params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Canonical parameters -> Keras weights (see the module docstring)."""
-    out = {"embed.embeddings": np.asarray(params["embed.weight"])}
+    out = {"embed.embeddings": np.asarray(params["embed.weight"])} if cfg.embed else {}
     for k in range(cfg.layers):
         w_ih, w_hh = np.asarray(params[f"rnn.weight_ih_l{k}"]), np.asarray(params[f"rnn.weight_hh_l{k}"])
         b_ih, b_hh = np.asarray(params[f"rnn.bias_ih_l{k}"]), np.asarray(params[f"rnn.bias_hh_l{k}"])
@@ -80,7 +80,7 @@ def canonical_to_keras(cfg: ModelConfig, params: Dict[str, np.ndarray]) -> Dict[
 
 def keras_to_canonical(cfg: ModelConfig, weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Keras weights -> canonical parameters; a single Keras bias goes whole into bias_ih, bias_hh is zeros."""
-    out = {"embed.weight": np.asarray(weights["embed.embeddings"])}
+    out = {"embed.weight": np.asarray(weights["embed.embeddings"])} if cfg.embed else {}
     for k in range(cfg.layers):
         out[f"rnn.weight_ih_l{k}"] = _blocks(np.asarray(weights[f"rnn_l{k}.kernel"]).T, cfg).copy()
         out[f"rnn.weight_hh_l{k}"] = _blocks(np.asarray(weights[f"rnn_l{k}.recurrent_kernel"]).T, cfg).copy()
@@ -115,7 +115,8 @@ def _network(keras, tf, cfg: ModelConfig, dtype: str, seed: int):
     class CharNet(keras.Model):
         def __init__(self):
             super().__init__(name="charrnn", dtype=dtype)
-            self.embed = keras.layers.Embedding(cfg.vocab_size, cfg.embed, dtype=dtype, name="embed")
+            self.embed = (keras.layers.Embedding(cfg.vocab_size, cfg.embed, dtype=dtype, name="embed")
+                          if cfg.embed else None)                 # embed 0: one-hot characters instead
             extra = {"reset_after": True} if cfg.cell == "gru" else {}
             self.rnns = [rnn_class(cfg.hidden, return_sequences=True, return_state=True, dtype=dtype,
                                    name=f"rnn_l{k}", **extra) for k in range(cfg.layers)]
@@ -125,7 +126,10 @@ def _network(keras, tf, cfg: ModelConfig, dtype: str, seed: int):
             self.head = keras.layers.Dense(cfg.vocab_size, dtype=dtype, name="head")
 
         def call(self, inputs, states, training=False):
-            x = self.embed(inputs)                                       # (B, T, E)
+            if self.embed is not None:
+                x = self.embed(inputs)                                   # (B, T, E)
+            else:
+                x = keras.ops.one_hot(inputs, cfg.vocab_size, dtype=dtype)   # (B, T, V)
             finals = []
             for k in range(cfg.layers):
                 x, *final = self.rnns[k](x, initial_state=[s[k] for s in states], training=training)  # (B, T, H)

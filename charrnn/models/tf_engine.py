@@ -18,9 +18,10 @@ layer on top, and Adagrad. This is that model in today's TensorFlow:
 - stacked layers with inverted dropout after each one (training only), the masks
   drawn from a `tf.random.Generator` whose state goes into resume.safetensors.
 
-Training (GradientTape inside one `tf.function` per window, the optimizers) is
-train/tf_step.py's; `--embed`'s lookup is `tf.nn.embedding_lookup`, as the seed's
-section V does it.
+Inputs: with `--embed 0` the characters go in as `tf.one_hot` vectors, as section IV
+feeds them (`--impl tf --embed 0 --cell rnn --layers 1` is its model exactly); with an
+embedding table, `tf.nn.embedding_lookup`, as section V. Training (GradientTape inside
+one `tf.function` per window, the optimizers) is train/tf_step.py's.
 """
 from __future__ import annotations
 
@@ -140,7 +141,10 @@ class TFModel:
     def call(self, x, state, training: bool):
         """Traceable forward: x (B, T) int32, state tuple of (L, B, H) -> (logits (B, T, V), new state)."""
         tf, cfg, p = self.tf, self.config, self.variables
-        inputs = tf.transpose(tf.nn.embedding_lookup(p["embed.weight"], x), [1, 0, 2])   # (T, B, E) time-major
+        if cfg.embed:   # section V's tf.nn.embedding_lookup
+            inputs = tf.transpose(tf.nn.embedding_lookup(p["embed.weight"], x), [1, 0, 2])   # (T, B, E) time-major
+        else:           # embed 0: section IV's tf.one_hot, straight into W_ih
+            inputs = tf.transpose(tf.one_hot(x, cfg.vocab_size, dtype=self.tf_dtype), [1, 0, 2])  # (T, B, V)
         cell = CELLS[cfg.cell]
         finals = []
         for k in range(cfg.layers):
