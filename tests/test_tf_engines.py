@@ -354,6 +354,31 @@ def test_cli_trains_and_every_engine_reads_the_run(impl, flags, corpus, tmp_path
     assert code == 0 and out_tf == out, err                                # same weights, same draws
 
 
+def test_any_run_evaluates_fine_tunes_and_resumes_in_the_tf_engines(corpus, tmp_path, capsys):
+    """The other way round: a naive run read by tf and keras (same loss), fine-tuned by keras (--init-from), and
+    resumed by tf (its optimizer slots are the naive engine's format; a keras run's are not, in one line)."""
+    import json
+
+    run = tmp_path / "naive"
+    flags = ["--data", corpus, *SMALL, "--cell", "gru", "--layers", 2]
+    assert cli(["train", "--impl", "naive", "--out", run, *flags, "--max-iters", 3], capsys)[0] == 0
+    losses = {}
+    for reader in ("naive", "tf", "keras"):
+        code, out, err = cli(["eval", "--checkpoint", run, "--impl", reader, "--data", corpus, "--json"], capsys)
+        assert code == 0, err
+        losses[reader] = json.loads(out)["loss"]
+    assert max(losses.values()) - min(losses.values()) < 1e-5, losses
+    code, _, err = cli(["train", "--impl", "keras", "--init-from", run, "--out", tmp_path / "ft", "--data", corpus,
+                        "--max-iters", 2, "--batch-size", 4, "--seq-len", 16], capsys)
+    assert code == 0, err
+    code, out, err = cli(["train", "--impl", "tf", "--optimizer", "adagrad", "--data", corpus, "--out", run,
+                          "--max-iters", 5, "--resume"], capsys)
+    assert code == 0 and "resuming" in out, err
+    code, _, err = cli(["train", "--impl", "naive", "--optimizer", "adamw", "--data", corpus, "--out", tmp_path / "ft",
+                        "--max-iters", 4, "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "optimizer" in err, err
+
+
 @pytest.mark.parametrize("impl", list(TF_ENGINES))
 def test_cli_resume_is_exact(impl, corpus, tmp_path, capsys):
     """10 iterations + --resume to 20 == 20 straight, dropout on (its RNG state is in the checkpoint)."""
