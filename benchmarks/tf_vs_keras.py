@@ -29,7 +29,7 @@ from _common import early_threads, load_text, machine_line, print_table, spread,
 
 THREADS = early_threads()
 if THREADS:
-    os.environ["CHARRNN_TF_THREADS"] = str(THREADS)
+    os.environ["CHARRNN_TF_THREADS"] = os.environ["CHARRNN_TF_INTER_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
 

@@ -7,10 +7,10 @@ chatter, and sets its thread pools once, before TensorFlow's runtime starts:
 
 - intra-op threads (one matmul split across cores): `$CHARRNN_TF_THREADS`, else
   `$OMP_NUM_THREADS`, else the cores this process may use;
-- inter-op threads (independent ops side by side): 1 by default. A window's graph
-  is one long chain of dependent steps, and a second pool of one thread per core
-  only contended with the first on a busy 2-core machine (`$CHARRNN_TF_INTER_THREADS`
-  overrides it).
+- inter-op threads (independent ops side by side): `$CHARRNN_TF_INTER_THREADS`, else 2
+  (TensorFlow's default is one per core). A window's graph is mostly one chain of
+  dependent steps; in alternating runs on a busy 2-core machine 2 was 1.0-1.3x 1 for
+  the tf engine and within noise for keras, and more only adds threads that wait.
 
 Both engines hand the trainer (train/tf_step.py) the same few things:
 `call(x, state, training)` (traceable TF code), `training_variables()`
@@ -117,7 +117,7 @@ def _cores() -> int:
 
 def _set_threads(tf) -> None:
     intra = _env_int("CHARRNN_TF_THREADS", "OMP_NUM_THREADS") or _cores()
-    inter = _env_int("CHARRNN_TF_INTER_THREADS") or 1
+    inter = _env_int("CHARRNN_TF_INTER_THREADS") or min(2, _cores())
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
