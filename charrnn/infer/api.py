@@ -129,3 +129,26 @@ def load(run_dir, impl: str = "library", which: str = "latest", device: str = "c
     if quantize is not None:
         check_choice("quantize", quantize, QUANTIZE_MODES, cli=False)
     return TrainedModel(Path(run_dir), impl=impl, which=which, device=device, quantize=quantize)
+
+
+class OnnxTrainedModel(TrainedModel):
+    """TrainedModel's sample, stream, beam and evaluate over a file made by `charrnn export --format onnx`.
+
+    Its model (models/onnx_runtime.py) is a CharModel whose backend is "onnx", so the usual Predictor
+    feeds it: the same knobs and the same seed rule as a run directory, with ONNX Runtime alone.
+    """
+
+    def __init__(self, path, threads: Optional[int] = None):  # not super().__init__, which reads a run directory
+        from charrnn.models.onnx_runtime import OnnxCharModel
+
+        self.run_dir = None
+        self.path = Path(path)
+        self.model = OnnxCharModel(path, threads=threads)
+        self.config, self.vocab = self.model.config, self.model.vocab
+        self.impl = "onnx"
+        self.predictor = Predictor(self.model)
+
+
+def load_onnx(path, threads: Optional[int] = None) -> OnnxTrainedModel:
+    """`load` for an exported .onnx file: needs only onnxruntime (the `onnx` extra), not torch."""
+    return OnnxTrainedModel(path, threads=threads)

@@ -127,6 +127,16 @@ class StepState:
         h = self.h.reshape(B, L, H).transpose(1, 0, 2).copy()  # not ascontiguousarray: a view when B == 1
         return (h,) if self.c is None else (h, self.c.copy())
 
+    @classmethod
+    def sharing(cls, weights, batch_size: int):
+        """A step over weights prepared once (NumpyWeights, native.NativeWeights), with buffers of its own."""
+        step = cls.__new__(cls)
+        step._setup(weights, batch_size)
+        return step
+
+    def _setup(self, weights, batch_size: int) -> None:
+        raise NotImplementedError
+
     def step(self, chars) -> np.ndarray:
         raise NotImplementedError
 
@@ -174,12 +184,6 @@ class NumpyStep(StepState):
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
                  dtype=np.float32, quantize: Optional[str] = None):
         self._setup(NumpyWeights(config, params, dtype, quantize), batch_size)
-
-    @classmethod
-    def sharing(cls, weights: NumpyWeights, batch_size: int) -> "NumpyStep":
-        step = cls.__new__(cls)
-        step._setup(weights, batch_size)
-        return step
 
     @classmethod
     def from_model(cls, model, batch_size: int, quantize: Optional[str] = None) -> "NumpyStep":
