@@ -25,7 +25,7 @@ import sys
 import tempfile
 from typing import Optional
 
-from charrnn.errors import UserError
+from charrnn.errors import UserError, install_hint
 
 _TF = None
 
@@ -38,9 +38,9 @@ _NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations are on|TF_ENA
                     r"^\s*$")
 
 
-def install_hint(impl: str) -> str:
-    return (f"--impl {impl} needs TensorFlow, which is not installed; pip install 'charrnn-toolkit[tensorflow]' "
-            "(in a checkout: pip install -e '.[tensorflow]'), or use --impl library or naive")
+def missing_tensorflow(impl: str) -> str:
+    return (f"--impl {impl} needs TensorFlow, which is not installed: {install_hint('tensorflow')}; "
+            "or use --impl library or naive")
 
 
 def require_tensorflow(impl: str = "tf"):
@@ -52,7 +52,7 @@ def require_tensorflow(impl: str = "tf"):
     try:
         tf = _quiet_import()
     except ImportError:
-        raise UserError(install_hint(impl)) from None
+        raise UserError(missing_tensorflow(impl)) from None
     _set_threads(tf)
     tf.get_logger().setLevel("ERROR")                       # Python-side deprecation chatter
     _TF = tf
@@ -66,7 +66,7 @@ def require_keras(impl: str = "keras"):
     try:
         import keras
     except ImportError:
-        raise UserError(install_hint(impl)) from None
+        raise UserError(missing_tensorflow(impl)) from None
     backend = keras.backend.backend()
     if backend != "tensorflow":
         raise UserError(f"--impl {impl} runs Keras on TensorFlow, but KERAS_BACKEND is {backend!r}; "
