@@ -105,7 +105,9 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.nd
         nodes.append(helper.make_node(op, list(inputs), list(outputs), name=f"{op}_{len(nodes)}", **attrs))
         return outputs[0]
 
-    embed = const("embed.weight", params["embed.weight"].astype(np.float32))          # (V, E)
+    # embed 0 (one-hot inputs): gathering rows of the identity is the one-hot encoding
+    table = params["embed.weight"] if cfg.embed else np.eye(V)
+    embed = const("embed.weight", table.astype(np.float32))                            # (V, E), or (V, V)
     x = node("Gather", [embed, "chars"], ["embedded"], axis=0)                         # (B, T, E)
     x = node("Transpose", [x], ["layer_in_0"], perm=[1, 0, 2])                        # (T, B, E)
     axes0, axes1 = const("axes_0", np.array([0], np.int64)), const("axes_1", np.array([1], np.int64))

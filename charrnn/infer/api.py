@@ -41,12 +41,12 @@ class TrainedModel:
         self.run_dir = Path(run_dir)
         self.config, self.vocab, params = load_run(self.run_dir, which)
         self.impl = impl
-        torch_device = None
+        engine_device = None
         if impl != "naive":
             from charrnn.devices import resolve_device
 
-            torch_device = resolve_device(device, impl)  # one-line UserError when torch is missing
-        self.model = build_model(impl, self.config, params=params, device=torch_device,
+            engine_device = resolve_device(device, impl)  # one-line UserError when torch or TensorFlow is missing
+        self.model = build_model(impl, self.config, params=params, device=engine_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
         self.predictor = Predictor(self.model, quantize)  # int8: every engine steps through the same int8 step
 
@@ -120,7 +120,7 @@ def load(run_dir, impl: str = "library", which: str = "latest", device: str = "c
     """A trained run, loaded for sampling and evaluation.
 
     impl: the engine (any reads any run); which: "latest" or "best" weights; device: for the
-    torch engines; quantize="int8": layer weights in int8, run by the compiled step (CPU, no
+    torch and TensorFlow engines; quantize="int8": layer weights in int8, run by the compiled step (CPU, no
     torch needed), and `evaluate` then reports the int8 model's loss, so its cost is one call away.
     """
     check_choice("impl", impl, IMPLS, cli=False)

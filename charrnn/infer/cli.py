@@ -27,7 +27,7 @@ def _common(parser) -> None:
     parser.add_argument("--which", choices=WHICH, default="latest",
                         help="latest: model.safetensors; best: best.safetensors, the lowest validation loss "
                              "(default: latest)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch engines only (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch and TensorFlow engines (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
                         help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
                              "generation, "

@@ -43,7 +43,7 @@ class FusedWeights:
     pair per matmul. xh: rnn and lstm, per layer ([h(k-1), hk] -> G*H; layer 0: h0 only, its input side
     and biases being in the table). gru keeps x (k > 0: h(k-1) -> 3H) and hh (hk -> 3H) apart."""
 
-    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T + biases, per character
+    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T (W_ih0^T with embed 0) + biases, per character
     xh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
     x: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
     hh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
@@ -63,7 +63,9 @@ def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWe
         return (b[order] * scale)[None]                            # (1, G*H)
 
     b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
-    table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
+    w_ih0_t = p["rnn.weight_ih_l0"].T                               # embed 0: one-hot inputs, W_ih0^T is the table
+    inputs0 = p["embed.weight"] @ w_ih0_t if cfg.embed else w_ih0_t  # (V, G*H)
+    table = inputs0 + b_ih0 + (b_hh0 if fold_hh else 0.0)
     weights = FusedWeights(table[:, order] * scale, [], [], [], (p["head.weight"].T, p["head.bias"][None]))
     for k in range(cfg.layers):
         w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
