@@ -21,9 +21,9 @@ from charrnn.cli import main  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.export.onnx_export import build_model_proto  # noqa: E402
-from charrnn.models.onnx_runtime import OnnxCharModel  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
 from charrnn.models.base import init_parameters  # noqa: E402
+from charrnn.models.onnx_runtime import OnnxCharModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
