@@ -27,18 +27,18 @@ import time
 from pathlib import Path
 
 # _common first: early_threads must pin BLAS threads before NumPy loads OpenBLAS (isort: skip)
-from _common import load_text, machine_line, print_table, spread  # isort: skip
-from sampling_speed import charrnn_generate, int8_runner, measure, per_setting, warm_up  # isort: skip
+from _common import load_text, machine_line, print_table  # isort: skip
+from sampling_speed import charrnn_generate, int8_runner, measure, per_setting, table, warm_up  # isort: skip
 
 import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.data.vocab import Vocab
 from charrnn.export.onnx_export import build_model_proto, quantize_int8
-from charrnn.export.onnx_model import OnnxCharModel
 from charrnn.infer.evaluate import evaluate_indices
 from charrnn.infer.predictor import Predictor
 from charrnn.models import build_model
+from charrnn.models.onnx_runtime import OnnxCharModel
 
 V, E, H, L = 65, 64, 512, 2
 REF = "ONNX Runtime float32 (charrnn sample --onnx)"
@@ -65,17 +65,6 @@ def session_greedy(path: Path, threads_n: int):
         return chars
 
     return run
-
-
-def table(results: dict, settings, names, label: str) -> None:
-    rows = []
-    for n in settings:
-        for name in names:
-            ratio = [a / b for a, b in zip(results[n, name], results[n, REF])]
-            rows.append([n, name, spread(results[n, name]), "1" if name == REF else spread(ratio) + "x"])
-    print(label)
-    print_table(["threads", "what", "chars/s", "ratio vs ONNX Runtime float32"], rows)
-    print()
 
 
 def speed(args, settings) -> None:
@@ -107,7 +96,7 @@ def speed(args, settings) -> None:
         print(f"{args.rounds} rounds; median (min-max); ratio = row / ONNX Runtime float32, same round and threads")
         print()
         results = measure(rows, settings, args.rounds, args.chars)
-        table(results, settings, list(rows), f"{args.chars} characters per measurement:")
+        table(results, settings, list(rows), REF, f"{args.chars} characters per measurement:", "ONNX Runtime float32")
 
 
 def accuracy(args) -> None:

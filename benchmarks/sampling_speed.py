@@ -111,7 +111,7 @@ def warm_up(rows: dict, chars: int) -> None:
 def weights_only(model):
     """The float32 floor: per step, only the layer matmuls of NumpyStep (no cell math, no sampling)."""
     fused = NumpyStep.from_model(model, 1)
-    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.xh)]
+    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.weights.xh)]
 
     def run(chars: int) -> int:
         for _ in range(chars):
@@ -173,14 +173,14 @@ def measure(runs: dict, settings, rounds: int, chars: int) -> dict:
     return results
 
 
-def table(results: dict, settings, names, ref: str, label: str) -> None:
+def table(results: dict, settings, names, ref: str, label: str, ref_name: str = "plain torch loop") -> None:
     rows = []
     for n in settings:
         for name in names:
             ratio = [a / b for a, b in zip(results[n, name], results[n, ref])]
             rows.append([n, name, spread(results[n, name]), "1" if name == ref else spread(ratio) + "x"])
     print(label)
-    print_table(["threads", "what", "chars/s", "ratio vs plain torch loop"], rows)
+    print_table(["threads", "what", "chars/s", f"ratio vs {ref_name}"], rows)
     print()
 
 

@@ -13,7 +13,8 @@ from typing import Any, Optional, Tuple
 from charrnn.errors import UserError
 
 CELLS = ("rnn", "gru", "lstm")
-IMPLS = ("naive", "scratch", "library")
+IMPLS = ("naive", "scratch", "library", "tf", "keras")
+TF_IMPLS = ("tf", "keras")           # TensorFlow: optional (pip extra "tensorflow"), imported only by these
 OPTIMIZERS = ("adagrad", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("epoch", "cosine")
@@ -52,20 +53,21 @@ def _check_choices(cfg: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: embedding (V->E), `layers` recurrent cells of width H, linear head (H->V)."""
+    """The network: embedding (V->E; none with embed 0), `layers` recurrent cells of width H, linear head (H->V)."""
 
     vocab_size: int = option(0, "number of distinct characters (V); set from the corpus", cli=False)
     cell: str = option("lstm", "recurrent cell", CELLS)
     layers: int = option(2, "number of stacked recurrent layers (L)")
     hidden: int = option(256, "hidden units per layer (H)")
-    embed: int = option(64, "character embedding size (E)")
+    embed: int = option(64, "character embedding size (E); 0: no embedding, one-hot characters straight into the "
+                            "first layer (the seed's sections III-IV, Karpathy's char-rnn)")
     dropout: float = option(0.0, "dropout after each recurrent layer, training only")
 
     def __post_init__(self):
         _check_choices(self)
         _check(self.layers >= 1, "layers", f"{self.layers} must be at least 1")
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be at least 1")
-        _check(self.embed >= 1, "embed", f"{self.embed} must be at least 1")
+        _check(self.embed >= 0, "embed", f"{self.embed} must be 0 (one-hot inputs) or more")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
         _check(self.vocab_size >= 0, "vocab_size", "must be non-negative")
 
@@ -97,7 +99,8 @@ class TrainConfig:
                                       "which sampling never emits (for texts with thousands of distinct characters)",
                                       shown="no limit")
     out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png")
-    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn)", IMPLS)
+    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn), "
+                       "tf (TensorFlow, own cells: the seed's section IV), keras (Keras layers: its section V)", IMPLS)
     batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
     seq_len: int = option(100, "characters per window (T): the truncated-BPTT length")
     optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw "
@@ -116,14 +119,18 @@ class TrainConfig:
     max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run "
                                              "(across --resume)")
     eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)")
+    patience: Optional[int] = option(None, "early stopping: stop when the validation loss has not improved for N "
+                                           "evaluations in a row (best.safetensors keeps the best); default: never")
     checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at "
                                                    "each evaluation")
     val_frac: float = option(0.1, "fraction held out for validation: whole documents of a collection (by a hash of "
                                   "their path), or the end of a single text")
     seed: int = option(1337, "random seed for initialisation, dropout and sampling")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
-    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu (tf, keras: a GPU TensorFlow sees, else cpu)",
+                         DEVICES)
+    bf16: bool = option(False, "bfloat16 autocast (CUDA only; torch engines)")
+    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library "
+                                  "(tf and keras always run a compiled tf.function)")
     log_every: int = option(10, "write a metrics row / log line every N iterations")
     sample_every: int = option(0, "print a short sample every N iterations (0: never)")
     init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)")
@@ -154,6 +161,7 @@ class TrainConfig:
         _check(self.max_iters is None or self.max_iters >= 0, "max_iters", "must be non-negative")
         _check(self.max_time is None or self.max_time > 0, "max_time", "must be positive")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        _check(self.patience is None or self.patience >= 1, "patience", f"{self.patience} must be at least 1")
         _check(0 <= self.val_frac < 1, "val_frac", f"{self.val_frac} must be in [0, 1)")
         _check(self.sample_every >= 0, "sample_every", "must be non-negative")
 

@@ -21,9 +21,9 @@ from charrnn.cli import main  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.export.onnx_export import build_model_proto  # noqa: E402
-from charrnn.export.onnx_model import OnnxCharModel  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
 from charrnn.models.base import init_parameters  # noqa: E402
+from charrnn.models.onnx_runtime import OnnxCharModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -87,6 +87,19 @@ def test_onnx_matches_naive_in_windows_of_any_length_and_batch(tmp_path, cell, l
         assert np.abs(np.concatenate(pieces, axis=1) - ref_logits).max() < TOL
         assert max_state_diff(state, ref_state) < TOL
         assert all(s.shape == (layers, batch, cfg.hidden) for s in state)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_one_hot_inputs_export_and_match_naive(tmp_path, cell):
+    """--embed 0: the graph gathers rows of the identity (the one-hot vectors) into rnn.weight_ih_l0 (G*H, V)."""
+    cfg, _vocab, params, path = export(tmp_path, cell, 2, embed=0)
+    assert "embed.weight" not in params
+    model, reference = OnnxCharModel(path), naive(cfg, params)
+    assert model.config.embed == 0
+    data = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 40))
+    ref_logits, ref_state = reference.forward(data, reference.initial_state(3))
+    logits, state = model.forward(data, model.initial_state(3))
+    assert np.abs(logits - ref_logits).max() < TOL and max_state_diff(state, ref_state) < TOL
 
 
 def test_the_graph_has_the_documented_names_shapes_and_metadata(tmp_path):

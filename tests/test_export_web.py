@@ -9,6 +9,8 @@ without Playwright or Debian's chromium at /usr/bin/chromium (or $CHARRNN_CHROMI
 import base64
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,26 @@ def read_model_js(path: Path) -> dict:
 
 
 # ---- the folder ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_one_hot_inputs_compute_the_naive_engines_logits_in_node(tmp_path, capsys, cell):
+    """--embed 0 (no embedding table): the page feeds one-hot vectors; charrnn.js run by Node, no browser."""
+    run = make_run(tmp_path / "run", cell=cell, layers=2, embed=0)
+    assert run_main(capsys, ["export", "--checkpoint", run, "--format", "web", "--out", tmp_path / "site"])[0] == 0
+    prime = TEXT[:80]
+    script = ("globalThis.window = globalThis;\n"
+              f"require({json.dumps(str(tmp_path / 'site' / 'model.js'))});\n"
+              f"require({json.dumps(str(tmp_path / 'site' / 'charrnn.js'))});\n"
+              f"process.stdout.write(JSON.stringify(window.charrnn.logits({json.dumps(prime)})));\n")
+    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    got = np.array(json.loads(out.stdout))
+    config, vocab, params = load_run(run)
+    assert config.embed == 0 and "embed.weight" not in params
+    model = build_model("naive", config, params=params).eval()
+    want, _ = model.forward(vocab.encode(prime).astype(np.int64)[None, :], model.initial_state(1))
+    assert got.shape == want[0].shape and np.abs(got - want[0]).max() < TOL
 
 def test_export_writes_a_folder_holding_the_exact_weights(tmp_path, capsys):
     run = make_run(tmp_path / "run", cell="gru", layers=2)

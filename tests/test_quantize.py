@@ -191,6 +191,28 @@ def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidd
 
 
 @needs_kernel
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_one_hot_inputs_step_through_the_same_int8_model(cell):
+    """--embed 0: the compiled step computes the NumPy int8 step's states bit for bit, and stays near float."""
+    model = random_model(cell, hidden=40, vocab=13, embed=0)
+    assert model.get_parameters()["rnn.weight_ih_l0"].shape[1] == 13
+    rng = np.random.default_rng(8)
+    chars = rng.integers(0, 13, (3, 30))
+    numpy_step = NumpyStep.from_model(model, 3, quantize="int8")
+    compiled = NativeStep(model.config, model.get_parameters(), 3, threads=2)
+    float_step = NumpyStep.from_model(model, 3)
+    for step in (numpy_step, compiled, float_step):
+        step.set_state(model.initial_state(3))
+    for t in range(chars.shape[1]):
+        got = compiled.step(chars[:, t])
+        np.testing.assert_allclose(got, numpy_step.step(chars[:, t]), rtol=0, atol=1e-5)
+        exact = float_step.step(chars[:, t])
+        assert np.abs(got - exact).max() < 0.1 * np.abs(exact - exact.mean(axis=1, keepdims=True)).max()
+        for a, b in zip(compiled.get_state(), numpy_step.get_state()):
+            np.testing.assert_array_equal(a, b)
+
+
+@needs_kernel
 def test_compiled_feed_equals_its_steps_and_rejects_unknown_indices():
     model = random_model("lstm")
     chars = np.array([[0, 5, 7, 7, 2, 11, 12, 1, 3], [4, 4, 4, 0, 1, 2, 3, 9, 8]])

@@ -55,8 +55,7 @@ import numpy as np
 
 from charrnn.config import ModelConfig, to_dict
 from charrnn.data.vocab import Vocab
-from charrnn.errors import UserError
-from charrnn.export import require
+from charrnn.errors import UserError, require_package
 
 if TYPE_CHECKING:
     import onnx
@@ -91,7 +90,7 @@ def layer_weights(config: ModelConfig, params: dict[str, np.ndarray], k: int):
 def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray],
                       source: str = "") -> onnx.ModelProto:
     """The float32 ONNX model of a charrnn network (see the module docstring for the graph)."""
-    onnx = require("onnx", "exporting to ONNX")
+    onnx = require_package("onnx", "exporting to ONNX", "onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     cfg, L, H, V = config, config.layers, config.hidden, config.vocab_size
@@ -106,7 +105,9 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.nd
         nodes.append(helper.make_node(op, list(inputs), list(outputs), name=f"{op}_{len(nodes)}", **attrs))
         return outputs[0]
 
-    embed = const("embed.weight", params["embed.weight"].astype(np.float32))          # (V, E)
+    # embed 0 (one-hot inputs): gathering rows of the identity is the one-hot encoding
+    table = params["embed.weight"] if cfg.embed else np.eye(V)
+    embed = const("embed.weight", table.astype(np.float32))                            # (V, E), or (V, V)
     x = node("Gather", [embed, "chars"], ["embedded"], axis=0)                         # (B, T, E)
     x = node("Transpose", [x], ["layer_in_0"], perm=[1, 0, 2])                        # (T, B, E)
     axes0, axes1 = const("axes_0", np.array([0], np.int64)), const("axes_1", np.array([1], np.int64))
@@ -158,8 +159,8 @@ def quantize_int8(model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProt
         raise UserError(f"--quantize int8 is offered for LSTM models only: ONNX Runtime has no int8 kernel for "
                         f"{config.cell.upper()} layers (its dynamic quantization covers LSTM and MatMul); "
                         "export this model in float32")
-    onnx = require("onnx", "exporting to ONNX")
-    require("onnxruntime", "--quantize int8 on export")
+    onnx = require_package("onnx", "exporting to ONNX", "onnx")
+    require_package("onnxruntime", "--quantize int8 on export", "onnx")
     from onnx import helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -188,7 +189,7 @@ def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
 
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise UserError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
-    require("onnx", "exporting to ONNX")  # before reading the run: say what is missing first
+    require_package("onnx", "exporting to ONNX", "onnx")  # before reading the run: say what is missing first
     out = Path(out)
     _check_out_file(out)
     config, vocab, params = load_run(Path(run_dir), which)

@@ -27,7 +27,7 @@ def _common(parser) -> None:
     parser.add_argument("--which", choices=WHICH, default="latest",
                         help="latest: model.safetensors; best: best.safetensors, the lowest validation loss "
                              "(default: latest)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch engines only (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch and TensorFlow engines (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
                         help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
                              "generation, "
@@ -96,11 +96,17 @@ def _check_sample_flags(args):
 
 def _load(args):
     """The model the command line names: a run directory, or an exported .onnx file."""
-    if args.onnx:
-        from charrnn.export.onnx_api import load_from_args
+    from charrnn.infer.api import load, load_onnx
 
-        return load_from_args(args)
-    from charrnn.infer.api import load
+    if args.onnx:
+        if args.quantize:
+            raise UserError("--quantize applies to --checkpoint; an .onnx file is quantized when it is exported "
+                            "('charrnn export --format onnx --quantize int8')")
+        for flag, default in (("which", "latest"), ("impl", "library"), ("device", "cpu")):
+            if getattr(args, flag) != default:
+                raise UserError(f"--{flag} applies to --checkpoint only; --onnx runs the file in ONNX Runtime on the "
+                                f"CPU")
+        return load_onnx(args.onnx)
 
     return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
 

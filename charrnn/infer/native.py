@@ -244,12 +244,6 @@ class NativeStep(StepState):
         self._setup(NativeWeights(config, params, threads, library), batch_size)
 
     @classmethod
-    def sharing(cls, weights: NativeWeights, batch_size: int) -> "NativeStep":
-        step = cls.__new__(cls)
-        step._setup(weights, batch_size)
-        return step
-
-    @classmethod
     def from_model(cls, model, batch_size: int) -> "NativeStep":
         return cls(model.config, model.get_parameters(), batch_size)
 

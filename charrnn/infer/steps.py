@@ -43,7 +43,7 @@ class FusedWeights:
     pair per matmul. xh: rnn and lstm, per layer ([h(k-1), hk] -> G*H; layer 0: h0 only, its input side
     and biases being in the table). gru keeps x (k > 0: h(k-1) -> 3H) and hh (hk -> 3H) apart."""
 
-    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T + biases, per character
+    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T (W_ih0^T with embed 0) + biases, per character
     xh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
     x: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
     hh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
@@ -63,7 +63,9 @@ def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWe
         return (b[order] * scale)[None]                            # (1, G*H)
 
     b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
-    table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
+    w_ih0_t = p["rnn.weight_ih_l0"].T                               # embed 0: one-hot inputs, W_ih0^T is the table
+    inputs0 = p["embed.weight"] @ w_ih0_t if cfg.embed else w_ih0_t  # (V, G*H)
+    table = inputs0 + b_ih0 + (b_hh0 if fold_hh else 0.0)
     weights = FusedWeights(table[:, order] * scale, [], [], [], (p["head.weight"].T, p["head.bias"][None]))
     for k in range(cfg.layers):
         w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
@@ -125,6 +127,16 @@ class StepState:
         h = self.h.reshape(B, L, H).transpose(1, 0, 2).copy()  # not ascontiguousarray: a view when B == 1
         return (h,) if self.c is None else (h, self.c.copy())
 
+    @classmethod
+    def sharing(cls, weights, batch_size: int):
+        """A step over weights prepared once (NumpyWeights, native.NativeWeights), with buffers of its own."""
+        step = cls.__new__(cls)
+        step._setup(weights, batch_size)
+        return step
+
+    def _setup(self, weights, batch_size: int) -> None:
+        raise NotImplementedError
+
     def step(self, chars) -> np.ndarray:
         raise NotImplementedError
 
@@ -174,12 +186,6 @@ class NumpyStep(StepState):
         self._setup(NumpyWeights(config, params, dtype, quantize), batch_size)
 
     @classmethod
-    def sharing(cls, weights: NumpyWeights, batch_size: int) -> "NumpyStep":
-        step = cls.__new__(cls)
-        step._setup(weights, batch_size)
-        return step
-
-    @classmethod
     def from_model(cls, model, batch_size: int, quantize: Optional[str] = None) -> "NumpyStep":
         """From any engine's model: a snapshot of its canonical parameters, in its dtype (float32 for torch)."""
         return cls.sharing(NumpyWeights.from_model(model, quantize), batch_size)
@@ -187,6 +193,7 @@ class NumpyStep(StepState):
     def _setup(self, weights: NumpyWeights, batch_size: int) -> None:
         cfg = weights.config
         super().__init__(cfg, batch_size, weights.dtype)
+        self.weights = weights
         L, H, B, G = cfg.layers, cfg.hidden, batch_size, cfg.gates
         self.table, self._tanh = weights.table, weights.tanh
         empty = lambda *shape: np.zeros(shape, self.dtype)

@@ -49,11 +49,16 @@ def state_size(cell: str) -> int:
 
 
 def parameter_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
-    """Canonical name -> shape, in a fixed order (the order engines and optimizers use)."""
+    """Canonical name -> shape, in a fixed order (the order engines and optimizers use).
+
+    With embed 0 there is no embedding table: characters enter the first layer as one-hot
+    vectors, so `rnn.weight_ih_l0` is (G*H, V) and `embed.weight` does not exist (torch.nn's
+    nn.RNN/GRU/LSTM fed one-hot inputs has exactly these parameters).
+    """
     V, E, H, G = cfg.vocab_size, cfg.embed, cfg.hidden, cfg.gates
-    shapes: Dict[str, Tuple[int, ...]] = {"embed.weight": (V, E)}
+    shapes: Dict[str, Tuple[int, ...]] = {"embed.weight": (V, E)} if E else {}
     for k in range(cfg.layers):
-        inp = E if k == 0 else H
+        inp = (E or V) if k == 0 else H
         shapes[f"rnn.weight_ih_l{k}"] = (G * H, inp)
         shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
         shapes[f"rnn.bias_ih_l{k}"] = (G * H,)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.checkpoint import RESUME, load_run, load_run_config, save_run_config
-from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.config import TF_IMPLS, ModelConfig, TrainConfig, from_dict
 from charrnn.data.batching import make_streams, validation_streams
 from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
@@ -122,13 +122,17 @@ def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
     if not cfg.resume and (out / RESUME).exists() and not overwrite:
         raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
                         f"choose another --out")
-    if cfg.impl == "naive":
+    if cfg.impl == "naive" or cfg.impl in TF_IMPLS:
         for flag, on in (("--bf16", cfg.bf16), ("--compile", cfg.compile)):
             if on:
-                raise UserError(f"--impl naive does not support {flag}; use --impl library or scratch")
-        if world.distributed:
-            raise UserError(f"--impl naive cannot train under torchrun ({world.size} processes); "
+                raise UserError(f"--impl {cfg.impl} does not support {flag}; use --impl library or scratch")
+        if world.distributed:  # multi-process training is PyTorch's (DistributedDataParallel)
+            raise UserError(f"--impl {cfg.impl} cannot train under torchrun ({world.size} processes); "
                             "use --impl library or scratch, or run one process")
+    if cfg.impl in TF_IMPLS:  # a missing TensorFlow is one line now, before the corpus is read
+        from charrnn.models.tf_common import require_tensorflow
+
+        require_tensorflow(cfg.impl)
     world.shard_rows(cfg.batch_size)  # the global batch must divide among the processes
 
 
@@ -218,6 +222,11 @@ def _make_learner(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_
 
         model = build_model("naive", model_cfg, seed=cfg.seed, params=init_params)
         return NumpyLearner(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, cfg.seed)
+    if cfg.impl in TF_IMPLS:
+        from charrnn.train.tf_step import TFLearner
+
+        model = build_model(cfg.impl, model_cfg, seed=cfg.seed, params=init_params, device=device)
+        return TFLearner(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip)
     import torch
 
     from charrnn.train.learners import TorchLearner

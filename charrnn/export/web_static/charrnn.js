@@ -58,7 +58,7 @@
       const c = model.config;
       this.config = c;
       this.cell = c.cell;
-      this.L = c.layers; this.H = c.hidden; this.E = c.embed; this.V = c.vocab_size;
+      this.L = c.layers; this.H = c.hidden; this.E = c.embed || c.vocab_size; this.V = c.vocab_size;  // embed 0: one-hot
       this.G = { rnn: 1, gru: 3, lstm: 4 }[c.cell];
       this.vocab = model.vocab;
       this.index = new Map(this.vocab.map((ch, i) => [ch, i]));
@@ -68,7 +68,7 @@
         const size = spec.shape.reduce((a, b) => a * b, 1);
         return new Float32Array(buffer, spec.offset, size);
       };
-      this.embed = t("embed.weight");                                      // (V, E)
+      this.embed = c.embed ? t("embed.weight") : null;                     // (V, E); none with one-hot inputs
       this.layers = [];
       for (let k = 0; k < this.L; k++) {
         this.layers.push({
@@ -82,7 +82,7 @@
       const GH = this.G * this.H;
       this.xi = new Float64Array(GH);                                     // scratch: input side
       this.hh = new Float64Array(GH);                                     // scratch: recurrent side
-      this.xe = new Float64Array(this.E);                                 // scratch: the embedding row
+      this.xe = new Float64Array(this.E);                                 // scratch: the embedding row (or one-hot)
     }
 
     initialState() {
@@ -94,7 +94,12 @@
     step(state, index) {
       const H = this.H, GH = this.G * H, xi = this.xi, hh = this.hh;
       const E = this.E, xe = this.xe;
-      for (let j = 0; j < E; j++) xe[j] = this.embed[index * E + j];  // one array type through matvec: V8 keeps it fast
+      if (this.embed) {
+        for (let j = 0; j < E; j++) xe[j] = this.embed[index * E + j];  // one array type through matvec: V8 keeps it fast
+      } else {
+        xe.fill(0);
+        xe[index] = 1;                                                    // embed 0: the one-hot vector
+      }
       let x = xe;
       for (let k = 0; k < this.L; k++) {
         const p = this.layers[k], h = state.h[k];

@@ -17,8 +17,7 @@ import numpy as np
 
 from charrnn.config import ModelConfig, from_dict
 from charrnn.data.vocab import Vocab
-from charrnn.errors import UserError
-from charrnn.export import require
+from charrnn.errors import UserError, require_package
 
 FORMAT = "charrnn-onnx/1"  # the same string as onnx_export.FORMAT (not imported: that module is for exporting)
 
@@ -35,7 +34,7 @@ class OnnxCharModel:
     backend = "onnx"    # how inference reaches it (infer/predictor.py): NumPy in, NumPy out
 
     def __init__(self, path, threads: int | None = None):
-        ort = require("onnxruntime", "running an .onnx model")
+        ort = require_package("onnxruntime", "running an .onnx model", "onnx")
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path} is not a file; give a model written by 'charrnn export --format onnx'")
