@@ -198,9 +198,10 @@ def training_data(cfg) -> TrainingData:
     if isinstance(val_source, Collection):
         lines.append(f"validation: {val_source.files_line()}")
     if cfg.max_vocab is not None:
+        distinct = len(code_points | ({ord(separator)} if separator else set()))
         lines.append(f"--max-vocab {cfg.max_vocab}: " + (
-            f"kept the {len(vocab) - 1} most frequent of {len(code_points)} characters; the other "
-            f"{len(code_points) - len(vocab) + 1} ({dropped + dropped_val:,} occurrences) became U+FFFD"
+            f"kept the {len(vocab) - 1} most frequent of {distinct} characters; the other "
+            f"{distinct - len(vocab) + 1} ({dropped + dropped_val:,} occurrences) became U+FFFD"
             if unknown else f"all {len(vocab)} characters kept"))
     if isinstance(source, Collection):
         lines.append(f"validation: {about}" + (f"; documents joined by {show_char(separator)}" if separator else ""))
