@@ -1,8 +1,10 @@
 """Frozen dataclass configs. CLI flags are derived from these fields, so help and defaults live here.
 
 Each field's `metadata["help"]` is its flag's help text; `metadata["choices"]`
-restricts it. Validation happens in `__post_init__` and raises UserError
-naming the flag, so a bad value becomes a one-line CLI error.
+restricts it; `metadata["default_text"]` says in words what a default of None means
+(`--help` shows it), and `metadata["metavar"]` names the flag's value in the usage.
+Validation happens in `__post_init__` and raises UserError naming the flag, so a bad
+value becomes a one-line CLI error.
 """
 from __future__ import annotations
 
@@ -56,10 +58,10 @@ class ModelConfig:
 
     vocab_size: int = option(0, "number of distinct characters (V); set from the corpus", cli=False)
     cell: str = option("lstm", "recurrent cell", CELLS)
-    layers: int = option(2, "number of stacked recurrent layers (L)")
-    hidden: int = option(256, "hidden units per layer (H)")
-    embed: int = option(64, "character embedding size (E)")
-    dropout: float = option(0.0, "dropout after each recurrent layer, training only")
+    layers: int = option(2, "number of stacked recurrent layers (L)", metavar="N")
+    hidden: int = option(256, "hidden units per layer (H)", metavar="H")
+    embed: int = option(64, "character embedding size (E)", metavar="E")
+    dropout: float = option(0.0, "dropout after each recurrent layer, training only", metavar="P")
 
     def __post_init__(self):
         _check_choices(self)
@@ -78,31 +80,40 @@ class ModelConfig:
 class TrainConfig:
     """How to train. `max_iters` and `max_time` count the whole run, across resumes."""
 
-    data: str = option("tinyshakespeare", "a UTF-8 text file, or a corpus name: tinyshakespeare, pystdlib")
-    out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png")
+    data: str = option("tinyshakespeare", "a UTF-8 text file, or a corpus name: tinyshakespeare, pystdlib",
+                       metavar="DATA")
+    out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png", metavar="RUN_DIR")
     impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn)", IMPLS)
-    batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
-    seq_len: int = option(100, "characters per window (T): the truncated-BPTT length")
-    optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw otherwise", OPTIMIZERS)
-    lr: Optional[float] = option(None, "learning rate; default 0.1 for adagrad, 2e-3 for adam/adamw")
-    lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)")
-    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: warm-up then cosine to lr0/10 over the run's budget", SCHEDULES)
-    warmup_iters: int = option(0, "linear warm-up iterations (cosine schedule)")
-    weight_decay: float = option(0.0, "decoupled weight decay (adamw)")
-    grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off")
-    epochs: Optional[float] = option(None, "stop after this many epochs (whole run); default 10 when no other limit is given")
-    max_iters: Optional[int] = option(None, "stop at this iteration, counted over the whole run (across --resume)")
-    max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run (across --resume)")
-    eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)")
-    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at each evaluation")
-    val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation")
-    seed: int = option(1337, "random seed for initialisation, dropout and sampling")
+    batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun", metavar="B")
+    seq_len: int = option(100, "characters per window (T): the truncated-BPTT length", metavar="T")
+    optimizer: Optional[str] = option(None, "adagrad is the seed's", OPTIMIZERS,
+                                      default_text="adagrad for --impl naive, adamw otherwise")
+    lr: Optional[float] = option(None, "learning rate", default_text="0.1 for adagrad, 2e-3 for adam and adamw",
+                                 metavar="LR")
+    lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)", metavar="D")
+    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: warm-up then cosine to lr0/10 over the run's "
+                           "budget", SCHEDULES)
+    warmup_iters: int = option(0, "linear warm-up iterations (cosine schedule)", metavar="N")
+    weight_decay: float = option(0.0, "decoupled weight decay (adamw)", metavar="W")
+    grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off", metavar="C")
+    epochs: Optional[float] = option(None, "stop after this many epochs (whole run)", metavar="E",
+                                     default_text="10 when neither --max-iters nor --max-time is given")
+    max_iters: Optional[int] = option(None, "stop at this iteration, counted over the whole run (across --resume)",
+                                      metavar="N", default_text="no limit")
+    max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run "
+                                       "(across --resume)", metavar="SECONDS", default_text="no limit")
+    eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)", metavar="N")
+    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating", metavar="N",
+                                             default_text="at each evaluation")
+    val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation", metavar="F")
+    seed: int = option(1337, "random seed for initialisation, dropout and sampling", metavar="S")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
     bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
     compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library")
-    log_every: int = option(10, "write a metrics row / log line every N iterations")
-    sample_every: int = option(0, "print a short sample every N iterations (0: never)")
-    init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)")
+    log_every: int = option(10, "write a metrics row / log line every N iterations", metavar="N")
+    sample_every: int = option(0, "print a short sample every N iterations (0: never)", metavar="N")
+    init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)",
+                                      metavar="RUN_DIR", default_text="none: random initialisation")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")
 
     def __post_init__(self):

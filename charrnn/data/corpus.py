@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -47,9 +47,9 @@ class Corpus:
         return f"Total {self.characters} characters with {len(self.vocab)} unique tokens."
 
 
-def load_corpus(spec: str, use_cache: bool = True) -> Corpus:
-    """Resolve `--data` and return the encoded corpus (memory-mapped when cached)."""
-    path = resolve_data(spec)
+def load_corpus(spec: str, use_cache: bool = True, option: Optional[str] = "--data") -> Corpus:
+    """Resolve `--data` and return the encoded corpus (memory-mapped when cached); `option`: see resolve_data."""
+    path = resolve_data(spec, option)
     if not use_cache:
         vocab, data, _ = _encode_file(path)
         return Corpus(str(path), vocab, data)

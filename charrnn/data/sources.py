@@ -13,6 +13,7 @@ import sys
 import sysconfig
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from charrnn.storage import user_cache_dir, write_bytes_atomic
 from charrnn.errors import UserError
@@ -31,18 +32,21 @@ def data_dir() -> Path:
     return user_cache_dir()
 
 
-def resolve_data(spec: str) -> Path:
-    """Turn a --data value into the path of a text file, fetching or generating it if needed."""
+def resolve_data(spec: str, option: Optional[str] = "--data") -> Path:
+    """Turn a --data value into the path of a text file, fetching or generating it if needed.
+
+    `option` is how the user gave `spec`, for the messages: "--data", or None for a positional (`charrnn info`)."""
     if spec == "tinyshakespeare":
-        return fetch_tinyshakespeare()
+        return fetch_tinyshakespeare(option)
     if spec == "pystdlib":
         return build_pystdlib()
     path = Path(spec).expanduser()
+    given = f"{option} {spec}" if option else spec
     if not path.exists():
         names = ", ".join(NAMED_CORPORA)
-        raise UserError(f"--data {spec}: no such file; give a path to a UTF-8 text file or a corpus name ({names})")
+        raise UserError(f"{given}: no such file; give a path to a UTF-8 text file or a corpus name ({names})")
     if path.is_dir():
-        raise UserError(f"--data {spec} is a directory; give the path of a UTF-8 text file")
+        raise UserError(f"{given} is a directory; give the path of a UTF-8 text file")
     return path
 
 
@@ -54,8 +58,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_tinyshakespeare() -> Path:
-    """Return the verified cached copy, downloading it the first time."""
+def fetch_tinyshakespeare(option: Optional[str] = "--data") -> Path:
+    """Return the verified cached copy, downloading it the first time; `option`: see resolve_data."""
     directory = data_dir()
     for candidate in (directory / "tinyshakespeare.txt", directory / "tinyshakespeare" / "input.txt"):
         if candidate.is_file():
@@ -63,7 +67,8 @@ def fetch_tinyshakespeare() -> Path:
                 raise UserError(f"{candidate} does not match the tinyshakespeare sha256; delete it and run again to re-download")
             return candidate
     target = directory / "tinyshakespeare.txt"
-    how = f"download it yourself and pass --data PATH, or put it at {target} (or set $CHARRNN_DATA_DIR)"
+    instead = f"pass {option} PATH" if option else "give its path instead"
+    how = f"download it yourself and {instead}, or put it at {target} (or set $CHARRNN_DATA_DIR)"
     try:
         with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
             payload = response.read()
