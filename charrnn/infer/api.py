@@ -10,6 +10,7 @@ ValueError) with one line saying what is wrong; below this layer values are trus
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
@@ -17,8 +18,9 @@ import numpy as np
 
 from charrnn.checkpoint import load_run
 from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH, check_choice
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
-from charrnn.infer.evaluate import Evaluation, evaluate_indices
+from charrnn.infer.evaluate import Evaluation, evaluate_indices, to_model_indices
 from charrnn.infer.predictor import Predictor
 from charrnn.infer.sampling import (
     SamplingOptions,
@@ -95,14 +97,22 @@ class TrainedModel:
     def beam_checked(self, prime: str, length: int, beam: int) -> str:
         return prime + self.vocab.decode(beam_search(self.predictor, prime_indices(self.vocab, prime), length, beam))
 
-    def evaluate(self, text: str) -> Evaluation:
-        """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream."""
-        missing = self.vocab.unknown(text)
-        if missing:
-            from charrnn.data.vocab import format_chars
+    def evaluate(self, text: str, unknown: str = "error") -> Evaluation:
+        """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream.
 
-            raise UserError(f"the text has characters outside the model's vocabulary: {format_chars(missing)}")
-        return evaluate_indices(self.predictor, self.vocab.encode(text))
+        Characters outside the model's vocabulary raise UserError, or with unknown="skip" are dropped
+        first: the result's `.skipped` counts them and `.skipped_chars` lists them."""
+        if not isinstance(text, str):
+            raise UserError(f"the text must be a str, not {type(text).__name__}")
+        text_vocab = Vocab.from_text(text)
+        return self.evaluate_encoded(text_vocab, text_vocab.encode(text), unknown, "the text", audience="python")
+
+    def evaluate_encoded(self, text_vocab: Vocab, data: np.ndarray, unknown: str = "error", what: str = "the text",
+                         audience: str = "python") -> Evaluation:
+        """`evaluate` for a text encoded in its own vocabulary (a Corpus); `what` names it in errors."""
+        indices, skipped, skipped_chars = to_model_indices(self.vocab, text_vocab, data, unknown, what, audience)
+        result = evaluate_indices(self.predictor, indices)
+        return dataclasses.replace(result, skipped=skipped, skipped_chars=skipped_chars)
 
     def evaluate_indices(self, data: np.ndarray) -> Evaluation:
         """As `evaluate`, for text already encoded with this model's vocabulary."""

@@ -11,50 +11,83 @@ import sys
 import numpy as np
 
 from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH
+from charrnn.data.vocab import format_chars
 from charrnn.errors import UserError
 from charrnn.infer.sampling import UNKNOWN_CHOICES, sampling_options
 
 SEPARATOR = "\n\n----- sample {index} of {total} -----\n"
 
+SAMPLE_EPILOG = """\
+Knobs compose in this order: temperature, then --top-k, then --top-p, then the draw.
+
+examples:
+  charrnn sample --checkpoint runs/shakespeare --which best --prime "ROMEO:" --length 300 --temperature 0.8
+  charrnn sample --checkpoint runs/shakespeare --prime "ROMEO:" --top-p 0.9 --num-samples 3 --seed 1
+  charrnn sample --checkpoint runs/shakespeare --prime "ROMEO:" --length 60 --beam 5
+"""
+
+EVAL_EPILOG = """\
+The text is read as one stream from a zero state; every character after the first is predicted.
+
+example:
+  charrnn eval --checkpoint runs/shakespeare --which best --data my_text.txt --unknown skip --json
+"""
+
 
 def _common(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
+                        help="a run directory made by 'charrnn train'")
     parser.add_argument("--impl", choices=IMPLS, default="library",
                         help="engine to run; any engine reads any run (default: library)")
     parser.add_argument("--which", choices=WHICH, default="latest",
-                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss (default: latest)")
+                        help="latest: model.safetensors; best: best.safetensors, the lowest validation loss "
+                             "(default: latest)")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch engines only (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
-                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster generation, "
-                             "slightly less exact (README)")
+                        help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
+                             "generation, slightly less exact (README) (default: off, float32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def add_sample_parser(sub) -> None:
-    p = sub.add_parser("sample", help="generate text from a trained run")
+    p = sub.add_parser("sample", help="generate text from a trained run", epilog=SAMPLE_EPILOG,
+                       description="Generate text from a trained run: the prime, then --length new characters.")
     _common(p)
     primes = p.add_mutually_exclusive_group()
-    primes.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
-    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training reads)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate, at least 1 (default: 500)")
-    p.add_argument("--temperature", type=float,
+    primes.add_argument("--prime", default="",
+                        help="text fed first to warm the state; printed before the sample (default: none: the model "
+                             "starts from a newline)")
+    primes.add_argument("--prime-file", metavar="PATH",
+                        help="read the prime from a UTF-8 text file (read as training reads)")
+    p.add_argument("--length", type=int, default=500, metavar="N",
+                   help="characters to generate, at least 1 (default: 500)")
+    p.add_argument("--temperature", type=float, metavar="T",
                    help="> 0; lower is more conservative (default: 1.0); not with --greedy or --beam")
-    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after temperature)")
-    p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (after top-k)")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="sample only among the k most likely characters (applied after temperature) (default: off)")
+    p.add_argument("--top-p", type=float, metavar="P",
+                   help="sample from the smallest set reaching probability p (after top-k) (default: off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character (argmax)")
-    p.add_argument("--beam", type=int,
-                   help="beam search with this many hypotheses: the most likely continuation (one sample; no sampling knobs)")
-    p.add_argument("--seed", type=int, help="make the output reproducible")
-    p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch (default: 1)")
+    p.add_argument("--beam", type=int, metavar="K",
+                   help="beam search with K hypotheses: the most likely continuation (one sample; no sampling knobs) "
+                        "(default: off, sample)")
+    p.add_argument("--seed", type=int, metavar="S", help="make the output reproducible (default: a fresh random seed)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="generate N samples as one batch (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
-                   help="prime characters outside the vocabulary: error (default) or skip them")
+                   help="prime characters outside the vocabulary: error, or skip them with a warning (default: error)")
     p.set_defaults(handler=cmd_sample)
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="loss and bits per character of a text")
+    p = sub.add_parser("eval", help="loss and bits per character of a text", epilog=EVAL_EPILOG,
+                       description="Loss (nats per character) and bits per character of a text under a trained run.")
     _common(p)
-    p.add_argument("--data", required=True, help="a UTF-8 text file or a corpus name")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="a UTF-8 text file or a corpus name (tinyshakespeare, pystdlib)")
+    p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
+                   help="characters outside the model's vocabulary: error, or skip them and report how many "
+                        "(default: error)")
     p.set_defaults(handler=cmd_eval)
 
 
@@ -119,9 +152,14 @@ def cmd_eval(args) -> int:
 
     model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
     corpus = load_corpus(args.data)
-    result = model.evaluate_indices(model.vocab.translate(corpus.vocab, corpus.data, args.data))
+    result = model.evaluate_encoded(corpus.vocab, corpus.data, args.unknown, args.data, audience="cli")
     if args.json:
-        print(json.dumps(result.as_dict()))
-    else:
-        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters")
+        print(json.dumps({**result.as_dict(), "impl": args.impl, "which": args.which, "quantize": args.quantize},
+                         ensure_ascii=False))
+        return 0
+    line = f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters"
+    if args.unknown == "skip":
+        line += (f"; skipped {result.skipped} outside the model's vocabulary: {format_chars(result.skipped_chars)}"
+                 if result.skipped else "; no character outside the model's vocabulary")
+    print(line)
     return 0
