@@ -409,8 +409,9 @@ def test_tinyshakespeare_unreachable_is_one_line_error(no_tinyshakespeare, capsy
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("charrnn: error:")
-    for needle in ("http://127.0.0.1:9/nothing", "--data", "CHARRNN_DATA_DIR"):
+    for needle in ("http://127.0.0.1:9/nothing", "give its path", "CHARRNN_DATA_DIR"):
         assert needle in err
+    assert "--data" not in err  # info takes the corpus as its argument (train and eval say --data PATH)
     assert not any(no_tinyshakespeare.iterdir())  # nothing half-downloaded is left behind
 
 

@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,12 +76,6 @@ def assert_works_or_one_line_error(code: int, err: str, what: str = "") -> None:
     assert "Traceback" not in err, f"{what}: {err}"
     if code != 0:
         assert_one_line_error(code, err, what)
-
-
-def cli_env(cache: Path) -> dict:
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 def resume_iteration(run: Path) -> int:
@@ -141,7 +134,7 @@ def kill_after(proc, log: Path, delay: float):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_never_breaks_the_run(tiny_text, tmp_path, cli_cache_dir):
+def test_sigkill_at_random_moments_never_breaks_the_run(tiny_text, tmp_path, run_cli):
     """At least 24 SIGKILLs: in start-up writes, training, and checkpoint writes; the run always resumes.
 
     Half the kills aim at the start-up of a resumed run (config.json and metrics.jsonl are
@@ -152,12 +145,11 @@ def test_sigkill_at_random_moments_never_breaks_the_run(tiny_text, tmp_path, cli
     print(f"CHARRNN_CRASH_SEED={seed}")
     rng = random.Random(seed)
     run, log = tmp_path / "run", tmp_path / "stdout.txt"
-    env = cli_env(cli_cache_dir)
-    command = [sys.executable, "-m", "charrnn", "train", "--data", str(tiny_text), "--out", str(run), *CRASH_FLAGS]
+    command = ["train", "--data", tiny_text, "--out", run, *CRASH_FLAGS]
 
     def start(*extra):
         with open(log, "w") as stdout:
-            return subprocess.Popen([*command, *extra], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+            return run_cli.popen([*command, *extra], stdout=stdout)
 
     first = start("--max-iters", "1000000")
     wait_for(lambda: (run / "model.safetensors").exists(), first, what="the first checkpoint")
@@ -722,12 +714,11 @@ def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
 
 
 # ---- interrupts -----------------------------------------------------------------------------------
-def test_sigterm_checkpoint_is_no_older_than_the_metrics(tiny_text, tmp_path, cli_cache_dir):
+def test_sigterm_checkpoint_is_no_older_than_the_metrics(tiny_text, tmp_path, run_cli):
     """After SIGTERM, the saved iteration is that of the last metrics row (or later), and the rows are whole."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "--data", str(tiny_text), "--out", str(run),
-                             *TINY, "--log-every", "1", "--max-iters", "1000000"], env=cli_env(cli_cache_dir),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = run_cli.popen(["train", "--data", tiny_text, "--out", run, *TINY, "--log-every", "1",
+                          "--max-iters", "1000000"], stdout=subprocess.DEVNULL)
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc, what="three metrics rows")
     proc.send_signal(signal.SIGTERM)
