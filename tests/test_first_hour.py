@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CharrnnCLI
 
 import charrnn
 from charrnn.cli import build_parser, main
@@ -25,11 +26,9 @@ TEXT = "".join(f"the king {w} of love, my lord hath {n} queens.\n"
 
 
 def run(*args) -> tuple:
-    """`charrnn ARGS` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
+    """`charrnn ARGS` in this process (conftest's CharrnnCLI.in_process): (exit code, stdout, stderr)."""
+    done = CharrnnCLI.in_process(args)
+    return done.returncode, done.stdout, done.stderr
 
 
 def assert_one_line_error(result, *needles):

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CharrnnCLI
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from charrnn import storage as atomic
 from charrnn.checkpoint import RESUME, load_run, read_safetensors, write_safetensors
-from charrnn.cli import main
 from charrnn.models.base import check_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,19 +51,10 @@ TINY = ["--impl", "naive", "--cell", "rnn", "--hidden", "8", "--embed", "4", "--
 
 # ---- helpers ----------------------------------------------------------------------------------
 def run_main(argv) -> tuple[int, str, str]:
-    """`charrnn ARGV` in this process: (exit code, stdout, stderr). An escaping exception fails the test.
-
-    `train` installs SIGINT/SIGTERM handlers; they are put back so pytest's Ctrl-C still works.
-    """
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in argv])
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, out.getvalue(), err.getvalue()
+    """`charrnn ARGV` in this process (conftest's CharrnnCLI.in_process): (exit code, stdout, stderr).
+    An escaping exception fails the test."""
+    done = CharrnnCLI.in_process(argv)
+    return done.returncode, done.stdout, done.stderr
 
 
 def assert_one_line_error(code: int, err: str, what: str = "") -> None:

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import charrnn
-from charrnn.cli import main
 from charrnn.errors import UserError
 from charrnn.infer.sampling import sample_next
 from charrnn.losses import log_softmax
@@ -189,14 +188,12 @@ def private_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cli(capsys):
-    """cli(*args) -> (exit code, stdout, stderr) of `charrnn ARGS`, run in this process."""
+def cli(run_cli):
+    """cli(*args) -> (exit code, stdout, stderr) of `charrnn ARGS`, run in this process (run_cli.in_process)."""
 
     def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        done = run_cli.in_process(args)
+        return done.returncode, done.stdout, done.stderr
 
     return run
 
