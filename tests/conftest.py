@@ -17,6 +17,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """One torch thread in this process, as run_cli gives its subprocesses (OMP_NUM_THREADS=1): the tests'
+    models are tiny, and on a busy CPU torch's second thread makes every small op wait for a time slice
+    (an in-process library-engine eval took 20 s instead of 0.2 s while another process used both cores)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
     """tinyshakespeare.txt from $CHARRNN_DATA_DIR; the test is skipped when it is not there."""
@@ -39,7 +50,8 @@ class CharrnnCLI:
     """`python -m charrnn ARGS` in a subprocess: the one way tests start the command.
 
     Every process gets this checkout first on PYTHONPATH and the session's private XDG cache, so no
-    test imports an installed charrnn or writes into the user's ~/.cache. `env` entries override
+    test imports an installed charrnn or writes into the user's ~/.cache, and one thread unless
+    OMP_NUM_THREADS is set. `env` entries override
     those defaults (a value of None removes the variable); `launcher` goes between the interpreter
     and `-m charrnn` (e.g. torch.distributed.run's flags).
     """
@@ -52,6 +64,7 @@ class CharrnnCLI:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["XDG_CACHE_HOME"] = str(self.cache_dir)
+        env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: more threads only contend on a busy machine
         for key, value in (overrides or {}).items():
             if value is None:
                 env.pop(key, None)
