@@ -64,7 +64,7 @@ def bare_trainer(data, vocab_size: int):
     inputs = text[:-1].view(BATCH, stream_len)                   # (B, L) batchify
     targets = text[1:].view(BATCH, stream_len)
     windows = stream_len // SEQ_LEN
-    zero = lambda: tuple(torch.zeros(LAYERS, BATCH, HIDDEN) for _ in range(2))  # noqa: E731
+    zero = lambda: tuple(torch.zeros(LAYERS, BATCH, HIDDEN) for _ in range(2))
     state = {"h": zero(), "k": 0}
 
     def run(iters: int) -> int:
@@ -130,7 +130,8 @@ def main() -> int:
             chars = run(args.iters)
             results[name].append(chars / (time.perf_counter() - start))
 
-    print(f"# library engine vs bare torch.nn: training chars/s (2x{HIDDEN} LSTM, E{EMBED}, B{BATCH} T{SEQ_LEN}, Adam, clip 5)")
+    print(f"# library engine vs bare torch.nn: training chars/s (2x{HIDDEN} LSTM, E{EMBED}, B{BATCH} T{SEQ_LEN}, "
+          f"Adam, clip 5)")
     print(machine_line())
     print(f"data: {source}; {args.rounds} rounds x {args.iters} steps per side; median (min-max); "
           "ratio = charrnn / bare in the same round")
@@ -149,7 +150,7 @@ def main() -> int:
                 [[k, f"{ours.get(k, (0, 0))[0]:.2f}", f"{bare.get(k, (0, 0))[0]:.2f}",
                   f"{ours.get(k, (0, 0))[0] - bare.get(k, (0, 0))[0]:+.2f}",
                   f"{ours.get(k, (0, 0))[1]:.0f} / {bare.get(k, (0, 0))[1]:.0f}"] for k in names[:12]])
-    total = lambda table: sum(ms for ms, _ in table.values())  # noqa: E731
+    total = lambda table: sum(ms for ms, _ in table.values())
     print(f"total self CPU ms per step: charrnn {total(ours):.1f}, bare {total(bare):.1f}")
     print()
     print("cProfile of 2 charrnn steps, top 10 by own time:")

@@ -4,7 +4,7 @@
 
 A 2x512 LSTM, embedding 64, V = 65, random weights (speed does not depend on them).
 Single stream (batch 1): each engine through charrnn's real path (Predictor +
-sample.generate_indices, temperature 1 sampling), fastgen.NumpyStep on its own (greedy
+sampling.generate_indices, temperature 1 sampling), steps.NumpyStep on its own (greedy
 argmax), and the reference: the loop most people write, nn.Embedding + nn.LSTM +
 nn.Linear called once per character under no_grad, softmax + torch.multinomial.
 Every measurement runs at 1 and at 2 threads (torch.set_num_threads and OpenBLAS,
@@ -41,11 +41,11 @@ from torch import nn  # noqa: E402
 
 from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
-from charrnn.devices import blas_threads
+from charrnn.devices import blas_threads  # noqa: E402
 from charrnn.infer.evaluate import evaluate_indices  # noqa: E402
 from charrnn.infer.native import NativeStep, kernel, kernel_problem  # noqa: E402
 from charrnn.infer.predictor import Predictor  # noqa: E402
-from charrnn.infer.sampling import generate_indices  # noqa: E402
+from charrnn.infer.sampling import generate_indices, sampling_options  # noqa: E402
 from charrnn.infer.steps import NumpyStep  # noqa: E402
 from charrnn.models import build_model  # noqa: E402
 
@@ -55,11 +55,12 @@ INT8 = "charrnn --quantize int8 (Predictor + generate_indices)"
 INT8_TOP_K = "charrnn --quantize int8 --top-k 40 (draws in Python)"
 
 
-def charrnn_generate(runner: Predictor, batch: int, top_k=None):
+def charrnn_generate(predictor: Predictor, batch: int, top_k=None):
     rng = np.random.default_rng(0)
+    options = sampling_options(top_k=top_k)
 
     def run(chars: int) -> int:
-        for _ in generate_indices(runner, PRIME, chars, num_samples=batch, rng=rng, top_k=top_k):
+        for _ in generate_indices(predictor, PRIME, chars, options, num_samples=batch, rng=rng):
             pass
         return chars * batch
 
@@ -110,7 +111,7 @@ def warm_up(rows: dict, chars: int) -> None:
 def weights_only(model):
     """The float32 floor: per step, only the layer matmuls of NumpyStep (no cell math, no sampling)."""
     fused = NumpyStep.from_model(model, 1)
-    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.xh)]
+    layers = [(layer, fused.h[:, max(k - 1, 0) * H:(k + 1) * H]) for k, layer in enumerate(fused.weights.xh)]
 
     def run(chars: int) -> int:
         for _ in range(chars):
@@ -172,14 +173,14 @@ def measure(runs: dict, settings, rounds: int, chars: int) -> dict:
     return results
 
 
-def table(results: dict, settings, names, ref: str, label: str) -> None:
+def table(results: dict, settings, names, ref: str, label: str, ref_name: str = "plain torch loop") -> None:
     rows = []
     for n in settings:
         for name in names:
             ratio = [a / b for a, b in zip(results[n, name], results[n, ref])]
             rows.append([n, name, spread(results[n, name]), "1" if name == ref else spread(ratio) + "x"])
     print(label)
-    print_table(["threads", "what", "chars/s", "ratio vs plain torch loop"], rows)
+    print_table(["threads", "what", "chars/s", f"ratio vs {ref_name}"], rows)
     print()
 
 
@@ -206,8 +207,8 @@ def main() -> int:
                                                                           top_k=40))
     single["native.NativeStep alone, greedy (int8, compiled)"] = per_setting(
         settings, lambda n: fastgen_greedy(models["naive"], 1, native_threads=n))
-    single["fastgen.NumpyStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
-    single["fastgen.NumpyStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
+    single["NumpyStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 1)
+    single["NumpyStep alone, greedy (int8, NumPy reference)"] = fastgen_greedy(models["naive"], 1, "int8")
     single["float32 layer matmuls alone (no cell, no sampling)"] = weights_only(models["naive"])
     warm_up(single, 20)
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
@@ -222,7 +223,7 @@ def main() -> int:
     batched.update({f"charrnn {impl} (Predictor + generate_indices)": charrnn_generate(Predictor(m), 64)
                     for impl, m in models.items()})
     batched[INT8] = per_setting(settings, lambda n: charrnn_generate(int8_runner(models["library"], n), 64))
-    batched["fastgen.NumpyStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
+    batched["NumpyStep alone, greedy (float32)"] = fastgen_greedy(models["naive"], 64)
     warm_up(batched, 5)
     steps = max(args.chars // 10, 10)
     table(measure(batched, settings, args.rounds, steps), settings, list(batched), ref,

@@ -95,7 +95,8 @@ def main() -> int:
         run(2)  # warm-up: oneDNN kernels, TorchScript profiling runs
     results = measure(runs, args.rounds, args.iters)
 
-    print(f"# scratch vs library engine: training chars/s (2x{HIDDEN} LSTM, E{EMBED}, B{BATCH} T{SEQ_LEN}, Adam, clip 5)")
+    print(f"# scratch vs library engine: training chars/s (2x{HIDDEN} LSTM, E{EMBED}, B{BATCH} T{SEQ_LEN}, Adam, clip "
+          f"5)")
     print(machine_line())
     print(f"data: {source}; {args.rounds} rounds x {args.iters} steps per mode; median (min-max); "
           "ratio = mode / library in the same round")

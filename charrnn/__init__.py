@@ -5,9 +5,9 @@
     text = charrnn.read_text("notes.txt")                     # read exactly as training and `charrnn eval` read
 """
 
-__version__ = "0.2.0"
+from charrnn.errors import UserError  # a ValueError: what a bad option or file raises
 
-from charrnn.errors import UserError  # noqa: E402  (a ValueError: what a bad option or file raises)
+__version__ = "0.2.0"
 
 
 def load(run_dir, impl: str = "library", which: str = "latest", device: str = "cpu", quantize=None):
@@ -17,6 +17,13 @@ def load(run_dir, impl: str = "library", which: str = "latest", device: str = "c
     return _load(run_dir, impl=impl, which=which, device=device, quantize=quantize)
 
 
+def load_onnx(path):
+    """A model exported with `charrnn export --format onnx`, run by ONNX Runtime alone (no torch)."""
+    from charrnn.infer.api import load_onnx as _load_onnx
+
+    return _load_onnx(path)
+
+
 def read_text(path) -> str:
     """A text file read as charrnn reads every text: UTF-8, a byte-order mark dropped, line endings kept."""
     from charrnn.data.textfile import read_text_file
@@ -24,4 +31,4 @@ def read_text(path) -> str:
     return read_text_file(path)
 
 
-__all__ = ["UserError", "load", "read_text"]
+__all__ = ["UserError", "load", "load_onnx", "read_text"]

@@ -23,15 +23,16 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from charrnn.storage import write_bytes_atomic, write_text_atomic
 from charrnn.config import ModelConfig, TrainConfig, from_dict, to_dict
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 from charrnn.models.base import check_parameters, state_size
+from charrnn.storage import write_bytes_atomic, write_text_atomic
 
 FORMAT = "charrnn-run/1"
 PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
-PROGRESS_VALUES = ("elapsed", "best_val", "last_val")    # numbers (the last two may be null)
+PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0")  # numbers (all but elapsed may be null)
+PROGRESS_LISTS = {"budget": 3, "cosine_from": 2}          # null, or lists of numbers (or nulls)
 WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
 RESUME = "resume.safetensors"
 
@@ -73,7 +74,8 @@ def load_run_config(run_dir: Path) -> Tuple[ModelConfig, Optional[dict]]:
 def load_vocab(run_dir: Path, model: ModelConfig) -> Vocab:
     vocab = Vocab.load(Path(run_dir) / "vocab.json")
     if len(vocab) != model.vocab_size:
-        raise UserError(f"{run_dir}/vocab.json has {len(vocab)} characters but config.json says {model.vocab_size}; the run directory is mixed up")
+        raise UserError(f"{run_dir}/vocab.json has {len(vocab)} characters but config.json says {model.vocab_size}; "
+                        f"the run directory is mixed up")
     return vocab
 
 
@@ -100,7 +102,8 @@ def read_safetensors(path: Path) -> Tuple[Dict[str, np.ndarray], dict]:
         arrays = _st().load(data)
         meta = {k: json.loads(v) for k, v in (_metadata(path) or {}).items()}
     except Exception as e:  # safetensors raises several types for damaged files
-        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}); it is damaged or not a charrnn checkpoint") from None
+        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}); it is damaged or not a "
+                        f"charrnn checkpoint") from None
     return arrays, meta
 
 
@@ -186,7 +189,8 @@ def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, 
             raise UserError(f"{where}: {key} is not finite floating point; the checkpoint is damaged")
     states = sorted(k for k in arrays if k.startswith("state/"))
     if states != [f"state/{i}" for i in range(state_size(model.cell))]:
-        raise UserError(f"{where} carries states {states or 'none'}, not those of a {model.cell}; the checkpoint is damaged")
+        raise UserError(f"{where} carries states {states or 'none'}, not those of a {model.cell}; the checkpoint is "
+                        f"damaged")
     for key in states:
         shape = arrays[key].shape
         if len(shape) != 3 or shape[0] != model.layers or shape[2] != model.hidden or shape[1] < 1:
@@ -208,3 +212,13 @@ def _check_progress(progress, where: str) -> None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
         if not (number or (value is None and key != "elapsed")) or (key == "elapsed" and not 0 <= value < math.inf):
             raise UserError(f"{where}: progress {key} is {value!r}, not a number; the checkpoint is damaged")
+    for key, size in PROGRESS_LISTS.items():
+        value = progress.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == size
+                                      and all(v is None or _is_number(v) for v in value)):
+            raise UserError(f"{where}: progress {key} is {value!r}, not a list of {size} numbers; the checkpoint is "
+                            f"damaged")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

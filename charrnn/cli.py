@@ -152,10 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="named settings (README: Presets); explicit flags override them (default: none)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    from charrnn.infer.cli import add_eval_parser, add_sample_parser  # noqa: WPS433 (keeps this file small)
+    from charrnn.infer.cli import add_eval_parser, add_sample_parser
 
     add_sample_parser(sub)
     add_eval_parser(sub)
+    from charrnn.export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves",
                            description="Serve the playground for one run on this machine; open the URL it prints.")

@@ -15,7 +15,8 @@ from typing import Any, Optional
 from charrnn.errors import UserError
 
 CELLS = ("rnn", "gru", "lstm")
-IMPLS = ("naive", "scratch", "library")
+IMPLS = ("naive", "scratch", "library", "tf", "keras")
+TF_IMPLS = ("tf", "keras")           # TensorFlow: optional (pip extra "tensorflow"), imported only by these
 OPTIMIZERS = ("adagrad", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("epoch", "cosine")
@@ -54,20 +55,21 @@ def _check_choices(cfg: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: embedding (V->E), `layers` recurrent cells of width H, linear head (H->V)."""
+    """The network: embedding (V->E; none with embed 0), `layers` recurrent cells of width H, linear head (H->V)."""
 
     vocab_size: int = option(0, "number of distinct characters (V); set from the corpus", cli=False)
     cell: str = option("lstm", "recurrent cell", CELLS)
     layers: int = option(2, "number of stacked recurrent layers (L)", metavar="N")
     hidden: int = option(256, "hidden units per layer (H)", metavar="H")
-    embed: int = option(64, "character embedding size (E)", metavar="E")
+    embed: int = option(64, "character embedding size (E); 0: no embedding, one-hot characters straight into the "
+                            "first layer (the seed's sections III-IV, Karpathy's char-rnn)", metavar="E")
     dropout: float = option(0.0, "dropout after each recurrent layer, training only", metavar="P")
 
     def __post_init__(self):
         _check_choices(self)
         _check(self.layers >= 1, "layers", f"{self.layers} must be at least 1")
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be at least 1")
-        _check(self.embed >= 1, "embed", f"{self.embed} must be at least 1")
+        _check(self.embed >= 0, "embed", f"{self.embed} must be 0 (one-hot inputs) or more")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
         _check(self.vocab_size >= 0, "vocab_size", "must be non-negative")
 
@@ -83,7 +85,8 @@ class TrainConfig:
     data: str = option("tinyshakespeare", "a UTF-8 text file, or a corpus name: tinyshakespeare, pystdlib",
                        metavar="DATA")
     out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png", metavar="RUN_DIR")
-    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn)", IMPLS)
+    impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn), "
+                       "tf (TensorFlow, own cells: the seed's section IV), keras (Keras layers: its section V)", IMPLS)
     batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun", metavar="B")
     seq_len: int = option(100, "characters per window (T): the truncated-BPTT length", metavar="T")
     optimizer: Optional[str] = option(None, "adagrad is the seed's", OPTIMIZERS,
@@ -91,9 +94,10 @@ class TrainConfig:
     lr: Optional[float] = option(None, "learning rate", default_text="0.1 for adagrad, 2e-3 for adam and adamw",
                                  metavar="LR")
     lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)", metavar="D")
-    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: warm-up then cosine to lr0/10 over the run's "
-                           "budget", SCHEDULES)
-    warmup_iters: int = option(0, "linear warm-up iterations (cosine schedule)", metavar="N")
+    schedule: str = option("epoch", "epoch: per-epoch decay; cosine: down to lr/10 at the end of the run's budget "
+                                    "(a --resume with another budget continues the decay from where it is)", SCHEDULES)
+    warmup_iters: int = option(0, "linear warm-up from lr/N to --lr over the first N iterations (either schedule); "
+                                  "a cosine starts where it ends", metavar="N")
     weight_decay: float = option(0.0, "decoupled weight decay (adamw)", metavar="W")
     grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off", metavar="C")
     epochs: Optional[float] = option(None, "stop after this many epochs (whole run)", metavar="E",
@@ -107,9 +111,11 @@ class TrainConfig:
                                              default_text="at each evaluation")
     val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation", metavar="F")
     seed: int = option(1337, "random seed for initialisation, dropout and sampling", metavar="S")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
-    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu (tf, keras: a GPU TensorFlow sees, else cpu)",
+                         DEVICES)
+    bf16: bool = option(False, "bfloat16 autocast (CUDA only; torch engines)")
+    compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library "
+                                  "(tf and keras always run a compiled tf.function)")
     log_every: int = option(10, "write a metrics row / log line every N iterations", metavar="N")
     sample_every: int = option(0, "print a short sample every N iterations (0: never)", metavar="N")
     init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)",

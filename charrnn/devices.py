@@ -13,14 +13,15 @@ import functools
 import os
 from typing import Iterator, Optional
 
-from charrnn.config import DEVICES, check_choice
+from charrnn.config import DEVICES, TF_IMPLS, check_choice
 from charrnn.errors import UserError
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def resolve_device(name: str, impl: str, local_rank: Optional[int] = None):
-    """auto -> cuda, then mps, then cpu. Returns a torch.device, or None for the NumPy engine.
+    """auto -> cuda, then mps, then cpu. Returns a torch.device, None for the NumPy engine, or for the
+    TensorFlow engines a TensorFlow device name ('/CPU:0', or '/GPU:0' where TensorFlow sees a GPU).
 
     `local_rank` (torchrun's LOCAL_RANK) picks the GPU: process k of a node uses cuda:k.
     """
@@ -29,10 +30,15 @@ def resolve_device(name: str, impl: str, local_rank: Optional[int] = None):
         if name in ("cuda", "mps"):
             raise UserError(f"--impl naive runs on the CPU with NumPy; drop --device {name} or use --impl library")
         return None
+    if impl in TF_IMPLS:
+        from charrnn.models.tf_common import resolve_tf_device
+
+        return resolve_tf_device(name, impl)
     try:
         import torch
     except ImportError:
-        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; install torch or use --impl naive") from None
+        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; "
+                        "install torch or use --impl naive") from None
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"

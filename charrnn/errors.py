@@ -33,3 +33,13 @@ DISTRIBUTION = "charrnn-toolkit"   # the name on the package index; the import n
 def install_hint(extra: str) -> str:
     """How to install an optional extra, for a clone and for an installed package alike."""
     return f"pip install '{DISTRIBUTION}[{extra}]' (in a clone of charrnn: pip install -e '.[{extra}]')"
+
+
+def require_package(module: str, what: str, extra: str):
+    """Import an optional package, or raise a one-line UserError saying which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{what} needs the {module} package, which is not installed: {install_hint(extra)}") from None

@@ -29,5 +29,10 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
       || pip install "torch>=2.1"
   fi
 fi
+# The tensorflow extra is TensorFlow's CPU build; with an NVIDIA GPU, its GPU build instead.
+if [[ ",$EXTRAS," == *",tensorflow,"* ]] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "setup: NVIDIA GPU found: installing the GPU build of TensorFlow" >&2
+  EXTRAS=$(echo ",$EXTRAS," | sed 's/,tensorflow,/,tensorflow-gpu,/; s/^,//; s/,$//')
+fi
 pip install -e ".[$EXTRAS]"
 echo "$want" > "$stamp"

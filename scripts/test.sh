@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The test suite, set-up included: ./scripts/test.sh [pytest args]
+# The test suite, set-up included: ./scripts/test.sh [pytest args]. The linter (ruff) runs first.
 # Tests that need tiny shakespeare look in $CHARRNN_DATA_DIR (default: ../shared/data
 # when it exists) and skip cleanly when it is absent.
-# The `serve` extra (FastAPI, uvicorn) is always installed: it is small. The browser tests of
+# The `serve` extra (FastAPI, uvicorn), the `onnx` extra (onnx, onnxruntime) and the `tensorflow` extra (the tf and
+# keras engines' tests; they skip where it is absent) are always installed. The browser tests of
 # `charrnn serve` (tests/test_serve_browser.py) need Playwright and Debian's chromium: by default
 # they are installed where that is possible (root with apt-get; never `playwright install`, which
 # downloads a browser of its own); CHARRNN_BROWSER_TESTS=0 skips that, and so the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="test,serve"
+EXTRAS="test,serve,onnx,tensorflow"
 if [ "${CHARRNN_BROWSER_TESTS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   EXTRAS="$EXTRAS,browser-tests"
   if [ ! -x /usr/bin/chromium ]; then
@@ -20,4 +21,5 @@ CHARRNN_EXTRAS=${CHARRNN_EXTRAS:-$EXTRAS} ./scripts/setup.sh
 if [ -z "${CHARRNN_DATA_DIR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
   export CHARRNN_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
+.venv/bin/ruff check --quiet . || { echo "test.sh: ruff found lint errors (above); fix them first" >&2; exit 1; }
 exec .venv/bin/python -m pytest "$@"

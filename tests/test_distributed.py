@@ -96,6 +96,10 @@ def text(tmp_path) -> Path:
     return path
 
 
+def train_losses(run):
+    return [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+
+
 def test_shard_rows_split_the_global_batch_into_contiguous_shares():
     assert [World(r, 4).shard_rows(8) for r in range(4)] == [(0, 2, 8), (2, 4, 8), (4, 6, 8), (6, 8, 8)]
     assert World().shard_rows(5) == (0, 5, 5)
@@ -124,6 +128,8 @@ def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, 
         np.testing.assert_allclose(arrays_two[name], arrays_one[name], rtol=0, atol=1e-5, err_msg=name)
     # validation is sharded, then all-reduced: the same mean as one process
     np.testing.assert_allclose(val_losses(tmp_path / "two"), val_losses(tmp_path / "one"), rtol=0, atol=1e-4)
+    # the logged training loss is the whole world's mean, not rank 0's half of the batch (audit #20.5)
+    np.testing.assert_allclose(train_losses(tmp_path / "two"), train_losses(tmp_path / "one"), rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -230,7 +236,7 @@ def test_every_rank_stops_on_the_slowest_clock(tmp_path):
     other_clock = iter([0, 0, 0, 7200])  # as all_reduce(MAX) returns it: before the loop, then after each step
 
     def reduce_max(values):
-        return [max(values[0], next(other_clock)), values[1]]
+        return [max(values[0], next(other_clock)), *values[1:]]
 
     trainer = _tiny_trainer(tmp_path, reduce_max, [], is_main=False)  # a rank > 0: it writes nothing
     assert trainer.run().iteration == 3
@@ -238,11 +244,24 @@ def test_every_rank_stops_on_the_slowest_clock(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_loss_blown_up_on_another_rank_stops_this_one_with_the_same_error(tmp_path):
+    """Divergence is decided collectively, as --max-time is: no rank trains on (or waits) alone (audit #20)."""
+    from charrnn.errors import TrainingDiverged
+
+    other_blew_up = iter([0.0, 0.0, 0.0, 1.0])  # before the loop, then after each step: another rank's NaN at step 3
+
+    def reduce_max(values):
+        return [*values[:2], max(values[2], next(other_blew_up))] if len(values) == 3 else values
+
+    with pytest.raises(TrainingDiverged, match="blew up on another process at iteration 3"):
+        _tiny_trainer(tmp_path, reduce_max, []).run()
+
+
 def test_a_stop_request_on_another_rank_stops_this_one(tmp_path):
     other_asks = iter([0.0, 0.0, 1.0])  # another rank got SIGTERM during step 2
 
     def reduce_max(values):
-        return [values[0], max(values[1], next(other_asks))]
+        return [values[0], max(values[1], next(other_asks)), *values[2:]]
 
     logs = []
     assert _tiny_trainer(tmp_path, reduce_max, logs).run().iteration == 2

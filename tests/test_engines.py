@@ -113,6 +113,33 @@ def test_same_seed_gives_the_same_initial_weights_in_every_engine(cell):
     assert all(not np.array_equal(other[k], expected[k]) for k in expected)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_hot_inputs_give_the_same_logits_and_gradients_in_every_engine(cell):
+    """--embed 0: no embedding table, one-hot characters into rnn.weight_ih_l0 (G*H, V), as the seed's
+    sections III-IV feed them. Same function in every engine, and the same gradients as torch autograd."""
+    cfg = ModelConfig(vocab_size=V, cell=cell, layers=L, hidden=H, embed=0)
+    rng = np.random.default_rng(2)
+    params = {k: rng.uniform(-0.6, 0.6, v.shape) for k, v in init_parameters(cfg, 2).items()}
+    assert "embed.weight" not in params and params["rnn.weight_ih_l0"].shape == (cfg.gates * H, V)
+    inputs, targets = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    state = tuple(rng.standard_normal((L, B, H)) * 0.5 for _ in range(2 if cell == "lstm" else 1))
+    naive = build_model("naive", cfg, params=params, dtype="float64")
+    logits, _, cache = naive.forward_train(inputs, state)
+    loss, dlogits = cross_entropy(logits, targets)
+    grads, _ = naive.backward(cache, dlogits)
+    assert list(grads) == list(params)
+    for impl in TORCH_ENGINES:
+        model = build_model(impl, cfg, params=params, dtype="float64").train()
+        assert [name for name, _ in model.named_parameters()] == list(params)
+        state_t = tuple(torch.tensor(s) for s in state)
+        logits_t, _ = model(torch.from_numpy(inputs), state_t)
+        np.testing.assert_allclose(logits_t.detach().numpy(), logits, rtol=0, atol=1e-10, err_msg=impl)
+        F.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(targets).reshape(-1)).backward()
+        for name, p in model.named_parameters():
+            assert np.abs(grads[name]).max() > 1e-6
+            np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"{impl} {name}")
+
+
 # -- checkpoints: written by any engine, read by every engine ---------------------------------------
 
 SMALL = ["--cell", "gru", "--layers", 2, "--hidden", 12, "--embed", 6, "--batch-size", 4, "--seq-len", 16,

@@ -46,6 +46,21 @@ def test_fused_step_matches_naive_forward(cell, dtype):
         np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_fused_step_with_one_hot_inputs(cell):
+    """--embed 0: the first layer's table is W_ih0^T itself (plus biases)."""
+    model = random_model(cell, np.float64, embed=0)
+    chars = np.array([[1, 4, 2, 9, 10, 0], [3, 3, 7, 5, 1, 8]])
+    state0 = random_state(model, 2, np.random.default_rng(1))
+    expected, expected_state = model.forward(chars, state0)
+    fused = NumpyStep.from_model(model, 2)
+    fused.set_state(state0)
+    got = np.stack([fused.step(chars[:, t]).copy() for t in range(chars.shape[1])], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    for a, b in zip(fused.get_state(), expected_state):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("layers", [1, 3])
 def test_fused_step_any_depth(layers):
     model = random_model("lstm", np.float64, layers=layers)

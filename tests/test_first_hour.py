@@ -19,6 +19,7 @@ from conftest import CharrnnCLI
 
 import charrnn
 from charrnn.cli import build_parser, main
+from charrnn.config import CELLS, DEVICES, IMPLS, OPTIMIZERS, SCHEDULES
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "".join(f"the king {w} of love, my lord hath {n} queens.\n"
@@ -164,10 +165,10 @@ def test_train_help_lists_choices_and_real_defaults(capsys):
         main(["train", "--help"])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for flag, choices in [("--impl", "naive,scratch,library"), ("--cell", "rnn,gru,lstm"),
-                          ("--optimizer", "adagrad,adam,adamw"), ("--schedule", "epoch,cosine"),
-                          ("--device", "auto,cpu,cuda,mps"), ("--preset", "cpu-10min,gpu")]:
-        assert f"{flag} {{{choices}}}" in text, flag
+    for flag, choices in [("--impl", IMPLS), ("--cell", CELLS), ("--optimizer", OPTIMIZERS),
+                          ("--schedule", SCHEDULES), ("--device", DEVICES), ("--preset", ("cpu-10min", "gpu"))]:
+        assert f"{flag} {{{','.join(choices)}}}" in text, flag
+    assert "naive,scratch,library" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     for needle in ["(default: library)", "(default: lstm)", "(default: 256)", "(default: adagrad for --impl naive, "
                    "adamw otherwise)", "(default: 0.1 for adagrad, 2e-3 for adam and adamw)", "(default: no limit)",
@@ -179,10 +180,14 @@ def test_train_help_lists_choices_and_real_defaults(capsys):
             assert "(default: " in action.help and "None" not in action.help, action.option_strings
 
 
-@pytest.mark.parametrize("command", ["sample", "eval", "serve"])
-def test_sample_eval_and_serve_help_state_every_default(command):
-    for action in subparser(command)._actions:
-        if not action.option_strings or action.nargs == 0 or action.required or action.dest == "prime_file":
+@pytest.mark.parametrize("command", ["sample", "eval", "serve", "export"])
+def test_sample_eval_serve_and_export_help_state_every_default(command):
+    parser = subparser(command)
+    one_of_required = {id(a) for group in parser._mutually_exclusive_groups if group.required
+                       for a in group._group_actions}                  # --checkpoint | --onnx
+    for action in parser._actions:
+        if (not action.option_strings or action.nargs == 0 or action.required or id(action) in one_of_required
+                or action.dest == "prime_file"):
             continue   # a flag without a value, a required one, or --prime-file (the alternative to --prime)
         assert "(default: " in action.help and "None" not in action.help, (command, action.option_strings)
 

@@ -191,6 +191,28 @@ def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidd
 
 
 @needs_kernel
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_one_hot_inputs_step_through_the_same_int8_model(cell):
+    """--embed 0: the compiled step computes the NumPy int8 step's states bit for bit, and stays near float."""
+    model = random_model(cell, hidden=40, vocab=13, embed=0)
+    assert model.get_parameters()["rnn.weight_ih_l0"].shape[1] == 13
+    rng = np.random.default_rng(8)
+    chars = rng.integers(0, 13, (3, 30))
+    numpy_step = NumpyStep.from_model(model, 3, quantize="int8")
+    compiled = NativeStep(model.config, model.get_parameters(), 3, threads=2)
+    float_step = NumpyStep.from_model(model, 3)
+    for step in (numpy_step, compiled, float_step):
+        step.set_state(model.initial_state(3))
+    for t in range(chars.shape[1]):
+        got = compiled.step(chars[:, t])
+        np.testing.assert_allclose(got, numpy_step.step(chars[:, t]), rtol=0, atol=1e-5)
+        exact = float_step.step(chars[:, t])
+        assert np.abs(got - exact).max() < 0.1 * np.abs(exact - exact.mean(axis=1, keepdims=True)).max()
+        for a, b in zip(compiled.get_state(), numpy_step.get_state()):
+            np.testing.assert_array_equal(a, b)
+
+
+@needs_kernel
 def test_compiled_feed_equals_its_steps_and_rejects_unknown_indices():
     model = random_model("lstm")
     chars = np.array([[0, 5, 7, 7, 2, 11, 12, 1, 3], [4, 4, 4, 0, 1, 2, 3, 9, 8]])
@@ -323,3 +345,23 @@ def test_numpy_tanh_approx_is_close_to_tanh():
     got = tanh_approx(x, np.empty_like(x))
     assert np.abs(got - np.tanh(x.astype(np.float64))).max() < 3e-7
     assert got[x == 0].tolist() == [0.0, 0.0] and np.all(np.abs(got) <= 1)
+
+
+@pytest.mark.parametrize("n_in, seed", [(1200, 1), (1200, 2), (1500, 3), (2048, 4)])
+def test_quant_linear_sums_are_exact_at_any_width(n_in, seed):
+    """The integer sums the C step makes in int32 are exact in NumPy too, past float32's 2^24 (audit #20):
+    a 2-layer model wider than 520 units feeds layer 1 more than 1,040 inputs. Saturated inputs aligned
+    with column 0's weights make its sum exceed 2^24 with odd partial sums, which float32 cannot hold."""
+    rng = np.random.default_rng(seed)
+    w = np.sign(rng.standard_normal((n_in, 8))).astype(np.float32) * rng.choice([1.0, 0.9, 0.97], size=(n_in, 8))
+    w = w.astype(np.float32)
+    w[0] = np.sign(w[0])                                                        # each column's max |w| is 1
+    x = (np.sign(w[:, :1].T) * rng.choice([1.0, 0.99, 0.95], size=(1, n_in))).astype(np.float32)
+    out = QuantLinear(w, None)(x, np.empty((1, 8), np.float32))
+    s = np.abs(x).max(axis=1) / np.float32(127)
+    q_x = np.rint(x / s[:, None]).astype(np.int64)
+    q_w, scales = quantize_columns(w)
+    exact = q_x @ q_w.astype(np.int64)                                          # (1, 8) integer sums
+    assert exact[0, 0] > 2 ** 24
+    expected = exact.astype(np.float32) * (s[:, None] * scales)                 # C: (float) sum * (s * scale)
+    np.testing.assert_array_equal(out, expected)

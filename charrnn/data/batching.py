@@ -76,7 +76,8 @@ def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "t
             f"x --seq-len {seq_len} (needs {need}); use a longer text or smaller --batch-size/--seq-len"
         )
     used = batch_size * stream_len
-    return Streams(data[:used].reshape(batch_size, stream_len), data[1 : used + 1].reshape(batch_size, stream_len), seq_len)
+    return Streams(data[:used].reshape(batch_size, stream_len), data[1 : used + 1].reshape(batch_size, stream_len),
+                   seq_len)
 
 
 def split_train_val(data: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:

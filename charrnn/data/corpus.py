@@ -21,11 +21,11 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from charrnn.storage import atomic_file, user_cache_dir, write_text_atomic
 from charrnn.data.sources import data_dir, resolve_data, sha256_of
 from charrnn.data.textfile import decoded_chunks
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
+from charrnn.storage import atomic_file, user_cache_dir, write_text_atomic
 
 BLOCK_BYTES = 1 << 20  # per block, decoding and encoding hold ~20 bytes per character at once
 CACHE_FORMAT = 1

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from charrnn.storage import user_cache_dir, write_bytes_atomic
 from charrnn.errors import UserError
+from charrnn.storage import user_cache_dir, write_bytes_atomic
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -64,7 +64,8 @@ def fetch_tinyshakespeare(option: Optional[str] = "--data") -> Path:
     for candidate in (directory / "tinyshakespeare.txt", directory / "tinyshakespeare" / "input.txt"):
         if candidate.is_file():
             if sha256_of(candidate) != TINYSHAKESPEARE_SHA256:
-                raise UserError(f"{candidate} does not match the tinyshakespeare sha256; delete it and run again to re-download")
+                raise UserError(f"{candidate} does not match the tinyshakespeare sha256; delete it and run again to "
+                                f"re-download")
             return candidate
     target = directory / "tinyshakespeare.txt"
     instead = f"pass {option} PATH" if option else "give its path instead"
@@ -74,14 +75,16 @@ def fetch_tinyshakespeare(option: Optional[str] = "--data") -> Path:
             payload = response.read()
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise UserError(f"tinyshakespeare is not cached and {TINYSHAKESPEARE_URL} could not be fetched ({reason}); {how}") from None
+        raise UserError(f"tinyshakespeare is not cached and {TINYSHAKESPEARE_URL} could not be fetched ({reason}); "
+                        f"{how}") from None
     if hashlib.sha256(payload).hexdigest() != TINYSHAKESPEARE_SHA256:
         raise UserError(f"the file fetched from {TINYSHAKESPEARE_URL} has the wrong sha256; {how}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(target, payload)
     except OSError as e:
-        raise UserError(f"cannot write {target} ({e.strerror}); set $CHARRNN_DATA_DIR to a writable directory") from None
+        raise UserError(f"cannot write {target} ({e.strerror}); "
+                        "set $CHARRNN_DATA_DIR to a writable directory") from None
     return target
 
 
@@ -115,5 +118,6 @@ def build_pystdlib() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(target, corpus.encode("utf-8"))
     except OSError as e:
-        raise UserError(f"cannot write {target} ({e.strerror}); set $CHARRNN_DATA_DIR to a writable directory") from None
+        raise UserError(f"cannot write {target} ({e.strerror}); "
+                        "set $CHARRNN_DATA_DIR to a writable directory") from None
     return target

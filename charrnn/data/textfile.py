@@ -45,7 +45,8 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
                 text = decoder.decode(raw, final=final)
             except UnicodeDecodeError as e:
                 raise UserError(
-                    f"{name} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. iconv -f LATIN1 -t UTF-8"
+                    f"{name} is not valid UTF-8 (byte offset {offset + e.start}); "
+                    "convert it, e.g. iconv -f LATIN1 -t UTF-8"
                 ) from None
             if first and text:
                 if text.startswith("\ufeff"):

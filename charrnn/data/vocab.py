@@ -63,7 +63,8 @@ class Vocab:
     def encode_code_points(self, codes: np.ndarray) -> np.ndarray:
         if len(self._codes) == 0:
             if len(codes):
-                raise UserError(f"text has characters outside the (empty) vocabulary: {format_chars(sorted({chr(int(c)) for c in codes}))}")
+                raise UserError(f"text has characters outside the (empty) vocabulary: "
+                                f"{format_chars(sorted({chr(int(c)) for c in codes}))}")
             return np.zeros(0, dtype=self.dtype)
         positions = np.searchsorted(self._codes, codes)
         positions = np.minimum(positions, len(self._codes) - 1)

@@ -43,12 +43,12 @@ class TrainedModel:
         self.run_dir = Path(run_dir)
         self.config, self.vocab, params = load_run(self.run_dir, which)
         self.impl = impl
-        torch_device = None
+        engine_device = None
         if impl != "naive":
             from charrnn.devices import resolve_device
 
-            torch_device = resolve_device(device, impl)  # one-line UserError when torch is missing
-        self.model = build_model(impl, self.config, params=params, device=torch_device,
+            engine_device = resolve_device(device, impl)  # one-line UserError when torch or TensorFlow is missing
+        self.model = build_model(impl, self.config, params=params, device=engine_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
         self.predictor = Predictor(self.model, quantize)  # int8: every engine steps through the same int8 step
 
@@ -130,7 +130,7 @@ def load(run_dir, impl: str = "library", which: str = "latest", device: str = "c
     """A trained run, loaded for sampling and evaluation.
 
     impl: the engine (any reads any run); which: "latest" or "best" weights; device: for the
-    torch engines; quantize="int8": layer weights in int8, run by the compiled step (CPU, no
+    torch and TensorFlow engines; quantize="int8": layer weights in int8, run by the compiled step (CPU, no
     torch needed), and `evaluate` then reports the int8 model's loss, so its cost is one call away.
     """
     check_choice("impl", impl, IMPLS, cli=False)
@@ -139,3 +139,26 @@ def load(run_dir, impl: str = "library", which: str = "latest", device: str = "c
     if quantize is not None:
         check_choice("quantize", quantize, QUANTIZE_MODES, cli=False)
     return TrainedModel(Path(run_dir), impl=impl, which=which, device=device, quantize=quantize)
+
+
+class OnnxTrainedModel(TrainedModel):
+    """TrainedModel's sample, stream, beam and evaluate over a file made by `charrnn export --format onnx`.
+
+    Its model (models/onnx_runtime.py) is a CharModel whose backend is "onnx", so the usual Predictor
+    feeds it: the same knobs and the same seed rule as a run directory, with ONNX Runtime alone.
+    """
+
+    def __init__(self, path, threads: Optional[int] = None):  # not super().__init__, which reads a run directory
+        from charrnn.models.onnx_runtime import OnnxCharModel
+
+        self.run_dir = None
+        self.path = Path(path)
+        self.model = OnnxCharModel(path, threads=threads)
+        self.config, self.vocab = self.model.config, self.model.vocab
+        self.impl = "onnx"
+        self.predictor = Predictor(self.model)
+
+
+def load_onnx(path, threads: Optional[int] = None) -> OnnxTrainedModel:
+    """`load` for an exported .onnx file: needs only onnxruntime (the `onnx` extra), not torch."""
+    return OnnxTrainedModel(path, threads=threads)

@@ -35,14 +35,16 @@ example:
 
 
 def _common(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
-                        help="a run directory made by 'charrnn train'")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
+    source.add_argument("--onnx", metavar="MODEL.onnx", help="a file made by 'charrnn export --format onnx', run by "
+                        "ONNX Runtime (the vocabulary and config come from the file)")
     parser.add_argument("--impl", choices=IMPLS, default="library",
                         help="engine to run; any engine reads any run (default: library)")
     parser.add_argument("--which", choices=WHICH, default="latest",
                         help="latest: model.safetensors; best: best.safetensors, the lowest validation loss "
                              "(default: latest)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch engines only (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch and TensorFlow engines (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
                         help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
                              "generation, slightly less exact (README) (default: off, float32)")
@@ -100,7 +102,8 @@ def _check_sample_flags(args):
     count("num_samples", args.num_samples, 1, True)
     if args.beam is not None:
         count("beam", args.beam, 1, True)
-        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1), ("--temperature", args.temperature is not None),
+        ignored = [flag for flag, given in (("--num-samples", args.num_samples != 1),
+                                            ("--temperature", args.temperature is not None),
                                             ("--top-k", args.top_k is not None), ("--top-p", args.top_p is not None),
                                             ("--greedy", args.greedy), ("--seed", args.seed is not None)) if given]
         if ignored:
@@ -110,13 +113,36 @@ def _check_sample_flags(args):
     return sampling_options(args.temperature, args.top_k, args.top_p, args.greedy, cli=True)
 
 
+def _load(args):
+    """The model the command line names: a run directory, or an exported .onnx file."""
+    from charrnn.infer.api import load, load_onnx
+
+    if args.onnx:
+        if args.quantize:
+            raise UserError("--quantize applies to --checkpoint; an .onnx file is quantized when it is exported "
+                            "('charrnn export --format onnx --quantize int8')")
+        for flag, default in (("which", "latest"), ("impl", "library"), ("device", "cpu")):
+            if getattr(args, flag) != default:
+                raise UserError(f"--{flag} applies to --checkpoint only; --onnx runs the file in ONNX Runtime on the "
+                                f"CPU")
+        return load_onnx(args.onnx)
+
+    return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+
+
+def _settings(args) -> dict:
+    """The model settings a --json report names: the engine, weights and quantization used (onnx: the file)."""
+    if args.onnx:
+        return {"impl": "onnx", "onnx": args.onnx, "which": None, "quantize": None}
+    return {"impl": args.impl, "which": args.which, "quantize": args.quantize}
+
+
 def cmd_sample(args) -> int:
     from charrnn.data.textfile import read_text_file
-    from charrnn.infer.api import load
 
     options = _check_sample_flags(args)
     prime = args.prime if args.prime_file is None else read_text_file(args.prime_file, "--prime-file")
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
     rng = np.random.default_rng(args.seed)
     if options is None:
@@ -133,8 +159,8 @@ def cmd_sample(args) -> int:
         texts = model.sample_checked(prime, args.length, options, rng, args.num_samples)
     if args.json:
         settings = {"beam": args.beam} if options is None else {**options.as_dict(), "seed": args.seed}
-        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings,
-                          "impl": args.impl, "which": args.which, "quantize": args.quantize}, ensure_ascii=False))
+        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings, **_settings(args)},
+                         ensure_ascii=False))
     elif len(texts) == 1:
         print(texts[0])
     else:
@@ -148,14 +174,12 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from charrnn.data.corpus import load_corpus
-    from charrnn.infer.api import load
 
-    model = load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+    model = _load(args)
     corpus = load_corpus(args.data)
     result = model.evaluate_encoded(corpus.vocab, corpus.data, args.unknown, args.data, audience="cli")
     if args.json:
-        print(json.dumps({**result.as_dict(), "impl": args.impl, "which": args.which, "quantize": args.quantize},
-                         ensure_ascii=False))
+        print(json.dumps({**result.as_dict(), **_settings(args)}, ensure_ascii=False))
         return 0
     line = f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters"
     if args.unknown == "skip":

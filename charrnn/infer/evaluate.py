@@ -34,9 +34,16 @@ class Evaluation:
 
 def evaluate_indices(predictor: Predictor, data: np.ndarray, chunk: int = 2048) -> Evaluation:
     """Mean NLL of data[1:] given everything before, data (N,) ints; chunks of `chunk` steps, state carried."""
+    data = np.asarray(data)
+    if data.ndim != 1 or not (data.dtype.kind in "iu" or (data.size == 0 and data.dtype.kind == "f")):
+        raise UserError(f"evaluate_indices takes a 1-D array of character indices, not {data.dtype} of shape "
+                        f"{list(data.shape)}")
     if len(data) < 2:
         raise UserError("the text must have at least 2 characters to evaluate")
-    data = np.asarray(data, dtype=np.int64)
+    V = predictor.model.config.vocab_size
+    if data.min() < 0 or data.max() >= V:
+        raise UserError(f"character indices must be in [0, {V}); this array holds {int(data.min())}..{int(data.max())}")
+    data = data.astype(np.int64)
     state = predictor.zero_state(1)
     total = 0.0
     for start in range(0, len(data) - 1, chunk):

@@ -49,26 +49,35 @@ def quantize_columns(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+EXACT_FLOAT32_INPUTS = 1040   # n_in * 127 * 127 < 2^24: float32 sums of int8 products are exact up to this width
+
+
 class QuantLinear:
     """out = x @ w + b with int8 weights per output column and each input row quantized per call.
 
     Per row: s = max |x| / 127 and q_x = rint(x / s) (symmetric, 8 bits); then
-    out = (q_x @ q_w) * (s * scale) + b. The integer products are computed exactly as float32
-    (|sum| <= n_in * 127 * 127 < 2^24 for n_in up to 1,040: a 2x512 model's widest input is 1,024),
-    so native_step.c, which computes them in int32, gets the same sums bit for bit.
+    out = (q_x @ q_w) * (s * scale) + b. The integer sums are exact (in float32 while
+    |sum| <= n_in * 127 * 127 < 2^24, i.e. n_in up to 1,040; in float64 beyond), so native_step.c,
+    which computes them in int32, gets the same sums bit for bit, for any width.
     This NumPy version runs at float speed: it is the C step's reference and fallback.
     """
 
     def __init__(self, w: np.ndarray, b: Optional[np.ndarray]):
         q, self.scales = quantize_columns(w)                       # (n_in, n_out) int8, (n_out,)
-        self.q = q.astype(np.float32)                              # exact small integers
+        # the integer sums are exact in float32 while |sum| < 2^24; a wider input sums in float64
+        # (exact to 2^53) and rounds once to float32, as C's (float) of its exact int32 sum does
+        self.wide = q.shape[0] > EXACT_FLOAT32_INPUTS
+        self.q = q.astype(np.float64 if self.wide else np.float32)  # exact small integers
         self.b = None if b is None else np.asarray(b, dtype=np.float32).reshape(1, -1)
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         s = np.abs(x).max(axis=1) / np.float32(127)                # (B,) one scale per row
         s[s == 0] = 1
-        np.matmul(np.rint(x / s[:, None]), self.q, out=out)        # (B, n_out) exact integer sums
+        if self.wide:
+            np.copyto(out, np.rint(x / s[:, None]).astype(np.float64) @ self.q, casting="same_kind")
+        else:
+            np.matmul(np.rint(x / s[:, None]), self.q, out=out)    # (B, n_out) exact integer sums
         out *= s[:, None] * self.scales
         if self.b is not None:
             out += self.b

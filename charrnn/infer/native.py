@@ -30,9 +30,9 @@ from typing import Dict, Optional
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.storage import atomic_file, user_cache_dir
 from charrnn.infer.linear import quantize_columns
 from charrnn.infer.steps import StepState, fused_weights
+from charrnn.storage import atomic_file, user_cache_dir
 
 SOURCE = Path(__file__).with_name("native_step.c")
 CELL_CODES = {"rnn": 0, "gru": 1, "lstm": 2}
@@ -220,7 +220,7 @@ class NativeWeights:
         recurrent = fused.xh if config.cell != "gru" else fused.hh
         self.xh = (_QLinear * L)(*[linear(layer) for layer in recurrent])
         self.x = (_QLinear * L)(*[linear(layer) for layer in (fused.x if config.cell == "gru" else [None] * L)])
-        f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+        f32 = lambda a: np.ascontiguousarray(a, np.float32)
         self.unit_start, self.table = self.pointer(start), self.pointer(f32(fused.table))
         self.head_w, self.head_b = self.pointer(f32(fused.head[0])), self.pointer(f32(fused.head[1].reshape(-1)))
 
@@ -242,12 +242,6 @@ class NativeStep(StepState):
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], batch_size: int,
                  threads: Optional[int] = None, library: Optional[ctypes.CDLL] = None):
         self._setup(NativeWeights(config, params, threads, library), batch_size)
-
-    @classmethod
-    def sharing(cls, weights: NativeWeights, batch_size: int) -> "NativeStep":
-        step = cls.__new__(cls)
-        step._setup(weights, batch_size)
-        return step
 
     @classmethod
     def from_model(cls, model, batch_size: int) -> "NativeStep":

@@ -189,10 +189,11 @@ class _TorchForward:
 class _GenericForward:
     """An engine whose forward takes and returns array-likes (TensorFlow, ONNX Runtime)."""
 
-    device_type = "cpu"
-
     def __init__(self, model):
         self.model = model
+        if hasattr(model, "eval"):   # the TF engines: no dropout when predicting
+            model.eval()
+        self.device_type = getattr(model, "device_type", "cpu")
 
     def __call__(self, indices: np.ndarray, state: State):
         logits, state = self.model.forward(indices, state)

@@ -63,7 +63,7 @@ def _number(name: str, value, cli: bool) -> float:
 def sampling_options(temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
                      greedy: bool = False, *, cli: bool = False) -> SamplingOptions:
     """Validate the sampling knobs once, where they enter (the CLI, or the Python API with cli=False)."""
-    name = lambda n: option_name(n, cli)  # noqa: E731
+    name = lambda n: option_name(n, cli)
     if not isinstance(greedy, (bool, np.bool_)):
         raise UserError(f"{name('greedy')} {greedy!r} must be True or False")
     if greedy and temperature is not None:
@@ -88,7 +88,8 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: Optional[in
 
     greedy takes the argmax and ignores the other knobs. Otherwise: logits / temperature,
     keep the top_k largest (ties at the k-th value are all kept), keep the smallest set
-    whose probability reaches top_p, renormalize, draw with one `rng.random` per row.
+    whose probability reaches top_p (and every character tied with its least likely member),
+    renormalize, draw with one `rng.random` per row.
     """
     if greedy:
         return logits.argmax(axis=-1)
@@ -100,12 +101,12 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: Optional[in
     p = np.exp(z, out=z)                                    # (B, V) unnormalized: the draw scales u instead
     if top_p is not None and top_p < 1:
         p /= p.sum(axis=-1, keepdims=True)
-        order = np.argsort(-p, axis=-1)
-        sorted_p = np.take_along_axis(p, order, axis=-1)
-        drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= top_p  # mass before this one already reaches p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        p[drop] = 0.0
+        sorted_p = -np.sort(-p, axis=-1)                                  # (B, V) largest first
+        keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p      # mass before this one is short of p
+        # the smallest kept probability; every character as likely is kept too, as top-k keeps ties,
+        # so the set does not depend on how a sort orders equal values
+        threshold = np.where(keep_sorted, sorted_p, np.inf).min(axis=-1, keepdims=True)
+        p[p < threshold] = 0.0
     rng = rng or np.random.default_rng()
     cdf = np.cumsum(p, axis=-1, out=p)                      # (B, V), in place: at batch 1 each call counts
     u = rng.random(p.shape[0]) * cdf[:, -1]                 # (B,) uniform in [0, total mass)

@@ -43,7 +43,7 @@ class FusedWeights:
     pair per matmul. xh: rnn and lstm, per layer ([h(k-1), hk] -> G*H; layer 0: h0 only, its input side
     and biases being in the table). gru keeps x (k > 0: h(k-1) -> 3H) and hh (hk -> 3H) apart."""
 
-    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T + biases, per character
+    table: np.ndarray                 # (V, G*H) embed @ W_ih0^T (W_ih0^T with embed 0) + biases, per character
     xh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
     x: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
     hh: List[Optional[Tuple[np.ndarray, Optional[np.ndarray]]]]
@@ -63,13 +63,16 @@ def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWe
         return (b[order] * scale)[None]                            # (1, G*H)
 
     b_ih0, b_hh0 = p["rnn.bias_ih_l0"], p["rnn.bias_hh_l0"]
-    table = p["embed.weight"] @ p["rnn.weight_ih_l0"].T + b_ih0 + (b_hh0 if fold_hh else 0.0)
+    w_ih0_t = p["rnn.weight_ih_l0"].T                               # embed 0: one-hot inputs, W_ih0^T is the table
+    inputs0 = p["embed.weight"] @ w_ih0_t if cfg.embed else w_ih0_t  # (V, G*H)
+    table = inputs0 + b_ih0 + (b_hh0 if fold_hh else 0.0)
     weights = FusedWeights(table[:, order] * scale, [], [], [], (p["head.weight"].T, p["head.bias"][None]))
     for k in range(cfg.layers):
         w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
         b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
         if fold_hh:  # both sides add up before the nonlinearity: one matmul per layer
-            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]), bias(b_ih + b_hh)))
+            weights.xh.append((cols(w_hh), None) if k == 0 else (np.vstack([cols(w_ih), cols(w_hh)]),
+                                                                 bias(b_ih + b_hh)))
         else:        # gru: r scales W_hn h + b_hn but not W_in x + b_in
             weights.x.append(None if k == 0 else (cols(w_ih), bias(b_ih)))
             weights.hh.append((cols(w_hh), bias(b_hh)))
@@ -124,6 +127,16 @@ class StepState:
         h = self.h.reshape(B, L, H).transpose(1, 0, 2).copy()  # not ascontiguousarray: a view when B == 1
         return (h,) if self.c is None else (h, self.c.copy())
 
+    @classmethod
+    def sharing(cls, weights, batch_size: int):
+        """A step over weights prepared once (NumpyWeights, native.NativeWeights), with buffers of its own."""
+        step = cls.__new__(cls)
+        step._setup(weights, batch_size)
+        return step
+
+    def _setup(self, weights, batch_size: int) -> None:
+        raise NotImplementedError
+
     def step(self, chars) -> np.ndarray:
         raise NotImplementedError
 
@@ -149,10 +162,10 @@ class NumpyWeights:
         self.config = config
         self.dtype = np.dtype(np.float32 if quantize else dtype)  # int8 weights: float64 buys nothing
         fused = fused_weights(config, params)
-        as_weights = lambda a: None if a is None else np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
+        as_weights = lambda a: None if a is None else np.ascontiguousarray(a, dtype=self.dtype)
         self.table = as_weights(fused.table)                      # (V, G*H)
         linear = _linear_class(quantize)
-        build = lambda wb: None if wb is None else linear(as_weights(wb[0]), as_weights(wb[1]))  # noqa: E731
+        build = lambda wb: None if wb is None else linear(as_weights(wb[0]), as_weights(wb[1]))
         self.xh, self.x, self.hh = ([build(wb) for wb in group] for group in (fused.xh, fused.x, fused.hh))
         self.head = FloatLinear(as_weights(fused.head[0]), as_weights(fused.head[1]))  # (H, V), (1, V)
         # int8: the compiled step's own tanh, op for op, so that both give the same states bit for bit
@@ -173,12 +186,6 @@ class NumpyStep(StepState):
         self._setup(NumpyWeights(config, params, dtype, quantize), batch_size)
 
     @classmethod
-    def sharing(cls, weights: NumpyWeights, batch_size: int) -> "NumpyStep":
-        step = cls.__new__(cls)
-        step._setup(weights, batch_size)
-        return step
-
-    @classmethod
     def from_model(cls, model, batch_size: int, quantize: Optional[str] = None) -> "NumpyStep":
         """From any engine's model: a snapshot of its canonical parameters, in its dtype (float32 for torch)."""
         return cls.sharing(NumpyWeights.from_model(model, quantize), batch_size)
@@ -186,9 +193,10 @@ class NumpyStep(StepState):
     def _setup(self, weights: NumpyWeights, batch_size: int) -> None:
         cfg = weights.config
         super().__init__(cfg, batch_size, weights.dtype)
+        self.weights = weights
         L, H, B, G = cfg.layers, cfg.hidden, batch_size, cfg.gates
         self.table, self._tanh = weights.table, weights.tanh
-        empty = lambda *shape: np.zeros(shape, self.dtype)  # noqa: E731
+        empty = lambda *shape: np.zeros(shape, self.dtype)
         self.a = empty(B, G * H)                                  # (B, G*H) pre-activations
         self.a2 = empty(B, G * H)                                 # (B, G*H) table rows; gru's h side
         self.tmp = empty(B, H)                                    # (B, H)
@@ -205,7 +213,8 @@ class NumpyStep(StepState):
             self.hh_call = [weights.hh[k].bind(self.outputs[k], self.a2) for k in range(L)]
         self.head_call = weights.head.bind(self.outputs[-1], self.logits)
         a = self.a                                                # views of the LSTM gates: s = i, f, o together
-        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if cfg.cell == "lstm" else None
+        lstm = cfg.cell == "lstm"
+        self.gates = (a[:, :3 * H], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]) if lstm else None
 
     def step(self, chars) -> np.ndarray:
         """Feed one character per row, chars (B,) ints; returns logits (B, V), valid until the next step."""
@@ -274,5 +283,5 @@ def _gate_layout(cell: str, H: int) -> Tuple[np.ndarray, np.ndarray, bool]:
         return np.arange(H), np.ones(H), True
     if cell == "gru":
         return np.arange(3 * H), np.concatenate([np.full(2 * H, 0.5), np.ones(H)]), False
-    gate = lambda j: np.arange(j * H, (j + 1) * H)  # noqa: E731
+    gate = lambda j: np.arange(j * H, (j + 1) * H)
     return np.concatenate([gate(0), gate(1), gate(3), gate(2)]), np.concatenate([np.full(3 * H, 0.5), np.ones(H)]), True

@@ -49,11 +49,16 @@ def state_size(cell: str) -> int:
 
 
 def parameter_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
-    """Canonical name -> shape, in a fixed order (the order engines and optimizers use)."""
+    """Canonical name -> shape, in a fixed order (the order engines and optimizers use).
+
+    With embed 0 there is no embedding table: characters enter the first layer as one-hot
+    vectors, so `rnn.weight_ih_l0` is (G*H, V) and `embed.weight` does not exist (torch.nn's
+    nn.RNN/GRU/LSTM fed one-hot inputs has exactly these parameters).
+    """
     V, E, H, G = cfg.vocab_size, cfg.embed, cfg.hidden, cfg.gates
-    shapes: Dict[str, Tuple[int, ...]] = {"embed.weight": (V, E)}
+    shapes: Dict[str, Tuple[int, ...]] = {"embed.weight": (V, E)} if E else {}
     for k in range(cfg.layers):
-        inp = E if k == 0 else H
+        inp = (E or V) if k == 0 else H
         shapes[f"rnn.weight_ih_l{k}"] = (G * H, inp)
         shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
         shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
@@ -95,8 +100,11 @@ def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str
     for name, shape in expected.items():
         got = tuple(params[name].shape)
         if got != shape:
-            raise UserError(f"{where}: {name} has shape {list(got)}, config.json implies {list(shape)}; the run directory is mixed up")
+            raise UserError(f"{where}: {name} has shape {list(got)}, config.json implies {list(shape)}; the run "
+                            f"directory is mixed up")
         if params[name].dtype.kind != "f":
-            raise UserError(f"{where}: {name} has dtype {params[name].dtype}, expected floating point; the file is damaged")
+            raise UserError(f"{where}: {name} has dtype {params[name].dtype}, expected floating point; the file is "
+                            f"damaged")
         if not np.all(np.isfinite(params[name])):
-            raise UserError(f"{where}: {name} holds NaN or infinite values; use another checkpoint (e.g. best.safetensors)")
+            raise UserError(f"{where}: {name} holds NaN or infinite values; use another checkpoint (e.g. "
+                            f"best.safetensors)")

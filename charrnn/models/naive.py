@@ -314,14 +314,14 @@ class NaiveModel:
         """Layer k's input projection x W_ih^T + b_ih (T, B, G*H), for all steps at once.
 
         Layer 0 gets characters idx (T, B): embedding then W_ih is one (V, G*H) table,
-        so a lookup replaces a (T*B)-row matmul.
+        so a lookup replaces a (T*B)-row matmul (with embed 0, one-hot inputs, W_ih^T is the table).
         """
         p = self.params
         w_ih, b_ih = p[f"rnn.weight_ih_l{k}"], p[f"rnn.bias_ih_l{k}"]
         T, B = x.shape[:2]
         xp = empty((T, B, w_ih.shape[0]))                       # (T, B, G*H)
-        if k == 0:
-            table = p["embed.weight"] @ w_ih.T + b_ih           # (V, G*H)
+        if k == 0:  # embed 0: a one-hot vector times W_ih^T is a row of W_ih^T
+            table = (p["embed.weight"] @ w_ih.T if self.config.embed else w_ih.T) + b_ih  # (V, G*H)
             return np.take(table, x, axis=0, out=xp)            # (T, B, G*H)
         np.matmul(x.reshape(T * B, -1), w_ih.T, out=xp.reshape(T * B, -1))  # (T*B, G*H)
         xp += b_ih                                              # (T, B, G*H)
@@ -337,8 +337,11 @@ class NaiveModel:
             onehot.fill(0.0)
             onehot[x.reshape(-1), np.arange(x.size)] = 1.0
             dtable = onehot @ dxp2                              # (V, G*H) summed over uses of each char
-            grads["embed.weight"] = dtable @ w_ih               # (V, E)
-            grads[f"rnn.weight_ih_l{k}"] = dtable.T @ p["embed.weight"]  # (G*H, E)
+            if self.config.embed:
+                grads["embed.weight"] = dtable @ w_ih           # (V, E)
+                grads[f"rnn.weight_ih_l{k}"] = dtable.T @ p["embed.weight"]  # (G*H, E)
+            else:                                               # one-hot inputs: W_ih^T is the table
+                grads[f"rnn.weight_ih_l{k}"] = dtable.T.copy()  # (G*H, V)
             grads[f"rnn.bias_ih_l{k}"] = _column_sums(dtable)   # (G*H,)
             return None
         grads[f"rnn.weight_ih_l{k}"] = dxp2.T @ x.reshape(dxp2.shape[0], -1)  # (G*H, H)

@@ -67,10 +67,10 @@ class ScratchModel(TorchCharModel):
         super().__init__()
         self.config = config
         V, E, H, G = config.vocab_size, config.embed, config.hidden, config.gates
-        self.embed = _Holder({"weight": (V, E)})
+        self.embed = _Holder({"weight": (V, E)}) if E else None   # embed 0: one-hot inputs, no table
         layer_shapes = {}
         for k in range(config.layers):
-            inp = E if k == 0 else H
+            inp = (E or V) if k == 0 else H
             layer_shapes.update({f"weight_ih_l{k}": (G * H, inp), f"weight_hh_l{k}": (G * H, H),
                                  f"bias_ih_l{k}": (G * H,), f"bias_hh_l{k}": (G * H,)})
         self.rnn = _Holder(layer_shapes)
@@ -82,7 +82,11 @@ class ScratchModel(TorchCharModel):
 
     def forward(self, inputs, state: tuple):
         cfg, p = self.config, dict(self.rnn.named_parameters())
-        x = F.embedding(self.as_inputs(inputs), self.embed.weight).transpose(0, 1)  # (T, B, E)
+        idx = self.as_inputs(inputs)
+        if self.embed is not None:
+            x = F.embedding(idx, self.embed.weight).transpose(0, 1)                   # (T, B, E)
+        else:                                                                          # the seed's tf.one_hot
+            x = F.one_hot(idx, cfg.vocab_size).to(self.head.weight.dtype).transpose(0, 1)  # (T, B, V)
         new_h, new_c = [], []
         for k in range(cfg.layers):
             w_ih, w_hh = p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"]

@@ -185,7 +185,7 @@ def units(req: UnitsRequest, request: Request):
 @router.get("/api/metrics")
 def metrics(request: Request):
     rows = read_metrics(engine(request).run_dir / "metrics.jsonl")
-    points = lambda key: [[r["iter"], r[key]] for r in rows if _number(r.get(key)) and _number(r.get("iter"))]  # noqa: E731
+    points = lambda key: [[r["iter"], r[key]] for r in rows if _number(r.get(key)) and _number(r.get("iter"))]
     train = points("train_loss")
     stride = max(1, len(train) // 2000)  # keep the page light for long runs
     return {"train": train[::stride], "val": points("val_loss"), "rows": len(rows)}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.checkpoint import RESUME, load_run, load_run_config, save_run_config
-from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.config import TF_IMPLS, ModelConfig, TrainConfig, from_dict
 from charrnn.data.batching import make_streams, split_train_val, validation_streams
 from charrnn.data.corpus import Corpus, load_corpus
 from charrnn.devices import resolve_device
@@ -44,6 +44,7 @@ def build_configs(given: dict) -> tuple[TrainConfig, dict]:
                 raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
                                 f"({getattr(saved_model, key)}); drop the flag or start a new run")
         base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
+        _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS})
         base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
         train = from_dict(TrainConfig, base, "settings")
         return train, dataclasses.asdict(saved_model)
@@ -51,11 +52,32 @@ def build_configs(given: dict) -> tuple[TrainConfig, dict]:
     return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
 
 
+# Settings that place the carried state and the window counter in the text: changing one on --resume would
+# continue from a state that belongs to other columns of other streams.
+LAYOUT_KEYS = ("batch_size", "seq_len", "val_frac")
+QUIET_KEYS = ("resume", "out", "log_every", "eval_every", "checkpoint_every", "sample_every")
+
+
+def _check_resume_changes(saved: dict, given: dict) -> None:
+    """Refuse a changed data layout; say which other settings now differ from the run's (they are in force)."""
+    changed = {k: (saved[k], v) for k, v in given.items() if k in saved and saved[k] != v and k not in QUIET_KEYS}
+    for key in LAYOUT_KEYS:
+        if key in changed:
+            old, new = changed[key]
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {new} differs from the run being resumed ({old}): its carried state and position "
+                            f"belong to that layout; resume with {flag} {old}, or start a new run with --init-from")
+    if changed:
+        described = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in sorted(changed.items()))
+        print(f"resume: these settings differ from the run's and are in force from now on: {described}", flush=True)
+
+
 def _remap_to_vocab(corpus: Corpus, vocab) -> np.ndarray:
     try:
         return vocab.translate(corpus.vocab, corpus.data, "the new corpus")
     except UserError as e:
-        raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, or train a new model") from None
+        raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, "
+                        "or train a new model") from None
 
 
 def run_train(args: dict) -> int:
@@ -68,7 +90,8 @@ def run_train(args: dict) -> int:
 
     train_data, val_data = split_train_val(data, train_cfg.val_frac)
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
-    val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len, multiple_of=world.size) if len(val_data) else None
+    val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len,
+                                     multiple_of=world.size) if len(val_data) else None
     if train_cfg.val_frac > 0 and val_streams is None and world.is_main:
         print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
 
@@ -97,14 +120,19 @@ def run_train(args: dict) -> int:
 def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
     """Refuse what cannot work before any work is done, so under torchrun every process fails alike."""
     if not cfg.resume and (out / RESUME).exists() and not overwrite:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out")
-    if cfg.impl == "naive":
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
+                        f"choose another --out")
+    if cfg.impl == "naive" or cfg.impl in TF_IMPLS:
         for flag, on in (("--bf16", cfg.bf16), ("--compile", cfg.compile)):
             if on:
-                raise UserError(f"--impl naive does not support {flag}; use --impl library or scratch")
-        if world.distributed:
-            raise UserError(f"--impl naive cannot train under torchrun ({world.size} processes); "
+                raise UserError(f"--impl {cfg.impl} does not support {flag}; use --impl library or scratch")
+        if world.distributed:  # multi-process training is PyTorch's (DistributedDataParallel)
+            raise UserError(f"--impl {cfg.impl} cannot train under torchrun ({world.size} processes); "
                             "use --impl library or scratch, or run one process")
+    if cfg.impl in TF_IMPLS:  # a missing TensorFlow is one line now, before the corpus is read
+        from charrnn.models.tf_common import require_tensorflow
+
+        require_tensorflow(cfg.impl)
     world.shard_rows(cfg.batch_size)  # the global batch must divide among the processes
 
 
@@ -169,7 +197,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if world.is_main:
-        best = f"best validation loss {progress.best_val:.4f} nats/char" if math.isfinite(progress.best_val) else "no validation"
+        best = (f"best validation loss {progress.best_val:.4f} nats/char" if math.isfinite(progress.best_val)
+                else "no validation")
         print(f"done: iteration {progress.iteration}, epoch {progress.epoch}, {best}; checkpoints in {out}", flush=True)
     return 0
 
@@ -182,6 +211,11 @@ def _make_learner(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_
 
         model = build_model("naive", model_cfg, seed=cfg.seed, params=init_params)
         return NumpyLearner(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip, cfg.seed)
+    if cfg.impl in TF_IMPLS:
+        from charrnn.train.tf_step import TFLearner
+
+        model = build_model(cfg.impl, model_cfg, seed=cfg.seed, params=init_params, device=device)
+        return TFLearner(model, cfg.resolved_optimizer, cfg.resolved_lr, cfg.weight_decay, cfg.grad_clip)
     import torch
 
     from charrnn.train.learners import TorchLearner

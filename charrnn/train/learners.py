@@ -62,6 +62,7 @@ class NumpyLearner:
 
         self.model = model
         self.optimizer = make_optimizer(optimizer, model.params, lr, weight_decay)
+        self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.rng = np.random.default_rng(seed)
 
@@ -108,7 +109,10 @@ class NumpyLearner:
         return self.optimizer.state_dict()
 
     def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        """The saved slots and step count; the hyperparameters stay this run's (--weight-decay given on
+        --resume is in force, as config.json records it; --lr is set at every step by the schedule)."""
         self.optimizer.load_state_dict(arrays, meta)
+        self.optimizer.weight_decay = self.weight_decay
 
     def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
         return {}, {"numpy": self.rng.bit_generator.state}
@@ -142,6 +146,7 @@ class TorchLearner:
             wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.wrapped = torch.compile(wrapped) if compile else wrapped  # what the forward runs through
         params = list(model.parameters())
+        self.weight_decay = weight_decay
         if optimizer == "adagrad":
             self.optimizer = torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
         elif optimizer == "adam":
@@ -202,15 +207,19 @@ class TorchLearner:
 
     def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
         try:
-            state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i, ks in meta["keys"].items()}
+            state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i,
+                     ks in meta["keys"].items()}
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             for i, entries in state.items():  # torch checks no shapes here; a mismatch would fail mid-step
                 for k, v in entries.items():
                     if k != "step" and v.shape != params[i].shape:
                         raise ValueError(f"{i}/{k} has shape {list(v.shape)}, expected {list(params[i].shape)}")
             self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            for group in self.optimizer.param_groups:  # torch restores the saved hyperparameters: keep this run's
+                group["weight_decay"] = self.weight_decay
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-            raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); start a new run or resume with the same --optimizer") from None
+            raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); start "
+                            f"a new run or resume with the same --optimizer") from None
 
     def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
         arrays = {"torch": self.torch.get_rng_state().numpy()}

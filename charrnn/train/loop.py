@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -37,6 +37,10 @@ class Progress:
     elapsed: float = 0.0     # seconds of training over the whole run, across resumes
     best_val: float = math.inf
     last_val: Optional[float] = None
+    lr: Optional[float] = None                   # the learning rate of the last iteration
+    lr0: Optional[float] = None                  # the run's --lr (resolved) when it was saved
+    budget: Optional[list] = None                # [max_iters, epochs, max_time] when it was saved
+    cosine_from: Optional[List[float]] = None    # where the cosine starts: [fraction of the budget, lr]
 
     def epochs_done(self, windows_per_epoch: int) -> float:
         return round(self.epoch + self.window / windows_per_epoch, 4)
@@ -81,17 +85,16 @@ class Trainer:
         bar = self._progress_bar()
         stopping = self._agree_to_stop(p.elapsed)
         while not self.finished() and not stopping:
-            lr = learning_rate(cfg, self.lr0, p.iteration, p.epoch, self.budget.fraction_done(p.iteration, p.elapsed))
+            lr = self._learning_rate()
             self.learner.set_lr(lr)
             x, y = self.train.window(p.window)
             loss, self.state = self.learner.train_step(x, y, self.state)   # the state carries to the next window
-            self._stop_if_diverged(loss, lr)
+            stopping = self._agree_to_stop(base_elapsed + time.perf_counter() - started, loss, lr)
             p.iteration += 1
             p.window += 1
             if p.window == self.train.num_windows:  # epoch boundary: the seed resets the state
                 p.epoch, p.window = p.epoch + 1, 0
                 self.state = self.learner.zero_state(self.train.batch_size)
-            stopping = self._agree_to_stop(base_elapsed + time.perf_counter() - started)
             window.add(loss)
             if bar is not None:
                 self._update_bar(bar, loss, window.rate(self.chars_per_iter))
@@ -106,7 +109,7 @@ class Trainer:
                 self.save()
                 last_saved = p.iteration
             if cfg.sample_every and p.iteration % cfg.sample_every == 0 and self.sampler and self.world.is_main:
-                self.log(f"--- sample at iteration {p.iteration} ---\n{self.sampler()}\n---")
+                self._print_sample()
         if bar is not None:
             bar.close()
         if stopping and self.world.is_main:
@@ -115,29 +118,51 @@ class Trainer:
             self.validate_and_save()
         return p
 
-    def _stop_if_diverged(self, loss: float, lr: float) -> None:
+    def _learning_rate(self) -> float:
+        p = self.progress
+        fraction = self.budget.fraction_done(p.iteration, p.elapsed)
+        if p.cosine_from is None and self.cfg.warmup_iters and p.iteration == self.cfg.warmup_iters:
+            p.cosine_from = [fraction, self.lr0]           # the cosine starts where warm-up ends
+        p.lr = learning_rate(self.cfg, self.lr0, p.iteration, p.epoch, fraction, p.cosine_from)
+        return p.lr
+
+    def _diverged(self, loss: float) -> bool:
         """NaN, infinite, or far beyond a uniform guess (ln V): the run has blown up.
 
         Adam-style updates keep a blown-up loss finite for a long time (weights grow by lr
         per step), so "finite" alone would train on garbage for hours.
         """
         uniform = math.log(max(2, self.learner.model.config.vocab_size))
-        if not math.isfinite(loss) or loss > 50 * uniform:
-            raise TrainingDiverged(
-                f"loss became {loss:.4g} at iteration {self.progress.iteration + 1}; training stopped and the last good "
-                f"checkpoint in {self.run_dir} is intact; lower --lr (now {lr:.3g}) or --grad-clip")
+        return not math.isfinite(loss) or loss > 50 * uniform
 
-    def _agree_to_stop(self, elapsed: float) -> Optional[str]:
+    def _agree_to_stop(self, elapsed: float, loss: float = 0.0, lr: float = 0.0) -> Optional[str]:
         """Set the run's clock and say whether to stop, the same on every process.
 
-        Under torchrun each process has its own clock and its own signals; one stopping
-        alone would leave the others waiting in a collective forever. So all take the
-        slowest clock and stop if any was asked to.
+        Under torchrun each process has its own clock, its own signals and its own share of
+        the loss; one stopping alone would leave the others waiting in a collective forever.
+        So all take the slowest clock, stop if any was asked to, and stop with an error if
+        the loss blew up on any of them.
         """
-        self.progress.elapsed, asked = self.world.max([elapsed, 1.0 if self.stop_requested else 0.0])
+        diverged = self._diverged(loss)
+        self.progress.elapsed, asked, blown = self.world.max(
+            [elapsed, 1.0 if self.stop_requested else 0.0, 1.0 if diverged else 0.0])
+        if blown:
+            where = f"loss became {loss:.4g}" if diverged else "the loss blew up on another process"
+            raise TrainingDiverged(
+                f"{where} at iteration {self.progress.iteration + 1}; training stopped and the last good checkpoint "
+                f"in {self.run_dir} is intact; lower --lr (now {lr:.3g}) or --grad-clip")
         if not asked:
             return None
         return self.stop_requested or "another process was asked to stop"
+
+    def _print_sample(self) -> None:
+        """A sample must never stop training: a failure is reported and training goes on."""
+        try:
+            text = self.sampler()
+        except Exception as e:  # whatever went wrong, the run matters more than its sample
+            self.log(f"warning: no sample at iteration {self.progress.iteration} ({type(e).__name__}: {e})")
+            return
+        self.log(f"--- sample at iteration {self.progress.iteration} ---\n{text}\n---")
 
     # ---- progress and metrics -------------------------------------------------
     def _progress_bar(self):
@@ -163,7 +188,9 @@ class Trainer:
                 "elapsed_s": round(p.elapsed, 2)}
 
     def _log_train(self, train_loss: float, lr: float, chars_per_sec: float) -> None:
-        world_rate = self.world.sum([chars_per_sec])[0]
+        """One row for the whole world: the loss averaged over every process's streams, the rates summed."""
+        loss_sum, processes, world_rate = self.world.sum([train_loss, 1.0, chars_per_sec])
+        train_loss = loss_sum / processes
         row = self._row(train_loss=round(train_loss, 5), lr=lr, chars_per_sec=round(world_rate, 1))
         if self.world.is_main:
             self.metrics.append(row)
@@ -211,6 +238,7 @@ class Trainer:
             raise TrainingDiverged(f"the weights hold NaN or infinite values at iteration {self.progress.iteration}; "
                                    f"the last good checkpoint in {self.run_dir} is intact; lower --lr or --grad-clip")
         params = self.learner.get_parameters()
+        self.progress.lr0, self.progress.budget = self.lr0, self.budget.as_list()
         point = ResumePoint(params=params, optimizer=self.learner.optimizer_state(), rng=self.learner.rng_state(),
                             state=state, progress=asdict(self.progress),
                             optimizer_name=self.cfg.resolved_optimizer)
@@ -238,12 +266,27 @@ class Trainer:
             raise UserError(f"{self.run_dir / RESUME} does not fit this run ({type(e).__name__}: {e}); "
                             "it is damaged or from another program") from None
         self.progress.best_val = math.inf if self.progress.best_val is None else self.progress.best_val
+        self._continue_schedule()
         self.state = self._reshard_state(point.state)
         if self.progress.window >= self.train.num_windows:
-            raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len give "
-                            f"{self.train.num_windows} windows per epoch; resume with the run's original data and shapes")
+            raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len "
+                            f"give {self.train.num_windows} windows per epoch; resume with the run's original data "
+                            "and shapes")
         if self.world.is_main:
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_from_iter=self.progress.iteration)
+
+    def _continue_schedule(self) -> None:
+        """A resume with another budget or --lr: the cosine goes on from the rate the run had, scaled by
+        the change of --lr, down to the new floor at the new end; it never jumps back up."""
+        p = self.progress
+        if p.lr is None or (p.budget == self.budget.as_list() and p.lr0 == self.lr0):
+            return
+        start = p.lr * (self.lr0 / p.lr0 if p.lr0 else 1.0)
+        if self.cfg.schedule == "cosine" and p.iteration >= self.cfg.warmup_iters:
+            p.cosine_from = [self.budget.fraction_done(p.iteration, p.elapsed), start]
+            if self.world.is_main:
+                self.log(f"resume: the budget or --lr changed: the cosine continues from lr {start:.3g} "
+                         f"down to {self.lr0 / 10:.3g} at the new end")
 
     def _reshard_state(self, states: list):
         """The saved state holds every stream of the global batch, whatever the number of processes
@@ -252,7 +295,8 @@ class Trainer:
         if not states:
             return self.learner.zero_state(self.train.batch_size)
         if states[0].shape[1] != total:
-            raise UserError(f"the checkpoint carries {states[0].shape[1]} streams but this run has --batch-size {total}; "
+            raise UserError(f"the checkpoint carries {states[0].shape[1]} streams but this run has "
+                            f"--batch-size {total}; "
                             "resume with the same --batch-size")
         return self.learner.state_from_numpy([s[:, start:stop] for s in states])
 

@@ -17,7 +17,8 @@ class MetricsLog:
         from charrnn.storage import write_text_atomic  # a kill while rewriting must not lose the history
 
         self.path = Path(path)
-        kept = [] if resume_from_iter is None else [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_from_iter]
+        kept = [] if resume_from_iter is None else [r for r in read_metrics(self.path) if r.get("iter",
+                                                                                                0) <= resume_from_iter]
         with self._reporting_errors():
             write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 

@@ -7,7 +7,7 @@ three fractions, so a cosine schedule always reaches its floor exactly when the 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 from charrnn.config import TrainConfig
 
@@ -37,6 +37,10 @@ class Budget:
             return True
         return self.max_time is not None and elapsed >= self.max_time
 
+    def as_list(self) -> list:
+        """What the budget is, as a checkpoint records it (a resume compares it with its own)."""
+        return [self.max_iters, self.epochs, self.max_time]
+
     def total_iterations(self) -> Optional[int]:
         """Iterations the run will take, where an iteration budget says (None for a time budget)."""
         if self.max_iters is not None:
@@ -46,13 +50,25 @@ class Budget:
         return None
 
 
-def learning_rate(cfg: TrainConfig, lr0: float, iteration: int, epoch: int, fraction_done: float) -> float:
-    """The seed's per-epoch decay, or warm-up + cosine to lr0/10 over the run's budget."""
+def learning_rate(cfg: TrainConfig, lr0: float, iteration: int, epoch: int, fraction_done: float,
+                  cosine_from: Optional[Sequence[float]] = None) -> float:
+    """The learning rate for this iteration.
+
+    Warm-up (--warmup-iters W, either schedule): a linear ramp from lr0/W to lr0 over the first W
+    iterations. Then --schedule epoch is the seed's per-epoch decay, lr0 * lr_decay ** epoch, and
+    --schedule cosine falls from its start to lr0/10 when the budget ends. The cosine starts at
+    `cosine_from` = (fraction of the budget, learning rate): (0, lr0) for a run without warm-up,
+    (where warm-up ended, lr0) after one, and (where a --resume with a larger or smaller budget
+    found the run, the rate it had then), so that extending a run continues its decay instead of
+    jumping back up.
+    """
+    ramp = (iteration + 1) / cfg.warmup_iters if iteration < cfg.warmup_iters else 1.0
     if cfg.schedule == "epoch":
-        lr = lr0 * cfg.lr_decay ** epoch
-    else:
-        floor = lr0 / 10
-        lr = floor + 0.5 * (lr0 - floor) * (1 + math.cos(math.pi * min(1.0, fraction_done)))
-    if cfg.warmup_iters and iteration < cfg.warmup_iters:
-        lr *= (iteration + 1) / cfg.warmup_iters
-    return lr
+        return lr0 * cfg.lr_decay ** epoch * ramp
+    if iteration < cfg.warmup_iters:
+        return lr0 * ramp
+    start_fraction, start_lr = cosine_from if cosine_from is not None else (0.0, lr0)
+    floor = lr0 / 10
+    span = 1.0 - start_fraction
+    t = 1.0 if span <= 0 else min(1.0, max(0.0, (fraction_done - start_fraction) / span))
+    return floor + 0.5 * (start_lr - floor) * (1 + math.cos(math.pi * t))

@@ -1,0 +1,218 @@
+"""Build a .onnx from a run's canonical weights, with the state going in and coming out.
+
+The graph (shape letters as in models/base.py; B and T are dynamic, L, H, V fixed):
+
+    chars (B, T) int64 --Gather(embed.weight)--> (B, T, E) --Transpose--> (T, B, E)
+    for each layer k:  RNN | GRU | LSTM (initial state h0[k], c0[k])  --> Y (T, 1, B, H) --Squeeze--> (T, B, H)
+                                                                      --> Y_h, Y_c (1, B, H) --Concat--> hn, cn (L, B,
+                                                                                                                 H)
+    (T, B, H) --Transpose--> (B, T, H) --MatMul(head.weight^T), Add(head.bias)--> logits (B, T, V)
+
+ONNX Runtime keeps no state between calls: feed `hn` (and `cn`) back as `h0` (`c0`) to carry it,
+which is what `OnnxCharModel.forward` and examples/onnx_generate.py do. The vocabulary (JSON list of
+characters) and the ModelConfig (JSON) travel in the file's metadata_props, so the file alone is
+enough to generate text.
+
+Exporter: the graph is written node by node with `onnx.helper` from the canonical NumPy weights,
+not traced by torch.onnx. Both were tried on torch 2.13: the TorchScript exporter (dynamo=False) is
+deprecated ("will be removed") and warns that an LSTM exported at one batch size can fail at
+another; the torch.export-based exporter (the default) needs two more packages (onnxscript,
+onnx-ir), takes ~3 s, and emits the same LSTM op wrapped in Shape/Slice/Reshape glue with
+names of its own. Written directly, the graph has exactly the names and dynamic axes above, the
+gate reorders are plain NumPy that a test checks against the naive engine, exporting needs no
+torch at all (a run trained anywhere exports where only NumPy and `onnx` are installed), and the
+file is a fraction of a second to build.
+
+Opset 14, IR version 8: every op used here (Gather, Transpose, Slice, Squeeze, Concat, MatMul, Add
+at 13; RNN, GRU, LSTM at 14) has had its current definition since opset 14, so choosing it costs
+nothing and the file loads in every ONNX Runtime since 1.9 (2021), onnxruntime-web and mobile
+included, and in other ONNX runtimes that stop short of the newest opsets.
+
+Gate orders: torch.nn (and so the canonical weights) stacks LSTM gates i, f, g, o and GRU gates
+r, z, n; ONNX stacks LSTM gates i, o, f, c and GRU gates z, r, h. torch's GRU applies the reset
+gate after the recurrent product, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): ONNX's GRU with
+linear_before_reset=1. The vanilla RNN is tanh in both.
+
+int8 (`quantize="int8"`): ONNX Runtime's dynamic quantization turns each LSTM into its
+DynamicQuantizeLSTM (int8 W and R, one scale per gate row, the input quantized on the fly); the
+embedding and the head stay float32, as in charrnn's own int8. Measured on a 2x512 LSTM
+(docs/export.md): per-row scales cost +0.00005 nats/char where one scale per matrix moved the loss
+by 0.0004, and quantizing the head as well added another +0.00006 for 0.1 MB. ONNX Runtime has no
+quantized GRU or RNN kernel, so those cells are refused rather than exported with float recurrent
+weights under an int8 name. The result runs only in ONNX Runtime (DynamicQuantizeLSTM is a
+com.microsoft op).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from charrnn.config import ModelConfig, to_dict
+from charrnn.data.vocab import Vocab
+from charrnn.errors import UserError, require_package
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 14
+IR_VERSION = 8
+FORMAT = "charrnn-onnx/1"
+QUANTIZE_CHOICES = ("int8",)
+PROTOBUF_LIMIT = 2**31 - 2**26  # bytes of weights one .onnx file can hold, with room for the graph
+
+# Gate blocks of the canonical (torch.nn) weights, in ONNX's order.
+ONNX_GATE_ORDER = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}  # gru: z, r, n; lstm: i, o, f, g
+ONNX_OP = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+
+
+def reorder_gates(weight: np.ndarray, cell: str, hidden: int) -> np.ndarray:
+    """(G*H, ...) canonical gate blocks -> the same blocks in ONNX's order."""
+    blocks = [weight[g * hidden:(g + 1) * hidden] for g in ONNX_GATE_ORDER[cell]]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=0))
+
+
+def layer_weights(config: ModelConfig, params: dict[str, np.ndarray], k: int):
+    """Layer k's W (1, G*H, in), R (1, G*H, H), B (1, 2*G*H) for ONNX's RNN/GRU/LSTM op, float32."""
+    cell, H = config.cell, config.hidden
+    w = reorder_gates(params[f"rnn.weight_ih_l{k}"], cell, H)
+    r = reorder_gates(params[f"rnn.weight_hh_l{k}"], cell, H)
+    b = np.concatenate([reorder_gates(params[f"rnn.bias_ih_l{k}"], cell, H),
+                        reorder_gates(params[f"rnn.bias_hh_l{k}"], cell, H)])
+    return tuple(a[None].astype(np.float32) for a in (w, r, b))
+
+
+def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray],
+                      source: str = "") -> onnx.ModelProto:
+    """The float32 ONNX model of a charrnn network (see the module docstring for the graph)."""
+    onnx = require_package("onnx", "exporting to ONNX", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg, L, H, V = config, config.layers, config.hidden, config.vocab_size
+    lstm = cfg.cell == "lstm"
+    inits, nodes = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(op: str, inputs, outputs, **attrs):
+        nodes.append(helper.make_node(op, list(inputs), list(outputs), name=f"{op}_{len(nodes)}", **attrs))
+        return outputs[0]
+
+    # embed 0 (one-hot inputs): gathering rows of the identity is the one-hot encoding
+    table = params["embed.weight"] if cfg.embed else np.eye(V)
+    embed = const("embed.weight", table.astype(np.float32))                            # (V, E), or (V, V)
+    x = node("Gather", [embed, "chars"], ["embedded"], axis=0)                         # (B, T, E)
+    x = node("Transpose", [x], ["layer_in_0"], perm=[1, 0, 2])                        # (T, B, E)
+    axes0, axes1 = const("axes_0", np.array([0], np.int64)), const("axes_1", np.array([1], np.int64))
+    finals = {"h": [], "c": []}
+    for k in range(L):
+        w, r, b = (const(f"{name}_l{k}", a) for name, a in zip("WRB", layer_weights(cfg, params, k)))
+        start, end = const(f"start_l{k}", np.array([k], np.int64)), const(f"end_l{k}", np.array([k + 1], np.int64))
+        inputs = [x, w, r, b, "", node("Slice", ["h0", start, end, axes0], [f"h0_l{k}"])]  # (1, B, H)
+        outputs = [f"y_l{k}", f"hn_l{k}"]
+        if lstm:
+            inputs.append(node("Slice", ["c0", start, end, axes0], [f"c0_l{k}"]))
+            outputs.append(f"cn_l{k}")
+        extra = {"linear_before_reset": 1} if cfg.cell == "gru" else {}
+        node(ONNX_OP[cfg.cell], inputs, outputs, hidden_size=H, **extra)              # Y (T, 1, B, H)
+        x = node("Squeeze", [outputs[0], axes1], [f"layer_in_{k + 1}"])                  # (T, B, H)
+        finals["h"].append(outputs[1])
+        if lstm:
+            finals["c"].append(outputs[2])
+    node("Concat", finals["h"], ["hn"], axis=0)                                        # (L, B, H)
+    if lstm:
+        node("Concat", finals["c"], ["cn"], axis=0)
+    y = node("Transpose", [x], ["top"], perm=[1, 0, 2])                                 # (B, T, H)
+    head = const("head.weight_t", np.ascontiguousarray(params["head.weight"].T.astype(np.float32)))  # (H, V)
+    y = node("MatMul", [y, head], ["head_out"])                                        # (B, T, V)
+    node("Add", [y, const("head.bias", params["head.bias"].astype(np.float32))], ["logits"])
+
+    state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])
+    graph = helper.make_graph(
+        nodes, "charrnn",
+        inputs=[helper.make_tensor_value_info("chars", TensorProto.INT64, ["batch", "time"]), state("h0")]
+        + ([state("c0")] if lstm else []),
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]), state("hn")]
+        + ([state("cn")] if lstm else []),
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="charrnn",
+                              doc_string=f"charrnn {cfg.cell} {L}x{H}: chars (B, T) int64 and the state in, "
+                                         "logits (B, T, V) and the new state out; feed hn/cn back as h0/c0")
+    model.ir_version = IR_VERSION
+    metadata = {"format": FORMAT, "vocab": json.dumps(list(vocab.chars), ensure_ascii=False),
+                "config": json.dumps(to_dict(cfg)), "quantize": "none", "source": source}
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def quantize_int8(model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProto:
+    """ONNX Runtime's dynamic int8 quantization of the LSTM layers (see the module docstring)."""
+    if config.cell != "lstm":
+        raise UserError(f"--quantize int8 is offered for LSTM models only: ONNX Runtime has no int8 kernel for "
+                        f"{config.cell.upper()} layers (its dynamic quantization covers LSTM and MatMul); "
+                        "export this model in float32")
+    onnx = require_package("onnx", "exporting to ONNX", "onnx")
+    require_package("onnxruntime", "--quantize int8 on export", "onnx")
+    from onnx import helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice about image models on the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix="charrnn-onnx-") as tmp:
+            out = Path(tmp) / "int8.onnx"
+            quantize_dynamic(model, out, op_types_to_quantize=["LSTM"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+            quantized = onnx.load(str(out))
+    finally:
+        root.setLevel(level)
+    props = {p.key: p.value for p in model.metadata_props}
+    props["quantize"] = "int8"
+    del quantized.metadata_props[:]
+    helper.set_model_props(quantized, props)
+    return quantized
+
+
+def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
+    """Write run_dir's weights (`which`: latest or best) to `out` as ONNX; returns what was written."""
+    from charrnn.checkpoint import load_run
+    from charrnn.storage import write_bytes_atomic
+
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise UserError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
+    require_package("onnx", "exporting to ONNX", "onnx")  # before reading the run: say what is missing first
+    out = Path(out)
+    _check_out_file(out)
+    config, vocab, params = load_run(Path(run_dir), which)
+    size = sum(p.size for p in params.values()) * 4
+    if size > PROTOBUF_LIMIT:
+        raise UserError(f"the model's weights are {size / 2**30:.1f} GiB; a single .onnx file holds under 2 GiB "
+                        "(protobuf's limit), and charrnn does not write ONNX external-data files")
+    model = build_model_proto(config, vocab, params, source=f"{Path(run_dir).resolve().name} ({which})")
+    if quantize:
+        model = quantize_int8(model, config)
+    data = model.SerializeToString()
+    try:
+        write_bytes_atomic(out, data)
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror or e})") from None
+    return {"path": str(out), "bytes": len(data), "cell": config.cell, "layers": config.layers,
+            "hidden": config.hidden, "vocab_size": config.vocab_size, "quantize": quantize or "none"}
+
+
+def _check_out_file(out: Path) -> None:
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: the folder {out.parent} is not writable")

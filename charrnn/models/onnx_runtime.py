@@ -1,0 +1,123 @@
+"""Run an exported .onnx with ONNX Runtime alone: charrnn's CharModel interface, no torch.
+
+    model = OnnxCharModel("model.onnx")
+    state = model.initial_state(1)                              # ((L, 1, H),) or (h, c) for LSTM
+    logits, state = model.forward(np.array([[5, 7, 2]]), state)  # (1, 3, V) float32, the new state
+
+The config and vocabulary come from the file's metadata (onnx_export.py writes them). A file that
+ONNX Runtime cannot read, or that is not a charrnn export, is refused with a one-line UserError.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.config import ModelConfig, from_dict
+from charrnn.data.vocab import Vocab
+from charrnn.errors import UserError, require_package
+
+FORMAT = "charrnn-onnx/1"  # the same string as onnx_export.FORMAT (not imported: that module is for exporting)
+
+
+class OnnxCharModel:
+    """A charrnn model in an ONNX Runtime session on the CPU.
+
+    `threads`: ONNX Runtime's intra-op threads; default $OMP_NUM_THREADS, else 1. One thread, not
+    ONNX Runtime's one per core, because a second one made neither generation nor evaluation faster
+    on a 2-core machine, and with ONNX Runtime's spin-waiting on (its default, turned off here) it
+    halved generation speed whenever anything else wanted that core (docs/export.md, Speed).
+    """
+
+    backend = "onnx"    # how inference reaches it (infer/predictor.py): NumPy in, NumPy out
+
+    def __init__(self, path, threads: int | None = None):
+        ort = require_package("onnxruntime", "running an .onnx model", "onnx")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path} is not a file; give a model written by 'charrnn export --format onnx'")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # ONNX Runtime's own warnings would add lines to a one-line error
+        options.intra_op_num_threads = threads or _threads_from_env()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 (onnxruntime raises its own types: InvalidProtobuf, InvalidGraph, Fail, ...)
+            raise UserError(f"{self.path} is not a readable ONNX model ({type(e).__name__}); "
+                            "it is damaged, or not a file written by 'charrnn export'") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.config, self.vocab = _read_metadata(meta, str(self.path))
+        self.quantize = meta.get("quantize", "none")
+        self._state_names = ("h0", "c0") if self.config.cell == "lstm" else ("h0",)
+        self._outputs = ["logits", "hn", "cn"][: 1 + len(self._state_names)]
+        _check_signature(self.session, self.config, self._state_names, self._outputs, str(self.path))
+
+    def initial_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        shape = (self.config.layers, batch_size, self.config.hidden)
+        return tuple(np.zeros(shape, np.float32) for _ in self._state_names)
+
+    def forward(self, inputs, state) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """inputs (B, T) ints, state -> (logits (B, T, V) float32, new state); the state given is not changed."""
+        chars = np.ascontiguousarray(inputs, dtype=np.int64)
+        if chars.ndim != 2:
+            raise ValueError(f"inputs must be (B, T) character indices, got shape {chars.shape}")
+        if chars.size and (chars.min() < 0 or chars.max() >= self.config.vocab_size):
+            raise ValueError(f"character indices must be in [0, {self.config.vocab_size})")
+        if chars.shape[1] == 0:  # ONNX's recurrent ops need one step at least; nothing to do
+            return np.zeros(chars.shape + (self.config.vocab_size,), np.float32), tuple(state)
+        feeds = {"chars": chars}
+        for name, s in zip(self._state_names, state):
+            feeds[name] = np.ascontiguousarray(s, dtype=np.float32)
+        logits, *new_state = self.session.run(self._outputs, feeds)
+        return logits, tuple(new_state)
+
+    __call__ = forward
+
+
+def _threads_from_env() -> int:
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+def _read_metadata(meta: dict, where: str) -> tuple[ModelConfig, Vocab]:
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{where} is an ONNX model but not one written by 'charrnn export' "
+                        "(its metadata lacks format, vocab and config); export the run with charrnn")
+    try:
+        config = from_dict(ModelConfig, json.loads(meta["config"]), f"{where} (config metadata)")
+        chars = json.loads(meta["vocab"])
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{where}: its charrnn metadata (config, vocab) is damaged; export the run again") from None
+    if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+        raise UserError(f"{where}: its vocab metadata is not a JSON list of characters; export the run again")
+    vocab = Vocab(tuple(chars))
+    if len(vocab) != config.vocab_size or config.vocab_size < 1:
+        raise UserError(f"{where}: its vocabulary has {len(vocab)} characters but its config says "
+                        f"{config.vocab_size}; the file is mixed up")
+    return config, vocab
+
+
+def _check_signature(session, config: ModelConfig, state_names, output_names, where: str) -> None:
+    """The graph's inputs and outputs must be the ones onnx_export writes for this config."""
+    L, H, V = config.layers, config.hidden, config.vocab_size
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    expected_in = ["chars", *state_names]
+    problem = None
+    if sorted(inputs) != sorted(expected_in) or sorted(outputs) != sorted(output_names):
+        problem = f"inputs {sorted(inputs)} and outputs {sorted(outputs)}"
+    else:
+        for name in state_names:
+            shape = inputs[name].shape
+            if len(shape) != 3 or shape[0] != L or shape[2] != H:
+                problem = f"{name} of shape {shape}"
+        shape = outputs["logits"].shape
+        if len(shape) != 3 or shape[2] != V:
+            problem = problem or f"logits of shape {shape}"
+    if problem:
+        raise UserError(f"{where} has {problem}, not what its config ({config.cell} {L}x{H}, V={V}) implies; "
+                        "the file is mixed up or damaged")

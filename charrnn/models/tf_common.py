@@ -1,0 +1,176 @@
+"""What the two TensorFlow engines (tf_engine.py, keras_engine.py) share.
+
+TensorFlow is optional: it is imported here, and only here, the first time a
+TF engine is built, never by the rest of charrnn. `require_tensorflow` turns a
+missing install into one line for the user, quiets TensorFlow's start-up
+chatter, and sets its thread pools once, before TensorFlow's runtime starts:
+
+- intra-op threads (one matmul split across cores): `$CHARRNN_TF_THREADS`, else
+  `$OMP_NUM_THREADS`, else the cores this process may use;
+- inter-op threads (independent ops side by side): `$CHARRNN_TF_INTER_THREADS`, else 2
+  (TensorFlow's default is one per core). A window's graph is mostly one chain of
+  dependent steps; in alternating runs on a busy 2-core machine 2 was 1.0-1.3x 1 for
+  the tf engine and within noise for keras, and more only adds threads that wait.
+
+Both engines hand the trainer (train/tf_step.py) the same few things:
+`call(x, state, training)` (traceable TF code), `training_variables()`
+[(key, tf.Variable)], `rng_variables()` {name: tf.Variable}, `device`, `tf_dtype`,
+`optimizer_layout` ("canonical" or "keras": the keys of the optimizer's slots).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from typing import Optional
+
+from charrnn.errors import UserError, install_hint
+
+_TF = None
+
+# Lines TensorFlow writes to the process's stderr while it loads (C++ logging that starts before
+# TF_CPP_MIN_LOG_LEVEL is read, so no setting silences it). Anything else is passed through.
+_NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations are on|TF_ENABLE_ONEDNN_OPTS|"
+                    r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|"
+                    r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler|"
+                    r"TF-TRT Warning|Could not find cuda drivers|cuda_executor|successful NUMA node read|"
+                    r"^\s*$")
+
+
+def missing_tensorflow(impl: str) -> str:
+    return (f"--impl {impl} needs TensorFlow, which is not installed: {install_hint('tensorflow')}; "
+            "or use --impl library or naive")
+
+
+def require_tensorflow(impl: str = "tf"):
+    """The tensorflow module, imported once (quietly, threads set); UserError when it is not installed."""
+    global _TF
+    if _TF is not None:
+        return _TF
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # C++ INFO and WARNING off
+    try:
+        tf = _quiet_import()
+    except ImportError:
+        raise UserError(missing_tensorflow(impl)) from None
+    _set_threads(tf)
+    tf.get_logger().setLevel("ERROR")                       # Python-side deprecation chatter
+    _TF = tf
+    return tf
+
+
+def require_keras(impl: str = "keras"):
+    """keras (3, on the TensorFlow backend), with TensorFlow set up as above."""
+    require_tensorflow(impl)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import keras
+    except ImportError:
+        raise UserError(missing_tensorflow(impl)) from None
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise UserError(f"--impl {impl} runs Keras on TensorFlow, but KERAS_BACKEND is {backend!r}; "
+                        "unset KERAS_BACKEND or set it to tensorflow")
+    return keras
+
+
+def _quiet_import():
+    """import tensorflow with file descriptor 2 sent to a temporary file, then replay what was not noise."""
+    if "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None:
+        return sys.modules["tensorflow"]
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):   # no real stderr (embedded, captured): import plainly
+        import tensorflow
+
+        return tensorflow
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if not _NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+    return tensorflow
+
+
+def _env_int(*names: str) -> Optional[int]:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _set_threads(tf) -> None:
+    intra = _env_int("CHARRNN_TF_THREADS", "OMP_NUM_THREADS") or _cores()
+    inter = _env_int("CHARRNN_TF_INTER_THREADS") or min(2, _cores())
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        pass   # TensorFlow's runtime started before charrnn (a caller imported and used it): keep its pools
+
+
+def resolve_tf_device(name: str, impl: str) -> str:
+    """--device for TensorFlow: auto -> a GPU TensorFlow sees, else the CPU. Returns '/CPU:0' or '/GPU:0'.
+
+    TensorFlow has no 'cuda' or 'mps' devices of its own: both mean its GPU (CUDA on Linux,
+    tensorflow-metal on a Mac), which tensorflow-cpu never has.
+    """
+    tf = require_tensorflow(impl)
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "cpu" or (name == "auto" and not gpus):
+        return "/CPU:0"
+    if not gpus:
+        raise UserError(f"--device {name}: TensorFlow sees no GPU here (tensorflow-cpu never does; a GPU needs "
+                        "pip install 'tensorflow[and-cuda]'); use --device cpu (or auto)")
+    local = _env_int("LOCAL_RANK") or 0
+    return f"/GPU:{min(local, len(gpus) - 1)}"
+
+
+def as_state(state, dtype, impl: str = "tf") -> tuple:
+    """A state of NumPy arrays or tensors -> a tuple of tf tensors of `dtype` (each (L, B, H))."""
+    tf = require_tensorflow(impl)
+    return tuple(tf.convert_to_tensor(s, dtype=dtype) if not isinstance(s, tf.Tensor) or s.dtype != dtype
+                 else s for s in state)
+
+
+def as_inputs(inputs, impl: str = "tf"):
+    """(B, T) character indices, NumPy or tensor of any integer type -> an int32 tensor."""
+    tf = require_tensorflow(impl)
+    if isinstance(inputs, tf.Tensor):
+        return tf.cast(inputs, tf.int32) if inputs.dtype != tf.int32 else inputs
+    import numpy as np
+
+    return tf.convert_to_tensor(np.asarray(inputs, dtype=np.int32))
+
+
+def state_specs(config, dtype) -> list:
+    """tf.TensorSpecs of a state (L, B, H) with any batch: one trace serves every batch size."""
+    from charrnn.models.base import state_size
+
+    tf = require_tensorflow()
+    return [tf.TensorSpec([config.layers, None, config.hidden], dtype) for _ in range(state_size(config.cell))]
+
+
+def zero_state(config, batch_size: int, dtype, device: str) -> tuple:
+    from charrnn.models.base import state_size
+
+    tf = require_tensorflow()
+    with tf.device(device):
+        return tuple(tf.zeros([config.layers, batch_size, config.hidden], dtype)
+                     for _ in range(state_size(config.cell)))

@@ -1,0 +1,249 @@
+"""One training step for the two TensorFlow engines (`--impl tf`, `--impl keras`).
+
+`TFLearner` is what the trainer calls (the `Learner` interface of train/learners.py, as the NumPy and
+torch learners): one `tf.function` per window runs the forward over the whole window,
+the mean cross-entropy in nats, `tf.GradientTape`, global-norm clipping and the
+optimizer's update, in one graph. The state a window ends with comes back as
+plain tensors and goes into the next call as an input, so no gradient crosses
+windows (truncated BPTT), exactly as the other engines detach it.
+
+The optimizers are written here, on the variables, with torch.optim's update
+rules and defaults, because TensorFlow's own differ where it matters:
+
+- Keras' Adagrad starts its accumulator at 0.1 (`initial_accumulator_value`) and
+  adds eps 1e-7; torch's starts at 0 and adds 1e-10 (after the square root);
+- Keras' Adam adds eps 1e-7 to sqrt(v_hat) computed from a bias-corrected lr
+  ("epsilon hat"); torch adds 1e-8 to sqrt(v) / sqrt(1 - beta2^t);
+- Keras' `weight_decay` is decoupled in every optimizer; in torch (and charrnn)
+  `--weight-decay` is L2 added to the gradient for adagrad and adam, decoupled
+  (lr * wd) for adamw;
+- Keras' `clipnorm` clips each tensor alone; torch's clip_grad_norm_ clips the
+  global norm with coef = clip / (norm + 1e-6), at most 1.
+
+With these, `--optimizer`, `--lr`, `--weight-decay` and `--grad-clip` mean the
+same for every engine, and the slots (sum, exp_avg, exp_avg_sq) mean what the
+naive engine's mean. The step is skipped when the loss is not finite, as the
+torch learner does; the trainer then stops the run.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from charrnn.errors import UserError
+from charrnn.models.tf_common import as_inputs, as_state, require_tensorflow, state_specs
+
+OPTIMIZER_DEFAULTS = {
+    "adagrad": {"eps": 1e-10},
+    "adam": {"betas": (0.9, 0.999), "eps": 1e-8},
+    "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
+}
+BUFFERS = {"adagrad": ("sum",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+class TFOptimizer:
+    """torch.optim.Adagrad / Adam / AdamW on tf.Variables (the single-tensor update, op for op).
+
+    `named` is [(key, tf.Variable)] or [(key, tf.Variable, copies)]; one step counter serves
+    them all (every step updates every variable). Slots live next to their variables, in
+    their dtype; hyperparameter arithmetic (bias corrections, lr) is done in float64 and
+    cast, as torch does with Python floats.
+
+    `copies` = 2 marks a variable that holds the sum of two canonical parameters, each of
+    which torch would update with the same (full) gradient: Keras' one bias for torch's
+    b_ih + b_hh. Both halves then have the same slots, and the sum moves by twice one
+    half's update, which is what is applied. That is torch's update exactly, AdamW's
+    decoupled decay included (it is linear); only L2 weight decay (adam, adagrad) cannot
+    see the two halves, and takes each as half the sum.
+    """
+
+    def __init__(self, kind: str, named, lr: float, weight_decay: float = 0.0, device: str = "/CPU:0"):
+        tf = self.tf = require_tensorflow()
+        if kind not in BUFFERS:
+            raise UserError(f"--optimizer {kind!r} is not one of {', '.join(BUFFERS)}")
+        self.kind, self.weight_decay = kind, float(weight_decay)
+        self.hyper = dict(OPTIMIZER_DEFAULTS[kind])
+        named = [entry if len(entry) == 3 else (*entry, 1) for entry in named]
+        self.names = [name for name, _, _ in named]
+        self.variables = [v for _, v, _ in named]
+        self.copies = [int(c) for _, _, c in named]
+        with tf.device(device):
+            self.lr = tf.Variable(float(lr), dtype=tf.float64, trainable=False, name="lr")
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.slots = {b: [tf.Variable(tf.zeros_like(v), trainable=False, name=f"{b}/{n.replace('.', '/')}")
+                              for n, v, _ in named] for b in BUFFERS[kind]}
+
+    def apply(self, grads: List) -> None:
+        """One update of every variable from its gradient (traceable: called inside the step's tf.function)."""
+        tf = self.tf
+        step = tf.cast(self.step.assign_add(1), tf.float64)
+        lr, wd = self.lr, self.weight_decay
+        if self.kind == "adagrad":
+            eps = self.hyper["eps"]
+            for var, g, copies, acc in zip(self.variables, grads, self.copies, self.slots["sum"]):
+                dt = g.dtype
+                if wd:
+                    g = g + tf.cast(wd / copies, dt) * var              # L2, as torch
+                acc.assign_add(g * g)
+                var.assign_sub(tf.cast(lr * copies, dt) * (g / (tf.sqrt(acc) + tf.cast(eps, dt))))
+            return
+        beta1, beta2 = self.hyper["betas"]
+        eps = self.hyper["eps"]
+        step_size = lr / (1.0 - tf.pow(tf.constant(beta1, tf.float64), step))
+        correction2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(beta2, tf.float64), step))
+        slots = zip(self.variables, grads, self.copies, self.slots["exp_avg"], self.slots["exp_avg_sq"])
+        for var, g, copies, m, v in slots:
+            dt = g.dtype
+            if wd and self.kind == "adamw":
+                var.assign(var * tf.cast(1.0 - lr * wd, dt))          # decoupled: shrink the weights
+            elif wd:
+                g = g + tf.cast(wd / copies, dt) * var                 # L2 added to the gradient
+            m.assign_add(tf.cast(1.0 - beta1, dt) * (g - m))          # torch's lerp_(grad, 1 - beta1)
+            v.assign(v * tf.cast(beta2, dt) + tf.cast(1.0 - beta2, dt) * (g * g))
+            denom = tf.sqrt(v) / tf.cast(correction2_sqrt, dt) + tf.cast(eps, dt)
+            var.assign_sub(tf.cast(step_size * copies, dt) * (m / denom))
+
+    def state_dict(self, layout: str) -> Tuple[Dict[str, np.ndarray], dict]:
+        """(arrays keyed '<buffer>.<key>', metadata): the naive engine's format when the keys are canonical."""
+        arrays = {f"{b}.{n}": s.numpy() for b, slots in self.slots.items() for n, s in zip(self.names, slots)}
+        meta = {"type": self.kind, "step": int(self.step.numpy()), "lr": float(self.lr.numpy()),
+                "weight_decay": self.weight_decay, "layout": layout, **self.hyper}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: Dict[str, np.ndarray], meta: dict, layout: str) -> None:
+        if meta.get("type") != self.kind:
+            raise ValueError(f"it is {meta.get('type')!r} state, not {self.kind!r}")
+        saved_layout = meta.get("layout", "canonical")
+        if saved_layout != layout:
+            raise ValueError(f"its slots follow {saved_layout} weights, this engine's follow {layout} weights")
+        expected = {f"{b}.{n}": (b, i) for b in self.slots for i, n in enumerate(self.names)}
+        if set(arrays) != set(expected):
+            missing = sorted(set(expected) - set(arrays))[:3]
+            raise ValueError(f"the slots do not match the model's weights (missing {', '.join(missing) or 'none'})")
+        for key, (b, i) in expected.items():
+            if tuple(arrays[key].shape) != tuple(self.slots[b][i].shape):
+                raise ValueError(f"{key} has shape {list(arrays[key].shape)}, expected {list(self.slots[b][i].shape)}")
+        for key, (b, i) in expected.items():
+            self.slots[b][i].assign(np.asarray(arrays[key], self.slots[b][i].dtype.as_numpy_dtype))
+        self.step.assign(int(meta["step"]))
+        self.lr.assign(float(meta["lr"]))
+        self.weight_decay = float(meta.get("weight_decay", self.weight_decay))
+        for h in self.hyper:
+            value = meta.get(h, self.hyper[h])
+            self.hyper[h] = tuple(float(b) for b in value) if isinstance(value, (list, tuple)) else float(value)
+
+
+def clip_by_global_norm(tf, grads: List, max_norm: float) -> List:
+    """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), clamped to 1."""
+    dtype = grads[0].dtype
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, dtype))) for g in grads]))
+    coef = tf.minimum(tf.cast(max_norm, dtype) / (norm + tf.cast(1e-6, dtype)), tf.cast(1.0, dtype))
+    return [g * tf.cast(coef, g.dtype) for g in grads]
+
+
+def mean_cross_entropy(tf, logits, targets):
+    """Mean next-character cross-entropy in nats; logits (B, T, V), targets (B, T) ints."""
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
+
+
+class TFLearner:
+    """Training for the tf and keras engines: the trainer's learner interface (see train/loop.py)."""
+
+    def __init__(self, model, optimizer: str, lr: float, weight_decay: float, grad_clip: float):
+        tf = self.tf = require_tensorflow(model.impl)
+        self.model = model
+        self.grad_clip = float(grad_clip)
+        named = model.training_variables()
+        self.variables = [entry[1] for entry in named]
+        self.optimizer = TFOptimizer(optimizer, named, lr, weight_decay, device=model.device)
+        windows = [tf.TensorSpec([None, None], tf.int32)] * 2
+        signature = windows + state_specs(model.config, model.tf_dtype)
+        self._train = tf.function(self._train_window, input_signature=signature)
+        self._eval = tf.function(self._eval_window, input_signature=signature)
+
+    # ---- the two compiled functions -------------------------------------------------
+    def _train_window(self, x, y, *state):
+        tf = self.tf
+        with tf.GradientTape() as tape:
+            logits, new_state = self.model.call(x, state, training=True)
+            loss = mean_cross_entropy(tf, logits, y)
+        # the embedding's gradient comes as IndexedSlices; dense, as torch's, so Adam's moments
+        # decay for rows not in this window too
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
+        if self.grad_clip > 0:
+            grads = clip_by_global_norm(tf, grads, self.grad_clip)
+
+        def update():
+            self.optimizer.apply(grads)
+            return tf.constant(True)
+
+        tf.cond(tf.math.is_finite(loss), update, lambda: tf.constant(False))
+        return loss, new_state
+
+    def _eval_window(self, x, y, *state):
+        logits, new_state = self.model.call(x, state, training=False)
+        return mean_cross_entropy(self.tf, logits, y), new_state
+
+    # ---- the learner interface --------------------------------------------------------
+    def zero_state(self, batch_size: int):
+        return self.model.initial_state(batch_size)
+
+    def _run(self, fn, x, y, state) -> Tuple[float, tuple]:
+        with self.tf.device(self.model.device):
+            loss, new_state = fn(as_inputs(x), as_inputs(y), *as_state(state, self.model.tf_dtype))
+        return float(loss.numpy()), tuple(new_state)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+        self.model.train()
+        return self._run(self._train, x, y, state)
+
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+        """Mean loss of one window in eval mode (no dropout), and the carried state."""
+        return self._run(self._eval, x, y, state)
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.lr.assign(float(lr))
+
+    def state_to_numpy(self, state) -> list:
+        return [np.asarray(s.numpy() if hasattr(s, "numpy") else s, np.float32) for s in state]
+
+    def state_from_numpy(self, arrays: list) -> tuple:
+        with self.tf.device(self.model.device):
+            return tuple(self.tf.convert_to_tensor(np.asarray(a, self.model.dtype)) for a in arrays)
+
+    def optimizer_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        return self.optimizer.state_dict(self.model.optimizer_layout)
+
+    def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        try:
+            self.optimizer.load_state_dict(arrays, meta, self.model.optimizer_layout)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UserError(f"the optimizer state in the checkpoint does not fit this model or optimizer ({e}); "
+                            "start a new run or resume with the same --optimizer and --impl") from None
+
+    def rng_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        return {name: v.numpy() for name, v in self.model.rng_variables().items()}, {}
+
+    def set_rng_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
+        """Restore the dropout generators. A checkpoint written by another engine has none of ours:
+        the weights, optimizer and state still resume exactly, and dropout draws masks anew."""
+        ours = self.model.rng_variables()
+        missing = [name for name in ours if name not in arrays]
+        for name, v in ours.items():
+            if name in arrays:
+                value = np.asarray(arrays[name])
+                if value.shape != tuple(v.shape):
+                    raise ValueError(f"RNG state {name} has shape {list(value.shape)}, expected {list(v.shape)}")
+                v.assign(value.astype(v.dtype.as_numpy_dtype))
+        if missing and self.model.config.dropout > 0:
+            print(f"warning: the checkpoint holds no {self.model.impl} dropout RNG state (written by another engine); "
+                  "dropout masks start afresh", file=sys.stderr)
+
+    def get_parameters(self) -> Dict[str, np.ndarray]:
+        return self.model.get_parameters()
+
+    def parameters_finite(self) -> bool:
+        tf = self.tf
+        return all(bool(tf.reduce_all(tf.math.is_finite(v)).numpy()) for v in self.variables)

@@ -1,0 +1,346 @@
+"""`charrnn export --format onnx` and `--onnx`: ONNX Runtime computes what the naive engine computes.
+
+The reference is the naive engine (NumPy, written by hand) with the same canonical weights: the
+exported graph is built from those weights with ONNX's own RNN/GRU/LSTM ops, gate orders changed,
+so agreement checks the reorders, the embedding, the head and the state carried in and out.
+Skipped without the `onnx` extra (pip install -e '.[onnx]').
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from charrnn.cli import main  # noqa: E402
+from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.export.onnx_export import build_model_proto  # noqa: E402
+from charrnn.models import build_model  # noqa: E402
+from charrnn.models.base import init_parameters  # noqa: E402
+from charrnn.models.onnx_runtime import OnnxCharModel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 6
+TOL = 1e-4
+
+
+def export(tmp_path, cell, layers, hidden=24, embed=8, seed=0):
+    """A random model (weights scaled up so the cells work away from zero) exported to tmp_path."""
+    vocab = Vocab.from_text(TEXT)
+    cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=hidden, embed=embed)
+    params = {k: v * (1.0 if k == "embed.weight" else 2.5) for k, v in init_parameters(cfg, seed).items()}
+    path = tmp_path / f"{cell}{layers}.onnx"
+    path.write_bytes(build_model_proto(cfg, vocab, params).SerializeToString())
+    return cfg, vocab, params, path
+
+
+def naive(cfg, params):
+    return build_model("naive", cfg, params=params).eval()
+
+
+def max_state_diff(a, b) -> float:
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b))
+
+
+# ---- the graph equals the naive engine -----------------------------------------------------------
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_onnx_matches_naive_one_character_at_a_time(tmp_path, cell, layers):
+    """500 characters fed one call each, the state carried between calls, vs one naive forward over all 500."""
+    cfg, vocab, params, path = export(tmp_path, cell, layers)
+    model = OnnxCharModel(path)
+    data = vocab.encode(TEXT[:500]).astype(np.int64)[None, :]                # (1, 500)
+    ref_logits, ref_state = naive(cfg, params).forward(data, naive(cfg, params).initial_state(1))
+    state, rows = model.initial_state(1), []
+    for t in range(data.shape[1]):
+        logits, state = model.forward(data[:, t:t + 1], state)
+        assert logits.shape == (1, 1, cfg.vocab_size) and logits.dtype == np.float32
+        rows.append(logits[:, 0])
+    assert np.abs(np.stack(rows, axis=1) - ref_logits).max() < TOL
+    assert max_state_diff(state, ref_state) < TOL
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_onnx_matches_naive_in_windows_of_any_length_and_batch(tmp_path, cell, layers):
+    """Batch and time are dynamic: windows of 1, 7, 32 and 60 characters at batch 1, 3 and 8 in one session."""
+    cfg, _vocab, params, path = export(tmp_path, cell, layers)
+    model, reference = OnnxCharModel(path), naive(cfg, params)
+    rng = np.random.default_rng(layers)
+    for batch in (1, 3, 8):
+        data = rng.integers(0, cfg.vocab_size, (batch, 100))
+        ref_logits, ref_state = reference.forward(data, reference.initial_state(batch))
+        state, start, pieces = model.initial_state(batch), 0, []
+        for length in (1, 7, 32, 60):
+            logits, state = model.forward(data[:, start:start + length], state)
+            assert logits.shape == (batch, length, cfg.vocab_size)
+            pieces.append(logits)
+            start += length
+        assert np.abs(np.concatenate(pieces, axis=1) - ref_logits).max() < TOL
+        assert max_state_diff(state, ref_state) < TOL
+        assert all(s.shape == (layers, batch, cfg.hidden) for s in state)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_one_hot_inputs_export_and_match_naive(tmp_path, cell):
+    """--embed 0: the graph gathers rows of the identity (the one-hot vectors) into rnn.weight_ih_l0 (G*H, V)."""
+    cfg, _vocab, params, path = export(tmp_path, cell, 2, embed=0)
+    assert "embed.weight" not in params
+    model, reference = OnnxCharModel(path), naive(cfg, params)
+    assert model.config.embed == 0
+    data = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 40))
+    ref_logits, ref_state = reference.forward(data, reference.initial_state(3))
+    logits, state = model.forward(data, model.initial_state(3))
+    assert np.abs(logits - ref_logits).max() < TOL and max_state_diff(state, ref_state) < TOL
+
+
+def test_the_graph_has_the_documented_names_shapes_and_metadata(tmp_path):
+    cfg, vocab, _, path = export(tmp_path, "lstm", 2)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = {v.name: dims(v) for v in model.graph.input}
+    outputs = {v.name: dims(v) for v in model.graph.output}
+    assert inputs == {"chars": ["batch", "time"], "h0": [2, "batch", 24], "c0": [2, "batch", 24]}
+    assert outputs == {"logits": ["batch", "time", cfg.vocab_size], "hn": [2, "batch", 24], "cn": [2, "batch", 24]}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [o.version for o in model.opset_import if o.domain == ""] == [14]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["format"] == "charrnn-onnx/1"
+    assert json.loads(meta["vocab"]) == list(vocab.chars)
+    assert json.loads(meta["config"])["cell"] == "lstm"
+    assert sorted(n.op_type for n in model.graph.node if n.op_type == "LSTM") == ["LSTM", "LSTM"]
+    gru = onnx.load(str(export(tmp_path, "gru", 1)[3]))
+    assert {(n.op_type, a.name, a.i) for n in gru.graph.node for a in n.attribute if n.op_type == "GRU"} >= {
+        ("GRU", "linear_before_reset", 1)}
+    assert [i.name for i in gru.graph.input] == ["chars", "h0"]
+
+
+# ---- runs trained through the CLI by two engines -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, run_cli):
+    """{impl: (run_dir, model.onnx)}: tiny runs trained by `charrnn train --impl naive|library`, exported by the CLI."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "text.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    runs = {}
+    for impl, cell in (("naive", "lstm"), ("library", "gru")):
+        run = root / impl
+        done = run_cli(["train", "--data", data, "--out", run, "--impl", impl, "--cell", cell, "--layers", 1,
+                        "--hidden", 16, "--embed", 8, "--max-iters", 5, "--batch-size", 4, "--seq-len", 16],
+                       timeout=300)
+        assert done.returncode == 0, done.stderr
+        out = root / f"{impl}.onnx"
+        done = run_cli(["export", "--checkpoint", run, "--format", "onnx", "--out", out], timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"wrote {out} (") and "charrnn sample --onnx" in done.stdout
+        runs[impl] = run, out
+    return runs
+
+
+def run_main(capsys, args):
+    """charrnn's CLI in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("impl", ["naive", "library"])
+def test_exported_runs_of_both_engines_match_the_naive_engine(trained, impl):
+    from charrnn.checkpoint import load_run
+
+    run, path = trained[impl]
+    cfg, vocab, params = load_run(run, "latest")
+    model = OnnxCharModel(path)
+    assert model.config == cfg and model.vocab == vocab
+    data = vocab.encode(TEXT[:500]).astype(np.int64)[None, :]
+    reference = naive(cfg, params)
+    ref_logits, _ = reference.forward(data, reference.initial_state(1))
+    state, rows = model.initial_state(1), []
+    for t in range(data.shape[1]):
+        logits, state = model.forward(data[:, t:t + 1], state)
+        rows.append(logits[:, 0])
+    assert np.abs(np.stack(rows, axis=1) - ref_logits).max() < TOL
+
+
+@pytest.mark.parametrize("impl", ["naive", "library"])
+@pytest.mark.parametrize("knobs", [["--greedy"], ["--seed", 7, "--temperature", 0.9],
+                                   ["--seed", 3, "--top-k", 5, "--top-p", 0.9], ["--seed", 11, "--num-samples", 3],
+                                   ["--beam", 3]])
+def test_the_same_seed_samples_the_same_text_from_the_run_and_the_onnx_file(trained, capsys, impl, knobs):
+    run, path = trained[impl]
+    args = ["--prime", "First", "--length", 200, *knobs]
+    outputs = {}
+    for source in (["--checkpoint", run, "--impl", "naive"], ["--checkpoint", run], ["--onnx", path]):
+        code, out, err = run_main(capsys, ["sample", *source, *args])
+        assert code == 0, err
+        outputs[source[0] + (source[-1] if source[-1] == "naive" else "")] = out
+    assert len(set(outputs.values())) == 1, outputs
+    assert ("\n" + outputs["--onnx"]).count("\nFirst") >= 1 and len(outputs["--onnx"]) > 200
+
+
+def test_eval_reads_an_onnx_file_like_a_run(trained, capsys, tmp_path):
+    run, path = trained["naive"]
+    text = tmp_path / "eval.txt"
+    text.write_text(TEXT[100:700], encoding="utf-8")
+    results = [json.loads(run_main(capsys, ["eval", *source, "--data", text, "--json"])[1])
+               for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path])]
+    assert results[0]["characters"] == results[1]["characters"] == 599
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], abs=1e-5)
+
+
+def test_int8_export_of_an_lstm_is_smaller_and_its_cost_is_measured_by_eval(trained, capsys, tmp_path):
+    run, float_path = trained["naive"]
+    int8_path = tmp_path / "int8.onnx"
+    code, out, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out", int8_path,
+                                       "--quantize", "int8"])
+    assert code == 0, err
+    assert err == "" and "int8" in out
+    model = onnx.load(str(int8_path))
+    assert {p.key: p.value for p in model.metadata_props}["quantize"] == "int8"
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in model.graph.node}
+    text = tmp_path / "eval.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    losses = [json.loads(run_main(capsys, ["eval", "--onnx", p, "--data", text, "--json"])[1])["loss"]
+              for p in (float_path, int8_path)]
+    assert abs(losses[1] - losses[0]) < 0.01  # int8 costs little; the README's figure is for a trained 2x512
+    code, out, err = run_main(capsys, ["sample", "--onnx", int8_path, "--length", 50, "--seed", 1])
+    assert code == 0 and len(out) > 50
+
+
+# ---- one line, exit 2, for every mistake ---------------------------------------------------------
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charrnn: error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def foreign_onnx(path):
+    """A valid ONNX model that is not a charrnn export: y = x."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_a_damaged_or_foreign_onnx_file_is_refused_in_one_line(trained, capsys, tmp_path):
+    good = trained["naive"][1].read_bytes()
+    cases = {
+        "truncated.onnx": good[: len(good) // 2],
+        "garbage.onnx": bytes(range(256)) * 40,
+        "empty.onnx": b"",
+        "text.onnx": b"hello, I am not a model\n",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    foreign_onnx(tmp_path / "foreign.onnx")
+    mixed = onnx.load_from_string(good)  # a charrnn export whose vocabulary no longer fits its config
+    for prop in mixed.metadata_props:
+        if prop.key == "vocab":
+            prop.value = json.dumps(["a", "b"])
+    (tmp_path / "mixed.onnx").write_bytes(mixed.SerializeToString())
+    bad_json = onnx.load_from_string(good)
+    for prop in bad_json.metadata_props:
+        if prop.key == "config":
+            prop.value = "{not json"
+    (tmp_path / "badjson.onnx").write_bytes(bad_json.SerializeToString())
+    for name in [*cases, "foreign.onnx", "mixed.onnx", "badjson.onnx", "missing.onnx", "."]:
+        for command in (["sample", "--length", 5], ["eval", "--data", trained["naive"][0] / "vocab.json"]):
+            code, out, err = run_main(capsys, [command[0], "--onnx", tmp_path / name, *command[1:]])
+            assert_one_line_error(code, err, str(tmp_path / name) if name != "." else "not a file")
+            assert out == ""
+
+
+def test_a_damaged_onnx_file_gives_no_traceback_from_the_command_line(tmp_path, run_cli):
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07" + os.urandom(500))
+    done = run_cli(["sample", "--onnx", tmp_path / "bad.onnx"], timeout=300)
+    assert_one_line_error(done.returncode, done.stderr, "not a readable ONNX model")
+    assert "Traceback" not in done.stderr
+
+
+def test_options_that_do_not_apply_are_refused(trained, capsys, tmp_path):
+    run, path = trained["library"]
+    code, _, err = run_main(capsys, ["sample", "--onnx", path, "--quantize", "int8"])
+    assert_one_line_error(code, err, "--quantize int8")
+    code, _, err = run_main(capsys, ["sample", "--onnx", path, "--which", "best"])
+    assert_one_line_error(code, err, "--which")
+    code, _, err = run_main(capsys, ["sample", "--onnx", path, "--checkpoint", run])
+    assert_one_line_error(code, err, "not allowed with argument")
+    code, _, err = run_main(capsys, ["sample", "--length", 5])
+    assert_one_line_error(code, err, "--checkpoint", "--onnx")
+    code, _, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path / "g.onnx",
+                                     "--quantize", "int8"])  # a GRU: ONNX Runtime has no int8 GRU
+    assert_one_line_error(code, err, "LSTM models only")
+    code, _, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path])
+    assert_one_line_error(code, err, "is a directory")
+    code, _, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out",
+                                     tmp_path / "no" / "m.onnx"])
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_main(capsys, ["export", "--checkpoint", tmp_path, "--format", "onnx", "--out",
+                                     tmp_path / "m.onnx"])
+    assert_one_line_error(code, err, "config.json")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+BLOCK_ONNX = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None; "
+              "from charrnn.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_without_the_onnx_packages_export_and_onnx_say_what_to_install(trained, tmp_path, run_cli):
+    run, path = trained["naive"]
+    env = run_cli.env()
+    for args in (["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path / "m.onnx"],
+                 ["sample", "--onnx", path, "--length", 5], ["eval", "--onnx", path, "--data", run / "vocab.json"]):
+        done = subprocess.run([sys.executable, "-c", BLOCK_ONNX, *map(str, args)], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert_one_line_error(done.returncode, done.stderr, "pip install -e '.[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_rest_of_charrnn_never_imports_onnx(trained, run_cli):
+    """Sampling, evaluating and the web export run with the onnx packages blocked."""
+    run, _ = trained["naive"]
+    code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None; "
+            "from charrnn.cli import main; "
+            f"assert main(['sample', '--checkpoint', {str(run)!r}, '--impl', 'naive', '--length', '5']) == 0; "
+            f"assert main(['export', '--checkpoint', {str(run)!r}, '--format', 'web', "
+            f"'--out', {str(run / 'web')!r}]) == 0")
+    done = subprocess.run([sys.executable, "-c", code], env=run_cli.env(), check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- the example a user copies -------------------------------------------------------------------
+
+def test_the_example_script_streams_what_charrnn_samples(trained, capsys):
+    """examples/onnx_generate.py (NumPy + onnxruntime, no charrnn) draws with the same rule and seed."""
+    example = ROOT / "examples" / "onnx_generate.py"
+    assert "charrnn" not in "".join(line for line in example.read_text().splitlines(keepends=True)
+                                    if line.lstrip().startswith(("import", "from")))
+    _run, path = trained["naive"]
+    for knobs in (["--greedy"], ["--seed", "5", "--temperature", "0.8"]):
+        done = subprocess.run([sys.executable, str(example), str(path), "--prime", "First", "--length", "150", *knobs],
+                              check=False, capture_output=True, text=True, timeout=120, cwd="/")
+        assert done.returncode == 0, done.stderr
+        _code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--prime", "First", "--length", 150, *knobs])
+        assert done.stdout == out
