@@ -256,7 +256,6 @@ def test_readme_python_example_runs_and_ends_the_streamed_line(trained, tmp_path
     code = code.replace('charrnn.load(' + repr(str(run_dir)) + ', quantize="int8")',
                         'charrnn.load(' + repr(str(run_dir)) + ', impl="naive", quantize="int8")')
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHARRNN_NATIVE", "0")   # the NumPy int8 step: no C compiler needed, same numbers
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         exec(compile(code, "README.md", "exec"), {})
