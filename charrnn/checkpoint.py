@@ -31,6 +31,7 @@ from charrnn.storage import write_bytes_atomic, write_text_atomic
 
 FORMAT = "charrnn-run/1"
 PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
+OPTIONAL_COUNTS = ("evals_since_best",)                   # the same, absent from older checkpoints
 PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0")  # numbers (all but elapsed may be null)
 PROGRESS_LISTS = {"budget": 3, "cosine_from": 2}          # null, or lists of numbers (or nulls)
 WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
@@ -203,7 +204,7 @@ def _check_progress(progress, where: str) -> None:
     """The counters Trainer.Progress is built from (unknown keys are left to it to refuse)."""
     if not isinstance(progress, dict) or not set(PROGRESS_COUNTS) <= set(progress):
         raise UserError(f"{where} lacks the trainer's counters; it is damaged or from another program")
-    for key in PROGRESS_COUNTS:
+    for key in (*PROGRESS_COUNTS, *(k for k in OPTIONAL_COUNTS if k in progress)):
         value = progress[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{where}: progress {key} is {value!r}, not a count; the checkpoint is damaged")

@@ -107,6 +107,9 @@ class TrainConfig:
     max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run "
                                        "(across --resume)", metavar="SECONDS", default_text="no limit")
     eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)", metavar="N")
+    patience: Optional[int] = option(None, "early stopping: stop when the validation loss has not improved for N "
+                                           "evaluations in a row (best.safetensors keeps the best)", metavar="N",
+                                     default_text="never")
     checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating", metavar="N",
                                              default_text="at each evaluation")
     val_frac: float = option(0.1, "fraction of the text, taken from its end, used for validation", metavar="F")
@@ -135,6 +138,7 @@ class TrainConfig:
         _check(self.max_iters is None or self.max_iters >= 0, "max_iters", "must be non-negative")
         _check(self.max_time is None or self.max_time > 0, "max_time", "must be positive")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        _check(self.patience is None or self.patience >= 1, "patience", f"{self.patience} must be at least 1")
         _check(0 <= self.val_frac < 1, "val_frac", f"{self.val_frac} must be in [0, 1)")
         _check(self.sample_every >= 0, "sample_every", "must be non-negative")
 

@@ -235,3 +235,39 @@ def test_top_p_keeps_every_character_tied_with_its_last_one():
     assert drawn == {0, 1, 2, 3, 4}
     drawn = {int(sample_next(logits, top_p=0.3, rng=np.random.default_rng(seed))[0]) for seed in range(100)}
     assert drawn == {0}
+
+
+# ---- early stopping (--patience) ----------------------------------------------------------------------------
+
+class ScriptedValidation:
+    """A learner whose validation losses are given: what early stopping reads."""
+
+    def __init__(self, inner, losses):
+        self.inner, self.losses = inner, iter(losses)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def eval_loss(self, x, y, state):
+        return next(self.losses), state
+
+
+def test_patience_stops_after_n_evaluations_without_a_new_best(tmp_path):
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.data.batching import make_streams
+    from charrnn.models import build_model
+    from charrnn.train.learners import NumpyLearner
+    from charrnn.train.loop import Trainer
+
+    data = np.random.default_rng(0).integers(0, 5, size=400).astype(np.uint8)
+    model = build_model("naive", ModelConfig(vocab_size=5, cell="rnn", layers=1, hidden=8, embed=4))
+    learner = ScriptedValidation(NumpyLearner(model, "adagrad", 0.1, 0.0, 5.0, seed=0), [2.0, 1.5, 1.6, 1.4, 1.45, 1.5])
+    cfg = TrainConfig(impl="naive", max_iters=100, eval_every=2, log_every=1000, patience=2, out=str(tmp_path))
+    logs = []
+    val = make_streams(data[:5], 1, 4)                                       # one window: one loss per validation
+    progress = Trainer(cfg, learner, make_streams(data, 2, 4), val, tmp_path, log=logs.append).run()
+    assert progress.iteration == 12 and progress.best_val == 1.4         # 2.0 1.5 1.6 1.4 | 1.45 1.5: two without
+    assert any("early stop at iteration 12" in m and "--patience 2" in m for m in logs)
+    from charrnn.checkpoint import read_safetensors
+
+    assert read_safetensors(tmp_path / "best.safetensors")[1]["charrnn"]["iteration"] == 8   # where 1.4 was

@@ -41,6 +41,7 @@ class Progress:
     lr0: Optional[float] = None                  # the run's --lr (resolved) when it was saved
     budget: Optional[list] = None                # [max_iters, epochs, max_time] when it was saved
     cosine_from: Optional[List[float]] = None    # where the cosine starts: [fraction of the budget, lr]
+    evals_since_best: int = 0                    # validations in a row without a new best (--patience)
 
     def epochs_done(self, windows_per_epoch: int) -> float:
         return round(self.epoch + self.window / windows_per_epoch, 4)
@@ -73,7 +74,12 @@ class Trainer:
         self.metrics: Optional[MetricsLog] = None
 
     def finished(self) -> bool:
-        return self.budget.finished(self.progress.iteration, self.progress.elapsed)
+        return self.budget.finished(self.progress.iteration, self.progress.elapsed) or self.out_of_patience()
+
+    def out_of_patience(self) -> bool:
+        """--patience N: N validations in a row without a new best. The validation loss is the same on
+        every process (it is all-reduced), so every process stops at the same iteration."""
+        return self.cfg.patience is not None and self.progress.evals_since_best >= self.cfg.patience
 
     # ---- the loop -----------------------------------------------------------
     def run(self) -> Progress:
@@ -114,6 +120,10 @@ class Trainer:
             bar.close()
         if stopping and self.world.is_main:
             self.log(f"{stopping}: saving a checkpoint at iteration {p.iteration}")
+        if self.out_of_patience() and self.world.is_main:
+            self.log(f"early stop at iteration {p.iteration}: the validation loss has not improved for "
+                     f"{p.evals_since_best} evaluations (--patience {cfg.patience}); best {p.best_val:.4f} "
+                     "is in best.safetensors")
         if last_saved != p.iteration:
             self.validate_and_save()
         return p
@@ -218,6 +228,7 @@ class Trainer:
         if val is not None:
             p.last_val = val
             p.best_val = min(p.best_val, val)
+            p.evals_since_best = 0 if is_best else p.evals_since_best + 1
             if self.world.is_main:
                 self.metrics.append(self._row(val_loss=round(val, 5), val_bpc=round(bits_per_char(val), 5)))
                 self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
