@@ -97,7 +97,8 @@ def text(tmp_path) -> Path:
 
 
 def train_losses(run):
-    return [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+    return [r["train_loss"] for r in map(json.loads,
+                                         (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
 
 
 def test_shard_rows_split_the_global_batch_into_contiguous_shares():
@@ -163,7 +164,7 @@ def test_resume_with_a_different_number_of_processes(text, tmp_path, run_cli):
 def test_refusals_under_torchrun_are_one_line_and_exit_2_on_every_rank(flags, message, text, tmp_path, run_cli):
     procs = launch_ranks(run_cli, ["train", "--data", text, "--out", tmp_path / "run", "--max-iters", 2, *flags],
                          world_size=2)
-    for proc, (stdout, stderr) in zip(procs, finish(procs, 60)):
+    for proc, (_stdout, stderr) in zip(procs, finish(procs, 60)):
         assert proc.returncode == 2, stderr
         assert stderr.strip().startswith(message) and len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "run").exists()

@@ -377,7 +377,8 @@ def test_usage_errors_are_one_line(run_cli, tmp_path, args):
 
 def test_pystdlib_builds_offline_and_deterministically(run_cli, tmp_path):
     offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": None, "NO_PROXY": None}
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "no_proxy": None, "NO_PROXY": None}
     counts, texts = [], []
     for attempt in ("a", "b", "b"):  # two fresh builds, then a cached one
         data_dir = tmp_path / attempt

@@ -167,7 +167,8 @@ def test_bad_quantize_choice_is_a_user_error(tmp_path, bad):
 
 @needs_kernel
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96), (9, 2, 96)])
+@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96), (9, 2,
+                                                                                                               96)])
 def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidden):
     """The same int8 model, op for op: the states agree bit for bit through 40 steps (so no input
     ever rounds to another int8 level); logits to summation order (the head's float sums).

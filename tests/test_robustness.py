@@ -243,7 +243,7 @@ def test_a_crash_inside_any_write_leaves_every_file_whole(tiny_text, tmp_path):
         shutil.copytree(base, run)
         writes = []
 
-        def fault(name):
+        def fault(name, writes=writes, k=k):  # bound now: each crash run counts its own writes
             writes.append(name)
             return Crash() if len(writes) == k else None
 
@@ -270,7 +270,8 @@ ODD_TEXTS = {
     "single-char": "a" * 500,
     "two-chars": "ab" * 300,
     "one-huge-line": "the quick brown fox jumps over the lazy dog " * 5000,
-    "combining-emoji": "e\u0301 a\u0308 \U0001F600 \U0001F469\u200D\U0001F4BB \u0915\u094D\u0937 \U0001F1FA\U0001F1F8\n" * 40,
+    "combining-emoji": ("e\u0301 a\u0308 \U0001F600 \U0001F469\u200D\U0001F4BB \u0915\u094D\u0937 "
+                        "\U0001F1FA\U0001F1F8\n") * 40,
     "astral-only": "\U00010348\U0001F600" * 200,
 }
 ODD_BYTES = {
@@ -448,7 +449,8 @@ M, R, C, V = "model.safetensors", RESUME, "config.json", "vocab.json"
 DAMAGES = {
     "model-truncated": (lambda run, other: _truncate(run / M), "sample eval"),
     "model-empty": (lambda run, other: (run / M).write_bytes(b""), "sample eval"),
-    "model-header-lies": (lambda run, other: (run / M).write_bytes((1 << 60).to_bytes(8, "little") + b"{}"), "sample eval"),
+    "model-header-lies": (lambda run, other: (run / M).write_bytes((1 << 60).to_bytes(8, "little") + b"{}"),
+                          "sample eval"),
     "model-is-a-directory": (lambda run, other: ((run / M).unlink(), (run / M).mkdir()), "sample eval"),
     "model-from-hidden-12": (lambda run, other: shutil.copy(other / M, run / M), "sample eval"),
     "model-wrong-shape": (lambda run, other: _edit_tensors(run / M, _transpose), "sample eval"),
@@ -460,8 +462,10 @@ DAMAGES = {
     "resume-wrong-shape": (lambda run, other: _edit_tensors(run / R, _transpose), "resume"),
     "resume-int32": (lambda run, other: _edit_tensors(run / R, _int32), "resume"),
     "resume-nan": (lambda run, other: _edit_tensors(run / R, _nan), "resume"),
-    "resume-optimizer-shape": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: a.ravel()[:1].copy())), "resume"),
-    "resume-optimizer-nan": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: np.full_like(a, np.nan))), "resume"),
+    "resume-optimizer-shape": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: a.ravel()[:1].copy())),
+                               "resume"),
+    "resume-optimizer-nan": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: np.full_like(a, np.nan))),
+                             "resume"),
     "resume-state-shape": (lambda run, other: _edit_tensors(run / R, _state), "resume"),
     "resume-iteration-text": (lambda run, other: _edit_tensors(run / R, _set("iteration", "ten")), "resume"),
     "resume-window-negative": (lambda run, other: _edit_tensors(run / R, _set("window", -5)), "resume"),
@@ -481,7 +485,8 @@ DAMAGES = {
     "vocab-duplicates": (lambda run, other: _json_edit(run / V, lambda v: v[:-1] + v[:1]), "sample eval resume"),
     "vocab-multichar": (lambda run, other: _json_edit(run / V, lambda v: ["ab"] + v[1:]), "sample eval resume"),
     "vocab-is-an-object": (lambda run, other: (run / V).write_text('{"a": 1}'), "sample eval resume"),
-    "vocab-same-size-other-chars": (lambda run, other: _json_edit(run / V, lambda v: [chr(0x4E00 + i) for i in range(len(v))]),
+    "vocab-same-size-other-chars": (lambda run, other: _json_edit(run / V,
+                                                                  lambda v: [chr(0x4E00 + i) for i in range(len(v))]),
                                     "eval resume"),
 }
 
@@ -645,7 +650,8 @@ def small_tmpfs(tmp_path):
     mount.mkdir()
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     try:

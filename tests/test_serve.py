@@ -344,6 +344,7 @@ def test_host_header_names(run_dir, host, allowed):
 
     from charrnn.serve.app import create_app
 
-    app = create_app(run_dir, impl="naive", max_generations=1, allowed_hosts=["127.0.0.1", "localhost", "::1"], warm=False)
+    app = create_app(run_dir, impl="naive", max_generations=1, allowed_hosts=["127.0.0.1", "localhost", "::1"],
+                     warm=False)
     with TestClient(app) as c:
         assert (c.get("/api/info", headers={"host": host}).status_code == 200) is allowed

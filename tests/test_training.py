@@ -80,7 +80,8 @@ class RecordingStepper:
 
     def train_step(self, x, y, state):
         loss, new_state = self.inner.train_step(x, y, state)
-        self.calls.append((x.copy(), [s.detach().numpy().copy() for s in state], [s.detach().numpy().copy() for s in new_state]))
+        self.calls.append((x.copy(), [s.detach().numpy().copy() for s in state],
+                           [s.detach().numpy().copy() for s in new_state]))
         return loss, new_state
 
 
@@ -166,7 +167,8 @@ def test_interrupt_saves_a_checkpoint_and_exits_zero(sig, text_file, tmp_path, r
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "saving a checkpoint" in stderr
-    meta = json.loads(json.dumps(__import__("charrnn.checkpoint", fromlist=["x"]).read_safetensors(out / "resume.safetensors")[1]))
+    meta = json.loads(json.dumps(__import__("charrnn.checkpoint",
+                                            fromlist=["x"]).read_safetensors(out / "resume.safetensors")[1]))
     iteration = meta["progress"]["iteration"]
     assert iteration >= 5
     r = run_cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", iteration + 3])
@@ -218,6 +220,7 @@ def test_bf16_without_cuda_is_one_line_error(device, text_file, tmp_path, cli):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--bf16", "--device", device])
+    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--bf16", "--device",
+             device])
     assert r.returncode == 2 and "--bf16 needs CUDA" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
