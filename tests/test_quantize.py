@@ -261,7 +261,7 @@ def test_without_the_compiled_step_int8_runs_in_numpy_with_a_warning(monkeypatch
 
     monkeypatch.setattr(native, "kernel", lambda: None)
     monkeypatch.setattr(native, "kernel_problem", lambda: "no C compiler (test)")
-    with pytest.warns(NativeStepUnavailable, match="--quantize int8 runs in NumPy.*no C compiler") as caught:
+    with pytest.warns(NativeStepUnavailable, match="int8 quantization runs in NumPy.*no C compiler") as caught:
         runner = Predictor(random_model("lstm"), quantize="int8")
     assert len(caught) == 1
     assert isinstance(runner.start(runner.zero_state(1), 1), NumpyStep)

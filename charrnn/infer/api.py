@@ -43,11 +43,10 @@ class TrainedModel:
         self.run_dir = Path(run_dir)
         self.config, self.vocab, params = load_run(self.run_dir, which)
         self.impl = impl
-        engine_device = None
-        if impl != "naive":
-            from charrnn.devices import resolve_device
+        from charrnn.devices import resolve_device
 
-            engine_device = resolve_device(device, impl)  # one-line UserError when torch or TensorFlow is missing
+        # None for the NumPy engine; a one-line UserError when torch or TensorFlow is missing
+        engine_device = resolve_device(device, impl, cli=False)
         self.model = build_model(impl, self.config, params=params, device=engine_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
         self.predictor = Predictor(self.model, quantize)  # int8: every engine steps through the same int8 step

@@ -127,6 +127,9 @@ def _load(args):
                                 f"CPU")
         return load_onnx(args.onnx)
 
+    from charrnn.devices import resolve_device
+
+    resolve_device(args.device, args.impl)  # checked here first, so that a refusal names the flags
     return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
 
 
