@@ -7,65 +7,160 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import re
 import sys
 import warnings
 from typing import Optional, Sequence
 
+from charrnn import __version__
 from charrnn.config import IMPLS, QUANTIZE_MODES, WHICH, ModelConfig, TrainConfig
 from charrnn.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (not usage + error) and exit code 2."""
+    """argparse, but a usage error is one line (not usage + error) and exit code 2,
+    and a mistyped flag or command names the closest one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        raise UserError(f"{message} (see '{self.prog} --help')")
+        raise UserError(f"{message}{_choice_suggestion(message)} (see '{self.prog} --help')")
+
+    def parse_args(self, args=None, namespace=None):
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse reports these from the top parser; name the subcommand's flags and help instead
+            parser = _subparser(self, getattr(args, "command", None))
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{_flag_suggestion(parser, self, extras)}")
+        return args
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
-    """One flag per dataclass field; defaults are SUPPRESSed so we can tell which flags were given."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines as written (epilogs keep their examples' layout), in a wider column for the flags."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _subparser(parser: argparse.ArgumentParser, command: Optional[str]) -> argparse.ArgumentParser:
+    return _subparsers(parser).get(command, parser)
+
+
+def _flag_suggestion(parser: argparse.ArgumentParser, top: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """'; did you mean --temperature?' for the first unknown flag, or the commands it belongs to."""
+    for word in extras:
+        if not word.startswith("-"):
+            continue
+        flag = word.split("=", 1)[0]
+        owners = [name for name, sub in _subparsers(top).items() if flag in sub._option_string_actions]
+        if owners:
+            return f"; {flag} is an option of {' and '.join(repr('charrnn ' + name) for name in owners)}"
+        close = _closest(flag, parser._option_string_actions)
+        if close:
+            return f"; did you mean {close}?"
+    return ""
+
+
+def _closest(word: str, candidates) -> Optional[str]:
+    """The one candidate that `word` begins, else the most similar one (difflib), else None."""
+    candidates = list(candidates)
+    starting = [c for c in candidates if c.startswith(word)]
+    if len(starting) == 1:
+        return starting[0]
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _choice_suggestion(message: str) -> str:
+    """For argparse's "invalid choice: 'libary' (choose from ...)": "; did you mean 'library'?"."""
+    match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if not match:
+        return ""
+    choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+    close = _closest(match.group(1), choices)
+    return f"; did you mean {close!r}?" if close else ""
+
+
+def add_config_flags(parser, cls, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field; defaults are SUPPRESSed so we can tell which flags were given.
+
+    The help ends with the field's real default (or `default_text`, what a default of None means);
+    a field with choices lists them, e.g. `--impl {naive,scratch,library}`.
+    """
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.metadata.get("shown", f.default)
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
+        hint = str(hints[f.name])
+        default = f.metadata.get("default_text") or f.default
+        help_text = f.metadata["help"] if "bool" in hint else f"{f.metadata['help']} (default: {default})"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        if "bool" in hint:
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
         if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
+            kwargs["choices"] = f.metadata["choices"]  # shown as {a,b,c} in place of a metavar
+        else:
+            kwargs["metavar"] = f.metadata.get("metavar") or f.name.upper()
         for key in ("nargs", "action"):  # several values (--data A B) or a repeatable flag (--include P)
             if f.metadata.get(key):
                 kwargs[key] = f.metadata[key]
-        hint = str(hints[f.name])
-        if "bool" in hint:
-            parser.add_argument(flag, action="store_true", **kwargs)
-        else:
-            kind = int if "int" in hint else float if "float" in hint else str
-            parser.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
+        kind = int if "int" in hint else float if "float" in hint else str
+        parser.add_argument(flag, type=kind, **kwargs)
+
+
+TRAIN_EPILOG = """\
+Without --epochs, --max-iters or --max-time, training runs 10 epochs.
+Precedence: explicit flags > --preset > defaults. With --resume, the run's saved settings replace
+the defaults and the model's shape cannot change.
+
+examples:
+  charrnn train --data tinyshakespeare --out runs/shakespeare --preset cpu-10min
+  charrnn train --data my_text.txt --out runs/mine --hidden 512 --max-time 600
+  charrnn train --data my_text.txt --out runs/mine --resume --max-time 1200
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="charrnn", description="Character-level RNN language models: train, sample, evaluate.")
+    from charrnn.train.presets import PRESETS
+
+    parser = _Parser(prog="charrnn", description="Character-level RNN language models: train, sample, evaluate.",
+                     epilog="'charrnn COMMAND --help' describes a command's flags and their defaults.")
+    parser.add_argument("--version", action="version", version=f"charrnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    info = sub.add_parser("info", help="print corpus size and vocabulary")
+    info = sub.add_parser("info", help="print corpus size and vocabulary",
+                          description="Print the number of characters and distinct characters of a text, a folder "
+                                      "of texts or several of them.")
     info.add_argument("data", nargs="+", metavar="DATA",
                       help="UTF-8 text files or folders of them, or a corpus name (tinyshakespeare, pystdlib)")
     add_collection_flags(info)
-    info.add_argument("--doc-sep", default="\x1e",
+    info.add_argument("--doc-sep", default="\x1e", metavar="C",
                       help="character joining the documents of a collection "
                            "(default: \\x1e, the ASCII record separator)")
     info.add_argument("--json", action="store_true", help='print {"characters": N, "vocab_size": V}; a collection '
                       'adds "files" and "skipped"')
 
-    train = sub.add_parser("train", help="train a model (see README for presets)")
-    add_config_flags(train, TrainConfig)
-    add_config_flags(train, ModelConfig)
-    train.add_argument("--preset", default=argparse.SUPPRESS, help="named settings (cpu-10min, gpu); explicit flags "
-                                                                   "override them")
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train = sub.add_parser("train", help="train a model (see README for presets)", epilog=TRAIN_EPILOG,
+                           description="Train a character-level model on a text; checkpoints go to --out.")
+    add_config_flags(train.add_argument_group("training"), TrainConfig)
+    add_config_flags(train.add_argument_group("model"), ModelConfig)
+    run = train.add_argument_group("presets and the run directory")
+    run.add_argument("--preset", default=argparse.SUPPRESS, choices=tuple(PRESETS),
+                     help="named settings (README: Presets); explicit flags override them (default: none)")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
     from charrnn.infer.cli import add_eval_parser, add_sample_parser
 
@@ -75,16 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
 
-    serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves")
+    serve = sub.add_parser("serve", help="a local web page: generate, look inside the model, training curves",
+                           description="Serve the playground for one run on this machine; open the URL it prints.")
     serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default library)")
-    serve.add_argument("--which", choices=WHICH, default="latest", help="latest: model.safetensors; best: "
-                                                                        "best.safetensors (default: latest)")
-    serve.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: generate with int8 layer weights in a "
-                                                                  "compiled step (faster, slightly less exact)")
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--impl", choices=IMPLS, default="library", help="engine that generates (default: library)")
+    serve.add_argument("--which", choices=WHICH, default="latest",
+                       help="latest: model.safetensors; best: best.safetensors (default: latest)")
+    serve.add_argument("--quantize", choices=QUANTIZE_MODES,
+                       help="int8: generate with int8 layer weights in a compiled step (faster, slightly less exact) "
+                            "(default: off, float32)")
     serve.set_defaults(handler=cmd_serve)
     return parser
 
@@ -93,8 +190,8 @@ def add_collection_flags(parser: argparse.ArgumentParser) -> None:
     """--include and --exclude for the commands that read DATA (train gets them from TrainConfig)."""
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("include", "exclude"):
-            parser.add_argument("--" + f.name, action="append", default=[], metavar="PATTERN",
-                                help=f"{f.metadata['help']} (default: {f.metadata['shown']})")
+            parser.add_argument("--" + f.name, action="append", default=[], metavar="GLOB",
+                                help=f"{f.metadata['help']} (default: {f.metadata['default_text']})")
 
 
 def cmd_info(args) -> int:
@@ -102,7 +199,7 @@ def cmd_info(args) -> int:
     from charrnn.data.dataset import describe
 
     lines, facts = describe(Spec(tuple(args.data), tuple(args.include), tuple(args.exclude),
-                                 parse_separator(args.doc_sep), "DATA"))
+                                 parse_separator(args.doc_sep), None))  # its positional argument, not --data
     if args.json:
         print(json.dumps(facts, ensure_ascii=False))
     else:

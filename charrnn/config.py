@@ -1,8 +1,10 @@
 """Frozen dataclass configs. CLI flags are derived from these fields, so help and defaults live here.
 
 Each field's `metadata["help"]` is its flag's help text; `metadata["choices"]`
-restricts it. Validation happens in `__post_init__` and raises UserError
-naming the flag, so a bad value becomes a one-line CLI error.
+restricts it; `metadata["default_text"]` says in words what a default of None means
+(`--help` shows it), and `metadata["metavar"]` names the flag's value in the usage.
+Validation happens in `__post_init__` and raises UserError naming the flag, so a bad
+value becomes a one-line CLI error.
 """
 from __future__ import annotations
 
@@ -57,11 +59,11 @@ class ModelConfig:
 
     vocab_size: int = option(0, "number of distinct characters (V); set from the corpus", cli=False)
     cell: str = option("lstm", "recurrent cell", CELLS)
-    layers: int = option(2, "number of stacked recurrent layers (L)")
-    hidden: int = option(256, "hidden units per layer (H)")
+    layers: int = option(2, "number of stacked recurrent layers (L)", metavar="N")
+    hidden: int = option(256, "hidden units per layer (H)", metavar="H")
     embed: int = option(64, "character embedding size (E); 0: no embedding, one-hot characters straight into the "
-                            "first layer (the seed's sections III-IV, Karpathy's char-rnn)")
-    dropout: float = option(0.0, "dropout after each recurrent layer, training only")
+                            "first layer (the seed's sections III-IV, Karpathy's char-rnn)", metavar="E")
+    dropout: float = option(0.0, "dropout after each recurrent layer, training only", metavar="P")
 
     def __post_init__(self):
         _check_choices(self)
@@ -82,58 +84,63 @@ class TrainConfig:
 
     data: Tuple[str, ...] = option(
         ("tinyshakespeare",), "one or more UTF-8 text files or folders (a folder: every text file below it), "
-        "or a corpus name: tinyshakespeare, pystdlib", nargs="+", shown="tinyshakespeare")
+        "or a corpus name: tinyshakespeare, pystdlib", nargs="+", default_text="tinyshakespeare", metavar="DATA")
     val_data: Optional[Tuple[str, ...]] = option(
         None, "files or folders to validate on, instead of holding out part of --data (--val-frac is then unused)",
-        nargs="+", shown="none")
+        nargs="+", default_text="none", metavar="DATA")
     include: Tuple[str, ...] = option(
         (), "in folders, read only files matching this glob, e.g. '*.py' (repeatable); without '/' it matches a "
-        "file or folder name at any depth, with '/' the path inside the folder", action="append", shown="every file")
+        "file or folder name at any depth, with '/' the path inside the folder", action="append",
+        default_text="every file", metavar="GLOB")
     exclude: Tuple[str, ...] = option(
         (), "in folders, skip files and folders matching this glob, e.g. 'tests' (repeatable)", action="append",
-        shown="none")
+        default_text="none", metavar="GLOB")
     doc_sep: str = option("\x1e", "character joining the documents of a collection, which the model learns as "
                           "their boundary: one character, an escape (\\f, \\x1e, U+241E) or none",
-                          shown="\\x1e, the ASCII record separator")
+                          default_text="\\x1e, the ASCII record separator", metavar="C")
     max_vocab: Optional[int] = option(None, "keep the N-1 most frequent characters and map the others to U+FFFD, "
                                       "which sampling never emits (for texts with thousands of distinct characters)",
-                                      shown="no limit")
-    out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png")
+                                      default_text="no limit", metavar="N")
+    out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png", metavar="RUN_DIR")
     impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn), "
                        "tf (TensorFlow, own cells: the seed's section IV), keras (Keras layers: its section V)", IMPLS)
-    batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun")
-    seq_len: int = option(100, "characters per window (T): the truncated-BPTT length")
-    optimizer: Optional[str] = option(None, "adagrad (the seed's) | adam | adamw; default adagrad for naive, adamw "
-                                            "otherwise", OPTIMIZERS)
-    lr: Optional[float] = option(None, "learning rate; default 0.1 for adagrad, 2e-3 for adam/adamw")
-    lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)")
+    batch_size: int = option(32, "parallel streams per batch (B); the global batch under torchrun", metavar="B")
+    seq_len: int = option(100, "characters per window (T): the truncated-BPTT length", metavar="T")
+    optimizer: Optional[str] = option(None, "adagrad is the seed's", OPTIMIZERS,
+                                      default_text="adagrad for --impl naive, adamw otherwise")
+    lr: Optional[float] = option(None, "learning rate", default_text="0.1 for adagrad, 2e-3 for adam and adamw",
+                                 metavar="LR")
+    lr_decay: float = option(0.97, "--schedule epoch: lr = lr0 * lr_decay ** epoch (the seed's schedule)", metavar="D")
     schedule: str = option("epoch", "epoch: per-epoch decay; cosine: down to lr/10 at the end of the run's budget "
                                     "(a --resume with another budget continues the decay from where it is)", SCHEDULES)
     warmup_iters: int = option(0, "linear warm-up from lr/N to --lr over the first N iterations (either schedule); "
-                                  "a cosine starts where it ends")
-    weight_decay: float = option(0.0, "decoupled weight decay (adamw)")
-    grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off")
-    epochs: Optional[float] = option(None, "stop after this many epochs (whole run); default 10 when no other limit "
-                                           "is given")
-    max_iters: Optional[int] = option(None, "stop at this iteration, counted over the whole run (across --resume)")
+                                  "a cosine starts where it ends", metavar="N")
+    weight_decay: float = option(0.0, "decoupled weight decay (adamw)", metavar="W")
+    grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off", metavar="C")
+    epochs: Optional[float] = option(None, "stop after this many epochs (whole run)", metavar="E",
+                                     default_text="10 when neither --max-iters nor --max-time is given")
+    max_iters: Optional[int] = option(None, "stop at this iteration, counted over the whole run (across --resume)",
+                                      metavar="N", default_text="no limit")
     max_time: Optional[float] = option(None, "stop after this many seconds of training, counted over the whole run "
-                                             "(across --resume)")
-    eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)")
+                                       "(across --resume)", metavar="SECONDS", default_text="no limit")
+    eval_every: int = option(200, "validate and checkpoint every N iterations (and at the end)", metavar="N")
     patience: Optional[int] = option(None, "early stopping: stop when the validation loss has not improved for N "
-                                           "evaluations in a row (best.safetensors keeps the best); default: never")
-    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating; default: at "
-                                                   "each evaluation")
+                                           "evaluations in a row (best.safetensors keeps the best)", metavar="N",
+                                     default_text="never")
+    checkpoint_every: Optional[int] = option(None, "checkpoint every N iterations without validating", metavar="N",
+                                             default_text="at each evaluation")
     val_frac: float = option(0.1, "fraction held out for validation: whole documents of a collection (by a hash of "
-                                  "their path), or the end of a single text")
-    seed: int = option(1337, "random seed for initialisation, dropout and sampling")
+                                  "their path), or the end of a single text", metavar="F")
+    seed: int = option(1337, "random seed for initialisation, dropout and sampling", metavar="S")
     device: str = option("auto", "auto picks cuda, then mps, then cpu (tf, keras: a GPU TensorFlow sees, else cpu)",
                          DEVICES)
     bf16: bool = option(False, "bfloat16 autocast (CUDA only; torch engines)")
     compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library "
                                   "(tf and keras always run a compiled tf.function)")
-    log_every: int = option(10, "write a metrics row / log line every N iterations")
-    sample_every: int = option(0, "print a short sample every N iterations (0: never)")
-    init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)")
+    log_every: int = option(10, "write a metrics row / log line every N iterations", metavar="N")
+    sample_every: int = option(0, "print a short sample every N iterations (0: never)", metavar="N")
+    init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)",
+                                      metavar="RUN_DIR", default_text="none: random initialisation")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")
 
     def __post_init__(self):

@@ -19,16 +19,22 @@ from charrnn.errors import UserError
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def resolve_device(name: str, impl: str, local_rank: Optional[int] = None):
+def resolve_device(name: str, impl: str, local_rank: Optional[int] = None, cli: bool = True):
     """auto -> cuda, then mps, then cpu. Returns a torch.device, None for the NumPy engine, or for the
     TensorFlow engines a TensorFlow device name ('/CPU:0', or '/GPU:0' where TensorFlow sees a GPU).
 
-    `local_rank` (torchrun's LOCAL_RANK) picks the GPU: process k of a node uses cuda:k.
+    `local_rank` (torchrun's LOCAL_RANK) picks the GPU: process k of a node uses cuda:k. `cli` words the
+    messages for the command line (--device cuda) or for Python (device='cuda').
     """
-    check_choice("device", name, DEVICES)
+    check_choice("device", name, DEVICES, cli)
+
+    def opt(option: str, value: str) -> str:
+        return f"--{option} {value}" if cli else f"{option}={value!r}"
+
     if impl == "naive":
         if name in ("cuda", "mps"):
-            raise UserError(f"--impl naive runs on the CPU with NumPy; drop --device {name} or use --impl library")
+            raise UserError(f"{opt('impl', 'naive')} runs on the CPU with NumPy; drop {opt('device', name)} "
+                            f"or use {opt('impl', 'library')}")
         return None
     if impl in TF_IMPLS:
         from charrnn.models.tf_common import resolve_tf_device
@@ -37,21 +43,23 @@ def resolve_device(name: str, impl: str, local_rank: Optional[int] = None):
     try:
         import torch
     except ImportError:
-        raise UserError(f"--impl {impl} needs PyTorch, which is not installed; "
-                        "install torch or use --impl naive") from None
+        raise UserError(f"{opt('impl', impl)} needs PyTorch, which is not installed; "
+                        f"install torch or use {opt('impl', 'naive')}") from None
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available; use --device cpu (or auto)")
+            raise UserError(f"{opt('device', 'cuda')}: no CUDA device is available; use {opt('device', 'cpu')} "
+                            "(or auto)")
         index = local_rank or 0
         if index >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {index} has no GPU: this node has {torch.cuda.device_count()}; "
                             "start at most that many processes per node (torchrun --nproc-per-node)")
         return torch.device("cuda", index)
     if name == "mps" and not _mps_available():
-        raise UserError("--device mps: Apple's MPS backend is not available here; use --device cpu (or auto)")
+        raise UserError(f"{opt('device', 'mps')}: Apple's MPS backend is not available here; "
+                        f"use {opt('device', 'cpu')} (or auto)")
     if name == "mps" and local_rank is not None:
         raise UserError("torchrun with --device mps is not supported (no collective backend for MPS); use --device cpu")
     return torch.device(name)

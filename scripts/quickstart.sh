@@ -28,3 +28,17 @@ out=${1:-runs/quickstart}
 echo
 echo "=== sample (temperature 0.8) ==="
 "$charrnn" sample --checkpoint "$out" --which best --prime "${PRIME:-}" --length 600 --temperature 0.8 --seed 1
+
+# next commands: charrnn lives in .venv; print what to try next on the run just made, with its real path
+run=$(printf '%q' "$out")
+prime="ROMEO:"; [ "$data" = tinyshakespeare ] || prime="def "
+echo
+echo "=== next: charrnn is installed in .venv; from $(pwd) ==="
+echo "  source .venv/bin/activate     # puts charrnn on your PATH in this shell (or call $charrnn)"
+echo "  charrnn sample --checkpoint $run --which best --prime \"$prime\" --length 300 --temperature 0.8"
+echo "  charrnn eval --checkpoint $run --which best --data README.md --unknown skip   # loss on a text of yours"
+if ! .venv/bin/python -c "import fastapi, uvicorn" 2>/dev/null; then
+  echo "  pip install -e '.[serve]'     # once: FastAPI and uvicorn, for the playground"
+fi
+echo "  charrnn serve --checkpoint $run --which best   # the playground: open the URL it prints"
+echo "  charrnn train --help          # every flag with its default; the README has presets"

@@ -271,3 +271,16 @@ def test_patience_stops_after_n_evaluations_without_a_new_best(tmp_path):
     from charrnn.checkpoint import read_safetensors
 
     assert read_safetensors(tmp_path / "best.safetensors")[1]["charrnn"]["iteration"] == 8   # where 1.4 was
+
+
+def test_python_callers_read_python_names_not_flags(run):
+    """A message for charrnn.load names its arguments as Python writes them, not the command line's flags."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError) as caught:
+        charrnn.load(run, impl="library", device="cuda")
+    assert "device='cuda'" in str(caught.value) and "--" not in str(caught.value)
+    with pytest.raises(UserError) as caught:
+        charrnn.load(run, impl="naive", device="cuda")
+    assert "impl='naive'" in str(caught.value) and "--" not in str(caught.value)

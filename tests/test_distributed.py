@@ -5,11 +5,9 @@ shards, DDP's averaged gradients are the gradients of the mean loss over all
 B*T characters, so the weights must agree to float32 rounding.
 """
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from charrnn.checkpoint import read_safetensors  # noqa: E402
 from charrnn.errors import UserError  # noqa: E402
 from charrnn.train.distributed import World  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--device", "cpu", "--hidden", 24, "--embed", 8, "--layers", 2, "--batch-size", 4, "--seq-len", 16,
          "--log-every", 1, "--dropout", 0]
 
@@ -34,38 +31,31 @@ def _own_cache(cli_cache_dir, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cli_cache_dir))  # no test writes into the user's ~/.cache
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1")  # torchrun sets 1 per process; the single-process reference must match
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+ONE_THREAD = {"OMP_NUM_THREADS": 1}  # torchrun sets 1 per process; the single-process reference must match
 
 
-def torchrun(args, nproc: int, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node NPROC -m charrnn ARGS`."""
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    return subprocess.run([sys.executable, *launcher, "-m", "charrnn", *map(str, args)], env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def torchrun(run_cli, args, nproc: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node NPROC -m charrnn ARGS`, through conftest's run_cli."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", nproc]
+    return run_cli(args, env=ONE_THREAD, timeout=timeout, launcher=launcher)
 
 
-def launch_ranks(args, world_size: int):
+def launch_ranks(run_cli, args, world_size: int):
     """Start the ranks by hand with the environment torchrun gives them (one torch import fewer than
     torchrun, and a test can signal one rank)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)], text=True,
-                             env=_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=world_size, LOCAL_WORLD_SIZE=world_size,
-                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(world_size)]
+    return [run_cli.popen(args, env={**ONE_THREAD, "RANK": r, "LOCAL_RANK": r, "WORLD_SIZE": world_size,
+                                     "LOCAL_WORLD_SIZE": world_size, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+            for r in range(world_size)]
 
 
-def charrnn(args, nproc: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
+def charrnn(run_cli, args, nproc: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
     """`charrnn ARGS` as `nproc` ranks: rank 0's output, and the first non-zero exit code of any rank."""
     if nproc == 1:
-        return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], env=_env(),
-                              capture_output=True, text=True, timeout=timeout)
-    procs = launch_ranks(args, nproc)
+        return run_cli(args, env=ONE_THREAD, timeout=timeout)
+    procs = launch_ranks(run_cli, args, nproc)
     outputs = finish(procs, timeout)
     code = next((p.returncode for p in procs if p.returncode), 0)
     return subprocess.CompletedProcess(args, code, outputs[0][0], "".join(err for _, err in outputs))
@@ -107,7 +97,8 @@ def text(tmp_path) -> Path:
 
 
 def train_losses(run):
-    return [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+    return [r["train_loss"] for r in map(json.loads,
+                                         (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
 
 
 def test_shard_rows_split_the_global_batch_into_contiguous_shares():
@@ -119,11 +110,11 @@ def test_shard_rows_split_the_global_batch_into_contiguous_shares():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("impl, launch", [("library", "torchrun"), ("scratch", "ranks")])
-def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, text, tmp_path):
+def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, text, tmp_path, run_cli):
     common = ["train", "--impl", impl, "--data", text, *SMALL, "--max-iters", 6, "--eval-every", 3]
-    two = (torchrun if launch == "torchrun" else charrnn)([*common, "--out", tmp_path / "two"], nproc=2)
+    two = (torchrun if launch == "torchrun" else charrnn)(run_cli, [*common, "--out", tmp_path / "two"], nproc=2)
     assert two.returncode == 0, two.stderr
-    one = charrnn([*common, "--out", tmp_path / "one"])
+    one = charrnn(run_cli, [*common, "--out", tmp_path / "one"])
     assert one.returncode == 0, one.stderr
     assert two.stdout.count("done: iteration 6") == 1 and two.stderr.count("iter 6: validation") == 1  # rank 0 speaks
     a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
@@ -143,21 +134,21 @@ def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, 
 
 
 @pytest.mark.slow
-def test_resume_with_a_different_number_of_processes(text, tmp_path):
+def test_resume_with_a_different_number_of_processes(text, tmp_path, run_cli):
     """2 processes -> 1 -> 2 (10 windows an epoch: the state is carried mid-epoch and reset at the
     boundaries) ends where 1 process trained straight ends, with the same weights."""
     common = ["train", "--data", text, *SMALL, "--batch-size", 8, "--seq-len", 96, "--eval-every", 100]
     run, straight = tmp_path / "run", tmp_path / "straight"
-    first = charrnn([*common, "--out", run, "--max-iters", 6], nproc=2)
+    first = charrnn(run_cli, [*common, "--out", run, "--max-iters", 6], nproc=2)
     assert first.returncode == 0, first.stderr
     for nproc, until in ((1, 13), (2, 20)):
         before = progress(run)
-        r = charrnn(["train", "--data", text, "--out", run, "--resume", "--max-iters", until], nproc=nproc)
+        r = charrnn(run_cli, ["train", "--data", text, "--out", run, "--resume", "--max-iters", until], nproc=nproc)
         assert r.returncode == 0, r.stderr
         where = f"iteration {before['iteration']} (epoch {before['epoch']}, window {before['window']})"
         assert f"resuming {run} at {where}" in r.stdout
         assert progress(run)["iteration"] == until
-    reference = charrnn([*common, "--out", straight, "--max-iters", 20])
+    reference = charrnn(run_cli, [*common, "--out", straight, "--max-iters", 20])
     assert reference.returncode == 0, reference.stderr
     assert progress(run)["epoch"] == progress(straight)["epoch"] >= 1
     assert progress(run)["window"] == progress(straight)["window"]
@@ -170,26 +161,29 @@ def test_resume_with_a_different_number_of_processes(text, tmp_path):
     (["--batch-size", 3], "charrnn: error: --batch-size 3 does not divide among 2 processes"),
     (["--impl", "naive"], "charrnn: error: --impl naive cannot train under torchrun"),
 ])
-def test_refusals_under_torchrun_are_one_line_and_exit_2_on_every_rank(flags, message, text, tmp_path):
-    procs = launch_ranks(["train", "--data", text, "--out", tmp_path / "run", "--max-iters", 2, *flags], world_size=2)
-    for proc, (stdout, stderr) in zip(procs, finish(procs, 60)):
+def test_refusals_under_torchrun_are_one_line_and_exit_2_on_every_rank(flags, message, text, tmp_path, run_cli):
+    procs = launch_ranks(run_cli, ["train", "--data", text, "--out", tmp_path / "run", "--max-iters", 2, *flags],
+                         world_size=2)
+    for proc, (_stdout, stderr) in zip(procs, finish(procs, 60)):
         assert proc.returncode == 2, stderr
         assert stderr.strip().startswith(message) and len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_naive_under_torchrun_fails_with_its_message(text, tmp_path):
-    r = torchrun(["train", "--impl", "naive", "--data", text, "--out", tmp_path / "run", "--max-iters", 2], nproc=2)
+def test_naive_under_torchrun_fails_with_its_message(text, tmp_path, run_cli):
+    r = torchrun(run_cli, ["train", "--impl", "naive", "--data", text, "--out", tmp_path / "run", "--max-iters", 2],
+                 nproc=2)
     assert r.returncode != 0  # torchrun's own exit code; each worker exited 2
     assert "charrnn: error: --impl naive cannot train under torchrun (2 processes)" in r.stderr
     assert "exitcode  : 2" in r.stderr
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_rank_stops_every_rank_at_the_same_iteration(text, tmp_path):
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_iteration(text, tmp_path, run_cli):
     run = tmp_path / "run"
-    procs = launch_ranks(["train", "--data", text, "--out", run, *SMALL, "--max-iters", 100000, "--eval-every", 100000],
+    procs = launch_ranks(run_cli, ["train", "--data", text, "--out", run, *SMALL, "--max-iters", 100000,
+                                   "--eval-every", 100000],
                          world_size=2)
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:

@@ -129,16 +129,8 @@ def test_the_graph_has_the_documented_names_shapes_and_metadata(tmp_path):
 
 # ---- runs trained through the CLI by two engines -------------------------------------------------
 
-def cli(args, env=None, **kw):
-    """`python -m charrnn ARGS` in a subprocess with this checkout first on the path."""
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], env=full_env, capture_output=True,
-                          text=True, timeout=300, check=False, **kw)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, run_cli):
     """{impl: (run_dir, model.onnx)}: tiny runs trained by `charrnn train --impl naive|library`, exported by the CLI."""
     root = tmp_path_factory.mktemp("trained")
     data = root / "text.txt"
@@ -146,11 +138,12 @@ def trained(tmp_path_factory):
     runs = {}
     for impl, cell in (("naive", "lstm"), ("library", "gru")):
         run = root / impl
-        done = cli(["train", "--data", data, "--out", run, "--impl", impl, "--cell", cell, "--layers", 1,
-                    "--hidden", 16, "--embed", 8, "--max-iters", 5, "--batch-size", 4, "--seq-len", 16])
+        done = run_cli(["train", "--data", data, "--out", run, "--impl", impl, "--cell", cell, "--layers", 1,
+                        "--hidden", 16, "--embed", 8, "--max-iters", 5, "--batch-size", 4, "--seq-len", 16],
+                       timeout=300)
         assert done.returncode == 0, done.stderr
         out = root / f"{impl}.onnx"
-        done = cli(["export", "--checkpoint", run, "--format", "onnx", "--out", out])
+        done = run_cli(["export", "--checkpoint", run, "--format", "onnx", "--out", out], timeout=300)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"wrote {out} (") and "charrnn sample --onnx" in done.stdout
         runs[impl] = run, out
@@ -278,9 +271,9 @@ def test_a_damaged_or_foreign_onnx_file_is_refused_in_one_line(trained, capsys, 
             assert out == ""
 
 
-def test_a_damaged_onnx_file_gives_no_traceback_from_the_command_line(tmp_path):
+def test_a_damaged_onnx_file_gives_no_traceback_from_the_command_line(tmp_path, run_cli):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07" + os.urandom(500))
-    done = cli(["sample", "--onnx", tmp_path / "bad.onnx"])
+    done = run_cli(["sample", "--onnx", tmp_path / "bad.onnx"], timeout=300)
     assert_one_line_error(done.returncode, done.stderr, "not a readable ONNX model")
     assert "Traceback" not in done.stderr
 
@@ -313,9 +306,9 @@ BLOCK_ONNX = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'
               "from charrnn.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def test_without_the_onnx_packages_export_and_onnx_say_what_to_install(trained, tmp_path):
+def test_without_the_onnx_packages_export_and_onnx_say_what_to_install(trained, tmp_path, run_cli):
     run, path = trained["naive"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = run_cli.env()
     for args in (["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path / "m.onnx"],
                  ["sample", "--onnx", path, "--length", 5], ["eval", "--onnx", path, "--data", run / "vocab.json"]):
         done = subprocess.run([sys.executable, "-c", BLOCK_ONNX, *map(str, args)], env=env, capture_output=True,
@@ -324,7 +317,7 @@ def test_without_the_onnx_packages_export_and_onnx_say_what_to_install(trained, 
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_the_rest_of_charrnn_never_imports_onnx(trained):
+def test_the_rest_of_charrnn_never_imports_onnx(trained, run_cli):
     """Sampling, evaluating and the web export run with the onnx packages blocked."""
     run, _ = trained["naive"]
     code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None; "
@@ -332,8 +325,8 @@ def test_the_rest_of_charrnn_never_imports_onnx(trained):
             f"assert main(['sample', '--checkpoint', {str(run)!r}, '--impl', 'naive', '--length', '5']) == 0; "
             f"assert main(['export', '--checkpoint', {str(run)!r}, '--format', 'web', "
             f"'--out', {str(run / 'web')!r}]) == 0")
-    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=run_cli.env(), check=False, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
 
 

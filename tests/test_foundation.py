@@ -377,7 +377,8 @@ def test_usage_errors_are_one_line(run_cli, tmp_path, args):
 
 def test_pystdlib_builds_offline_and_deterministically(run_cli, tmp_path):
     offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": None, "NO_PROXY": None}
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "no_proxy": None, "NO_PROXY": None}
     counts, texts = [], []
     for attempt in ("a", "b", "b"):  # two fresh builds, then a cached one
         data_dir = tmp_path / attempt
@@ -411,8 +412,9 @@ def test_tinyshakespeare_unreachable_is_one_line_error(no_tinyshakespeare, capsy
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("charrnn: error:")
-    for needle in ("http://127.0.0.1:9/nothing", "--data", "CHARRNN_DATA_DIR"):
+    for needle in ("http://127.0.0.1:9/nothing", "give its path", "CHARRNN_DATA_DIR"):
         assert needle in err
+    assert "--data" not in err  # info takes the corpus as its argument (train and eval say --data PATH)
     assert not any(no_tinyshakespeare.iterdir())  # nothing half-downloaded is left behind
 
 

@@ -167,7 +167,8 @@ def test_bad_quantize_choice_is_a_user_error(tmp_path, bad):
 
 @needs_kernel
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96), (9, 2, 96)])
+@pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96), (9, 2,
+                                                                                                               96)])
 def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidden):
     """The same int8 model, op for op: the states agree bit for bit through 40 steps (so no input
     ever rounds to another int8 level); logits to summation order (the head's float sums).
@@ -260,7 +261,7 @@ def test_without_the_compiled_step_int8_runs_in_numpy_with_a_warning(monkeypatch
 
     monkeypatch.setattr(native, "kernel", lambda: None)
     monkeypatch.setattr(native, "kernel_problem", lambda: "no C compiler (test)")
-    with pytest.warns(NativeStepUnavailable, match="--quantize int8 runs in NumPy.*no C compiler") as caught:
+    with pytest.warns(NativeStepUnavailable, match="int8 quantization runs in NumPy.*no C compiler") as caught:
         runner = Predictor(random_model("lstm"), quantize="int8")
     assert len(caught) == 1
     assert isinstance(runner.start(runner.zero_state(1), 1), NumpyStep)

@@ -30,19 +30,18 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CharrnnCLI
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from charrnn import storage as atomic
 from charrnn.checkpoint import RESUME, load_run, read_safetensors, write_safetensors
-from charrnn.cli import main
 from charrnn.models.base import check_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,19 +51,10 @@ TINY = ["--impl", "naive", "--cell", "rnn", "--hidden", "8", "--embed", "4", "--
 
 # ---- helpers ----------------------------------------------------------------------------------
 def run_main(argv) -> tuple[int, str, str]:
-    """`charrnn ARGV` in this process: (exit code, stdout, stderr). An escaping exception fails the test.
-
-    `train` installs SIGINT/SIGTERM handlers; they are put back so pytest's Ctrl-C still works.
-    """
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in argv])
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, out.getvalue(), err.getvalue()
+    """`charrnn ARGV` in this process (conftest's CharrnnCLI.in_process): (exit code, stdout, stderr).
+    An escaping exception fails the test."""
+    done = CharrnnCLI.in_process(argv)
+    return done.returncode, done.stdout, done.stderr
 
 
 def assert_one_line_error(code: int, err: str, what: str = "") -> None:
@@ -79,12 +69,6 @@ def assert_works_or_one_line_error(code: int, err: str, what: str = "") -> None:
         assert_one_line_error(code, err, what)
 
 
-def cli_env(cache: Path) -> dict:
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def resume_iteration(run: Path) -> int:
     return int(read_safetensors(run / RESUME)[1]["progress"]["iteration"])
 
@@ -93,7 +77,7 @@ def resume_iteration(run: Path) -> int:
 CRASH_FLAGS = ["--impl", "naive", "--cell", "rnn", "--hidden", "128", "--embed", "8", "--layers", "1",
                "--batch-size", "1", "--seq-len", "4", "--lr", "0.01", "--checkpoint-every", "1",
                "--eval-every", "100000", "--log-every", "1"]  # ~0.25 MB of checkpoint per iteration
-FINAL_NAMES = {"config.json", "vocab.json", "model.safetensors", "best.safetensors", RESUME,
+FINAL_NAMES = {"config.json", "vocab.json", "data.json", "model.safetensors", "best.safetensors", RESUME,
                "metrics.jsonl", "loss.png"}
 
 
@@ -141,7 +125,7 @@ def kill_after(proc, log: Path, delay: float):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_never_breaks_the_run(tiny_text, tmp_path, cli_cache_dir):
+def test_sigkill_at_random_moments_never_breaks_the_run(tiny_text, tmp_path, run_cli):
     """At least 24 SIGKILLs: in start-up writes, training, and checkpoint writes; the run always resumes.
 
     Half the kills aim at the start-up of a resumed run (config.json and metrics.jsonl are
@@ -152,12 +136,11 @@ def test_sigkill_at_random_moments_never_breaks_the_run(tiny_text, tmp_path, cli
     print(f"CHARRNN_CRASH_SEED={seed}")
     rng = random.Random(seed)
     run, log = tmp_path / "run", tmp_path / "stdout.txt"
-    env = cli_env(cli_cache_dir)
-    command = [sys.executable, "-m", "charrnn", "train", "--data", str(tiny_text), "--out", str(run), *CRASH_FLAGS]
+    command = ["train", "--data", tiny_text, "--out", run, *CRASH_FLAGS]
 
     def start(*extra):
         with open(log, "w") as stdout:
-            return subprocess.Popen([*command, *extra], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+            return run_cli.popen([*command, *extra], stdout=stdout)
 
     first = start("--max-iters", "1000000")
     wait_for(lambda: (run / "model.safetensors").exists(), first, what="the first checkpoint")
@@ -260,7 +243,7 @@ def test_a_crash_inside_any_write_leaves_every_file_whole(tiny_text, tmp_path):
         shutil.copytree(base, run)
         writes = []
 
-        def fault(name):
+        def fault(name, writes=writes, k=k):  # bound now: each crash run counts its own writes
             writes.append(name)
             return Crash() if len(writes) == k else None
 
@@ -287,7 +270,8 @@ ODD_TEXTS = {
     "single-char": "a" * 500,
     "two-chars": "ab" * 300,
     "one-huge-line": "the quick brown fox jumps over the lazy dog " * 5000,
-    "combining-emoji": "e\u0301 a\u0308 \U0001F600 \U0001F469\u200D\U0001F4BB \u0915\u094D\u0937 \U0001F1FA\U0001F1F8\n" * 40,
+    "combining-emoji": ("e\u0301 a\u0308 \U0001F600 \U0001F469\u200D\U0001F4BB \u0915\u094D\u0937 "
+                        "\U0001F1FA\U0001F1F8\n") * 40,
     "astral-only": "\U00010348\U0001F600" * 200,
 }
 ODD_BYTES = {
@@ -465,7 +449,8 @@ M, R, C, V = "model.safetensors", RESUME, "config.json", "vocab.json"
 DAMAGES = {
     "model-truncated": (lambda run, other: _truncate(run / M), "sample eval"),
     "model-empty": (lambda run, other: (run / M).write_bytes(b""), "sample eval"),
-    "model-header-lies": (lambda run, other: (run / M).write_bytes((1 << 60).to_bytes(8, "little") + b"{}"), "sample eval"),
+    "model-header-lies": (lambda run, other: (run / M).write_bytes((1 << 60).to_bytes(8, "little") + b"{}"),
+                          "sample eval"),
     "model-is-a-directory": (lambda run, other: ((run / M).unlink(), (run / M).mkdir()), "sample eval"),
     "model-from-hidden-12": (lambda run, other: shutil.copy(other / M, run / M), "sample eval"),
     "model-wrong-shape": (lambda run, other: _edit_tensors(run / M, _transpose), "sample eval"),
@@ -477,8 +462,10 @@ DAMAGES = {
     "resume-wrong-shape": (lambda run, other: _edit_tensors(run / R, _transpose), "resume"),
     "resume-int32": (lambda run, other: _edit_tensors(run / R, _int32), "resume"),
     "resume-nan": (lambda run, other: _edit_tensors(run / R, _nan), "resume"),
-    "resume-optimizer-shape": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: a.ravel()[:1].copy())), "resume"),
-    "resume-optimizer-nan": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: np.full_like(a, np.nan))), "resume"),
+    "resume-optimizer-shape": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: a.ravel()[:1].copy())),
+                               "resume"),
+    "resume-optimizer-nan": (lambda run, other: _edit_tensors(run / R, _optim(lambda a: np.full_like(a, np.nan))),
+                             "resume"),
     "resume-state-shape": (lambda run, other: _edit_tensors(run / R, _state), "resume"),
     "resume-iteration-text": (lambda run, other: _edit_tensors(run / R, _set("iteration", "ten")), "resume"),
     "resume-window-negative": (lambda run, other: _edit_tensors(run / R, _set("window", -5)), "resume"),
@@ -498,7 +485,8 @@ DAMAGES = {
     "vocab-duplicates": (lambda run, other: _json_edit(run / V, lambda v: v[:-1] + v[:1]), "sample eval resume"),
     "vocab-multichar": (lambda run, other: _json_edit(run / V, lambda v: ["ab"] + v[1:]), "sample eval resume"),
     "vocab-is-an-object": (lambda run, other: (run / V).write_text('{"a": 1}'), "sample eval resume"),
-    "vocab-same-size-other-chars": (lambda run, other: _json_edit(run / V, lambda v: [chr(0x4E00 + i) for i in range(len(v))]),
+    "vocab-same-size-other-chars": (lambda run, other: _json_edit(run / V,
+                                                                  lambda v: [chr(0x4E00 + i) for i in range(len(v))]),
                                     "eval resume"),
 }
 
@@ -662,7 +650,8 @@ def small_tmpfs(tmp_path):
     mount.mkdir()
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     try:
@@ -722,12 +711,11 @@ def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
 
 
 # ---- interrupts -----------------------------------------------------------------------------------
-def test_sigterm_checkpoint_is_no_older_than_the_metrics(tiny_text, tmp_path, cli_cache_dir):
+def test_sigterm_checkpoint_is_no_older_than_the_metrics(tiny_text, tmp_path, run_cli):
     """After SIGTERM, the saved iteration is that of the last metrics row (or later), and the rows are whole."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "--data", str(tiny_text), "--out", str(run),
-                             *TINY, "--log-every", "1", "--max-iters", "1000000"], env=cli_env(cli_cache_dir),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = run_cli.popen(["train", "--data", tiny_text, "--out", run, *TINY, "--log-every", "1",
+                          "--max-iters", "1000000"], stdout=subprocess.DEVNULL)
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc, what="three metrics rows")
     proc.send_signal(signal.SIGTERM)

@@ -12,18 +12,15 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import charrnn
-from charrnn.cli import main
 from charrnn.errors import UserError
 from charrnn.infer.sampling import sample_next
 from charrnn.losses import log_softmax
 
-ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["naive", "scratch", "library"]
 PRIME = "Zoë’s "                     # multi-byte characters: lengths must count characters, not bytes
 
@@ -162,15 +159,14 @@ def make_text():
     return "\n".join(lines) + "\n"
 
 
-def subprocess_env(cache):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    env.update(XDG_CACHE_HOME=str(cache), PYTHONIOENCODING="utf-8")
-    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only contend on a busy machine
-    return env
+def subprocess_env(cache) -> dict:
+    """What this module's subprocesses change in conftest's run_cli environment."""
+    return {"XDG_CACHE_HOME": cache, "PYTHONIOENCODING": "utf-8",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # tiny models: threads only contend
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, run_cli):
     """(run directory, text file, text): a 2x24 LSTM after 40 iterations of `charrnn train --impl naive`
     (the fastest engine to start; every engine reads its checkpoint)."""
     base = tmp_path_factory.mktemp("sampling")
@@ -181,8 +177,7 @@ def trained(tmp_path_factory):
     args = ["train", "--data", data, "--out", run, "--impl", "naive", "--cell", "lstm", "--layers", 2,
             "--hidden", 24, "--embed", 8, "--batch-size", 8, "--seq-len", 32,
             "--max-iters", 40, "--eval-every", 40, "--seed", 11]
-    done = subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], env=subprocess_env(base / "cache"),
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli(args, env=subprocess_env(base / "cache"), timeout=300)
     assert done.returncode == 0, done.stderr
     return run, data, text
 
@@ -193,14 +188,12 @@ def private_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cli(capsys):
-    """cli(*args) -> (exit code, stdout, stderr) of `charrnn ARGS`, run in this process."""
+def cli(run_cli):
+    """cli(*args) -> (exit code, stdout, stderr) of `charrnn ARGS`, run in this process (run_cli.in_process)."""
 
     def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        done = run_cli.in_process(args)
+        return done.returncode, done.stdout, done.stderr
 
     return run
 
@@ -312,13 +305,12 @@ def test_num_samples_and_json(trained, cli):
 
 # -- streaming and the torch-free engine (real processes) --------------------------------------------
 
-def test_a_single_sample_is_streamed_as_it_is_generated(trained, tmp_path):
+def test_a_single_sample_is_streamed_as_it_is_generated(trained, tmp_path, run_cli):
     run, length = trained[0], 3000                              # < 8 KiB: a block buffer would hold it all
-    command = [sys.executable, "-m", "charrnn", "sample", "--checkpoint", str(run), "--length", str(length),
+    command = ["sample", "--checkpoint", run, "--length", length,
                "--seed", "5", "--temperature", "1.2", "--impl", "naive"]  # naive: no torch to import, a quick start
-    env = subprocess_env(tmp_path)
-    env.pop("PYTHONUNBUFFERED", None)                           # the command must flush by itself
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    env = {**subprocess_env(tmp_path), "PYTHONUNBUFFERED": None}  # the command must flush by itself
+    proc = run_cli.popen(command, env=env, text=False)
     try:
         first = os.read(proc.stdout.fileno(), 1 << 16)          # whatever has arrived, as soon as anything has
         running = proc.poll() is None
@@ -331,7 +323,7 @@ def test_a_single_sample_is_streamed_as_it_is_generated(trained, tmp_path):
     assert (first + rest).decode("utf-8") == expected + "\n"   # and the same text as in this process
 
 
-def test_naive_engine_samples_and_evaluates_without_torch(trained, tmp_path):
+def test_naive_engine_samples_and_evaluates_without_torch(trained, tmp_path, run_cli):
     run, data, _ = trained
     code = f"""
 import sys
@@ -343,7 +335,7 @@ codes = [main(["sample", "--checkpoint", {str(run)!r}, "--impl", "naive", "--len
 assert sys.modules["torch"] is None
 print(codes)
 """
-    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(tmp_path), capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code], env=run_cli.env(subprocess_env(tmp_path)), capture_output=True,
                           text=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr
     sample = charrnn.load(run, impl="naive").sample("", 30, seed=1)
@@ -406,7 +398,9 @@ def test_eval_matches_an_independent_computation(trained, cli, impl):
     code, out, _ = cli("eval", "--checkpoint", run, "--impl", impl, "--data", data, "--json")
     assert code == 0
     result = json.loads(out)
-    assert set(result) == {"loss", "bpc", "characters", "trained_on"}
+    assert set(result) == {"loss", "bpc", "characters", "skipped", "skipped_chars", "impl", "which", "quantize",
+                           "trained_on"}
+    assert (result["skipped"], result["skipped_chars"], result["impl"]) == (0, [], impl)
     assert result["characters"] == len(text) - 1
     assert result["bpc"] == pytest.approx(result["loss"] / math.log(2), rel=1e-12)
     assert abs(result["loss"] - reference_loss(run, text)) < 1e-5
@@ -464,7 +458,7 @@ def test_int8_draws_in_c_what_python_draws(trained):
     assert model.sample(PRIME, 100, greedy=True) == model.sample(PRIME, 100, greedy=True, top_k=V)
 
 
-def test_int8_needs_no_torch(trained, tmp_path):
+def test_int8_needs_no_torch(trained, tmp_path, run_cli):
     """The int8 step is NumPy or C: sampling with it works with torch unimportable."""
     code = f"""
 import sys
@@ -473,7 +467,7 @@ from charrnn.cli import main
 sys.exit(main(["sample", "--checkpoint", {str(trained[0])!r}, "--impl", "naive", "--quantize", "int8",
                "--length", "50", "--seed", "1"]))
 """
-    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(tmp_path), capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code], env=run_cli.env(subprocess_env(tmp_path)), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout) == 51 and "warning" not in done.stderr

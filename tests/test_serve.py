@@ -264,6 +264,10 @@ def test_serve_binds_loopback_by_default(run_dir, monkeypatch, capsys):
     assert build_parser().parse_args(["serve", "--checkpoint", "x"]).host == "127.0.0.1"
     bound = {}
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: bound.update(address=sockets[0].getsockname()))
+    # uvicorn's logging.config.dictConfig closes the handlers already installed; where TensorFlow was imported
+    # (test_tf_engines, at collection) absl's handler then closes the stream it holds: pytest's capture file,
+    # and the session dies at its end ("lost sys.stderr"). A real terminal's stderr is never closed.
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     assert main(["serve", "--checkpoint", str(run_dir), "--impl", "naive", "--port", "0"]) == 0
     host, port = bound["address"]
     assert host == "127.0.0.1" and port > 0
@@ -340,6 +344,7 @@ def test_host_header_names(run_dir, host, allowed):
 
     from charrnn.serve.app import create_app
 
-    app = create_app(run_dir, impl="naive", max_generations=1, allowed_hosts=["127.0.0.1", "localhost", "::1"], warm=False)
+    app = create_app(run_dir, impl="naive", max_generations=1, allowed_hosts=["127.0.0.1", "localhost", "::1"],
+                     warm=False)
     with TestClient(app) as c:
         assert (c.get("/api/info", headers={"host": host}).status_code == 200) is allowed

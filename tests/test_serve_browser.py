@@ -153,6 +153,14 @@ def test_markup_in_model_output_is_text_and_never_runs(page, tmp_path):
 def test_training_view_draws_the_loss_curve(page, tmp_path):
     page.click("button.tab[data-view='training']")
     page.wait_for_selector("#chart svg polyline.train", timeout=10000)
+    # readable axes: round tick values on both, each axis titled with its unit (the run logs iterations 1..50)
+    x_ticks = page.eval_on_selector_all("#chart .tick-label.x", "nodes => nodes.map(n => n.textContent)")
+    y_ticks = page.eval_on_selector_all("#chart .tick-label.y", "nodes => nodes.map(n => n.textContent)")
+    assert x_ticks[0] == "0" and x_ticks[-1] == "50" and len(x_ticks) >= 4, x_ticks
+    assert len(y_ticks) >= 3 and float(y_ticks[0]) <= 2.5 and float(y_ticks[-1]) >= 2.99, y_ticks
+    titles = page.eval_on_selector_all("#chart .axis-title", "nodes => nodes.map(n => n.textContent)")
+    assert any("iteration" in t for t in titles) and any("nats per character" in t for t in titles)
+    assert any("bits per character" in t for t in titles)
     page.wait_for_selector("#samples pre.sample", timeout=20000)
     assert page.locator("#samples pre.sample").count() == 2
     screenshot(page, tmp_path, "training.png")

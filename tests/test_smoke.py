@@ -4,8 +4,15 @@ import json
 import pytest
 
 
-@pytest.mark.parametrize("impl", ["naive", "scratch", "library"])
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def _case(cell: str, impl: str):
+    """The quick subset keeps every cell through naive and every engine through lstm; the torch engines'
+    other cells (checked in-process against naive by test_engines) run here in the full suite."""
+    slow = impl != "naive" and cell != "lstm"
+    return pytest.param(impl, cell, id=f"{cell}-{impl}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("impl, cell", [_case(cell, impl) for cell in ("rnn", "gru", "lstm")
+                                        for impl in ("naive", "scratch", "library")])
 def test_train_two_iterations_then_sample(impl, cell, run_cli, tiny_text, tmp_path):
     out = tmp_path / "run"
     r = run_cli(["train", "--impl", impl, "--cell", cell, "--data", tiny_text, "--out", out, "--hidden", 12,

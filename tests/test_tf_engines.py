@@ -61,7 +61,11 @@ def close(ours, ref, rtol, name):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=rtol * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("layers,embed", [(1, E), (2, E), (3, E), (2, 0)])   # embed 0: one-hot inputs
+SLOW = pytest.mark.slow   # the quick subset (-m "not slow") keeps one case of each kind; the full suite runs all
+
+
+@pytest.mark.parametrize("layers,embed", [pytest.param(1, E, marks=SLOW), (2, E), pytest.param(3, E, marks=SLOW),
+                                          (2, 0)])   # embed 0: one-hot inputs
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("impl", list(TF_ENGINES))
 def test_forward_and_gradients_match_the_naive_engine(impl, cell, layers, embed):
@@ -213,7 +217,9 @@ def test_optimizer_state_is_the_naive_engines_format():
         learner.load_optimizer_state(arrays, {**meta, "type": "adagrad"})
 
 
-@pytest.mark.parametrize("cell,optimizer,wd", [("rnn", "adagrad", 0.0), ("gru", "adamw", 0.1), ("lstm", "adam", 0.0)])
+@pytest.mark.parametrize("cell,optimizer,wd", [("rnn", "adagrad", 0.0),   # every optimizer and cell: in-process above
+                                              pytest.param("gru", "adamw", 0.1, marks=SLOW),
+                                              pytest.param("lstm", "adam", 0.0, marks=SLOW)])
 def test_a_training_step_is_the_torch_engines_step(cell, optimizer, wd):
     """Loss, clipping (active: clip 0.5), optimizer and carried state, four windows: TF engines vs library."""
     torch = pytest.importorskip("torch")
@@ -378,6 +384,7 @@ def test_any_run_evaluates_fine_tunes_and_resumes_in_the_tf_engines(corpus, tmp_
     assert code == 2 and len(err.strip().splitlines()) == 1 and "optimizer" in err, err
 
 
+@SLOW   # the quick subset checks resume in-process (test_resume_from_saved_learner_state_is_exact)
 @pytest.mark.parametrize("impl", list(TF_ENGINES))
 def test_cli_resume_is_exact(impl, corpus, tmp_path, capsys):
     """10 iterations + --resume to 20 == 20 straight, dropout on (its RNG state is in the checkpoint)."""
@@ -411,7 +418,7 @@ def test_tf_engines_refuse_what_they_cannot_honour(corpus, tmp_path, capsys, mon
     assert not (tmp_path / "b").exists()
 
 
-def test_without_tensorflow_the_cli_says_what_to_install(corpus, tmp_path):
+def test_without_tensorflow_the_cli_says_what_to_install(corpus, tmp_path, run_cli):
     """TensorFlow unimportable: --impl tf|keras is one line and exit 2; nothing else changes or imports it."""
     import subprocess
     import sys
@@ -428,7 +435,7 @@ def test_without_tensorflow_the_cli_says_what_to_install(corpus, tmp_path):
             " main(['eval', '--checkpoint', run, '--impl', 'keras', '--data', args[1]]))\n"
             "assert main(['eval', '--checkpoint', run, '--impl', 'naive', '--data', args[1]]) == 0\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
-                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                         env=run_cli.env())
     assert out.returncode == 0, out.stderr
     assert "codes 2 2" in out.stdout
     errors = [line for line in out.stderr.splitlines() if line.startswith("charrnn: error")]

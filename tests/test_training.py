@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,14 +15,15 @@ from charrnn.data.batching import make_streams
 from charrnn.models import build_model
 from charrnn.train.loop import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 ENGINES = ["naive", "scratch", "library"]
 
 
-def cli(args, cwd=None, timeout=300, **popen):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout, **popen)
+@pytest.fixture
+def cli(run_cli):
+    """`charrnn ARGS` run in this process (conftest's run_cli.in_process): these tests need no fresh process,
+    and a torch import per command made them most of the quick subset's time. Exact resume and signals
+    start real processes (run_cli)."""
+    return run_cli.in_process
 
 
 @pytest.fixture
@@ -48,15 +46,16 @@ def load_weights(run):
     return load_file(str(Path(run) / "model.safetensors"))
 
 
-@pytest.mark.parametrize("impl", ENGINES)
-def test_resume_equals_uninterrupted(impl, text_file, tmp_path):
+# naive in the quick subset; the torch engines (four runs, a torch import each: ~20 s apiece) in the full suite
+@pytest.mark.parametrize("impl", ["naive", *(pytest.param(impl, marks=pytest.mark.slow) for impl in ENGINES[1:])])
+def test_resume_equals_uninterrupted(impl, text_file, tmp_path, run_cli):
     """10 iterations + resume to 20 == 20 iterations straight, with dropout on (RNG state matters)."""
     common = ["--impl", impl, "--data", text_file, *SMALL, "--dropout", 0.3, "--seed", 5]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert cli(["train", *common, "--out", straight, "--max-iters", 20]).returncode == 0
-    first = cli(["train", *common, "--out", split, "--max-iters", 10])
+    assert run_cli(["train", *common, "--out", straight, "--max-iters", 20]).returncode == 0
+    first = run_cli(["train", *common, "--out", split, "--max-iters", 10])
     assert first.returncode == 0, first.stderr
-    resumed = cli(["train", "--data", text_file, "--out", split, "--max-iters", 20, "--resume"])
+    resumed = run_cli(["train", "--data", text_file, "--out", split, "--max-iters", 20, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and "iteration 10" in resumed.stdout
     a, b = load_weights(straight), load_weights(split)
@@ -64,7 +63,8 @@ def test_resume_equals_uninterrupted(impl, text_file, tmp_path):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6
     # and dropout really was on: a run without it ends elsewhere
     other = tmp_path / "nodrop"
-    assert cli(["train", *common[:-4], "--seed", 5, "--dropout", 0.0, "--out", other, "--max-iters", 20]).returncode == 0
+    nodrop = run_cli(["train", *common[:-4], "--seed", 5, "--dropout", 0.0, "--out", other, "--max-iters", 20])
+    assert nodrop.returncode == 0
     c = load_weights(other)
     assert max(float(np.abs(a[k] - c[k]).max()) for k in a) > 1e-4
 
@@ -80,7 +80,8 @@ class RecordingStepper:
 
     def train_step(self, x, y, state):
         loss, new_state = self.inner.train_step(x, y, state)
-        self.calls.append((x.copy(), [s.detach().numpy().copy() for s in state], [s.detach().numpy().copy() for s in new_state]))
+        self.calls.append((x.copy(), [s.detach().numpy().copy() for s in state],
+                           [s.detach().numpy().copy() for s in new_state]))
         return loss, new_state
 
 
@@ -107,7 +108,7 @@ def test_state_carries_between_windows_and_resets_each_epoch(tmp_path):
         np.testing.assert_array_equal(x, streams.window(k % streams.num_windows)[0])
 
 
-def test_metrics_plot_and_checkpoint_files(text_file, tmp_path):
+def test_metrics_plot_and_checkpoint_files(text_file, tmp_path, cli):
     out = tmp_path / "run"
     r = cli(["train", "--data", text_file, "--out", out, *SMALL[:-4], "--eval-every", 10, "--log-every", 5,
              "--max-iters", 20, "--optimizer", "adagrad", "--lr", 0.1, "--lr-decay", 0.5,
@@ -137,7 +138,7 @@ def test_metrics_plot_and_checkpoint_files(text_file, tmp_path):
     assert config["model"]["hidden"] == 16 and config["train"]["optimizer"] == "adagrad"
 
 
-def test_existing_run_is_not_overwritten_without_flag(text_file, tmp_path):
+def test_existing_run_is_not_overwritten_without_flag(text_file, tmp_path, cli):
     out = tmp_path / "run"
     assert cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2]).returncode == 0
     before = (out / "model.safetensors").read_bytes()
@@ -146,7 +147,7 @@ def test_existing_run_is_not_overwritten_without_flag(text_file, tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def test_resume_refuses_a_changed_model_shape(text_file, tmp_path):
+def test_resume_refuses_a_changed_model_shape(text_file, tmp_path, cli):
     out = tmp_path / "run"
     assert cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2]).returncode == 0
     r = cli(["train", "--data", text_file, "--out", out, "--resume", "--hidden", 32])
@@ -155,12 +156,9 @@ def test_resume_refuses_a_changed_model_shape(text_file, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_saves_a_checkpoint_and_exits_zero(sig, text_file, tmp_path):
+def test_interrupt_saves_a_checkpoint_and_exits_zero(sig, text_file, tmp_path, run_cli):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "--data", str(text_file), "--out", str(out),
-                             *map(str, SMALL), "--max-iters", "100000"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = run_cli.popen(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", "100000"])
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
@@ -169,14 +167,15 @@ def test_interrupt_saves_a_checkpoint_and_exits_zero(sig, text_file, tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "saving a checkpoint" in stderr
-    meta = json.loads(json.dumps(__import__("charrnn.checkpoint", fromlist=["x"]).read_safetensors(out / "resume.safetensors")[1]))
+    meta = json.loads(json.dumps(__import__("charrnn.checkpoint",
+                                            fromlist=["x"]).read_safetensors(out / "resume.safetensors")[1]))
     iteration = meta["progress"]["iteration"]
     assert iteration >= 5
-    r = cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", iteration + 3])
+    r = run_cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", iteration + 3])
     assert r.returncode == 0 and f"iteration {iteration}" in r.stdout
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(text_file, tmp_path):
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(text_file, tmp_path, cli):
     out = tmp_path / "run"
     assert cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 3]).returncode == 0
     good = (out / "model.safetensors").read_bytes()
@@ -192,7 +191,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(text_file, tmp_pa
     assert (out / "model.safetensors").read_bytes() == good or all(np.isfinite(v).all() for v in params.values())
 
 
-def test_init_from_fine_tunes_and_rejects_new_characters(text_file, tmp_path):
+def test_init_from_fine_tunes_and_rejects_new_characters(text_file, tmp_path, cli):
     base = tmp_path / "base"
     assert cli(["train", "--data", text_file, "--out", base, *SMALL, "--max-iters", 4]).returncode == 0
     subset = tmp_path / "subset.txt"
@@ -208,7 +207,7 @@ def test_init_from_fine_tunes_and_rejects_new_characters(text_file, tmp_path):
     assert r.returncode == 2 and "'Z'" in r.stderr and "'§'" in r.stderr
 
 
-def test_naive_engine_rejects_options_it_cannot_honour(text_file, tmp_path):
+def test_naive_engine_rejects_options_it_cannot_honour(text_file, tmp_path, cli):
     r = cli(["train", "--impl", "naive", "--data", text_file, "--out", tmp_path / "r", "--compile"])
     assert r.returncode == 2 and "--compile" in r.stderr
     r = cli(["train", "--impl", "naive", "--data", text_file, "--out", tmp_path / "r", "--device", "cuda"])
@@ -216,11 +215,12 @@ def test_naive_engine_rejects_options_it_cannot_honour(text_file, tmp_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
-def test_bf16_without_cuda_is_one_line_error(device, text_file, tmp_path):
+def test_bf16_without_cuda_is_one_line_error(device, text_file, tmp_path, cli):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--bf16", "--device", device])
+    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--bf16", "--device",
+             device])
     assert r.returncode == 2 and "--bf16 needs CUDA" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()

@@ -63,7 +63,12 @@ class Spec:
     include: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()
     doc_sep: str = DEFAULT_SEP
-    flag: str = "--data"       # how messages name the paths
+    flag: Optional[str] = "--data"   # how messages name the paths: None for a positional argument (info)
+
+    @property
+    def given(self) -> str:
+        """The paths as the user gave them, for messages."""
+        return " ".join(([self.flag] if self.flag else []) + list(self.paths))
 
 
 @dataclass(frozen=True)
@@ -384,7 +389,7 @@ class Collection:
         self.counts: Dict[int, int] = dict(zip(scan["codes"], scan["counts"]))
         self.skipped.sort(key=lambda item: item[0].split("/"))
         if not self.documents:
-            raise UserError(f"{spec.flag} {' '.join(spec.paths)}: no UTF-8 text file found"
+            raise UserError(f"{spec.given}: no UTF-8 text file found"
                             + (f" ({self.skipped_text()})" if self.skipped else "")
                             + "; give files or folders holding UTF-8 text" + ("" if not (spec.include or spec.exclude)
                                                                               else ", or loosen --include/--exclude"))
@@ -452,7 +457,7 @@ class Collection:
         hit = self.cache.read_encoding(key, total, vocab.dtype)
         if hit is not None:
             return hit[0], int(hit[1].get("unknown", 0))
-        encoder = Encoder(vocab, unknown, what or f"{self.spec.flag} {' '.join(self.spec.paths)}")
+        encoder = Encoder(vocab, unknown, what or self.spec.given)
         if self.cache.directory is None:  # nowhere to write: encode in memory
             out = np.empty(total, vocab.dtype)
 

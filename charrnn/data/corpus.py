@@ -48,16 +48,16 @@ class Corpus:
         return f"Total {self.characters} characters with {len(self.vocab)} unique tokens."
 
 
-def load_corpus(spec: str, use_cache: bool = True) -> Corpus:
-    """Resolve `--data` and return the encoded corpus (memory-mapped when cached).
+def load_corpus(spec: str, use_cache: bool = True, option: Optional[str] = "--data") -> Corpus:
+    """Resolve `--data` and return the encoded corpus (memory-mapped when cached); `option`: see resolve_data.
 
     A folder (or `pystdlib`) is read as a collection: its documents joined by the default
     separator (collection.py)."""
-    path = resolve_data(spec)
+    path = resolve_data(spec, option)
     if path.is_dir():
         from charrnn.data.collection import Collection, Spec
 
-        collection = Collection(Spec((spec,)))
+        collection = Collection(Spec((spec,), flag=option))
         separator = collection.separator
         vocab = Vocab.from_code_points(set(collection.counts) | ({ord(separator)} if separator else set()))
         return Corpus(str(path), vocab, collection.encode(collection.documents, vocab, separator)[0])

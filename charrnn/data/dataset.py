@@ -50,7 +50,7 @@ class SingleText:
     def __init__(self, spec: Spec):
         given = spec.paths[0]
         path = resolve_data(given, spec.flag)
-        self.spec, self.corpus = spec, load_corpus(given)
+        self.spec, self.corpus = spec, load_corpus(given, option=spec.flag)
         st = path.stat()
         self.documents = [Document(given, path.name, path, st.st_size, st.st_mtime_ns, st.st_ino, True, 0, st.st_dev,
                                    self.corpus.characters, self.corpus.sha256 or sha256_of(path))]
@@ -309,8 +309,7 @@ def trained_on(run_dir: Path) -> Tuple[str, dict]:
 def describe(spec: Spec) -> Tuple[List[str], dict]:
     """`charrnn info`: the summary line (and for a collection, the files line), and the --json object."""
     if not is_collection(spec.paths):
-        resolve_data(spec.paths[0], spec.flag)
-        corpus = load_corpus(spec.paths[0])
+        corpus = load_corpus(spec.paths[0], option=spec.flag)
         return [corpus.summary()], {"characters": corpus.characters, "vocab_size": len(corpus.vocab)}
     collection = Collection(spec)
     separator = collection.separator
@@ -322,18 +321,24 @@ def describe(spec: Spec) -> Tuple[List[str], dict]:
              "skipped_files": [{"path": name, "reason": why} for name, why in collection.skipped]})
 
 
-def eval_data(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], vocab: Vocab,
-              record: Optional[dict]) -> Tuple[np.ndarray, object]:
-    """The text to evaluate, encoded in the model's vocabulary. Documents are joined by the run's separator
-    (a run trained on one text has none: a newline, where the vocabulary has one); characters outside the
-    vocabulary become the run's unknown symbol when it has one, else a one-line error."""
+def eval_text(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], vocab: Vocab,
+              record: Optional[dict]) -> Tuple[Vocab, np.ndarray, object]:
+    """The text `charrnn eval` reads: (its vocabulary, its indices, the source read). Documents are joined by
+    the run's separator (a run trained on one text has none: a newline, where the vocabulary has one). A
+    --max-vocab run's text comes encoded in the model's vocabulary, every character it lacks read as the
+    unknown symbol; otherwise in its own, for the caller to map (or refuse, or skip) what the model lacks."""
     separator = (record or {}).get("doc_sep")
     if not separator or separator not in vocab:
         separator = "\n" if "\n" in vocab else ""
     unknown = (record or {}).get("unknown")
-    spec = Spec(tuple(paths), tuple(include), tuple(exclude), separator, "--data")
-    source = open_source(spec)
-    data, _ = source.encode(source.documents, vocab, source.separator, unknown if unknown in vocab else None,
-                            what=" ".join(paths))
-    return data, source
-
+    unknown = unknown if unknown in vocab else None
+    source = open_source(Spec(tuple(paths), tuple(include), tuple(exclude), separator, "--data"))
+    what = " ".join(paths)
+    if isinstance(source, SingleText):
+        if unknown:
+            return vocab, translate(source.corpus.vocab, source.corpus.data, vocab, unknown, what)[0], source
+        return source.corpus.vocab, source.corpus.data, source
+    if unknown:
+        return vocab, source.encode(source.documents, vocab, source.separator, unknown, what)[0], source
+    own, _ = build_vocab(set(source.counts), None, source.separator, None)
+    return own, source.encode(source.documents, own, source.separator, what=what)[0], source

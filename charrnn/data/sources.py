@@ -16,6 +16,7 @@ import sysconfig
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from charrnn.errors import UserError
 from charrnn.storage import TMP_PREFIX, user_cache_dir, write_bytes_atomic
@@ -34,19 +35,22 @@ def data_dir() -> Path:
     return user_cache_dir()
 
 
-def resolve_data(spec: str, flag: str = "--data") -> Path:
-    """Turn a --data value into the path of a text file or a folder, fetching or generating it if needed."""
+def resolve_data(spec: str, option: Optional[str] = "--data") -> Path:
+    """Turn a --data value into the path of a text file or a folder, fetching or generating it if needed.
+
+    `option` is how the user gave `spec`, for the messages: "--data", or None for a positional (`charrnn info`)."""
     if spec == "tinyshakespeare":
-        return fetch_tinyshakespeare()
+        return fetch_tinyshakespeare(option)
     if spec == "pystdlib":
         return build_pystdlib()
     path = Path(spec).expanduser()
+    given = f"{option} {spec}" if option else spec
     if not path.exists():
         names = ", ".join(NAMED_CORPORA)
-        raise UserError(f"{flag} {spec}: no such file or folder; give a UTF-8 text file, a folder of them, "
+        raise UserError(f"{given}: no such file or folder; give a UTF-8 text file, a folder of them, "
                         f"or a corpus name ({names})")
     if not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
-        raise UserError(f"{flag} {spec} is not a regular file; give a UTF-8 text file or a folder of them")
+        raise UserError(f"{given} is not a regular file; give a UTF-8 text file or a folder of them")
     return path
 
 
@@ -58,8 +62,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_tinyshakespeare() -> Path:
-    """Return the verified cached copy, downloading it the first time."""
+def fetch_tinyshakespeare(option: Optional[str] = "--data") -> Path:
+    """Return the verified cached copy, downloading it the first time; `option`: see resolve_data."""
     directory = data_dir()
     for candidate in (directory / "tinyshakespeare.txt", directory / "tinyshakespeare" / "input.txt"):
         if candidate.is_file():
@@ -68,7 +72,8 @@ def fetch_tinyshakespeare() -> Path:
                                 f"re-download")
             return candidate
     target = directory / "tinyshakespeare.txt"
-    how = f"download it yourself and pass --data PATH, or put it at {target} (or set $CHARRNN_DATA_DIR)"
+    instead = f"pass {option} PATH" if option else "give its path instead"
+    how = f"download it yourself and {instead}, or put it at {target} (or set $CHARRNN_DATA_DIR)"
     try:
         with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
             payload = response.read()

@@ -14,7 +14,7 @@ def add_export_parser(subparsers) -> None:
                     "text in a browser with no server. See docs/export.md.")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run directory made by 'charrnn train'")
     p.add_argument("--which", choices=("latest", "best"), default="latest",
-                   help="model.safetensors or best.safetensors")
+                   help="model.safetensors or best.safetensors (default: latest)")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx: one .onnx file (chars and state in, logits and state out; vocabulary and config in "
                         "its metadata), for ONNX Runtime anywhere (needs the onnx extra). web: a folder whose "
@@ -24,7 +24,7 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                    help="onnx, LSTM only: int8 weights by ONNX Runtime's dynamic quantization (about 4x smaller, "
                         "runs only in ONNX Runtime; ONNX Runtime has no int8 GRU or RNN); measure its cost with "
-                        "'charrnn eval --onnx FILE --data TEXT'")
+                        "'charrnn eval --onnx FILE --data TEXT' (default: off, float32)")
     p.set_defaults(handler=cmd_export)
 
 

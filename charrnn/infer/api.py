@@ -10,6 +10,7 @@ ValueError) with one line saying what is wrong; below this layer values are trus
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
@@ -17,8 +18,9 @@ import numpy as np
 
 from charrnn.checkpoint import load_run
 from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH, check_choice
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
-from charrnn.infer.evaluate import Evaluation, evaluate_indices
+from charrnn.infer.evaluate import Evaluation, evaluate_indices, to_model_indices
 from charrnn.infer.predictor import Predictor
 from charrnn.infer.sampling import (
     SamplingOptions,
@@ -39,6 +41,10 @@ class TrainedModel:
     starts a new document, and `text.split(model.separator)[0]` is a whole one. `unknown`: a --max-vocab
     run's symbol for every dropped character (U+FFFD), never sampled (else None)."""
 
+    separator: Optional[str] = None   # class defaults: a model loaded from elsewhere (an .onnx file) has neither
+    unknown: Optional[str] = None
+    _banned: Optional[int] = None
+
     def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
         from charrnn.data.dataset import read_record
         from charrnn.models import build_model
@@ -52,11 +58,10 @@ class TrainedModel:
         self.unknown = record.get("unknown") if record.get("unknown") in self.vocab else None
         self._banned = self.vocab.chars.index(self.unknown) if self.unknown else None
         self.impl = impl
-        engine_device = None
-        if impl != "naive":
-            from charrnn.devices import resolve_device
+        from charrnn.devices import resolve_device
 
-            engine_device = resolve_device(device, impl)  # one-line UserError when torch or TensorFlow is missing
+        # None for the NumPy engine; a one-line UserError when torch or TensorFlow is missing
+        engine_device = resolve_device(device, impl, cli=False)
         self.model = build_model(impl, self.config, params=params, device=engine_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
         self.predictor = Predictor(self.model, quantize)  # int8: every engine steps through the same int8 step
@@ -113,16 +118,25 @@ class TrainedModel:
         found = beam_search(self.predictor, start, length, beam, self._banned)
         return prime + self.vocab.decode(found)
 
-    def evaluate(self, text: str) -> Evaluation:
-        """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream."""
-        if self.unknown and isinstance(text, str):
-            text = "".join(c if c in self.vocab else self.unknown for c in text)
-        missing = self.vocab.unknown(text)
-        if missing:
-            from charrnn.data.vocab import format_chars
+    def evaluate(self, text: str, unknown: str = "error") -> Evaluation:
+        """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream.
 
-            raise UserError(f"the text has characters outside the model's vocabulary: {format_chars(missing)}")
-        return evaluate_indices(self.predictor, self.vocab.encode(text))
+        Characters outside the model's vocabulary raise UserError, or with unknown="skip" are dropped
+        first: the result's `.skipped` counts them and `.skipped_chars` lists them. A --max-vocab run
+        reads them as its unknown symbol instead, as training did."""
+        if not isinstance(text, str):
+            raise UserError(f"the text must be a str, not {type(text).__name__}")
+        if self.unknown:
+            text = "".join(c if c in self.vocab else self.unknown for c in text)
+        text_vocab = Vocab.from_text(text)
+        return self.evaluate_encoded(text_vocab, text_vocab.encode(text), unknown, "the text", audience="python")
+
+    def evaluate_encoded(self, text_vocab: Vocab, data: np.ndarray, unknown: str = "error", what: str = "the text",
+                         audience: str = "python") -> Evaluation:
+        """`evaluate` for a text encoded in its own vocabulary (a Corpus); `what` names it in errors."""
+        indices, skipped, skipped_chars = to_model_indices(self.vocab, text_vocab, data, unknown, what, audience)
+        result = evaluate_indices(self.predictor, indices)
+        return dataclasses.replace(result, skipped=skipped, skipped_chars=skipped_chars)
 
     def evaluate_indices(self, data: np.ndarray) -> Evaluation:
         """As `evaluate`, for text already encoded with this model's vocabulary."""

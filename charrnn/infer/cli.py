@@ -11,10 +11,27 @@ import sys
 import numpy as np
 
 from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH
+from charrnn.data.vocab import format_chars
 from charrnn.errors import UserError
 from charrnn.infer.sampling import UNKNOWN_CHOICES, sampling_options
 
 SEPARATOR = "\n\n----- sample {index} of {total} -----\n"
+
+SAMPLE_EPILOG = """\
+Knobs compose in this order: temperature, then --top-k, then --top-p, then the draw.
+
+examples:
+  charrnn sample --checkpoint runs/shakespeare --which best --prime "ROMEO:" --length 300 --temperature 0.8
+  charrnn sample --checkpoint runs/shakespeare --prime "ROMEO:" --top-p 0.9 --num-samples 3 --seed 1
+  charrnn sample --checkpoint runs/shakespeare --prime "ROMEO:" --length 60 --beam 5
+"""
+
+EVAL_EPILOG = """\
+The text is read as one stream from a zero state; every character after the first is predicted.
+
+example:
+  charrnn eval --checkpoint runs/shakespeare --which best --data my_text.txt --unknown skip --json
+"""
 
 
 def _common(parser) -> None:
@@ -30,47 +47,57 @@ def _common(parser) -> None:
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch and TensorFlow engines (default: cpu)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES,
                         help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
-                             "generation, "
-                             "slightly less exact (README)")
+                             "generation, slightly less exact (README) (default: off, float32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def add_sample_parser(sub) -> None:
-    p = sub.add_parser("sample", help="generate text from a trained run")
+    p = sub.add_parser("sample", help="generate text from a trained run", epilog=SAMPLE_EPILOG,
+                       description="Generate text from a trained run: the prime, then --length new characters.")
     _common(p)
     primes = p.add_mutually_exclusive_group()
-    primes.add_argument("--prime", default="", help="text fed first to warm the state; printed before the sample")
-    primes.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 text file (read as training "
-                                                             "reads)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate, at least 1 (default: 500)")
-    p.add_argument("--temperature", type=float,
+    primes.add_argument("--prime", default="",
+                        help="text fed first to warm the state; printed before the sample (default: none: the model "
+                             "starts from a newline)")
+    primes.add_argument("--prime-file", metavar="PATH",
+                        help="read the prime from a UTF-8 text file (read as training reads)")
+    p.add_argument("--length", type=int, default=500, metavar="N",
+                   help="characters to generate, at least 1 (default: 500)")
+    p.add_argument("--temperature", type=float, metavar="T",
                    help="> 0; lower is more conservative (default: 1.0); not with --greedy or --beam")
-    p.add_argument("--top-k", type=int, help="sample only among the k most likely characters (applied after "
-                                             "temperature)")
-    p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (after top-k)")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="sample only among the k most likely characters (applied after temperature) (default: off)")
+    p.add_argument("--top-p", type=float, metavar="P",
+                   help="sample from the smallest set reaching probability p (after top-k) (default: off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character (argmax)")
-    p.add_argument("--beam", type=int,
-                   help="beam search with this many hypotheses: the most likely continuation "
-                        "(one sample; no sampling knobs)")
-    p.add_argument("--seed", type=int, help="make the output reproducible")
-    p.add_argument("--num-samples", type=int, default=1, help="generate N samples as one batch (default: 1)")
+    p.add_argument("--beam", type=int, metavar="K",
+                   help="beam search with K hypotheses: the most likely continuation (one sample; no sampling knobs) "
+                        "(default: off, sample)")
+    p.add_argument("--seed", type=int, metavar="S", help="make the output reproducible (default: a fresh random seed)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="generate N samples as one batch (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
-                   help="prime characters outside the vocabulary: error (default) or skip them")
+                   help="prime characters outside the vocabulary: error, or skip them with a warning (default: error)")
     p.add_argument("--stop-at-sep", action="store_true",
                    help="end each sample at the document separator of a run trained on a collection: whole documents "
-                        "(an empty prime starts a new document); --length is then the most characters")
+                        "(an empty prime starts a new document); --length is then the most characters "
+                        "(default: off)")
     p.set_defaults(handler=cmd_sample)
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="loss and bits per character of a text")
+    p = sub.add_parser("eval", help="loss and bits per character of a text", epilog=EVAL_EPILOG,
+                       description="Loss (nats per character) and bits per character of a text under a trained run.")
     _common(p)
-    p.add_argument("--data", required=True, nargs="+",
-                   help="UTF-8 text files or folders of them, or a corpus name; documents are joined by the run's "
-                        "separator")
+    p.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                   help="UTF-8 text files or folders of them, or a corpus name (tinyshakespeare, pystdlib); "
+                        "documents are joined by the run's separator")
     from charrnn.cli import add_collection_flags
 
     add_collection_flags(p)
+    p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
+                   help="characters outside the model's vocabulary: error, or skip them and report how many "
+                        "(default: error)")
     p.set_defaults(handler=cmd_eval)
 
 
@@ -108,7 +135,17 @@ def _load(args):
                                 f"CPU")
         return load_onnx(args.onnx)
 
+    from charrnn.devices import resolve_device
+
+    resolve_device(args.device, args.impl)  # checked here first, so that a refusal names the flags
     return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
+
+
+def _settings(args) -> dict:
+    """The model settings a --json report names: the engine, weights and quantization used (onnx: the file)."""
+    if args.onnx:
+        return {"impl": "onnx", "onnx": args.onnx, "which": None, "quantize": None}
+    return {"impl": args.impl, "which": args.which, "quantize": args.quantize}
 
 
 def cmd_sample(args) -> int:
@@ -138,8 +175,8 @@ def cmd_sample(args) -> int:
         texts = [text[: len(prime)] + text[len(prime):].split(stop, 1)[0] for text in texts]
     if args.json:
         settings = {"beam": args.beam} if options is None else {**options.as_dict(), "seed": args.seed}
-        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings,
-                          "impl": args.impl, "which": args.which, "quantize": args.quantize}, ensure_ascii=False))
+        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings, **_settings(args)},
+                         ensure_ascii=False))
     elif len(texts) == 1:
         print(texts[0])
     else:
@@ -160,20 +197,25 @@ def _separator(model, run_dir) -> str:
 
 
 def cmd_eval(args) -> int:
-    from charrnn.data.dataset import eval_data, read_record, trained_on
+    from charrnn.data.dataset import eval_text, read_record, trained_on
 
     model = _load(args)
     record = read_record(args.checkpoint) if args.checkpoint else None  # an .onnx file keeps no record
-    data, source = eval_data(args.data, args.include, args.exclude, model.vocab, record)
+    text_vocab, data, source = eval_text(args.data, args.include, args.exclude, model.vocab, record)
     if source.skipped:
         print(f"warning: {source.files_line()}", file=sys.stderr)
-    result = model.evaluate_indices(data)
-    line, facts = trained_on(args.checkpoint) if args.checkpoint else (None, None)
+    what = " ".join(args.data)
+    result = model.evaluate_encoded(text_vocab, data, args.unknown, what, audience="cli")
+    trained = trained_on(args.checkpoint) if args.checkpoint else None
     if args.json:
-        print(json.dumps({**result.as_dict(), **({"trained_on": facts} if facts else {})}, ensure_ascii=False))
-    else:
-        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted "
-              f"characters")
-        if line:
-            print(line)
+        print(json.dumps({**result.as_dict(), **_settings(args), **({"trained_on": trained[1]} if trained else {})},
+                         ensure_ascii=False))
+        return 0
+    line = f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters"
+    if args.unknown == "skip":
+        line += (f"; skipped {result.skipped} outside the model's vocabulary: {format_chars(result.skipped_chars)}"
+                 if result.skipped else "; no character outside the model's vocabulary")
+    print(line)
+    if trained:
+        print(trained[0])
     return 0

@@ -42,7 +42,8 @@ class Predictor:
         self.backend = model.backend
         self._forward = _FORWARDS[self.backend](model)
         if quantize and self._forward.device_type != "cpu":
-            raise UserError(f"--quantize {quantize} runs on the CPU's int8 kernels; use --device cpu")
+            raise UserError(f"{quantize} quantization runs on the CPU's int8 kernels; load the model on the CPU "
+                            "(device cpu)")
         self._weights = None              # NumpyWeights or native.NativeWeights, prepared once
         self._lock = threading.Lock()
         if quantize or self.backend == "numpy":  # now: a bad build fails, and the C step compiles, before any output
@@ -119,7 +120,7 @@ def _prepare(model: CharModel, quantize: Optional[str]) -> _Prepared:
 
     if kernel() is not None:
         return _Prepared(NativeStep, NativeWeights(model.config, model.get_parameters()))
-    warnings.warn(f"--quantize int8 runs in NumPy, at float speed: its compiled step is unavailable "
+    warnings.warn(f"int8 quantization runs in NumPy, at float speed: its compiled step is unavailable "
                   f"({kernel_problem()})", NativeStepUnavailable, stacklevel=3)
     return _Prepared(NumpyStep, NumpyWeights.from_model(model, quantize="int8"))
 

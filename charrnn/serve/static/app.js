@@ -181,7 +181,7 @@ async function loadTraining() {
   try {
     const metrics = await (await fetch("/api/metrics")).json();
     drawChart(metrics);
-    setStatus("train-status", metrics.rows ? `${metrics.rows} rows in metrics.jsonl; train (blue), validation (orange), nats per character`
+    setStatus("train-status", metrics.rows ? `${metrics.rows} rows in metrics.jsonl; hover a validation point for its value`
                                            : "no metrics.jsonl in this run");
   } catch (err) { setStatus("train-status", err.message, true); }
   const box = $("samples");
@@ -194,36 +194,108 @@ async function loadTraining() {
   } catch (err) { box.replaceChildren(el("p", { class: "status error" }, err.message)); }
 }
 
+// The loss chart: an SVG drawn here (no library, no network), with "nice" ticks (1, 2, 2.5 or 5 times a
+// power of ten), grid lines, both axes titled with their units, nats/char on the left and bits/char on the right.
+const LN2 = Math.log(2);
+
+function niceStep(span, count) {
+  const raw = span / Math.max(1, count), power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw * 0.999);
+  return step || 10 * power;
+}
+
+function ticks(lo, hi, count, minStep = 0) {
+  if (!(hi > lo)) { hi = lo + 1; lo = lo - 1; }
+  const step = Math.max(minStep, niceStep(hi - lo, count)), values = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) values.push(Number(v.toPrecision(12)));
+  return { values, step };
+}
+
+function decimals(step) {
+  return Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9) + (String(step).includes("2.5") ? 1 : 0)));
+}
+
+function iterLabels(values, step) {
+  // one unit for the whole axis: 1,500 and 2,000; 50k and 100k; 1.5M and 2M
+  const top = values[values.length - 1];
+  const [scale, suffix] = top >= 1e6 && step >= 1e5 ? [1e6, "M"] : top >= 1e5 && step >= 1e3 ? [1e3, "k"] : [1, ""];
+  return values.map((v) => (v === 0 ? "0" : `${(v / scale).toLocaleString("en-US", { maximumFractionDigits: 2 })}${suffix}`));
+}
+
 function drawChart({ train, val }) {
-  const ns = "http://www.w3.org/2000/svg", W = 760, H = 300, pad = 45;
+  const ns = "http://www.w3.org/2000/svg", W = 760, H = 340;
+  const m = { left: 64, right: 64, top: 34, bottom: 48 };   // room for tick labels and axis titles
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", W); svg.setAttribute("height", H);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "training and validation loss against iterations");
+  const add = (tag, attrs, text, parent = svg) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    parent.append(node); return node;
+  };
   const points = train.concat(val);
-  if (points.length) {
-    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-    const [x0, x1] = [Math.min(...xs), Math.max(...xs) || 1], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
-    const sx = (x) => pad + (x - x0) / ((x1 - x0) || 1) * (W - 2 * pad);
-    const sy = (y) => H - pad - (y - y0) / ((y1 - y0) || 1) * (H - 2 * pad);
-    const add = (tag, attrs, text) => {
-      const node = document.createElementNS(ns, tag);
-      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-      if (text !== undefined) node.textContent = text;
-      svg.append(node); return node;
-    };
-    add("line", { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, class: "axis" });
-    add("line", { x1: pad, y1: pad, x2: pad, y2: H - pad, class: "axis" });
-    add("text", { x: pad, y: H - pad + 16 }, String(x0));
-    add("text", { x: W - pad - 30, y: H - pad + 16 }, `${x1} iter`);
-    add("text", { x: 2, y: sy(y1) + 4 }, y1.toFixed(2));
-    add("text", { x: 2, y: sy(y0) + 4 }, y0.toFixed(2));
-    const line = (series, cls) => add("polyline", { class: cls, points: series.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ") });
-    if (train.length) line(train, "train");
-    if (val.length) line(val, "val");
-    for (const [x, y] of val) add("circle", { cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3, class: "val-point" });
-    add("text", { x: W - 150, y: pad - 20, class: "legend-train" }, "\u2014 train");
-    add("text", { x: W - 90, y: pad - 20, class: "legend-val" }, "\u2014 validation");
-    add("text", { x: 2, y: pad - 20 }, "loss (nats/char)");
+  if (!points.length) {
+    add("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no loss recorded yet");
+    $("chart").replaceChildren(svg);
+    return;
   }
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const xt = ticks(0, Math.max(...xs, 1), 8, 1);    // iterations are whole numbers
+  const yt0 = ticks(Math.min(...ys), Math.max(...ys), 6);
+  const y0 = Math.floor(Math.min(...ys) / yt0.step) * yt0.step, y1 = Math.ceil(Math.max(...ys) / yt0.step) * yt0.step;
+  const yt = ticks(y0, y1 > y0 ? y1 : y0 + yt0.step, 6);
+  const [x0, x1] = [0, xt.values[xt.values.length - 1] < Math.max(...xs) ? xt.values[xt.values.length - 1] + xt.step
+                                                                             : xt.values[xt.values.length - 1]];
+  const [ylo, yhi] = [yt.values[0], yt.values[yt.values.length - 1]];
+  const sx = (x) => m.left + (x - x0) / ((x1 - x0) || 1) * (W - m.left - m.right);
+  const sy = (y) => H - m.bottom - (y - ylo) / ((yhi - ylo) || 1) * (H - m.top - m.bottom);
+  const [left, right, top, bottom] = [m.left, W - m.right, m.top, H - m.bottom];
+
+  const grid = add("g", { class: "grid" }), axes = add("g", { class: "axes" });
+  for (const v of yt.values) {
+    const y = sy(v).toFixed(1);
+    add("line", { x1: left, y1: y, x2: right, y2: y }, undefined, grid);
+    add("line", { x1: left - 5, y1: y, x2: left, y2: y, class: "tick" }, undefined, axes);
+    add("text", { x: left - 8, y, dy: "0.32em", "text-anchor": "end", class: "tick-label y" }, v.toFixed(decimals(yt.step)), axes);
+  }
+  const xValues = xt.values.concat(x1 > xt.values[xt.values.length - 1] ? [x1] : []), xLabels = iterLabels(xValues, xt.step);
+  xValues.forEach((v, k) => {
+    const x = sx(v).toFixed(1);
+    add("line", { x1: x, y1: top, x2: x, y2: bottom }, undefined, grid);
+    add("line", { x1: x, y1: bottom, x2: x, y2: bottom + 5, class: "tick" }, undefined, axes);
+    add("text", { x, y: bottom + 18, "text-anchor": "middle", class: "tick-label x" }, xLabels[k], axes);
+  });
+  // the same losses in bits per character, on the right
+  const bt = ticks(ylo / LN2, yhi / LN2, 6);
+  for (const b of bt.values.filter((b) => b * LN2 >= ylo - 1e-9 && b * LN2 <= yhi + 1e-9)) {
+    const y = sy(b * LN2).toFixed(1);
+    add("line", { x1: right, y1: y, x2: right + 5, y2: y, class: "tick" }, undefined, axes);
+    add("text", { x: right + 8, y, dy: "0.32em", "text-anchor": "start", class: "tick-label bits" }, b.toFixed(decimals(bt.step)), axes);
+  }
+  add("line", { x1: left, y1: bottom, x2: right, y2: bottom, class: "axis" }, undefined, axes);
+  add("line", { x1: left, y1: top, x2: left, y2: bottom, class: "axis" }, undefined, axes);
+  add("line", { x1: right, y1: top, x2: right, y2: bottom, class: "axis" }, undefined, axes);
+  add("text", { x: (left + right) / 2, y: H - 8, "text-anchor": "middle", class: "axis-title x" }, "iteration (optimizer steps)", axes);
+  add("text", { x: 0, y: 0, transform: `translate(16 ${(top + bottom) / 2}) rotate(-90)`, "text-anchor": "middle",
+                class: "axis-title y" }, "loss (nats per character)", axes);
+  add("text", { x: 0, y: 0, transform: `translate(${W - 14} ${(top + bottom) / 2}) rotate(90)`, "text-anchor": "middle",
+                class: "axis-title bits" }, "bits per character", axes);
+
+  const path = (series) => series.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
+  if (train.length) add("polyline", { class: "train", points: path(train) });
+  if (val.length) add("polyline", { class: "val", points: path(val) });
+  for (const [x, y] of val) {
+    const dot = add("circle", { cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3.5, class: "val-point" });
+    add("title", {}, `iteration ${x.toLocaleString("en-US")}: validation ${y.toFixed(4)} nats/char (${(y / LN2).toFixed(4)} bits/char)`, dot);
+  }
+  const legend = add("g", { class: "legend", transform: `translate(${right - 210} ${top - 14})` });
+  add("line", { x1: 0, y1: 0, x2: 22, y2: 0, class: "train" }, undefined, legend);
+  add("text", { x: 28, y: 0, dy: "0.32em", class: "legend-train" }, "train", legend);
+  add("line", { x1: 80, y1: 0, x2: 102, y2: 0, class: "val" }, undefined, legend);
+  add("circle", { cx: 91, cy: 0, r: 3.5, class: "val-point" }, undefined, legend);
+  add("text", { x: 108, y: 0, dy: "0.32em", class: "legend-val" }, "validation", legend);
   $("chart").replaceChildren(svg);
 }
 
