@@ -6,7 +6,6 @@ below this layer prints tracebacks for the user's mistakes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import re
@@ -15,7 +14,15 @@ import warnings
 from typing import Optional, Sequence
 
 from charrnn import __version__
-from charrnn.config import IMPLS, QUANTIZE_MODES, WHICH, ModelConfig, TrainConfig
+from charrnn.config import (
+    IMPLS,
+    QUANTIZE_MODES,
+    WHICH,
+    ModelConfig,
+    TrainConfig,
+    add_collection_flags,
+    add_config_flags,
+)
 from charrnn.errors import UserError
 
 
@@ -91,35 +98,6 @@ def _choice_suggestion(message: str) -> str:
     return f"; did you mean {close!r}?" if close else ""
 
 
-def add_config_flags(parser, cls, skip: Sequence[str] = ()) -> None:
-    """One flag per dataclass field; defaults are SUPPRESSed so we can tell which flags were given.
-
-    The help ends with the field's real default (or `default_text`, what a default of None means);
-    a field with choices lists them, e.g. `--impl {naive,scratch,library}`.
-    """
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = str(hints[f.name])
-        default = f.metadata.get("default_text") or f.default
-        help_text = f.metadata["help"] if "bool" in hint else f"{f.metadata['help']} (default: {default})"
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        if "bool" in hint:
-            parser.add_argument(flag, action="store_true", **kwargs)
-            continue
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]  # shown as {a,b,c} in place of a metavar
-        else:
-            kwargs["metavar"] = f.metadata.get("metavar") or f.name.upper()
-        for key in ("nargs", "action"):  # several values (--data A B) or a repeatable flag (--include P)
-            if f.metadata.get(key):
-                kwargs[key] = f.metadata[key]
-        kind = int if "int" in hint else float if "float" in hint else str
-        parser.add_argument(flag, type=kind, **kwargs)
-
-
 TRAIN_EPILOG = """\
 Without --epochs, --max-iters or --max-time, training runs 10 epochs.
 Precedence: explicit flags > --preset > defaults. With --resume, the run's saved settings replace
@@ -184,14 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: off, float32)")
     serve.set_defaults(handler=cmd_serve)
     return parser
-
-
-def add_collection_flags(parser: argparse.ArgumentParser) -> None:
-    """--include and --exclude for the commands that read DATA (train gets them from TrainConfig)."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("include", "exclude"):
-            parser.add_argument("--" + f.name, action="append", default=[], metavar="GLOB",
-                                help=f"{f.metadata['help']} (default: {f.metadata['default_text']})")
 
 
 def cmd_info(args) -> int:

@@ -8,9 +8,10 @@ value becomes a one-line CLI error.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from charrnn.errors import UserError
 
@@ -203,3 +204,42 @@ def from_dict(cls, data: dict, where: str):
         return cls(**data)
     except TypeError as e:
         raise UserError(f"{where}: {e}") from None
+
+
+# ---- command-line flags, derived from the fields above ------------------------------------------
+
+def add_config_flags(parser, cls, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field; defaults are SUPPRESSed so we can tell which flags were given.
+
+    The help ends with the field's real default (or `default_text`, what a default of None means);
+    a field with choices lists them, e.g. `--impl {naive,scratch,library}`.
+    """
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = str(hints[f.name])
+        default = f.metadata.get("default_text") or f.default
+        help_text = f.metadata["help"] if "bool" in hint else f"{f.metadata['help']} (default: {default})"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        if "bool" in hint:
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]  # shown as {a,b,c} in place of a metavar
+        else:
+            kwargs["metavar"] = f.metadata.get("metavar") or f.name.upper()
+        for key in ("nargs", "action"):  # several values (--data A B) or a repeatable flag (--include P)
+            if f.metadata.get(key):
+                kwargs[key] = f.metadata[key]
+        kind = int if "int" in hint else float if "float" in hint else str
+        parser.add_argument(flag, type=kind, **kwargs)
+
+
+def add_collection_flags(parser: argparse.ArgumentParser) -> None:
+    """--include and --exclude for the commands that read DATA (train gets them from TrainConfig)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("include", "exclude"):
+            parser.add_argument("--" + f.name, action="append", default=[], metavar="GLOB",
+                                help=f"{f.metadata['help']} (default: {f.metadata['default_text']})")

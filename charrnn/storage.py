@@ -84,3 +84,15 @@ def user_cache_dir(*parts: str) -> Path:
     from platformdirs import user_cache_path
 
     return user_cache_path("charrnn", appauthor=False).joinpath(*parts)
+
+
+def may_write_under(directory: Path) -> bool:
+    """False for a folder whose nearest existing ancestor has no write bits.
+
+    Checked by mode bits, not os.access: root may write anywhere, but a folder
+    marked read-only (a shared data folder, say) is not ours to fill.
+    """
+    for folder in [directory, *directory.parents]:
+        if folder.exists():
+            return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
+    return False

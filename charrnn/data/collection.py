@@ -42,7 +42,7 @@ from charrnn.data.sources import data_dir, resolve_data
 from charrnn.data.textfile import NotText, decoded_chunks
 from charrnn.data.vocab import Vocab, format_chars
 from charrnn.errors import UserError
-from charrnn.storage import atomic_file, user_cache_dir, write_text_atomic
+from charrnn.storage import atomic_file, may_write_under, user_cache_dir, write_text_atomic
 
 DEFAULT_SEP = "\x1e"        # ASCII record separator (see the module docstring)
 CACHE_SUFFIX = ".charrnn-cache"
@@ -275,12 +275,6 @@ def _progress(total_bytes: int, what: str):
 
 # ------------------------------------------------------------------------------------------- the cache
 
-def _may_write_under(directory: Path) -> bool:
-    from charrnn.data.corpus import _may_write_under as may
-
-    return may(directory)
-
-
 class _Cache:
     """Scan results and encodings of one collection, in its own folder under the data directory."""
 
@@ -291,7 +285,7 @@ class _Cache:
         self.key = hashlib.sha256(json.dumps([CACHE_FORMAT, spec.include, spec.exclude, stamps]).encode()).hexdigest()
         self.directory = None
         for folder in dict.fromkeys([data_dir() / "collections" / where, user_cache_dir("collections", where)]):
-            if _may_write_under(folder):
+            if may_write_under(folder):
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                     probe = folder / ".write-test"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -25,7 +24,7 @@ from charrnn.data.sources import data_dir, resolve_data, sha256_of
 from charrnn.data.textfile import decoded_chunks
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
-from charrnn.storage import atomic_file, user_cache_dir, write_text_atomic
+from charrnn.storage import atomic_file, may_write_under, user_cache_dir, write_text_atomic
 
 BLOCK_BYTES = 1 << 20  # per block, decoding and encoding hold ~20 bytes per character at once
 CACHE_FORMAT = 1
@@ -110,18 +109,6 @@ def _cache_dirs(path: Path) -> list[Path]:
     return list(dict.fromkeys([beside, data_dir() / "encoded" / key, user_cache_dir("encoded", key)]))
 
 
-def _may_write_under(directory: Path) -> bool:
-    """False for a folder whose nearest existing ancestor has no write bits.
-
-    Checked by mode bits, not os.access: root may write anywhere, but a folder
-    marked read-only (a shared data folder, say) is not ours to fill.
-    """
-    for folder in [directory, *directory.parents]:
-        if folder.exists():
-            return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
-    return False
-
-
 def _stamp(path: Path) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
@@ -135,7 +122,7 @@ def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray, Optional[str]]:
             return hit
     digest = None
     for directory in _cache_dirs(path):
-        if not _may_write_under(directory):
+        if not may_write_under(directory):
             continue
         try:
             directory.mkdir(parents=True, exist_ok=True)

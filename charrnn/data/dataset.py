@@ -280,14 +280,12 @@ def _few(keys: Sequence[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def trained_on(run_dir: Path) -> Tuple[str, dict]:
-    """What a run was trained on, as one line and as a dict for --json."""
+def trained_on(run_dir: Path, train_settings: Optional[dict]) -> Tuple[str, dict]:
+    """What a run was trained on, as one line and as a dict for --json; `train_settings` (config.json's
+    "train") names the data of a run older than data.json."""
     record = read_record(run_dir)
     if record is None:
-        from charrnn.checkpoint import load_run_config
-
-        _, train = load_run_config(run_dir)
-        data = (train or {}).get("data")
+        data = (train_settings or {}).get("data")
         paths = [data] if isinstance(data, str) else list(data or [])
         return f"model trained on {' '.join(paths) or 'an unrecorded text'}", {"paths": paths}
     documents = record["documents"]

@@ -92,7 +92,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--data", required=True, nargs="+", metavar="DATA",
                    help="UTF-8 text files or folders of them, or a corpus name (tinyshakespeare, pystdlib); "
                         "documents are joined by the run's separator")
-    from charrnn.cli import add_collection_flags
+    from charrnn.config import add_collection_flags
 
     add_collection_flags(p)
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
@@ -197,6 +197,7 @@ def _separator(model, run_dir) -> str:
 
 
 def cmd_eval(args) -> int:
+    from charrnn.checkpoint import load_run_config
     from charrnn.data.dataset import eval_text, read_record, trained_on
 
     model = _load(args)
@@ -206,7 +207,7 @@ def cmd_eval(args) -> int:
         print(f"warning: {source.files_line()}", file=sys.stderr)
     what = " ".join(args.data)
     result = model.evaluate_encoded(text_vocab, data, args.unknown, what, audience="cli")
-    trained = trained_on(args.checkpoint) if args.checkpoint else None
+    trained = trained_on(args.checkpoint, load_run_config(args.checkpoint)[1]) if args.checkpoint else None
     if args.json:
         print(json.dumps({**result.as_dict(), **_settings(args), **({"trained_on": trained[1]} if trained else {})},
                          ensure_ascii=False))
