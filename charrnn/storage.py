@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 TMP_PREFIX = ".tmp-"
 
@@ -96,3 +96,19 @@ def may_write_under(directory: Path) -> bool:
         if folder.exists():
             return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
     return False
+
+
+def first_writable(folders) -> Optional[Path]:
+    """The first of `folders` we may fill (may_write_under) that takes a file, made if missing; None if none."""
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        if not may_write_under(folder):
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            continue
+        return folder
+    return None

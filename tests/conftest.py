@@ -128,3 +128,13 @@ def tiny_text(tmp_path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def write_word_text(path: Path, lines: int) -> Path:
+    """`lines` sentences of eight words drawn from twelve (seeded): a small text every engine learns quickly."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
+    path.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(lines)), encoding="utf-8")
+    return path

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_word_text
 
 import charrnn
 from charrnn.cli import main
@@ -21,11 +22,7 @@ SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4",
 
 @pytest.fixture
 def text(tmp_path):
-    rng = np.random.default_rng(0)
-    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
-    path = tmp_path / "text.txt"
-    path.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(200)), encoding="utf-8")
-    return path
+    return write_word_text(tmp_path / "text.txt", 200)
 
 
 def train(*args) -> int:

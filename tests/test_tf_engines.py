@@ -306,11 +306,9 @@ SMALL = ["--layers", 1, "--hidden", 16, "--embed", 8, "--batch-size", 4, "--seq-
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = np.random.default_rng(0)
-    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(300)), encoding="utf-8")
-    return path
+    from conftest import write_word_text
+
+    return write_word_text(tmp_path / "corpus.txt", 300)
 
 
 def cli(args, capsys):

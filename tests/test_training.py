@@ -28,12 +28,9 @@ def cli(run_cli):
 
 @pytest.fixture
 def text_file(tmp_path):
-    rng = np.random.default_rng(0)
-    words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
-    text = "\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(400))
-    path = tmp_path / "corpus.txt"
-    path.write_text(text, encoding="utf-8")
-    return path
+    from conftest import write_word_text
+
+    return write_word_text(tmp_path / "corpus.txt", 400)
 
 
 SMALL = ["--hidden", 16, "--embed", 8, "--layers", 2, "--batch-size", 4, "--seq-len", 16, "--eval-every", 1000,

@@ -42,7 +42,7 @@ from charrnn.data.sources import data_dir, resolve_data
 from charrnn.data.textfile import NotText, decoded_chunks
 from charrnn.data.vocab import Vocab, format_chars
 from charrnn.errors import UserError
-from charrnn.storage import atomic_file, may_write_under, user_cache_dir, write_text_atomic
+from charrnn.storage import atomic_file, first_writable, user_cache_dir, write_text_atomic
 
 DEFAULT_SEP = "\x1e"        # ASCII record separator (see the module docstring)
 CACHE_SUFFIX = ".charrnn-cache"
@@ -283,18 +283,7 @@ class _Cache:
         where = hashlib.sha256(where.encode()).hexdigest()[:16]
         stamps = [[d.root, d.key, d.size, d.mtime_ns, d.inode] for d in candidates]
         self.key = hashlib.sha256(json.dumps([CACHE_FORMAT, spec.include, spec.exclude, stamps]).encode()).hexdigest()
-        self.directory = None
-        for folder in dict.fromkeys([data_dir() / "collections" / where, user_cache_dir("collections", where)]):
-            if may_write_under(folder):
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    probe = folder / ".write-test"
-                    probe.write_bytes(b"")
-                    probe.unlink()
-                except OSError:
-                    continue
-                self.directory = folder
-                break
+        self.directory = first_writable([data_dir() / "collections" / where, user_cache_dir("collections", where)])
 
     def read_scan(self) -> Optional[dict]:
         if self.directory is None:

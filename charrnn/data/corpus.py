@@ -24,7 +24,7 @@ from charrnn.data.sources import data_dir, resolve_data, sha256_of
 from charrnn.data.textfile import decoded_chunks
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
-from charrnn.storage import atomic_file, may_write_under, user_cache_dir, write_text_atomic
+from charrnn.storage import atomic_file, first_writable, user_cache_dir, write_text_atomic
 
 BLOCK_BYTES = 1 << 20  # per block, decoding and encoding hold ~20 bytes per character at once
 CACHE_FORMAT = 1
@@ -120,18 +120,9 @@ def _cached_encoding(path: Path) -> tuple[Vocab, np.ndarray, Optional[str]]:
         hit = _read_cache(directory, stamp)
         if hit is not None:
             return hit
-    digest = None
-    for directory in _cache_dirs(path):
-        if not may_write_under(directory):
-            continue
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError:
-            continue
-        digest = digest or sha256_of(path)
+    directory = first_writable(_cache_dirs(path))
+    if directory is not None:
+        digest = sha256_of(path)
         for old in directory.glob("*.npy"):
             if not old.name.startswith(digest[:16]):
                 old.unlink(missing_ok=True)

@@ -33,13 +33,13 @@ canonical names (models/base.py) is exact:
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.models.base import check_parameters, init_parameters, parameter_shapes, state_size
-from charrnn.models.tf_common import as_inputs, as_state, require_keras, require_tensorflow, state_specs, zero_state
+from charrnn.models.tf_common import TFCharModel, require_keras, require_tensorflow
 
 # Keras' GRU gate blocks z, r, h are torch's blocks 1, 0, 2 (r, z, n); the permutation is its own inverse.
 GRU_ORDER = (1, 0, 2)
@@ -141,11 +141,10 @@ def _network(keras, tf, cfg: ModelConfig, dtype: str, seed: int):
     return CharNet()
 
 
-class KerasModel:
+class KerasModel(TFCharModel):
     """`--impl keras`: the CharModel interface (models/base.py) on a Keras model."""
 
     impl = "keras"
-    backend = "tensorflow"
     optimizer_layout = "keras"   # the optimizer's slots follow Keras' weights (a summed bias has one slot)
 
     def __init__(self, config: ModelConfig, seed: int = 0, params=None, dtype="float32", device: str = "/CPU:0"):
@@ -163,33 +162,9 @@ class KerasModel:
                   **{f"rnn_l{k}": layer.cell for k, layer in enumerate(self.net.rnns)}}
         self.weights = {key: getattr(layers[key.split(".")[0]], key.split(".")[1]) for key in keras_keys(config)}
         self.set_parameters(init_parameters(config, seed) if params is None else params)
-        signature = [tf.TensorSpec([None, None], tf.int32), *state_specs(config, self.tf_dtype)]
-        self._forward = {mode: tf.function(self._caller(mode), input_signature=signature) for mode in (False, True)}
+        self._compile_forward()
 
-    # ---- the CharModel interface -------------------------------------------
-    def train(self, mode: bool = True) -> "KerasModel":
-        self.training = mode
-        return self
-
-    def eval(self) -> "KerasModel":
-        return self.train(False)
-
-    @property
-    def device_type(self) -> str:
-        """'cpu' or 'gpu', as the Predictor asks (int8 runs on the CPU only)."""
-        return "gpu" if "GPU" in self.device.upper() else "cpu"
-
-    def initial_state(self, batch_size: int) -> tuple:
-        return zero_state(self.config, batch_size, self.tf_dtype, self.device)
-
-    def forward(self, inputs, state) -> Tuple[object, tuple]:
-        """inputs (B, T) ints (NumPy or tensor), state -> (logits (B, T, V), new state) as tf tensors."""
-        with self.tf.device(self.device):
-            logits, new_state = self._forward[self.training](as_inputs(inputs), *as_state(state, self.tf_dtype))
-        return logits, tuple(new_state)
-
-    __call__ = forward
-
+    # ---- the CharModel interface: train/eval, initial_state and forward come from TFCharModel ----
     def get_keras_weights(self) -> Dict[str, np.ndarray]:
         return {key: np.asarray(w.numpy()) for key, w in self.weights.items()}
 

@@ -174,3 +174,42 @@ def zero_state(config, batch_size: int, dtype, device: str) -> tuple:
     with tf.device(device):
         return tuple(tf.zeros([config.layers, batch_size, config.hidden], dtype)
                      for _ in range(state_size(config.cell)))
+
+
+class TFCharModel:
+    """What the two TensorFlow engines share as CharModels: train/eval mode, the device, the zero state,
+    and a forward compiled once per mode (tf.function over a window; NumPy accepted going in).
+
+    A subclass sets `tf`, `config`, `tf_dtype`, `device` and `training`, defines `_caller(training)`
+    (the window's function), and calls `_compile_forward()`.
+    """
+
+    backend = "tensorflow"   # its forward takes and returns tf tensors (infer/predictor.py converts)
+
+    def _compile_forward(self) -> None:
+        tf = self.tf
+        signature = [tf.TensorSpec([None, None], tf.int32), *state_specs(self.config, self.tf_dtype)]
+        self._forward = {mode: tf.function(self._caller(mode), input_signature=signature) for mode in (False, True)}
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def device_type(self) -> str:
+        """'cpu' or 'gpu', as the Predictor asks (int8 runs on the CPU only)."""
+        return "gpu" if "GPU" in self.device.upper() else "cpu"
+
+    def initial_state(self, batch_size: int) -> tuple:
+        return zero_state(self.config, batch_size, self.tf_dtype, self.device)
+
+    def forward(self, inputs, state):
+        """inputs (B, T) ints (NumPy or tensor), state -> (logits (B, T, V), new state) as tf tensors."""
+        with self.tf.device(self.device):
+            logits, new_state = self._forward[self.training](as_inputs(inputs), *as_state(state, self.tf_dtype))
+        return logits, tuple(new_state)
+
+    __call__ = forward

@@ -25,13 +25,13 @@ one `tf.function` per window, the optimizers) is train/tf_step.py's.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.models.base import check_parameters, init_parameters, parameter_shapes
-from charrnn.models.tf_common import as_inputs, as_state, require_tensorflow, state_specs, zero_state
+from charrnn.models.tf_common import TFCharModel, require_tensorflow
 
 
 def rnn_cell(tf, xp_t, state, w_hh, b_hh):
@@ -81,11 +81,10 @@ def run_layer(tf, cell, xp, state0, w_hh, b_hh):
     return carried[0], tuple(s[-1] for s in carried)
 
 
-class TFModel:
+class TFModel(TFCharModel):
     """`--impl tf`: the CharModel interface (models/base.py) on TensorFlow variables."""
 
     impl = "tf"
-    backend = "tensorflow"   # its forward takes and returns tf tensors (NumPy accepted going in)
     optimizer_layout = "canonical"   # the optimizer's slots carry canonical names, as the naive engine's do
 
     def __init__(self, config: ModelConfig, seed: int = 0, params=None, dtype="float32", device: str = "/CPU:0"):
@@ -102,33 +101,9 @@ class TFModel:
                 name: tf.Variable(np.asarray(values[name], self.dtype), name=name.replace(".", "/"))
                 for name in parameter_shapes(config)}
             self.rng = tf.random.Generator.from_seed(seed)
-        signature = [tf.TensorSpec([None, None], tf.int32), *state_specs(config, self.tf_dtype)]
-        self._forward = {mode: tf.function(self._caller(mode), input_signature=signature) for mode in (False, True)}
+        self._compile_forward()
 
-    # ---- the CharModel interface -------------------------------------------
-    def train(self, mode: bool = True) -> "TFModel":
-        self.training = mode
-        return self
-
-    def eval(self) -> "TFModel":
-        return self.train(False)
-
-    @property
-    def device_type(self) -> str:
-        """'cpu' or 'gpu', as the Predictor asks (int8 runs on the CPU only)."""
-        return "gpu" if "GPU" in self.device.upper() else "cpu"
-
-    def initial_state(self, batch_size: int) -> tuple:
-        return zero_state(self.config, batch_size, self.tf_dtype, self.device)
-
-    def forward(self, inputs, state) -> Tuple[object, tuple]:
-        """inputs (B, T) ints (NumPy or tensor), state -> (logits (B, T, V), new state) as tf tensors."""
-        with self.tf.device(self.device):
-            logits, new_state = self._forward[self.training](as_inputs(inputs), *as_state(state, self.tf_dtype))
-        return logits, tuple(new_state)
-
-    __call__ = forward
-
+    # ---- the CharModel interface: train/eval, initial_state and forward come from TFCharModel ----
     def get_parameters(self) -> Dict[str, np.ndarray]:
         return {name: v.numpy().astype(np.float32) for name, v in self.variables.items()}
 
