@@ -26,8 +26,8 @@ from charrnn.models.base import init_parameters  # noqa: E402
 from charrnn.models.onnx_runtime import OnnxCharModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 6
+TEXT = ("First Keeper:\nThe lamps along the harbour wall are lit, and the tide is turning.\n\nAll:\nLight them, "
+        "light them.\n\nFirst Keeper:\nWho will row the ferry out before the storm comes in?\n") * 6
 TOL = 1e-4
 
 
