@@ -70,9 +70,15 @@ class TrainedModel:
         """The prime as sampling uses it and prints it: unknown characters raise UserError,
         or are dropped with a warning on stderr when unknown='skip'. `audience`: see clean_prime.
         A --max-vocab run reads them as its unknown symbol, as training did."""
-        if self.unknown and isinstance(prime, str):
-            prime = "".join(c if c in self.vocab else self.unknown for c in prime)
+        if isinstance(prime, str):
+            prime = self._as_read_in_training(prime)
         return clean_prime(self.vocab, prime, unknown, audience)
+
+    def _as_read_in_training(self, text: str) -> str:
+        """A --max-vocab run read every character outside its vocabulary as its unknown symbol; others: unchanged."""
+        if not self.unknown:
+            return text
+        return "".join(c if c in self.vocab else self.unknown for c in text)
 
     def stream(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
                top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
@@ -126,8 +132,7 @@ class TrainedModel:
         reads them as its unknown symbol instead, as training did."""
         if not isinstance(text, str):
             raise UserError(f"the text must be a str, not {type(text).__name__}")
-        if self.unknown:
-            text = "".join(c if c in self.vocab else self.unknown for c in text)
+        text = self._as_read_in_training(text)
         text_vocab = Vocab.from_text(text)
         return self.evaluate_encoded(text_vocab, text_vocab.encode(text), unknown, "the text", audience="python")
 

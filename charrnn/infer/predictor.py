@@ -30,7 +30,7 @@ from charrnn.config import QUANTIZE_MODES
 from charrnn.devices import one_blas_thread_unless_chosen
 from charrnn.errors import UserError
 from charrnn.infer.steps import NumpyStep, NumpyWeights, Step, StepState
-from charrnn.models.base import CharModel, State
+from charrnn.models.base import CharModel, State, state_size
 
 
 class Predictor:
@@ -50,8 +50,8 @@ class Predictor:
             self._prepared()
 
     def zero_state(self, batch_size: int) -> State:
-        shape = (self.model.config.layers, batch_size, self.model.config.hidden)
-        return tuple(np.zeros(shape, np.float32) for _ in range(2 if self.model.config.cell == "lstm" else 1))
+        cfg = self.model.config
+        return tuple(np.zeros((cfg.layers, batch_size, cfg.hidden), np.float32) for _ in range(state_size(cfg.cell)))
 
     def feed(self, indices: np.ndarray, state: State) -> Tuple[np.ndarray, State]:
         """indices (B, T) -> logits (B, T, V) float64 NumPy, and the new state (NumPy)."""
@@ -64,6 +64,11 @@ class Predictor:
             logits = step.feed(indices)
         return logits, step.get_state()
 
+    def _pins_blas(self, batch_size: int) -> bool:
+        """Small matrix-vector products run fastest on one BLAS thread (devices.py): the NumPy float step
+        at batch 1. int8 needs no BLAS, and the other engines run their own threads."""
+        return batch_size == 1 and not self.quantize and self.backend == "numpy"
+
     def start(self, state: State, batch_size: int) -> Step:
         """A Step of its own holding a copy of `state`, for a loop that carries the state inside it."""
         if self.quantize or self.backend == "numpy":
@@ -75,11 +80,11 @@ class Predictor:
 
     def step_function(self, step: Step):
         """step.step with NumPy's BLAS pinned to one thread around each call where that is faster (batch 1)."""
-        if not isinstance(step, NumpyStep) or self.quantize or step.batch_size > 1:
+        if not self._pins_blas(step.batch_size):
             return step.step
 
         def pinned(chars):
-            with self._blas_threads(1):
+            with one_blas_thread_unless_chosen():
                 return step.step(chars)
 
         return pinned
@@ -89,10 +94,7 @@ class Predictor:
         return tuple(s[:, rows] for s in state)
 
     def _blas_threads(self, batch_size: int):
-        """Small matrix-vector products run fastest on one BLAS thread (devices.py); int8 needs no BLAS."""
-        if batch_size > 1 or self.quantize or self.backend != "numpy":
-            return contextlib.nullcontext()
-        return one_blas_thread_unless_chosen()
+        return one_blas_thread_unless_chosen() if self._pins_blas(batch_size) else contextlib.nullcontext()
 
     def _prepared(self):
         with self._lock:
@@ -191,10 +193,8 @@ class _GenericForward:
     """An engine whose forward takes and returns array-likes (TensorFlow, ONNX Runtime)."""
 
     def __init__(self, model):
-        self.model = model
-        if hasattr(model, "eval"):   # the TF engines: no dropout when predicting
-            model.eval()
-        self.device_type = getattr(model, "device_type", "cpu")
+        self.model = model.eval()            # no dropout when predicting (the TF engines)
+        self.device_type = model.device_type
 
     def __call__(self, indices: np.ndarray, state: State):
         logits, state = self.model.forward(indices, state)

@@ -134,10 +134,9 @@ def clean_prime(vocab: Vocab, prime: str, unknown: str = "error", audience: str 
     missing = vocab.unknown(prime)
     if missing:
         if unknown != "skip":
+            hint = f"({SKIP_HINTS[audience]})" if audience == "web" else f"or {SKIP_HINTS[audience]}"
             raise UserError(f"the prime has characters outside the model's vocabulary: {format_chars(missing)}; "
-                            f"remove them ({SKIP_HINTS[audience]})" if audience == "web" else
-                            f"the prime has characters outside the model's vocabulary: {format_chars(missing)}; "
-                            f"remove them or {SKIP_HINTS[audience]}")
+                            f"remove them {hint}")
         print(f"warning: dropping characters outside the vocabulary: {format_chars(missing)}", file=sys.stderr)
         prime = "".join(c for c in prime if c in vocab)
     return prime

@@ -32,6 +32,11 @@ class OnnxCharModel:
     """
 
     backend = "onnx"    # how inference reaches it (infer/predictor.py): NumPy in, NumPy out
+    device_type = "cpu"  # ONNX Runtime's CPU provider, where int8 would run too
+
+    def eval(self) -> "OnnxCharModel":
+        """An exported graph has no dropout: always in inference mode."""
+        return self
 
     def __init__(self, path, threads: int | None = None):
         ort = require_package("onnxruntime", "running an .onnx model", "onnx")
