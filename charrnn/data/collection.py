@@ -40,7 +40,7 @@ import numpy as np
 
 from charrnn.data.sources import data_dir, resolve_data
 from charrnn.data.textfile import NotText, decoded_chunks
-from charrnn.data.vocab import Vocab, format_chars
+from charrnn.data.vocab import Vocab, code_points, format_chars
 from charrnn.errors import UserError
 from charrnn.storage import atomic_file, first_writable, user_cache_dir, write_text_atomic
 
@@ -249,10 +249,6 @@ class Encoder:
         return np.where(self.high_codes[at] == codes, self.high_index[at], -1).astype(np.int32)
 
 
-def _code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
 class _Tap:
     """Feeds the bytes the text reader reads to a sha256 and a progress bar."""
 
@@ -409,7 +405,7 @@ class Collection:
                 local, local_beyond, n = np.zeros(BMP, np.int64), {}, 0
                 try:
                     for text in decoded_chunks(doc.path, BLOCK_BYTES, what=doc.name, digest=tap):
-                        codes = _code_points(text)
+                        codes = code_points(text)
                         n += len(codes)
                         if codes.max() >= BMP:
                             high = codes >= BMP
@@ -470,7 +466,7 @@ class Collection:
     def _fill(self, documents, separator, encoder: Encoder, put) -> None:
         """put(block, position) each encoded block of the joined text, in order."""
         position = 0
-        sep = encoder(_code_points(separator)) if separator else None
+        sep = encoder(code_points(separator)) if separator else None
         with _progress(sum(d.size for d in documents), "encoding") as bar:
             for i, doc in enumerate(documents):
                 if sep is not None and i:
@@ -479,7 +475,7 @@ class Collection:
                 start = position
                 try:
                     for text in decoded_chunks(doc.path, BLOCK_BYTES, what=doc.name, digest=_Tap(bar)):
-                        block = encoder(_code_points(text))
+                        block = encoder(code_points(text))
                         if position + len(block) - start > doc.characters:
                             break
                         put(block, position)

@@ -22,7 +22,7 @@ import numpy as np
 
 from charrnn.data.sources import data_dir, resolve_data, sha256_of
 from charrnn.data.textfile import decoded_chunks
-from charrnn.data.vocab import Vocab
+from charrnn.data.vocab import Vocab, code_points
 from charrnn.errors import UserError
 from charrnn.storage import atomic_file, first_writable, user_cache_dir, write_text_atomic
 
@@ -76,7 +76,7 @@ def corpus_from_text(text: str, name: str = "<text>") -> Corpus:
 def _decoded_blocks(path: Path) -> Iterator[np.ndarray]:
     """The file's code points, block by block, as the one text reader decodes them."""
     for text in decoded_chunks(path, BLOCK_BYTES):
-        yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        yield code_points(text)
 
 
 def _scan(path: Path) -> tuple[Vocab, int]:

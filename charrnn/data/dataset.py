@@ -33,7 +33,7 @@ from charrnn.data.batching import split_train_val
 from charrnn.data.collection import Collection, Document, Spec, is_collection, show_char
 from charrnn.data.corpus import load_corpus
 from charrnn.data.sources import resolve_data, sha256_of
-from charrnn.data.vocab import Vocab, format_chars
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 from charrnn.storage import write_text_atomic
 
@@ -82,14 +82,10 @@ def translate(source: Vocab, data: np.ndarray, target: Vocab, unknown: Optional[
               what: str) -> Tuple[np.ndarray, int]:
     """Indices in `source` re-encoded in `target` (a copy); characters `target` lacks become `unknown`,
     or, without one, a UserError naming them."""
-    index = {c: i for i, c in enumerate(target.chars)}
-    missing = [c for c in source.chars if c not in index]
-    if missing and unknown not in index:
-        raise UserError(f"{what} has characters outside the model's vocabulary: {format_chars(missing)}")
-    table = np.array([index.get(c, index.get(unknown, 0)) for c in source.chars], dtype=target.dtype)
     data = np.asarray(data)
-    mapped = int(np.isin(data, [source.chars.index(c) for c in missing]).sum()) if missing else 0
-    return table[data], mapped
+    missing = [i for i, c in enumerate(source.chars) if c not in target]
+    mapped = int(np.isin(data, missing).sum()) if missing else 0
+    return target.translate(source, data, what, unknown), mapped
 
 
 def build_vocab(code_points: set, counts: Optional[Dict[int, int]], separator: Optional[str],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -57,8 +57,7 @@ class Vocab:
         """Encode text to an index array; raises UserError listing unknown characters."""
         if not text:
             return np.zeros(0, dtype=self.dtype)
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        return self.encode_code_points(codes)
+        return self.encode_code_points(code_points(text))
 
     def encode_code_points(self, codes: np.ndarray) -> np.ndarray:
         if len(self._codes) == 0:
@@ -74,14 +73,15 @@ class Vocab:
             raise UserError(f"text has characters outside the vocabulary: {format_chars(missing)}")
         return positions.astype(self.dtype)
 
-    def translate(self, other: "Vocab", data: np.ndarray, what: str) -> np.ndarray:
+    def translate(self, other: "Vocab", data: np.ndarray, what: str, unknown: Optional[str] = None) -> np.ndarray:
         """Re-encode `data` (indices in `other`) as indices in this vocabulary.
 
-        UserError listing the characters this vocabulary lacks; `what` names the text in it."""
+        Characters this vocabulary lacks become `unknown` (one of its own, a --max-vocab run's symbol),
+        or without one a UserError listing them; `what` names the text in it."""
         missing = [c for c in other.chars if c not in self._index]
-        if missing:
+        if missing and unknown not in self._index:
             raise UserError(f"{what} has characters outside the model's vocabulary: {format_chars(missing)}")
-        table = np.array([self._index[c] for c in other.chars], dtype=self.dtype)
+        table = np.array([self._index.get(c, self._index.get(unknown, 0)) for c in other.chars], dtype=self.dtype)
         return table[np.asarray(data)]
 
     def decode(self, indices: Sequence[int] | np.ndarray) -> str:
@@ -110,3 +110,8 @@ def format_chars(chars: Iterable[str], limit: int = 20) -> str:
     chars = list(chars)
     shown = " ".join(repr(c) for c in chars[:limit])
     return shown + (f" ... ({len(chars)} in all)" if len(chars) > limit else "")
+
+
+def code_points(text: str) -> np.ndarray:
+    """The text's characters as Unicode code points (uint32), without a Python loop."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

@@ -31,7 +31,7 @@ MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def build_configs(given: dict) -> tuple[TrainConfig, dict]:
+def build_configs(given: dict, speak: bool = True) -> tuple[TrainConfig, dict]:
     """Resolve TrainConfig and the model flags (a dict; vocab_size comes from the data)."""
     values = preset_values(given.pop("preset", None))
     values.update(given)
@@ -43,7 +43,7 @@ def build_configs(given: dict) -> tuple[TrainConfig, dict]:
                 raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
                                 f"({getattr(saved_model, key)}); drop the flag or start a new run")
         base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
-        _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS})
+        _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS}, speak)
         base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
         train = from_dict(TrainConfig, base, "settings")
         return train, dataclasses.asdict(saved_model)
@@ -57,7 +57,7 @@ LAYOUT_KEYS = ("batch_size", "seq_len", "val_frac")
 QUIET_KEYS = ("resume", "out", "log_every", "eval_every", "checkpoint_every", "sample_every")
 
 
-def _check_resume_changes(saved: dict, given: dict) -> None:
+def _check_resume_changes(saved: dict, given: dict, speak: bool) -> None:
     """Refuse a changed data layout; say which other settings now differ from the run's (they are in force)."""
     changed = {k: (saved[k], v) for k, v in given.items() if k in saved and saved[k] != v and k not in QUIET_KEYS}
     for key in LAYOUT_KEYS:
@@ -66,7 +66,7 @@ def _check_resume_changes(saved: dict, given: dict) -> None:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"{flag} {new} differs from the run being resumed ({old}): its carried state and position "
                             f"belong to that layout; resume with {flag} {old}, or start a new run with --init-from")
-    if changed:
+    if changed and speak:  # under torchrun, rank 0 speaks for all
         described = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in sorted(changed.items()))
         print(f"resume: these settings differ from the run's and are in force from now on: {described}", flush=True)
 
@@ -83,8 +83,8 @@ def _remap_to_vocab(data, vocab) -> tuple:
 
 def run_train(args: dict) -> int:
     given = {k: v for k, v in args.items() if k not in ("command", "handler", "overwrite")}
-    train_cfg, model_flags = build_configs(given)
     world = world_from_env()
+    train_cfg, model_flags = build_configs(given, speak=world.is_main)
     out = Path(train_cfg.out)
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
     model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
