@@ -146,9 +146,11 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
+OPTIMIZERS = {"adagrad": Adagrad, "adam": Adam, "adamw": AdamW}   # --optimizer name -> its rules and slots
+
+
 def make_optimizer(name: str, params: Arrays, lr: float, weight_decay: float = 0.0) -> _Optimizer:
     """The optimizer a TrainConfig names: adagrad, adam or adamw (weight_decay as each defines it)."""
-    classes = {"adagrad": Adagrad, "adam": Adam, "adamw": AdamW}
-    if name not in classes:
+    if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose adagrad, adam or adamw")
-    return classes[name](params, lr=lr, weight_decay=weight_decay)
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)

@@ -34,13 +34,13 @@ import numpy as np
 
 from charrnn.errors import UserError
 from charrnn.models.tf_common import as_inputs, as_state, require_tensorflow, state_specs
+from charrnn.train.numpy_optim import OPTIMIZERS  # the same slots as the naive engine's, by name
 
 OPTIMIZER_DEFAULTS = {
     "adagrad": {"eps": 1e-10},
     "adam": {"betas": (0.9, 0.999), "eps": 1e-8},
     "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
 }
-BUFFERS = {"adagrad": ("sum",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq")}
 
 
 class TFOptimizer:
@@ -61,8 +61,8 @@ class TFOptimizer:
 
     def __init__(self, kind: str, named, lr: float, weight_decay: float = 0.0, device: str = "/CPU:0"):
         tf = self.tf = require_tensorflow()
-        if kind not in BUFFERS:
-            raise UserError(f"--optimizer {kind!r} is not one of {', '.join(BUFFERS)}")
+        if kind not in OPTIMIZERS:
+            raise UserError(f"--optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
         self.kind, self.weight_decay = kind, float(weight_decay)
         self.hyper = dict(OPTIMIZER_DEFAULTS[kind])
         named = [entry if len(entry) == 3 else (*entry, 1) for entry in named]
@@ -73,7 +73,7 @@ class TFOptimizer:
             self.lr = tf.Variable(float(lr), dtype=tf.float64, trainable=False, name="lr")
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.slots = {b: [tf.Variable(tf.zeros_like(v), trainable=False, name=f"{b}/{n.replace('.', '/')}")
-                              for n, v, _ in named] for b in BUFFERS[kind]}
+                              for n, v, _ in named] for b in OPTIMIZERS[kind].buffers}
 
     def apply(self, grads: List) -> None:
         """One update of every variable from its gradient (traceable: called inside the step's tf.function)."""
