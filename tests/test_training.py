@@ -211,13 +211,11 @@ def test_naive_engine_rejects_options_it_cannot_honour(text_file, tmp_path, cli)
     assert r.returncode == 2 and "naive" in r.stderr
 
 
-@pytest.mark.parametrize("device", ["cpu", "auto"])
-def test_bf16_without_cuda_is_one_line_error(device, text_file, tmp_path, cli):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--bf16", "--device",
-             device])
-    assert r.returncode == 2 and "--bf16 needs CUDA" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "r").exists()
+def test_bf16_trains_on_a_cpu_and_saves_float32_weights(text_file, tmp_path, cli):
+    """bfloat16 autocast runs on a CPU too (fast where it has bf16 units); the weights stay float32."""
+    pytest.importorskip("torch")
+    r = cli(["train", "--data", text_file, "--out", tmp_path / "r", *SMALL, "--max-iters", 3, "--bf16", "--device",
+             "cpu"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["bf16"] is True
+    assert all(w.dtype == np.float32 for w in load_weights(tmp_path / "r").values())

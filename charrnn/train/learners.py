@@ -160,13 +160,13 @@ class TorchLearner:
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
 
-    def _forward(self, x, state):
-        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bf16):
+    def _forward(self, x, state, autocast: bool):
+        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=autocast):
             return self.wrapped(self._tensor(x), state)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
         self.model.train()
-        logits, new_state = self._forward(x, state)
+        logits, new_state = self._forward(x, state, self.bf16)
         loss = cross_entropy_torch(logits, self._tensor(y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,8 +179,8 @@ class TorchLearner:
 
     def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
         self.model.eval()
-        with self.torch.no_grad():
-            logits, new_state = self._forward(x, state)
+        with self.torch.no_grad():  # float32, as the saved weights will run: bf16 only speeds up training
+            logits, new_state = self._forward(x, state, False)
             loss = cross_entropy_torch(logits, self._tensor(y)).item()
         self.model.train()
         return loss, tuple(s.to(self.model.head.weight.dtype) for s in new_state)
