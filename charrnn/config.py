@@ -132,10 +132,15 @@ class TrainConfig:
                                              default_text="at each evaluation")
     val_frac: float = option(0.1, "fraction held out for validation: whole documents of a collection (by a hash of "
                                   "their path), or the end of a single text", metavar="F")
+    val_chars: Optional[int] = option(None, "validate during training on the first N characters of the validation "
+                                            "split only, so that a large one costs little of the budget "
+                                            "(`charrnn eval` still reads all of it)", metavar="N",
+                                      default_text="all of it")
     seed: int = option(1337, "random seed for initialisation, dropout and sampling", metavar="S")
     device: str = option("auto", "auto picks cuda, then mps, then cpu (tf, keras: a GPU TensorFlow sees, else cpu)",
                          DEVICES)
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only; torch engines)")
+    bf16: bool = option(False, "bfloat16 autocast while training (torch engines on CUDA or a CPU; fast only where the "
+                                  "hardware has bfloat16 units); validation and the saved weights stay float32")
     compile: bool = option(False, "compile the model: TorchScript for scratch's time loop, torch.compile for library "
                                   "(tf and keras always run a compiled tf.function)")
     log_every: int = option(10, "write a metrics row / log line every N iterations", metavar="N")
@@ -143,6 +148,7 @@ class TrainConfig:
     init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)",
                                       metavar="RUN_DIR", default_text="none: random initialisation")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+    auto: Optional[dict] = option(None, "what --preset auto chose and why (config.json only)", cli=False)
 
     def __post_init__(self):
         _check_choices(self)
@@ -170,6 +176,7 @@ class TrainConfig:
         _check(self.max_time is None or self.max_time > 0, "max_time", "must be positive")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
         _check(self.patience is None or self.patience >= 1, "patience", f"{self.patience} must be at least 1")
+        _check(self.val_chars is None or self.val_chars >= 2, "val_chars", f"{self.val_chars} must be at least 2")
         _check(0 <= self.val_frac < 1, "val_frac", f"{self.val_frac} must be in [0, 1)")
         _check(self.sample_every >= 0, "sample_every", "must be non-negative")
 

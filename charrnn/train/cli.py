@@ -24,6 +24,7 @@ from charrnn.config import TF_IMPLS, ModelConfig, TrainConfig, from_dict
 from charrnn.data.batching import make_streams, validation_streams
 from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
+from charrnn.train.auto import check_usable as check_auto_usable
 from charrnn.train.distributed import world_from_env
 from charrnn.train.presets import preset_values
 
@@ -84,20 +85,29 @@ def _remap_to_vocab(data, vocab) -> tuple:
 def run_train(args: dict) -> int:
     given = {k: v for k, v in args.items() if k not in ("command", "handler", "overwrite")}
     world = world_from_env()
+    auto = given.get("preset") == "auto"
+    if auto:
+        check_auto_usable(given, world.distributed)
+    explicit = set(given)
     train_cfg, model_flags = build_configs(given, speak=world.is_main)
     out = Path(train_cfg.out)
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
     model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
+    device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
+    if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
+        train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), len(val_data), device,
+                                           world)
 
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
+    if train_cfg.val_chars is not None:
+        val_data = val_data[:train_cfg.val_chars]
     val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len,
                                      multiple_of=world.size) if len(val_data) else None
     if train_cfg.val_frac > 0 and val_streams is None and world.is_main:
         print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
 
-    device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
-    if train_cfg.bf16 and device.type != "cuda":  # e.g. --preset gpu on a machine without one
-        raise UserError(f"--bf16 needs CUDA but training would run on {device.type}; drop --bf16 (or the gpu preset)")
+    if train_cfg.bf16 and device.type not in ("cuda", "cpu"):  # autocast to bfloat16 exists for these two
+        raise UserError(f"--bf16 needs CUDA or a CPU but training would run on {device.type}; drop --bf16")
     if not world.distributed:
         return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world, data)
     world.join(device)
@@ -115,6 +125,56 @@ def run_train(args: dict) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, val_chars: int,
+                device, world) -> tuple[TrainConfig, ModelConfig]:
+    """--preset auto: probe this machine (for a time budget), choose, print why; explicit flags win."""
+    from charrnn.train import auto
+
+    work = auto.Workload(train_chars, val_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters)
+    speed = None
+    if cfg.max_time:
+        impl = cfg.impl if "impl" in explicit else "library"
+        print(f"auto: probing how fast {impl} trains on {device.type} (a few seconds, counted in --max-time)",
+              flush=True)
+        bf16_possible = impl in ("library", "scratch") and _bf16_runs(device)
+        speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, impl, hidden, bf16, device, world),
+                           bf16_possible, model_cfg.vocab_size)
+    choice = auto.choose(work, speed)
+    budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
+    chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
+    overridden = sorted(k for k in choice.values if k in explicit and k not in budget)
+    record = {"reason": choice.reason, "overridden_by_flags": overridden,
+              "probe_chars_per_s": speed.measured if speed else None,
+              "probe_seconds": round(speed.probe_seconds, 2) if speed else None}
+    train = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}, auto=record)
+    model = dataclasses.replace(model_cfg, **{k: v for k, v in chosen.items() if k in MODEL_KEYS})
+    if world.is_main:
+        kept = ", ".join("--" + k.replace("_", "-") for k in overridden)
+        print(choice.reason + (f"\n  your flags replace auto's {kept}" if kept else ""), flush=True)
+    return train, model
+
+
+def _bf16_runs(device) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, impl: str, hidden: int, bf16: bool, device, world):
+    """One training step of a model of width `hidden` (auto's shape) on random characters, as a function."""
+    from charrnn.train import auto
+
+    shape = dict(cell="lstm", layers=auto.LAYERS, hidden=hidden, embed=auto.EMBED, dropout=0.0)
+    learner = _make_learner(dataclasses.replace(cfg, impl=impl, bf16=bf16), dataclasses.replace(model_cfg, **shape),
+                            device, world, None)
+    rng = np.random.default_rng(0)
+    x, y = (rng.integers(0, model_cfg.vocab_size, (auto.BATCH, auto.PROBE_SEQ_LEN)) for _ in range(2))
+    state = learner.zero_state(auto.BATCH)
+    return lambda: learner.train_step(x, y, state)
 
 
 def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:

@@ -1,5 +1,7 @@
 """Named sets of flags. Explicit flags override a preset's values.
 
+auto: no fixed values; train/auto.py chooses them once the text, the budget and the
+machine's speed are known.
 cpu-10min: the best validation loss we found on tiny shakespeare in ten
 minutes on a 2-core CPU (see benchmarks/preset_cpu10min.py and the README).
 gpu: a larger model for an hour or more on one GPU.
@@ -9,6 +11,7 @@ from __future__ import annotations
 from charrnn.errors import UserError
 
 PRESETS = {
+    "auto": {},
     "cpu-10min": dict(impl="library", cell="lstm", layers=2, hidden=512, embed=64, dropout=0.25,
                       batch_size=32, seq_len=100, optimizer="adamw", lr=4e-3, weight_decay=0.01,
                       schedule="cosine", warmup_iters=100, grad_clip=1.0, max_time=600.0,

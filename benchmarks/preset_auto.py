@@ -1,0 +1,123 @@
+"""Judge `--preset auto` against plain references on one text, the same minutes each, side by side.
+
+Contenders (any of them, --contenders):
+    auto        charrnn train --preset auto --max-time S
+    lstm-2x320  the plain reference loop: 2x320 LSTM, AdamW 3e-3, warm-up 100 then cosine to lr/10,
+                B64 T64, dropout 0.1, clip 1 (float32)
+    cpu-10min   charrnn train --preset cpu-10min --max-time S
+    babygpt     benchmarks/babygpt.py: nanoGPT's CPU baby GPT, schedule sized to the budget
+
+Two jobs run at once, each alone on one core (taskset, one thread), in the order given, so the
+two contenders of a pair share the machine's state; with 2 cores nothing else should run. Every
+LSTM's best.safetensors is then read over the WHOLE validation split (the last --val-frac of the
+text) as one stream by `charrnn eval`; the GPT scores the same characters with 64-character
+windows, each scored character seeing at least 32 before it. That column is the judged figure.
+
+    python benchmarks/preset_auto.py --data PATH [--budgets 300 600] [--contenders auto lstm-2x320 babygpt]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine_line  # noqa: E402
+
+REFERENCE = ["--cell", "lstm", "--layers", "2", "--hidden", "320", "--embed", "64", "--dropout", "0.1",
+             "--batch-size", "64", "--seq-len", "64", "--optimizer", "adamw", "--lr", "3e-3", "--schedule", "cosine",
+             "--warmup-iters", "100", "--grad-clip", "1", "--val-chars", "100000"]
+CONTENDERS = ("auto", "lstm-2x320", "cpu-10min", "babygpt")
+
+
+def command(contender: str, data: Path, budget: float, out: Path) -> list:
+    train = [sys.executable, "-m", "charrnn", "train", "--data", str(data), "--out", str(out), "--overwrite",
+             "--max-time", str(budget)]
+    evals = ["--eval-every", str(max(50, int(budget * 2 / 3)))]  # ~8 validations in the budget
+    if contender == "auto":
+        return [*train, "--preset", "auto"]
+    if contender == "lstm-2x320":
+        return [*train, *REFERENCE, *evals]
+    if contender == "cpu-10min":
+        return [*train, "--preset", "cpu-10min", "--val-chars", "100000", *evals]
+    return [sys.executable, str(ROOT / "benchmarks" / "babygpt.py"), "--data", str(data), "--max-time", str(budget),
+            "--json", str(out / "babygpt.json")]
+
+
+def run_pair(jobs: list, val_path: Path) -> None:
+    """Start up to two jobs, one per core, and wait for both; then score the LSTMs on the whole split."""
+    running = []
+    for core, (_, _, out, cmd) in enumerate(jobs):
+        out.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        log = open(out / "log.txt", "w")
+        running.append((subprocess.Popen(["taskset", "-c", str(core % (os.cpu_count() or 1)), *cmd], cwd=ROOT,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for process, log in running:
+        process.wait()
+        log.close()
+    for contender, _, out, _ in jobs:
+        if contender != "babygpt" and (out / "best.safetensors").exists():
+            done = subprocess.run([sys.executable, "-m", "charrnn", "eval", "--checkpoint", str(out), "--which", "best",
+                                   "--data", str(val_path), "--json"], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode == 0:
+                (out / "whole-split.json").write_text(done.stdout)
+
+
+def row(contender: str, budget: float, out: Path) -> str:
+    if contender == "babygpt":
+        if not (out / "babygpt.json").exists():
+            return f"| {budget:g} | {contender} | failed: see {out / 'log.txt'} | | | |"
+        result = json.loads((out / "babygpt.json").read_text())
+        return (f"| {budget:g} | babygpt | 4×128 GPT ({result['params'] / 1e6:.2f}M) | {result['iterations']} | "
+                f"{result['best_val']:.4f} | {result['best_val']:.4f} |")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+        if (out / "metrics.jsonl").exists() else []
+    if not metrics or not (out / "whole-split.json").exists():
+        return f"| {budget:g} | {contender} | failed: see {out / 'log.txt'} | | | |"
+    config = json.loads((out / "config.json").read_text())
+    model, train = config["model"], config["train"]
+    shape = (f"{model['layers']}×{model['hidden']} {model['cell'].upper()} d{model['dropout']:g} "
+             f"B{train['batch_size']} T{train['seq_len']}{' bf16' if train['bf16'] else ''}")
+    best = min(m["val_loss"] for m in metrics if "val_loss" in m)
+    whole = json.loads((out / "whole-split.json").read_text())["loss"]
+    return f"| {budget:g} | {contender} | {shape} | {metrics[-1]['iter']} | {best:.4f} | {whole:.4f} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a UTF-8 text file")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[300.0, 600.0], metavar="SECONDS")
+    parser.add_argument("--contenders", nargs="+", default=["auto", "lstm-2x320", "babygpt"], choices=CONTENDERS)
+    parser.add_argument("--val-frac", type=float, default=0.1)
+    parser.add_argument("--out", help="folder for the runs (default: a temporary one)")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not data.is_file():
+        parser.error(f"--data {data}: no such file")
+    out = Path(args.out or tempfile.mkdtemp(prefix="preset-auto-"))
+    text = data.read_text(encoding="utf-8")
+    val_path = out / "validation-split.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    val_path.write_text(text[len(text) - int(len(text) * args.val_frac):], encoding="utf-8")
+    print(machine_line(), flush=True)
+    print(f"{data} ({len(text):,} chars); each job alone on one core, one thread; runs in {out}", flush=True)
+    jobs = [(c, b, out / f"{c}-{b:g}s", command(c, data, b, out / f"{c}-{b:g}s"))
+            for b in args.budgets for c in args.contenders]
+    for start in range(0, len(jobs), 2):
+        run_pair(jobs[start:start + 2], val_path)
+        for contender, budget, run_dir, _ in jobs[start:start + 2]:
+            print(row(contender, budget, run_dir).replace("| ", "", 1), flush=True)
+    print("\n| budget s | contender | shape | iterations | best val in training | whole val split (judged) |")
+    print("|---|---|---|---|---|---|")
+    for contender, budget, run_dir, _ in jobs:
+        print(row(contender, budget, run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

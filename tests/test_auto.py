@@ -1,0 +1,156 @@
+"""--preset auto (the rule, the probe, the command), --bf16 on a CPU and --val-chars."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from charrnn.train import auto
+from charrnn.train.auto import Speed, Workload, choose, weights
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    from conftest import write_word_text
+
+    return write_word_text(tmp_path / "corpus.txt", 400)
+
+
+@pytest.mark.parametrize("hidden,vocab", [(16, 5), (256, 65), (640, 300)])
+def test_weights_counts_what_the_library_engine_builds(hidden, vocab):
+    torch = pytest.importorskip("torch")
+    from charrnn.config import ModelConfig
+    from charrnn.models import build_model
+
+    model = build_model("library", ModelConfig(vocab_size=vocab, hidden=hidden, layers=auto.LAYERS, embed=auto.EMBED),
+                        device=torch.device("cpu"))
+    assert weights(hidden, vocab) == sum(p.numel() for p in model.parameters())
+
+
+def _speed(chars_per_s_at_512: float, vocab: int = 65) -> Speed:
+    """A machine whose seconds per character are proportional to the weights."""
+    return Speed({False: (0.0, 1 / (chars_per_s_at_512 * weights(512, vocab)))})
+
+
+def test_more_time_never_chooses_a_smaller_model():
+    chosen = [choose(Workload(20_000_000, 100_000, 65, max_time=t), _speed(8000)).values["hidden"]
+              for t in (30, 120, 600, 3600, 36000)]
+    assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
+
+
+def test_width_obeys_both_limits_chars_per_weight_and_weights_per_char():
+    for train_chars in (50_000, 1_000_000, 30_000_000):
+        for seconds in (60, 600, 6000):
+            c = choose(Workload(train_chars, 10_000, 65, max_time=seconds), _speed(8000))
+            h = c.values["hidden"]
+            if h == auto.WIDTHS[0]:
+                continue
+            n = weights(h, 65)
+            read = seconds * (1 - auto.EVALS * auto.EVAL_SHARE) * _speed(8000).chars_per_second(h, 65)
+            assert read >= auto.CHARS_PER_WEIGHT * n and n <= auto.WEIGHTS_PER_CHAR * train_chars
+            wider = auto.WIDTHS[auto.WIDTHS.index(h) + 1] if h != auto.WIDTHS[-1] else None
+            if wider:  # the next width breaks one of the limits
+                read_wider = seconds * (1 - auto.EVALS * auto.EVAL_SHARE) * _speed(8000).chars_per_second(wider, 65)
+                assert (read_wider < auto.CHARS_PER_WEIGHT * weights(wider, 65)
+                        or weights(wider, 65) > auto.WEIGHTS_PER_CHAR * train_chars)
+
+
+def test_many_passes_bring_dropout_and_early_stopping_one_pass_brings_neither():
+    small = choose(Workload(200_000, 20_000, 65, max_time=3600), _speed(8000)).values
+    large = choose(Workload(50_000_000, 500_000, 65, max_time=120), _speed(8000)).values
+    assert small["dropout"] >= 0.3 and small["patience"] == 3
+    assert large["dropout"] == 0.0 and "patience" not in large
+
+
+def test_an_epoch_budget_needs_no_probe_and_sizes_by_the_text():
+    few = choose(Workload(100_000, 10_000, 65, epochs=2), None).values
+    many = choose(Workload(5_000_000, 10_000, 65, epochs=2), None).values
+    assert few["hidden"] < many["hidden"] and "max_time" not in few and not few["bf16"]
+
+
+def test_the_probe_recovers_a_machines_speed_line_and_picks_the_faster_precision():
+    """A fake machine whose step takes (base + slope * weights) per character, bf16 twice as fast."""
+    base, slope, vocab = 2e-6, 4e-11, 65
+
+    def make_step(hidden, bf16):
+        seconds = (base + slope * weights(hidden, vocab)) * auto.BATCH * auto.PROBE_SEQ_LEN / (2 if bf16 else 1)
+        return lambda: time.sleep(seconds)
+
+    speed = auto.probe(make_step, bf16_possible=True, vocab_size=vocab)
+    assert speed.bf16_for(512, vocab) and speed.bf16_for(128, vocab)
+    assert speed.lines[True][1] == pytest.approx(slope / 2, rel=0.25)
+    assert speed.lines[False][1] == pytest.approx(slope, rel=0.25)
+    assert speed.chars_per_second(512, vocab) == pytest.approx(2 / (base + slope * weights(512, vocab)), rel=0.25)
+    assert set(speed.measured) == {f"{h}/{p}" for h in auto.PROBE_WIDTHS for p in ("float32", "bf16")}
+    assert not auto.probe(make_step, bf16_possible=False, vocab_size=vocab).bf16_for(512, vocab)
+
+
+def test_each_width_gets_the_precision_that_trains_it_faster():
+    """bf16 that pays off only for wide models (a fixed cost per step, cheaper products) is chosen only there."""
+    speed = Speed({False: (1e-6, 4e-11), True: (2e-5, 1e-11)})
+    assert not speed.bf16_for(128, 65) and speed.bf16_for(1024, 65)
+    assert speed.chars_per_second(1024, 65) == pytest.approx(1 / (2e-5 + 1e-11 * weights(1024, 65)))
+
+
+def test_preset_auto_trains_says_why_and_records_it(text_file, tmp_path, run_cli):
+    out = tmp_path / "r"
+    r = run_cli(["train", "--data", text_file, "--out", out, "--preset", "auto", "--max-time", 6,
+                 "--seq-len", 16, "--log-every", 1000])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    said = next(i for i, line in enumerate(lines) if line.startswith("auto: 2×"))
+    assert "LSTM" in lines[said] and lines[said + 1].strip().startswith("because")
+    assert "your flags replace auto's --seq-len" in lines[said + 2]
+    config = json.loads((out / "config.json").read_text())
+    record = config["train"]["auto"]
+    assert record["reason"].startswith("auto: 2×") and record["overridden_by_flags"] == ["seq_len"]
+    assert set(record["probe_chars_per_s"]) >= {f"{h}/float32" for h in auto.PROBE_WIDTHS}
+    assert config["train"]["seq_len"] == 16                                   # the explicit flag won
+    assert config["model"]["hidden"] in auto.WIDTHS and config["train"]["max_time"] < 6  # the probe came out of it
+    assert (out / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [([], "add --max-time"),
+                                          (["--max-time", 5, "--init-from", "x"], "--init-from")])
+def test_preset_auto_refuses_what_it_cannot_do_in_one_line(extra, needle, text_file, tmp_path, run_cli):
+    r = run_cli(["train", "--data", text_file, "--out", tmp_path / "r", "--preset", "auto", *extra])
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_bf16_on_a_cpu_trains_in_bfloat16_and_validates_in_float32():
+    torch = pytest.importorskip("torch")
+    from charrnn.config import ModelConfig
+    from charrnn.models import build_model
+    from charrnn.train.learners import TorchLearner
+
+    cfg = ModelConfig(vocab_size=11, hidden=32, layers=2, embed=8)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (4, 12)), rng.integers(0, 11, (4, 12))
+    results = {}
+    for bf16 in (False, True):
+        learner = TorchLearner(build_model("library", cfg, seed=3, device=torch.device("cpu")), "adamw", 1e-3, 0.0,
+                               1.0, torch.device("cpu"), bf16=bf16)
+        state = learner.zero_state(4)
+        results[bf16] = learner.eval_loss(x, y, state)[0], learner.train_step(x, y, state)[0]
+    assert results[True][0] == pytest.approx(results[False][0], abs=1e-6)   # validation: float32 either way
+    assert results[True][1] != results[False][1]                            # training really ran in bfloat16
+    assert results[True][1] == pytest.approx(results[False][1], abs=0.02)
+
+
+def test_val_chars_validates_on_the_start_of_the_split_only(text_file, tmp_path, run_cli):
+    """With one stream, in-training validation over --val-chars N equals `charrnn eval` of the same
+    weights on the first N characters of the split, read from a zero state."""
+    out = tmp_path / "r"
+    n = 300
+    r = run_cli(["train", "--data", text_file, "--out", out, "--hidden", 16, "--embed", 8, "--batch-size", 1,
+                 "--seq-len", 20, "--max-iters", 3, "--eval-every", 3, "--val-chars", n])
+    assert r.returncode == 0, r.stderr
+    text = text_file.read_text(encoding="utf-8")
+    val = text[len(text) - int(len(text) * 0.1):]
+    usable = (n - 1) // 20 * 20 + 1                     # whole windows of 20 only, as training validates
+    (tmp_path / "start.txt").write_text(val[:usable], encoding="utf-8")
+    e = run_cli(["eval", "--checkpoint", out, "--data", tmp_path / "start.txt", "--json"])
+    assert e.returncode == 0, e.stderr
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert logged[-1]["val_loss"] == pytest.approx(json.loads(e.stdout)["loss"], abs=2e-4)
