@@ -104,6 +104,7 @@ Precedence: explicit flags > --preset > defaults. With --resume, the run's saved
 the defaults and the model's shape cannot change.
 
 examples:
+  charrnn train --data my_text.txt --out runs/mine --preset auto --max-time 600   # sized to text, budget, machine
   charrnn train --data tinyshakespeare --out runs/shakespeare --preset cpu-10min
   charrnn train --data my_text.txt --out runs/mine --hidden 512 --max-time 600
   charrnn train --data my_text.txt --out runs/mine --resume --max-time 1200
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train.add_argument_group("model"), ModelConfig)
     run = train.add_argument_group("presets and the run directory")
     run.add_argument("--preset", default=argparse.SUPPRESS, choices=tuple(PRESETS),
-                     help="named settings (README: Presets); explicit flags override them (default: none)")
+                     help="named settings (README: Presets): auto sizes the model to the text, the budget "
+                          "(--max-time or --epochs) and this machine; explicit flags override a preset "
+                          "(default: none)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
     from charrnn.infer.cli import add_eval_parser, add_sample_parser

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job, set-up included: train a small LSTM for about a minute on the CPU, then sample.
+# The main job, set-up included: train for about a minute on the CPU (--preset auto sizes the model
+# to the text, the 75 s and this machine), then sample.
 # Uses tiny shakespeare (downloaded once and checksum-verified); with no internet it falls
 # back to `pystdlib`, a folder of the Python standard library's own modules, and says so.
 set -euo pipefail
@@ -10,8 +11,7 @@ data=tinyshakespeare
 if [ -z "${CHARRNN_DATA_DIR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
   export CHARRNN_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
-model=(--cell lstm --layers 2 --hidden 256 --batch-size 32 --seq-len 100 --optimizer adamw --lr 3e-3
-       --schedule cosine --warmup-iters 20 --max-time 75 --eval-every 100)
+model=(--preset auto --max-time 75)
 if ! "$charrnn" info "$data" >/dev/null 2>/tmp/charrnn-quickstart.err; then
   echo "quickstart: $(cat /tmp/charrnn-quickstart.err)" >&2
   data=pystdlib
@@ -19,9 +19,7 @@ if ! "$charrnn" info "$data" >/dev/null 2>/tmp/charrnn-quickstart.err; then
   echo "quickstart: tiny shakespeare cannot be had here (no network?), so this trains offline on 'pystdlib':" \
        "modules of the Python standard library installed here, one document per module, chosen across the" \
        "whole library; validation holds out whole modules, so its loss is what the model does on unseen" \
-       "Python. A one-layer LSTM learns code fastest in this budget." >&2
-  model=(--cell lstm --layers 1 --hidden 512 --batch-size 32 --seq-len 100 --optimizer adamw --lr 4e-3
-         --schedule cosine --warmup-iters 20 --max-time 75 --eval-every 100000 --val-frac 0.05)
+       "Python." >&2
 fi
 out=${1:-runs/quickstart}
 "$charrnn" train --data "$data" --out "$out" --overwrite "${model[@]}"

@@ -8,9 +8,13 @@ so one rule serves a slow laptop and a GPU alike:
    number of weights, so two widths give a line that predicts every other width.
 2. Budget in characters: with `--max-time`, what each width would read in the time left after
    probing and validation; with `--epochs` or `--max-iters`, what those say.
-3. Width: the largest whose budget is still at least CHARS_PER_WEIGHT characters per weight (a
-   bigger model that sees too little text loses to a smaller one that sees more), and whose
-   weights number at most WEIGHTS_PER_CHAR per training character (more only memorizes).
+   A time budget reads a small text at most MAX_PASSES times: beyond that every text we tuned on
+   got worse, not better, so the run ends early (`--epochs`) with its schedule decayed.
+3. Width: the largest that still trains for MIN_STEPS optimizer steps (or every step the passes
+   allow) and reads enough characters per weight (a bigger model that sees too little text loses
+   to a smaller one that sees more): CHARS_PER_WEIGHT on fresh text, fewer the more passes, as
+   a text read again teaches less than new text would. At most WEIGHTS_PER_CHAR weights per
+   training character.
 4. Regularization from the passes over the text the run will make: no dropout below one pass,
    then more as the passes grow; early stopping (`--patience`) where it expects to overfit.
 
@@ -22,14 +26,16 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from charrnn.errors import UserError
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280)
-PROBE_WIDTHS = (256, 640)
-CHARS_PER_WEIGHT = 1.0      # fitted: see docs/performance.md, "--preset auto"
-WEIGHTS_PER_CHAR = 4.0      # fitted: the largest model worth training on a text of N characters is ~4N weights
+PROBE_WIDTHS = (192, 384, 640)
+CHARS_PER_WEIGHT = 4.5      # these three fitted on four texts at two budgets: docs/performance.md, "--preset auto"
+MIN_STEPS = 1900
+MAX_PASSES = 6.0
+WEIGHTS_PER_CHAR = 16.0
 EVALS = 8                   # validations per run: enough to keep a good best.safetensors and to stop early
 EVAL_SHARE = 0.01           # of the time budget, per validation
 BATCH, SEQ_LEN, EMBED, LAYERS = 32, 100, 64, 2
@@ -50,20 +56,24 @@ class Workload:
 
 @dataclass(frozen=True)
 class Speed:
-    """Training speed by width, from the probe: seconds per character = base + per_weight * weights(H),
-    one such line per precision tried (False: float32, True: bfloat16 autocast)."""
+    """Training speed by width, from the probe: seconds per character at the probed numbers of
+    weights, per precision tried (False: float32, True: bfloat16 autocast), joined by straight
+    lines and extended beyond the ends by the nearest one (the cost is close to linear in the
+    weights, but not quite: wide layers fall out of the caches)."""
 
-    lines: Dict[bool, Tuple[float, float]]
+    points: Dict[bool, Tuple[Tuple[int, float], ...]]       # precision -> ((weights, seconds per char), ...)
     probe_seconds: float = 0.0
     measured: Dict[str, float] = field(default_factory=dict)   # "H/precision" -> chars/s, for config.json
 
     def _seconds_per_char(self, bf16: bool, hidden: int, vocab_size: int) -> float:
-        base, per_weight = self.lines[bf16]
-        return max(base + per_weight * weights(hidden, vocab_size), 1e-12)
+        points = sorted(self.points[bf16])
+        n = weights(hidden, vocab_size)
+        (w0, s0), (w1, s1) = next(((a, b) for a, b in zip(points, points[1:]) if n <= b[0]), points[-2:])
+        return max(s0 + (s1 - s0) * (n - w0) / (w1 - w0), 1e-12) if w1 != w0 else s0
 
     def bf16_for(self, hidden: int, vocab_size: int) -> bool:
         """Whether bfloat16 trains this width faster than float32 here (where it was tried at all)."""
-        return min(self.lines, key=lambda bf16: self._seconds_per_char(bf16, hidden, vocab_size))
+        return min(self.points, key=lambda bf16: self._seconds_per_char(bf16, hidden, vocab_size))
 
     def chars_per_second(self, hidden: int, vocab_size: int) -> float:
         return 1.0 / self._seconds_per_char(self.bf16_for(hidden, vocab_size), hidden, vocab_size)
@@ -85,11 +95,16 @@ def weights(hidden: int, vocab_size: int, layers: int = LAYERS, embed: int = EMB
     return count
 
 
+def chars_needed(n_weights: int, passes: float) -> float:
+    """Characters a model of `n_weights` should read in its budget to be worth its size."""
+    return CHARS_PER_WEIGHT * n_weights / max(1.0, passes)
+
+
 def dropout_for(passes: float) -> float:
-    """More passes over the same text, more dropout: none below one pass, 0.25 at ~5, at most 0.45."""
+    """More passes over the same text, more dropout: none below one pass, ~0.2 at 4, at most 0.45."""
     if passes <= 1.0:
         return 0.0
-    return round(min(0.45, 0.1 + 0.1 * math.log2(passes)), 2)
+    return round(min(0.45, 0.05 + 0.075 * math.log2(passes)), 2)
 
 
 def choose(work: Workload, speed: Optional[Speed]) -> Choice:
@@ -98,8 +113,10 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     eval_time = EVALS * EVAL_SHARE if work.max_time else 0.0
     seconds = work.max_time * (1 - eval_time) if work.max_time else None
 
+    pass_cap = MAX_PASSES * work.train_chars if seconds is not None and work.epochs is None else math.inf
+
     def budget_chars(hidden: int) -> float:
-        limits = []
+        limits = [pass_cap]
         if seconds is not None and speed is not None:
             limits.append(seconds * speed.chars_per_second(hidden, work.vocab_size))
         if work.epochs is not None:
@@ -108,9 +125,19 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
             limits.append(work.max_iters * BATCH * SEQ_LEN)
         return min(limits)
 
-    fits = [h for h in WIDTHS if budget_chars(h) >= CHARS_PER_WEIGHT * weights(h, work.vocab_size)
-            and weights(h, work.vocab_size) <= WEIGHTS_PER_CHAR * work.train_chars]
-    hidden = fits[-1] if fits else WIDTHS[0]
+    def too_wide(hidden: int) -> Optional[str]:
+        """Why a width does not fit this workload, or None when it does."""
+        n_weights, chars = weights(hidden, work.vocab_size), budget_chars(hidden)
+        if chars < min(MIN_STEPS * BATCH * SEQ_LEN, pass_cap):
+            return f"would train for fewer than {MIN_STEPS} steps"
+        if chars < chars_needed(n_weights, chars / max(work.train_chars, 1)):
+            return "would read too few chars per weight to be worth its size"
+        if n_weights > WEIGHTS_PER_CHAR * work.train_chars:
+            return f"would hold over {WEIGHTS_PER_CHAR:g} weights per training char (memorizing)"
+        return None
+
+    fitting = [h for h in WIDTHS if too_wide(h) is None]
+    hidden = fitting[-1] if fitting else WIDTHS[0]
     n_weights = weights(hidden, work.vocab_size)
     chars = budget_chars(hidden)
     passes = chars / max(work.train_chars, 1)
@@ -122,33 +149,33 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
     if passes > 4:
         values["patience"] = 3
+    if chars >= pass_cap:  # the text runs out of lessons before the clock does
+        values["epochs"] = MAX_PASSES
     if work.max_time and speed is not None:
         eval_rate = 2.0 * speed.chars_per_second(hidden, work.vocab_size)  # forward only, about twice as fast
         values["val_chars"] = max(10_000, int(EVAL_SHARE * work.max_time * eval_rate))
         values["max_time"] = max(1.0, work.max_time - speed.probe_seconds)
-    why = _why(work, speed, hidden, n_weights, chars, passes, fits)
+    wider = WIDTHS[WIDTHS.index(hidden) + 1] if hidden != WIDTHS[-1] else None
+    why = _why(work, speed, hidden, chars, passes, "epochs" in values,
+               too_wide(hidden) if not fitting else too_wide(wider) if wider else None)
     shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights), dropout {values['dropout']}, "
              f"B{BATCH} T{SEQ_LEN}, AdamW {values['lr']:.0e} warm-up + cosine"
              + (", bf16" if values["bf16"] else "") + (", --patience 3" if "patience" in values else ""))
     return Choice(values, f"auto: {shape}\n  because {why}")
 
 
-def _why(work: Workload, speed: Optional[Speed], hidden: int, n_weights: int, chars: float, passes: float,
-         fits: Sequence[int]) -> str:
+def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, passes: float, capped: bool,
+         limit: Optional[str]) -> str:
     where = "the budget reads"
     if speed is not None and work.max_time:
         precision = "bf16" if speed.bf16_for(hidden, work.vocab_size) else "float32"
-        where = (f"this machine trains it at {speed.chars_per_second(hidden, work.vocab_size):,.0f} chars/s "
-                 f"({precision}), so the budget reads")
-    said = (f"{where} ~{chars / 1e6:.1f}M chars = {passes:.1f} passes over {work.train_chars / 1e6:.2f}M training "
-            f"chars")
-    if not fits:
-        return f"{said}; even the smallest width sees fewer than {CHARS_PER_WEIGHT:g} chars per weight"
-    if hidden == WIDTHS[-1]:
+        rate = speed.chars_per_second(hidden, work.vocab_size)
+        where = f"this machine trains it at {rate:,.0f} chars/s ({precision})"
+        where += ", so the run reads" if not capped else f"; it stops after {MAX_PASSES:g} passes,"
+    said = f"{where} ~{chars / 1e6:.1f}M chars = {passes:.1f} passes over {work.train_chars / 1e6:.2f}M training chars"
+    if limit is None:
         return f"{said}; this is the widest auto trains"
-    if weights(WIDTHS[WIDTHS.index(hidden) + 1], work.vocab_size) > WEIGHTS_PER_CHAR * work.train_chars:
-        return f"{said}; a wider model would hold over {WEIGHTS_PER_CHAR:g} weights per training char (memorizing)"
-    return f"{said}; a wider model would see fewer than {CHARS_PER_WEIGHT:g} chars per weight"
+    return f"{said}; even the narrowest {limit}" if hidden == WIDTHS[0] and limit else f"{said}; a wider model {limit}"
 
 
 def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: bool, vocab_size: int,
@@ -160,9 +187,9 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
     of BATCH x PROBE_SEQ_LEN characters."""
     started = time.perf_counter()
     measured: Dict[str, float] = {}
-    lines = {}
+    points = {}
     for bf16 in ((False, True) if bf16_possible else (False,)):
-        per_char = []
+        points[bf16] = []
         for hidden in PROBE_WIDTHS:
             step = make_step(hidden, bf16)
             step()                                   # oneDNN builds its kernels on the first call
@@ -172,12 +199,10 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
                 step()
                 times.append(time.perf_counter() - t)
             seconds = statistics.median(times) / (BATCH * PROBE_SEQ_LEN)
-            per_char.append(seconds)
+            points[bf16].append((weights(hidden, vocab_size), seconds))
             measured[f"{hidden}/{'bf16' if bf16 else 'float32'}"] = round(1.0 / seconds)
-        (w0, w1), (s0, s1) = [weights(h, vocab_size) for h in PROBE_WIDTHS], per_char
-        slope = max((s1 - s0) / (w1 - w0), 1e-15)
-        lines[bf16] = (max(s0 - slope * w0, 0.0), slope)
-    return Speed(lines, probe_seconds=time.perf_counter() - started, measured=measured)
+    return Speed({k: tuple(v) for k, v in points.items()}, probe_seconds=time.perf_counter() - started,
+                 measured=measured)
 
 
 def check_usable(given: dict, distributed: bool) -> None:
