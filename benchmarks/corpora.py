@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from charrnn.data.sources import data_dir  # noqa: E402
@@ -31,33 +32,39 @@ def licenses() -> bytes:
     return b"\n\n".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file())
 
 
-def changelogs() -> bytes:
+def _first_bytes(texts: Iterable[bytes], limit: int) -> bytes:
+    """The texts joined by newlines, read only until `limit` bytes, cut there at a whole character."""
     parts, size = [], 0
-    for path in sorted(Path("/usr/share/doc").glob("*/changelog*.gz")):
-        data = gzip.decompress(path.read_bytes())
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        parts.append(data)
-        size += len(data)
-        if size >= LARGE_BYTES:
+    for text in texts:
+        parts.append(text)
+        size += len(text)
+        if size >= limit:
             break
-    return b"\n".join(parts)[:LARGE_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    return b"\n".join(parts)[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def changelogs() -> bytes:
+    texts = (gzip.decompress(p.read_bytes()) for p in sorted(Path("/usr/share/doc").glob("*/changelog*.gz")))
+    return _first_bytes((t for t in texts if _utf8(t)), LARGE_BYTES)
 
 
 def manpages() -> bytes:
-    parts, size = [], 0
     env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
-    for path in sorted(Path("/usr/share/man/man1").glob("*.1.gz")):
+
+    def rendered(path: Path) -> bytes:
         shown = subprocess.run(["man", "-P", "cat", "-l", str(path)], capture_output=True, env=env).stdout
-        plain = subprocess.run(["col", "-bx"], input=shown, capture_output=True).stdout
-        if plain.strip():
-            parts.append(plain)
-            size += len(plain)
-        if size >= HELD_OUT_BYTES:
-            break
-    return b"\n".join(parts)[:HELD_OUT_BYTES].decode("utf-8", "ignore").encode("utf-8")
+        return subprocess.run(["col", "-bx"], input=shown, capture_output=True).stdout
+
+    pages = (rendered(p) for p in sorted(Path("/usr/share/man/man1").glob("*.1.gz")))
+    return _first_bytes((page for page in pages if page.strip()), HELD_OUT_BYTES)
 
 
 def main() -> int:
