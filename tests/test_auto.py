@@ -135,7 +135,8 @@ def test_preset_auto_trains_says_why_and_records_it(text_file, tmp_path, run_cli
 
 
 @pytest.mark.parametrize("extra,needle", [([], "add --max-time"),
-                                          (["--max-time", 5, "--init-from", "x"], "--init-from")])
+                                          (["--max-time", 5, "--init-from", "x"], "--init-from"),
+                                          (["--max-time", 5, "--impl", "naive"], "--impl naive")])
 def test_preset_auto_refuses_what_it_cannot_do_in_one_line(extra, needle, text_file, tmp_path, run_cli):
     r = run_cli(["train", "--data", text_file, "--out", tmp_path / "r", "--preset", "auto", *extra])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

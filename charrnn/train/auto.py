@@ -212,6 +212,9 @@ def check_usable(given: dict, distributed: bool) -> None:
     if given.get("init_from"):
         raise UserError("--preset auto chooses a new model's shape, but --init-from keeps the other run's; "
                         "drop one of them")
+    if given.get("impl") not in (None, "library", "scratch"):
+        raise UserError(f"--preset auto sizes models for the PyTorch engines (library, scratch); with --impl "
+                        f"{given['impl']} give the model's flags yourself")
     if distributed:
         raise UserError("--preset auto probes the speed of one process; under torchrun give the model's flags "
                         "(or --preset cpu-10min)")
