@@ -166,7 +166,7 @@ def test_train_help_lists_choices_and_real_defaults(capsys):
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag, choices in [("--impl", IMPLS), ("--cell", CELLS), ("--optimizer", OPTIMIZERS),
-                          ("--schedule", SCHEDULES), ("--device", DEVICES), ("--preset", ("cpu-10min", "gpu"))]:
+                          ("--schedule", SCHEDULES), ("--device", DEVICES), ("--preset", ("auto", "cpu-10min", "gpu"))]:
         assert f"{flag} {{{','.join(choices)}}}" in text, flag
     assert "naive,scratch,library" in text
     assert "(default: None)" not in text and "(default: False)" not in text
