@@ -3,13 +3,14 @@
 The rule (docs/performance.md has the runs it was fitted on) works in characters, not seconds,
 so one rule serves a slow laptop and a GPU alike:
 
-1. Probe: time a few training steps of two model widths, in float32 and (where autocast can run)
-   bfloat16, with the engine and device that will train. Seconds per character grow with the
-   number of weights, so two widths give a line that predicts every other width.
+1. Probe: time a few training steps of three model widths, in float32 and (where autocast can
+   run) bfloat16, with the engine and device that will train. Seconds per character grow with
+   the number of weights, so straight lines between the three predict every other width.
 2. Budget in characters: with `--max-time`, what each width would read in the time left after
    probing and validation; with `--epochs` or `--max-iters`, what those say.
-   A time budget reads a small text at most MAX_PASSES times: beyond that every text we tuned on
-   got worse, not better, so the run ends early (`--epochs`) with its schedule decayed.
+   A time budget reads a small text at most MAX_PASSES times: past that, the texts we tuned on
+   got worse, not better, so the run ends early (`--epochs`) with its schedule decayed. (On a
+   ~300 KB text that cosine decays too soon: docs/performance.md says by how much.)
 3. Width: the largest that still trains for MIN_STEPS optimizer steps (or every step the passes
    allow) and reads enough characters per weight (a bigger model that sees too little text loses
    to a smaller one that sees more): CHARS_PER_WEIGHT on fresh text, fewer the more passes, as
