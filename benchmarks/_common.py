@@ -7,17 +7,34 @@ why each reports ratios measured side by side, as medians with the min-max.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str, keep: bool = False):
+    """A temporary folder for a benchmark's generated data and runs: removed at the end, or kept (and its path
+    printed) with `keep`, to look at what was measured."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        if keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def early_threads(argv=None):

@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, load_text, machine_line, print_table
+from _common import ROOT, load_text, machine_line, print_table, scratch_folder
 
 # The measuring child: runs the command, then prints the peak RSS (KiB on Linux) of its only child.
 MEASURE = """
@@ -86,8 +84,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (prints its path)")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="charrnn-bigcollection-"))
-    try:
+    with scratch_folder("charrnn-bigcollection-", args.keep) as tmp:
         small, big = tmp / "small", tmp / "big"
         small_bytes = write_collection(small, 1.0, 100, seed=1)
         start = time.perf_counter()
@@ -116,11 +113,6 @@ def main() -> int:
         print()
         print_table(["run", "peak RSS MB", "peak / size", "data ready s", "MB/s", "wall s", "note"], rows)
         print(f"(cache in the data directory: {cache:,.0f} MB)")
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, load_text, machine_line, print_table
+from _common import ROOT, load_text, machine_line, print_table, scratch_folder
 
 
 def train_once(data: Path, out: Path, impl: str, env: dict) -> tuple:
@@ -61,8 +59,7 @@ def main() -> int:
 
     text, source = load_text()
     block = text.encode("utf-8")
-    tmp = Path(tempfile.mkdtemp(prefix="charrnn-bigmem-"))
-    try:
+    with scratch_folder("charrnn-bigmem-", args.keep) as tmp:
         small, big = tmp / "small.txt", tmp / "big.txt"
         small.write_bytes(block)
         with open(big, "wb") as f:
@@ -88,11 +85,6 @@ def main() -> int:
         print_table(["run", "peak RSS MB", "peak / file size", "wall s", "note"], rows)
         print(f"(children's max over all runs, RUSAGE_CHILDREN: "
               f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB)")
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
