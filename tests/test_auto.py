@@ -34,7 +34,7 @@ def _speed(chars_per_s_at_512: float, vocab: int = 65) -> Speed:
 
 
 def test_more_time_never_chooses_a_smaller_model():
-    chosen = [choose(Workload(20_000_000, 100_000, 65, max_time=t), _speed(8000)).values["hidden"]
+    chosen = [choose(Workload(20_000_000, 65, max_time=t), _speed(8000)).values["hidden"]
               for t in (30, 120, 600, 3600, 36000)]
     assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
 
@@ -43,7 +43,7 @@ def test_width_is_the_widest_that_trains_long_enough_reads_enough_and_does_not_m
     speed, share, window = _speed(8000), 1 - auto.EVALS * auto.EVAL_SHARE, auto.BATCH * auto.SEQ_LEN
     for train_chars in (50_000, 1_000_000, 30_000_000):
         for seconds in (60, 600, 6000):
-            chosen = choose(Workload(train_chars, 10_000, 65, max_time=seconds), speed).values
+            chosen = choose(Workload(train_chars, 65, max_time=seconds), speed).values
 
             def fits(width, seconds=seconds, train_chars=train_chars):
                 cap = auto.MAX_PASSES * train_chars
@@ -67,15 +67,15 @@ def test_a_text_read_many_times_needs_fewer_chars_per_weight():
 
 
 def test_many_passes_bring_dropout_and_early_stopping_one_pass_brings_neither():
-    small = choose(Workload(200_000, 20_000, 65, max_time=3600), _speed(8000)).values
-    large = choose(Workload(50_000_000, 500_000, 65, max_time=120), _speed(8000)).values
+    small = choose(Workload(200_000, 65, max_time=3600), _speed(8000)).values
+    large = choose(Workload(50_000_000, 65, max_time=120), _speed(8000)).values
     assert small["dropout"] >= 0.2 and small["patience"] == 3 and small["epochs"] == auto.MAX_PASSES
     assert large["dropout"] == 0.0 and "patience" not in large
 
 
 def test_an_epoch_budget_needs_no_probe_and_sizes_by_the_text():
-    few = choose(Workload(100_000, 10_000, 65, epochs=2), None).values
-    many = choose(Workload(5_000_000, 10_000, 65, epochs=2), None).values
+    few = choose(Workload(100_000, 65, epochs=2), None).values
+    many = choose(Workload(5_000_000, 65, epochs=2), None).values
     assert few["hidden"] < many["hidden"] and "max_time" not in few and not few["bf16"]
 
 

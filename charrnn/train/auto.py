@@ -48,7 +48,6 @@ class Workload:
     """What auto looks at: the training text and the budget."""
 
     train_chars: int
-    val_chars: int
     vocab_size: int
     max_time: Optional[float] = None
     epochs: Optional[float] = None
@@ -111,9 +110,7 @@ def dropout_for(passes: float) -> float:
 def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     """The rule, a pure function of the workload and the probed speed (None: a budget in epochs or
     iterations, where speed does not change what a run reads)."""
-    eval_time = EVALS * EVAL_SHARE if work.max_time else 0.0
-    seconds = work.max_time * (1 - eval_time) if work.max_time else None
-
+    seconds = work.max_time * (1 - EVALS * EVAL_SHARE) if work.max_time else None  # less the validations
     pass_cap = MAX_PASSES * work.train_chars if seconds is not None and work.epochs is None else math.inf
 
     def budget_chars(hidden: int) -> float:
@@ -161,7 +158,8 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
                too_wide(hidden) if not fitting else too_wide(wider) if wider else None)
     shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights), dropout {values['dropout']}, "
              f"B{BATCH} T{SEQ_LEN}, AdamW {values['lr']:.0e} warm-up + cosine"
-             + (", bf16" if values["bf16"] else "") + (", --patience 3" if "patience" in values else ""))
+             + (", bf16" if values["bf16"] else "")
+             + (f", --patience {values['patience']}" if "patience" in values else ""))
     return Choice(values, f"auto: {shape}\n  because {why}")
 
 

@@ -95,8 +95,7 @@ def run_train(args: dict) -> int:
     model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
-        train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), len(val_data), device,
-                                           world)
+        train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), device, world)
 
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
     if train_cfg.val_chars is not None:
@@ -127,20 +126,18 @@ def run_train(args: dict) -> int:
     os._exit(code)
 
 
-def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, val_chars: int,
-                device, world) -> tuple[TrainConfig, ModelConfig]:
+def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, device,
+                world) -> tuple[TrainConfig, ModelConfig]:
     """--preset auto: probe this machine (for a time budget), choose, print why; explicit flags win."""
     from charrnn.train import auto
 
-    work = auto.Workload(train_chars, val_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters)
+    work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters)
     speed = None
     if cfg.max_time:
-        impl = cfg.impl if "impl" in explicit else "library"
-        print(f"auto: probing how fast {impl} trains on {device.type} (a few seconds, counted in --max-time)",
-              flush=True)
-        bf16_possible = impl in ("library", "scratch") and _bf16_runs(device)
-        speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, impl, hidden, bf16, device, world),
-                           bf16_possible, model_cfg.vocab_size)
+        print(f"auto: probing how fast {cfg.impl} trains on {device.type} (a few seconds, counted in --max-time)",
+              flush=True)  # cfg.impl: library unless --impl scratch (check_usable refuses the others)
+        speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
+                           _bf16_runs(device), model_cfg.vocab_size)
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
     chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
@@ -164,12 +161,12 @@ def _bf16_runs(device) -> bool:
     return device.type == "cpu"
 
 
-def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, impl: str, hidden: int, bf16: bool, device, world):
+def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, hidden: int, bf16: bool, device, world):
     """One training step of a model of width `hidden` (auto's shape) on random characters, as a function."""
     from charrnn.train import auto
 
     shape = dict(cell="lstm", layers=auto.LAYERS, hidden=hidden, embed=auto.EMBED, dropout=0.0)
-    learner = _make_learner(dataclasses.replace(cfg, impl=impl, bf16=bf16), dataclasses.replace(model_cfg, **shape),
+    learner = _make_learner(dataclasses.replace(cfg, bf16=bf16), dataclasses.replace(model_cfg, **shape),
                             device, world, None)
     rng = np.random.default_rng(0)
     x, y = (rng.integers(0, model_cfg.vocab_size, (auto.BATCH, auto.PROBE_SEQ_LEN)) for _ in range(2))
