@@ -38,7 +38,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message}{_choice_suggestion(message)} (see '{self.prog} --help')")
 
     def parse_args(self, args=None, namespace=None):
-        args, extras = self.parse_known_args(args, namespace)
+        args, extras = self.parse_known_args(_attach_dash_values(self, sys.argv[1:] if args is None else args),
+                                             namespace)
         if extras:  # argparse reports these from the top parser; name the subcommand's flags and help instead
             parser = _subparser(self, getattr(args, "command", None))
             parser.error(f"unrecognized arguments: {' '.join(extras)}{_flag_suggestion(parser, self, extras)}")
@@ -50,6 +51,34 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def __init__(self, prog):
         super().__init__(prog, max_help_position=32)
+
+
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list:
+    """`--prime -x` as `--prime=-x`: a value that begins with '-' (a prime, a separator, a path) is taken as
+    the value of the option before it when it names none of the command's flags; argparse alone reads it as a
+    flag and says "expected one argument". A token that is a flag, or the start of one, stays a flag."""
+    argv = [str(a) for a in argv]
+    command = next((a for a in argv if a in _subparsers(parser)), None)
+    sub = _subparser(parser, command)
+    takes_one = {o for a in sub._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+    flags = [o for p in (parser, sub) for a in p._actions for o in a.option_strings]
+
+    def is_flag(token: str) -> bool:
+        name = token.split("=", 1)[0]
+        return any(f == name or (name.startswith("--") and f.startswith(name)) for f in flags)
+
+    out = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if (token in takes_one and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--"
+                and not is_flag(argv[i + 1])):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict:
@@ -120,11 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    info = sub.add_parser("info", help="print corpus size and vocabulary",
+    info = sub.add_parser("info", help="print corpus size and vocabulary, or what this machine can do",
                           description="Print the number of characters and distinct characters of a text, a folder "
-                                      "of texts or several of them.")
-    info.add_argument("data", nargs="+", metavar="DATA",
+                                      "of texts or several of them; with --device, the precisions and int8 "
+                                      "kernels this machine runs.")
+    info.add_argument("data", nargs="*", metavar="DATA",
                       help="UTF-8 text files or folders of them, or a corpus name (tinyshakespeare, pystdlib)")
+    info.add_argument("--device", action="store_true",
+                      help="instead of a text: the CPU, the precisions each engine can train in here (found by "
+                           "trying) and which int8 kernels generation and ONNX Runtime use")
     add_collection_flags(info)
     info.add_argument("--doc-sep", default="\x1e", metavar="C",
                       help="character joining the documents of a collection "
@@ -168,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args) -> int:
+    if args.device == bool(args.data):
+        raise UserError("charrnn info takes a text (files, folders or a corpus name) or --device, not both or none "
+                        "(see 'charrnn info --help')")
+    if args.device:
+        from charrnn import capabilities
+
+        facts = capabilities.report()
+        print(json.dumps(facts) if args.json else "\n".join(capabilities.report_lines(facts)))
+        return 0
     from charrnn.data.collection import Spec, parse_separator
     from charrnn.data.dataset import describe
 

@@ -13,8 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Hypothesis draws the same examples on every run and machine (derandomize; no example database), so a
+# run's result depends on the code alone: a failure it finds is kept as an @example beside the test.
+# HYPOTHESIS_PROFILE=explore draws fresh examples, to look for new failures by hand.
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def pytest_configure(config):

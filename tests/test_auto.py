@@ -143,8 +143,10 @@ def test_preset_auto_refuses_what_it_cannot_do_in_one_line(extra, needle, text_f
     assert not (tmp_path / "r").exists()
 
 
-def test_bf16_on_a_cpu_trains_in_bfloat16_and_validates_in_float32():
+@pytest.mark.parametrize("impl", ["library", "scratch"])
+def test_bf16_on_a_cpu_trains_in_bfloat16_and_validates_in_float32(impl):
     torch = pytest.importorskip("torch")
+    from charrnn import capabilities
     from charrnn.config import ModelConfig
     from charrnn.models import build_model
     from charrnn.train.learners import TorchLearner
@@ -152,9 +154,11 @@ def test_bf16_on_a_cpu_trains_in_bfloat16_and_validates_in_float32():
     cfg = ModelConfig(vocab_size=11, hidden=32, layers=2, embed=8)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 11, (4, 12)), rng.integers(0, 11, (4, 12))
+    if not capabilities.bf16_training(torch.device("cpu"), impl, "lstm"):  # tests/test_capabilities.py: the refusal
+        pytest.skip(f"this CPU cannot train {impl}'s LSTM in bfloat16")
     results = {}
     for bf16 in (False, True):
-        learner = TorchLearner(build_model("library", cfg, seed=3, device=torch.device("cpu")), "adamw", 1e-3, 0.0,
+        learner = TorchLearner(build_model(impl, cfg, seed=3, device=torch.device("cpu")), "adamw", 1e-3, 0.0,
                                1.0, torch.device("cpu"), bf16=bf16)
         state = learner.zero_state(4)
         results[bf16] = learner.eval_loss(x, y, state)[0], learner.train_step(x, y, state)[0]

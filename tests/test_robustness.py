@@ -330,6 +330,7 @@ def test_odd_corpora_work_or_give_one_error_line(name, tmp_path):
 @settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=_odd_corpora())
 @example(raw=b"\xff\xfe" + "two\r\nlines\r\n".encode("utf-16-le") * 30)
+@example(raw=("-xyz\n" * 200).encode())  # a prime that begins with '-': `--prime -x…` was read as a flag
 def test_random_corpora_work_or_give_one_error_line(raw, tmp_path_factory):
     directory = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     try:

@@ -161,6 +161,12 @@ def load_library(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def compiled_path() -> Optional[str]:
+    """Which of native_step.c's paths this machine's build runs ("avx512-vnni", "portable"); None without one."""
+    lib = kernel()
+    return None if lib is None else "avx512-vnni" if lib.charrnn_has_vnni() else "portable"
+
+
 def kernel_problem() -> str:
     """Why kernel() is None ('' when it is not)."""
     kernel()

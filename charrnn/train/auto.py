@@ -215,7 +215,7 @@ def check_usable(given: dict, distributed: bool) -> None:
         raise UserError(f"--preset auto sizes models for the PyTorch engines (library, scratch); with --impl "
                         f"{given['impl']} give the model's flags yourself")
     if distributed:
-        raise UserError("--preset auto probes the speed of one process; under torchrun give the model's flags "
-                        "(or --preset cpu-10min)")
+        raise UserError(f"--preset {given['preset']} probes the speed of one process; under torchrun give the "
+                        "model's flags")
     if not any(given.get(k) is not None for k in ("max_time", "epochs", "max_iters")):
         raise UserError("--preset auto sizes the model to a budget; add --max-time SECONDS (or --epochs E)")

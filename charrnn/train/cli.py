@@ -26,7 +26,7 @@ from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
 from charrnn.train.auto import check_usable as check_auto_usable
 from charrnn.train.distributed import world_from_env
-from charrnn.train.presets import preset_values
+from charrnn.train.presets import AUTO_PRESETS, preset_values
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -85,15 +85,17 @@ def _remap_to_vocab(data, vocab) -> tuple:
 def run_train(args: dict) -> int:
     given = {k: v for k, v in args.items() if k not in ("command", "handler", "overwrite")}
     world = world_from_env()
-    auto = given.get("preset") == "auto"
+    auto = given.get("preset") in AUTO_PRESETS
     if auto:
-        check_auto_usable(given, world.distributed)
+        check_auto_usable({**preset_values(given["preset"]), **given}, world.distributed)
     explicit = set(given)
     train_cfg, model_flags = build_configs(given, speak=world.is_main)
     out = Path(train_cfg.out)
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
-    model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
+    train_cfg = _check_bf16(train_cfg, model_flags.get("cell", ModelConfig.cell), device, "bf16" in explicit,
+                            world.is_main)
+    model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
         train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), device, world)
 
@@ -105,8 +107,6 @@ def run_train(args: dict) -> int:
     if train_cfg.val_frac > 0 and val_streams is None and world.is_main:
         print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
 
-    if train_cfg.bf16 and device.type not in ("cuda", "cpu"):  # autocast to bfloat16 exists for these two
-        raise UserError(f"--bf16 needs CUDA or a CPU but training would run on {device.type}; drop --bf16")
     if not world.distributed:
         return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world, data)
     world.join(device)
@@ -134,10 +134,14 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters)
     speed = None
     if cfg.max_time:
-        print(f"auto: probing how fast {cfg.impl} trains on {device.type} (a few seconds, counted in --max-time)",
-              flush=True)  # cfg.impl: library unless --impl scratch (check_usable refuses the others)
+        from charrnn import capabilities
+
+        bf16 = capabilities.bf16_training(device, cfg.impl, "lstm")  # cfg.impl: library or scratch (check_usable)
+        precisions = "float32 and bfloat16" if bf16 else f"float32 only: {capabilities.bf16_missing(device)}"
+        print(f"auto: probing how fast {cfg.impl} trains on {device.type}, in {precisions}; a few seconds, counted "
+              "in --max-time", flush=True)
         speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
-                           _bf16_runs(device), model_cfg.vocab_size)
+                           bf16, model_cfg.vocab_size)
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
     chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
@@ -153,12 +157,26 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     return train, model
 
 
-def _bf16_runs(device) -> bool:
-    import torch
+def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, speak: bool) -> TrainConfig:
+    """--bf16 only where this engine can train this cell in bfloat16 here (capabilities: found by trying),
+    refused before anything is read or written. A preset's bf16 (gpu) is dropped with a note instead."""
+    if not cfg.bf16 or cfg.impl == "naive" or cfg.impl in TF_IMPLS:
+        return cfg  # _check_flags has refused --bf16 for those engines
+    from charrnn import capabilities
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
+    if device.type not in ("cuda", "cpu"):  # autocast to bfloat16 exists for these two
+        raise UserError(f"--bf16 needs CUDA or a CPU but training would run on {device.type}; drop --bf16")
+    if capabilities.bf16_training(device, cfg.impl, cell):
+        if speak and device.type == "cpu" and not capabilities.bf16_units():
+            print("warning: this CPU has no bfloat16 units (AVX-512 BF16/AMX): --bf16 is emulated here and likely "
+                  "slower than float32", file=sys.stderr, flush=True)
+        return cfg
+    if explicit:
+        raise UserError(f"{capabilities.bf16_missing(device)}; drop --bf16")
+    if speak:
+        print(f"note: training in float32: the preset asks for bfloat16, but {capabilities.bf16_missing(device)}",
+              file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, bf16=False)
 
 
 def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, hidden: int, bf16: bool, device, world):
