@@ -4,7 +4,8 @@ Contenders (any of them, --contenders):
     auto        charrnn train --preset auto --max-time S
     lstm-2x320  the plain reference loop: 2x320 LSTM, AdamW 3e-3, warm-up 100 then cosine to lr/10,
                 B64 T64, dropout 0.1, clip 1 (float32)
-    cpu-10min   charrnn train --preset cpu-10min --max-time S
+    lstm-2x512  the fixed shape `--preset cpu-10min` had before it became auto with 600 s: 2x512 LSTM,
+                dropout 0.25, AdamW 4e-3 wd 0.01, warm-up 100 then cosine, B32 T100 (float32)
     babygpt     benchmarks/babygpt.py: nanoGPT's CPU baby GPT, schedule sized to the budget
 
 Two jobs run at once, each alone on one core (taskset, one thread), in the order given, so the
@@ -31,7 +32,11 @@ from _common import ROOT, machine_line  # noqa: E402
 REFERENCE = ["--cell", "lstm", "--layers", "2", "--hidden", "320", "--embed", "64", "--dropout", "0.1",
              "--batch-size", "64", "--seq-len", "64", "--optimizer", "adamw", "--lr", "3e-3", "--schedule", "cosine",
              "--warmup-iters", "100", "--grad-clip", "1", "--val-chars", "100000"]
-CONTENDERS = ("auto", "lstm-2x320", "cpu-10min", "babygpt")
+OLD_CPU_10MIN = ["--impl", "library", "--cell", "lstm", "--layers", "2", "--hidden", "512", "--embed", "64",
+                 "--dropout", "0.25", "--batch-size", "32", "--seq-len", "100", "--optimizer", "adamw", "--lr", "4e-3",
+                 "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-iters", "100", "--grad-clip", "1",
+                 "--val-chars", "100000"]
+CONTENDERS = ("auto", "lstm-2x320", "lstm-2x512", "babygpt")
 
 
 def command(contender: str, data: Path, budget: float, out: Path) -> list:
@@ -42,8 +47,8 @@ def command(contender: str, data: Path, budget: float, out: Path) -> list:
         return [*train, "--preset", "auto"]
     if contender == "lstm-2x320":
         return [*train, *REFERENCE, *evals]
-    if contender == "cpu-10min":
-        return [*train, "--preset", "cpu-10min", "--val-chars", "100000", *evals]
+    if contender == "lstm-2x512":
+        return [*train, *OLD_CPU_10MIN, *evals]
     return [sys.executable, str(ROOT / "benchmarks" / "babygpt.py"), "--data", str(data), "--max-time", str(budget),
             "--json", str(out / "babygpt.json")]
 

@@ -1,4 +1,4 @@
-"""Train `--preset cpu-10min` on tiny shakespeare and print the best validation loss.
+"""Train `--preset cpu-10min` (auto with a 600 s budget) on tiny shakespeare and print the best validation loss.
 
 Validation is the last 10% of the text, read in order with the state carried
 (the same split nanoGPT's shakespeare_char uses). The target is <= 1.40 nats/char.

@@ -128,7 +128,8 @@ def test_preset_auto_trains_says_why_and_records_it(text_file, tmp_path, run_cli
     config = json.loads((out / "config.json").read_text())
     record = config["train"]["auto"]
     assert record["reason"].startswith("auto: 2×") and record["overridden_by_flags"] == ["seq_len"]
-    assert set(record["probe_chars_per_s"]) >= {f"{h}/float32" for h in auto.PROBE_WIDTHS}
+    assert "192/float32" in record["probe_chars_per_s"]   # the narrowest at least: the probe has 0.6 s of 6
+    assert {k.split("/")[0] for k in record["probe_chars_per_s"]} <= {str(h) for h in auto.PROBE_WIDTHS}
     assert config["train"]["seq_len"] == 16                                   # the explicit flag won
     assert config["model"]["hidden"] in auto.WIDTHS and config["train"]["max_time"] < 6  # the probe came out of it
     assert (out / "best.safetensors").exists()
@@ -196,3 +197,59 @@ def test_resume_keeps_what_auto_chose(text_file, tmp_path, run_cli):
     assert "probing" not in again.stdout and "resuming" in again.stdout
     after = json.loads((out / "config.json").read_text())
     assert after["model"] == before["model"] and after["train"]["auto"] == before["train"]["auto"]
+
+
+def _fake_machine(noise_rng=None, busy_share=0.0, base=2e-6, slope=4e-11, vocab=65):
+    """make_step for a machine whose step costs (base + slope * weights) per character; with noise_rng, a
+    share of the steps take three times as long (another process had the core)."""
+    def make_step(hidden, bf16):
+        seconds = (base + slope * weights(hidden, vocab)) * auto.BATCH * auto.PROBE_SEQ_LEN
+
+        def step():
+            slow = noise_rng is not None and noise_rng.random() < busy_share
+            time.sleep(seconds * (3 if slow else 1))
+        return step
+    return make_step
+
+
+def test_a_probe_with_busy_moments_chooses_within_one_width_of_the_quiet_choice():
+    work = Workload(train_chars=2_000_000, vocab_size=65, max_time=300)
+    quiet = choose(work, auto.probe(_fake_machine(), False, 65)).values["hidden"]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        busy = choose(work, auto.probe(_fake_machine(rng, busy_share=0.3), False, 65)).values["hidden"]
+        assert abs(auto.WIDTHS.index(busy) - auto.WIDTHS.index(quiet)) <= 1, (busy, quiet)
+
+
+def test_a_probe_keeps_to_its_seconds_and_still_gives_a_usable_speed():
+    started = time.perf_counter()
+    speed = auto.probe(_fake_machine(base=2e-5), True, 65, seconds=0.05)  # one step: 32 ms at the narrowest
+    took = time.perf_counter() - started
+    one_step = (2e-5 + 4e-11 * weights(auto.PROBE_WIDTHS[0], 65)) * auto.BATCH * auto.PROBE_SEQ_LEN
+    assert took < 0.05 + 4 * one_step          # the deadline, overshot by at most the steps under way
+    assert "192/float32" in speed.measured and len(speed.measured) < 2 * len(auto.PROBE_WIDTHS)
+    assert choose(Workload(1_000_000, 65, max_time=60), speed).values["hidden"] in auto.WIDTHS
+
+
+def test_max_time_bounds_the_whole_run_probe_included(text_file, tmp_path, run_cli):
+    """--max-time 5 ends within 5 s of the probe's start (the probe counts), and its --resume is no change."""
+    out = tmp_path / "r"
+    process = run_cli.popen(["train", "--data", text_file, "--out", out, "--preset", "auto", "--max-time", 5,
+                             "--log-every", 100000])
+    for line in process.stdout:
+        if line.startswith("auto: probing"):
+            started = time.perf_counter()
+            break
+    process.communicate(timeout=120)
+    assert process.returncode == 0
+    wall = time.perf_counter() - started
+    config = json.loads((out / "config.json").read_text())["train"]
+    trained = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"]
+    # the probe's seconds come out of the budget: what it took and the training after it stay within 5 s, but for
+    # the step under way when the clock ran out (a step of this model is well under a second)
+    assert config["auto"]["probe_seconds"] + trained < 5 + 1.0
+    assert config["auto"]["max_time_given"] == 5 and config["max_time"] <= 5 - config["auto"]["probe_seconds"] + 0.01
+    assert wall < 5 + 10   # + building models, the last checkpoint and the exit: seconds, not the probe's 27 s
+    again = run_cli(["train", "--data", text_file, "--out", out, "--preset", "auto", "--max-time", 5, "--resume"])
+    assert again.returncode == 0, again.stderr
+    assert "differ" not in again.stdout

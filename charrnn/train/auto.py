@@ -24,7 +24,6 @@ Explicit flags always override what auto chose. The choice and its reason go to 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -41,6 +40,9 @@ EVALS = 8                   # validations per run: enough to keep a good best.sa
 EVAL_SHARE = 0.01           # of the time budget, per validation
 BATCH, SEQ_LEN, EMBED, LAYERS = 32, 100, 64, 2
 PROBE_SEQ_LEN = 50
+PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
+PROBE_STEPS = 5             # timed steps per width and precision: their lower quartile is the speed
+PROBE_SPREAD = 1.5          # slowest / fastest step above this: a busy moment; measure as many steps again
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Speed:
     def _seconds_per_char(self, bf16: bool, hidden: int, vocab_size: int) -> float:
         points = sorted(self.points[bf16])
         n = weights(hidden, vocab_size)
+        if len(points) == 1:  # a probe cut short by its deadline: cost in proportion to the weights
+            return points[0][1] * n / points[0][0]
         (w0, s0), (w1, s1) = next(((a, b) for a, b in zip(points, points[1:]) if n <= b[0]), points[-2:])
         return max(s0 + (s1 - s0) * (n - w0) / (w1 - w0), 1e-12) if w1 != w0 else s0
 
@@ -178,30 +182,44 @@ def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, pass
 
 
 def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: bool, vocab_size: int,
-          steps: int = 3) -> Speed:
-    """Time training steps (the median of `steps`, after one to warm up) at each probe width, in
-    float32 and, where `bf16_possible`, bfloat16.
+          seconds: float = math.inf, steps: int = PROBE_STEPS) -> Speed:
+    """Time training steps (the lower quartile of `steps`, after one to warm up) at each probe width, in
+    float32 and, where `bf16_possible`, bfloat16; within about `seconds` in all.
 
     `make_step(hidden, bf16)` builds a learner of that width and returns a function doing one step
-    of BATCH x PROBE_SEQ_LEN characters."""
+    of BATCH x PROBE_SEQ_LEN characters. Widths go narrowest first, both precisions of each together,
+    so a probe cut short by `seconds` still knows the narrow end in every precision (at least one step
+    of the narrowest width is always timed). Steps whose times spread widely (another process took the
+    core for a moment) are measured again, so one busy moment does not decide the width."""
     started = time.perf_counter()
+    deadline = started + seconds
     measured: Dict[str, float] = {}
-    points = {}
-    for bf16 in ((False, True) if bf16_possible else (False,)):
-        points[bf16] = []
-        for hidden in PROBE_WIDTHS:
+    points: Dict[bool, list] = {bf16: [] for bf16 in ((False, True) if bf16_possible else (False,))}
+    for hidden in PROBE_WIDTHS:
+        for bf16 in points:
+            if measured and time.perf_counter() >= deadline:
+                break
             step = make_step(hidden, bf16)
             step()                                   # oneDNN builds its kernels on the first call
-            times = []
-            for _ in range(steps):
-                t = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t)
-            seconds = statistics.median(times) / (BATCH * PROBE_SEQ_LEN)
-            points[bf16].append((weights(hidden, vocab_size), seconds))
-            measured[f"{hidden}/{'bf16' if bf16 else 'float32'}"] = round(1.0 / seconds)
-    return Speed({k: tuple(v) for k, v in points.items()}, probe_seconds=time.perf_counter() - started,
+            times = _timed(step, steps, deadline)
+            if len(times) >= 3 and max(times) > PROBE_SPREAD * min(times):
+                times += _timed(step, steps, deadline)
+            per_char = sorted(times)[len(times) // 4] / (BATCH * PROBE_SEQ_LEN)  # lower quartile: a busy
+            # moment only ever slows a step, so the faster steps are the machine's own speed
+            points[bf16].append((weights(hidden, vocab_size), per_char))
+            measured[f"{hidden}/{'bf16' if bf16 else 'float32'}"] = round(1.0 / per_char)
+    return Speed({k: tuple(v) for k, v in points.items() if v}, probe_seconds=time.perf_counter() - started,
                  measured=measured)
+
+
+def _timed(step: Callable[[], None], steps: int, deadline: float) -> list:
+    """Seconds of up to `steps` calls, stopping at the deadline (after one call at least)."""
+    times = []
+    while len(times) < steps and (not times or time.perf_counter() < deadline):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def check_usable(given: dict, distributed: bool) -> None:

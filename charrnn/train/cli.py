@@ -44,6 +44,8 @@ def build_configs(given: dict, speak: bool = True) -> tuple[TrainConfig, dict]:
                 raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
                                 f"({getattr(saved_model, key)}); drop the flag or start a new run")
         base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
+        if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
+            given["max_time"] = base["max_time"]  # auto's run, resumed with its --max-time: less the probe, as saved
         _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS}, speak)
         base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
         train = from_dict(TrainConfig, base, "settings")
@@ -141,12 +143,12 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
         print(f"auto: probing how fast {cfg.impl} trains on {device.type}, in {precisions}; a few seconds, counted "
               "in --max-time", flush=True)
         speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
-                           bf16, model_cfg.vocab_size)
+                           bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time)
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
     chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
     overridden = sorted(k for k in choice.values if k in explicit and k not in budget)
-    record = {"reason": choice.reason, "overridden_by_flags": overridden,
+    record = {"reason": choice.reason, "overridden_by_flags": overridden, "max_time_given": cfg.max_time,
               "probe_chars_per_s": speed.measured if speed else None,
               "probe_seconds": round(speed.probe_seconds, 2) if speed else None}
     train = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}, auto=record)
