@@ -4,8 +4,7 @@ Why: at batch 1 a Python step of a 2x512 LSTM spends most of its time around the
 arithmetic (per-call overhead of a dozen small NumPy calls, cache misses); the same
 step in C, with int8 weights laid out for AVX-512 VNNI (AVX2 and a plain loop read the same
 layout), split between threads that meet once per layer, and drawing the next character itself,
-is several times faster
-(benchmarks/sampling_speed.py). The numbers are linear.QuantLinear's, so the NumPy
+is several times faster (benchmarks/sampling_speed.py). The numbers are linear.QuantLinear's, so the NumPy
 NumpyStep with quantize="int8" is both this step's test oracle and its fallback.
 
 The library is compiled on first use with `cc -O3 -march=native` (or $CC) into the

@@ -170,10 +170,11 @@ static float quantize_input(const float *x1, int n1, const float *x2, int n2, ui
  * pairs into int32). With vpdpbusd's operands, xq = q_x + 128 up to 255 times q_w up to 127, a
  * pair reaches 2 * 255 * 127 = 64770 and saturates at 32767. So the unsigned operand here is
  * |q_x| and the signed one q_w with q_x's sign (vpsignb: negated where q_x < 0, zero where q_x = 0):
- * each product is q_x q_w exactly, |q_x| <= 127 (quantize_input rounds x / s with |x / s| <= 127)
- * and |q_w| <= 127 (linear.quantize_columns clips to [-127, 127], so negating it cannot wrap),
- * so a pair is at most 2 * 127 * 127 = 32258 < 32767: no saturation, exact sums, no offset.
- * q_x's sign and magnitude are taken once per 4 input rows and serve every chunk. */
+ * each product is q_x q_w exactly, |q_x| <= 127 (quantize_input rounds x / s, which is 127 at
+ * most but for a rounding error far below 0.5) and |q_w| <= 127 (linear.quantize_columns clips
+ * to [-127, 127], so negating it cannot wrap), so a pair is at most 2 * 127 * 127 = 32258 < 32767:
+ * no saturation, exact sums, no offset. Each group of 4 inputs' signs and magnitudes are taken
+ * once and serve the 4 chunks (or 4 rows) computed beside them. */
 static inline __m256i avx2_x4(const uint8_t *xq) {   /* 4 q_x, broadcast, as int8: xq ^ 0x80 = xq - 128 */
     int32_t v;
     memcpy(&v, xq, sizeof v);
