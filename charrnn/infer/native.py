@@ -194,13 +194,6 @@ def kernel() -> Optional[ctypes.CDLL]:
         return None
 
 
-def compiled_path() -> Optional[str]:
-    """Which of PATHS the compiled step uses ("avx512-vnni", "avx2", "portable"); None when there is
-    no compiled step (kernel_problem says why)."""
-    lib = kernel()
-    return None if lib is None else lib.charrnn_isa().decode()
-
-
 def load_library(path: Path) -> ctypes.CDLL:
     """Load a compiled native_step.c and declare its functions' signatures."""
     lib = ctypes.CDLL(str(path))
@@ -215,6 +208,13 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.charrnn_isa.argtypes = []
     lib.charrnn_isa.restype = ctypes.c_char_p
     return lib
+
+
+def compiled_path() -> Optional[str]:
+    """Which of PATHS the compiled step uses ("avx512-vnni", "avx2", "portable"); None when there is
+    no compiled step (kernel_problem says why)."""
+    lib = kernel()
+    return None if lib is None else lib.charrnn_isa().decode()
 
 
 def kernel_problem() -> str:
