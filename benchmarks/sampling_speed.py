@@ -12,7 +12,8 @@ switched in-process), both sides alike; rounds alternate everything, and the rat
 taken against the reference in the same round and thread setting.
 The int8 rows (--quantize int8, any engine) keep the layer weights in int8 and run the
 compiled step (native_step.c; with plain temperature or greedy it also draws the
-characters, in C); --top-k draws in Python. Their cost in accuracy is what
+characters, in C); --top-k draws in Python. The step's path is the best this CPU has
+(AVX-512 VNNI, AVX2, plain C); CHARRNN_NATIVE_ISA=avx2 or portable measures a lesser one. Their cost in accuracy is what
 `charrnn eval --quantize int8` reports on a trained run (README).
 "float32 layer matmuls alone" is the floor of any float32 step: reading the weights once.
 Rows are 0.3 s apart: right after a float32 row, OpenBLAS's threads still spinning on
@@ -42,8 +43,9 @@ from torch import nn  # noqa: E402
 from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.devices import blas_threads  # noqa: E402
+from charrnn.errors import UserError  # noqa: E402
 from charrnn.infer.evaluate import evaluate_indices  # noqa: E402
-from charrnn.infer.native import NativeStep, kernel, kernel_problem  # noqa: E402
+from charrnn.infer.native import NativeStep, compiled_path, kernel, kernel_problem  # noqa: E402
 from charrnn.infer.predictor import Predictor  # noqa: E402
 from charrnn.infer.sampling import generate_indices, sampling_options  # noqa: E402
 from charrnn.infer.steps import NumpyStep  # noqa: E402
@@ -192,8 +194,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="ignored here: every row says its threads")
     args = parser.parse_args()
 
-    if kernel() is None:
-        parser.exit(2, f"sampling_speed.py: the compiled int8 step is unavailable ({kernel_problem()})\n")
+    try:
+        if kernel() is None:
+            parser.exit(2, f"sampling_speed.py: the compiled int8 step is unavailable ({kernel_problem()})\n")
+    except UserError as exc:                                  # CHARRNN_NATIVE_ISA names no path this CPU has
+        parser.exit(2, f"sampling_speed.py: {exc}\n")
     cfg = ModelConfig(vocab_size=V, cell="lstm", layers=L, hidden=H, embed=E)
     models = {impl: build_model(impl, cfg, seed=0) for impl in ("naive", "scratch", "library")}
     settings = (1, 2)
@@ -213,7 +218,7 @@ def main() -> int:
     warm_up(single, 20)
     print(f"# generation speed: 2x{H} LSTM, E{E}, V{V}, random weights")
     print(machine_line())
-    print(f"compiled int8 step: AVX-512 VNNI {'yes' if kernel().charrnn_has_vnni() else 'no (portable C)'}")
+    print(f"compiled int8 step: the {compiled_path()} path (CHARRNN_NATIVE_ISA picks another)")
     print(f"{args.rounds} rounds; median (min-max); ratio = row / plain loop, same round and threads")
     print()
     table(measure(single, settings, args.rounds, args.chars), settings, list(single), ref,

@@ -165,22 +165,35 @@ def test_bad_quantize_choice_is_a_user_error(tmp_path, bad):
 
 # -- the compiled step -------------------------------------------------------------------------------
 
-@needs_kernel
+def library_for(path):
+    """native_step.c built for one of native.PATHS; the test is skipped where this machine cannot run that path."""
+    try:
+        return native.build(path)
+    except native.PathUnavailable as exc:
+        pytest.skip(str(exc))
+    except RuntimeError as exc:                                   # no compiler, or it failed
+        pytest.skip(f"no compiled step: {exc}")
+
+
+@pytest.mark.parametrize("path", native.PATHS)
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("batch,threads,hidden", [(1, 1, 40), (3, 1, 40), (1, 2, 40), (3, 3, 40), (5, 2, 96), (9, 2,
                                                                                                                96)])
-def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidden):
-    """The same int8 model, op for op: the states agree bit for bit through 40 steps (so no input
+def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidden, path):
+    """The same int8 model, op for op, on each of native_step.c's paths (AVX-512 VNNI, AVX2, the
+    plain loop) this machine can run: the states agree bit for bit through 40 steps (so no input
     ever rounds to another int8 level); logits to summation order (the head's float sums).
     hidden 40: lstm's 160 gate columns are a full block of 128 and a partial one; odd vocabulary
     and embedding; threads split the units unevenly (3 threads: 13, 14, 13) and meet once per
     layer. 5 rows at hidden 96 on 2 threads: full blocks (lstm, gru) where a group of four rows
-    shares each weight load, and a fifth row alone; 9 rows: two groups of four."""
+    shares each weight load (block_dot4), and a fifth row alone; 9 rows: two groups of four."""
+    library = library_for(path)
+    assert library.charrnn_isa().decode() == path
     model = random_model(cell, hidden=hidden, vocab=13, embed=6)
     rng = np.random.default_rng(7)
     chars = rng.integers(0, 13, (batch, 40))
     numpy_step = NumpyStep.from_model(model, batch, quantize="int8")
-    compiled = NativeStep(model.config, model.get_parameters(), batch, threads=threads)
+    compiled = NativeStep(model.config, model.get_parameters(), batch, threads=threads, library=library)
     assert compiled.threads == threads
     state = tuple(rng.uniform(-0.5, 0.5, s.shape) for s in model.initial_state(batch))
     numpy_step.set_state(state)
@@ -189,6 +202,77 @@ def test_compiled_step_computes_quant_linears_numbers(cell, batch, threads, hidd
         np.testing.assert_allclose(compiled.step(chars[:, t]), numpy_step.step(chars[:, t]), rtol=0, atol=1e-5)
         for a, b in zip(compiled.get_state(), numpy_step.get_state()):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("path", native.PATHS)
+def test_extreme_int8_operands_sum_exactly(path):
+    """Every weight and every input at +-127, the signs lined up so that all products of a column
+    agree: the largest pair sums any path can meet (AVX2's vpmaddubsw saturates int16 at 32767;
+    2 * 127 * 127 = 32258 must pass whole, and so must the sums of vpdpbusd's q_x + 128 = 255).
+    A one-layer rnn with no input side: h1[n] = tanh(t_n * H * 127 * 127 * s_x * s_w), the same bit
+    for bit as the NumPy int8 step, and near the float tanh(t_n * H * a * b) (the int8 values are
+    exact multiples of the scales here, so only rounding of the scales and tanh_approx's ~1e-7
+    differ). H = 136: a full block of 128 columns and a padded partial chunk; 5 rows: block_dot4
+    and block_dot."""
+    library = library_for(path)
+    H, B = 136, 5
+    a = b = np.sqrt(0.5 / H)                                  # |pre-activation| = H a b = 0.5: tanh far from flat
+    model = random_model("rnn", layers=1, hidden=H, vocab=7, embed=3)
+    rng = np.random.default_rng(11)
+    s_in, t_out = rng.choice([-1.0, 1.0], H), rng.choice([-1.0, 1.0], H)  # input signs, column signs
+    params = {k: np.zeros_like(v) for k, v in model.get_parameters().items()}
+    params["rnn.weight_hh_l0"] = (a * np.outer(t_out, s_in)).astype(np.float32)    # (out, in): w[k][n] = a t_n s_k
+    model.set_parameters(params)
+    q, _ = quantize_columns(params["rnn.weight_hh_l0"].T)
+    assert (np.abs(q) == 127).all()
+    rows = np.array([1.0, -1.0, -1.0, 1.0, -1.0])                     # each row all +-b: q_x = +-127
+    state = ((b * rows[:, None] * s_in[None]).astype(np.float32)[None],)
+    numpy_step = NumpyStep.from_model(model, B, quantize="int8")
+    compiled = NativeStep(model.config, params, B, threads=1, library=library)
+    numpy_step.set_state(state)
+    compiled.set_state(state)
+    chars = np.arange(B) % 7
+    compiled.step(chars)
+    numpy_step.step(chars)
+    h1 = compiled.get_state()[0]
+    np.testing.assert_array_equal(h1, numpy_step.get_state()[0])
+    np.testing.assert_allclose(h1[0], np.tanh(0.5 * rows[:, None] * t_out[None]), rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    """kernel() and build() found afresh in this test, and again after it (with the environment restored)."""
+    native.kernel.cache_clear()
+    native.build.cache_clear()
+    yield monkeypatch
+    native.kernel.cache_clear()
+    native.build.cache_clear()
+
+
+@needs_kernel
+def test_the_isa_variable_picks_the_path_and_rejects_other_names(fresh_kernel):
+    fresh_kernel.setenv("CHARRNN_NATIVE_ISA", "avx-512")
+    with pytest.raises(UserError, match=r"^CHARRNN_NATIVE_ISA=avx-512 is not one of avx512-vnni, avx2, portable; "
+                                        r"unset it for the best this CPU has$"):
+        native.kernel()
+    fresh_kernel.setenv("CHARRNN_NATIVE_ISA", "portable")
+    native.kernel.cache_clear()
+    assert native.compiled_path() == "portable"
+    fresh_kernel.delenv("CHARRNN_NATIVE_ISA")
+    native.kernel.cache_clear()
+    best = native.compiled_path()
+    assert best in native.PATHS and native.kernel() is native.build(None)
+
+
+@needs_kernel
+def test_a_path_this_cpu_lacks_is_refused_in_one_line(fresh_kernel):
+    """As on a CPU without VNNI: asking for it builds what the CPU has, and says so."""
+    fresh_kernel.setitem(native.PATH_FLAGS, "avx512-vnni", ["-march=native", "-mno-avx512f", "-mno-avx2"])
+    with pytest.raises(native.PathUnavailable, match=r"^the compiled int8 step cannot use avx512-vnni here: this CPU "
+                                                     r"and compiler build portable; set CHARRNN_NATIVE_ISA to one of "
+                                                     r"portable, or unset it$"):
+        native.build("avx512-vnni")
+    assert issubclass(native.PathUnavailable, UserError)                       # the CLI's one line, exit 2
 
 
 @needs_kernel
@@ -279,6 +363,8 @@ def test_the_library_is_built_once_per_source_and_compiler(tmp_path, monkeypatch
     built_at = first.stat().st_mtime_ns
     assert native._build(cc) == first and first.stat().st_mtime_ns == built_at   # found, not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]              # no temporary files left
+    assert first == native._target(cc, None) == native._target(cc, "avx512-vnni")  # the same flags: one file
+    assert len({first, native._target(cc, "avx2"), native._target(cc, "portable")}) == 3   # other paths: their own
 
 
 def test_a_compiler_that_fails_is_reported_not_raised(tmp_path, monkeypatch):
@@ -314,28 +400,6 @@ def test_default_threads_follow_omp_num_threads_and_model_size(monkeypatch):
     assert native.default_threads(24) == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert 1 <= native.default_threads(4096) <= 4
-
-
-@needs_kernel
-def test_the_portable_c_loop_computes_the_same_numbers(tmp_path):
-    """CPUs without AVX-512 VNNI compile the plain loop instead: built here without -march, it must
-    agree with the NumPy int8 step as the VNNI build does, states bit for bit."""
-    import subprocess
-
-    library = tmp_path / "portable.so"
-    flags = [flag for flag in native.FLAGS if flag != "-O3"]
-    subprocess.run([native._compiler(), "-O2", *flags, "-o", str(library), str(native.SOURCE), "-lm"],
-                   check=True, capture_output=True, timeout=120)
-    portable = native.load_library(library)
-    assert portable.charrnn_has_vnni() == 0
-    for cell in ("gru", "lstm"):
-        model = random_model(cell, hidden=96, vocab=13, embed=6)
-        chars = np.random.default_rng(9).integers(0, 13, (5, 30))               # 5 rows: a 4-row group and one
-        compiled = NativeStep(model.config, model.get_parameters(), 5, threads=2, library=portable)
-        reference = NumpyStep.from_model(model, 5, quantize="int8")
-        np.testing.assert_allclose(compiled.feed(chars), reference.feed(chars), rtol=0, atol=1e-5)
-        for a, b in zip(compiled.get_state(), reference.get_state()):
-            np.testing.assert_array_equal(a, b)
 
 
 def test_numpy_tanh_approx_is_close_to_tanh():

@@ -2,13 +2,14 @@
 
 Why: at batch 1 a Python step of a 2x512 LSTM spends most of its time around the
 arithmetic (per-call overhead of a dozen small NumPy calls, cache misses); the same
-step in C, with int8 weights laid out for AVX-512 VNNI, split between threads that
-meet once per layer, and drawing the next character itself, is several times faster
-(benchmarks/sampling_speed.py). The numbers are linear.QuantLinear's, so the NumPy
+step in C, with int8 weights laid out for AVX-512 VNNI (AVX2 and a plain loop read the same
+layout), split between threads that meet once per layer, and drawing the next character itself,
+is several times faster (benchmarks/sampling_speed.py). The numbers are linear.QuantLinear's, so the NumPy
 NumpyStep with quantize="int8" is both this step's test oracle and its fallback.
 
 The library is compiled on first use with `cc -O3 -march=native` (or $CC) into the
-user's cache directory, under a name that hashes the source, the compiler, its flags and the CPU,
+user's cache directory, under a name that hashes the source, the compiler, its flags and the CPU
+(CHARRNN_NATIVE_ISA=avx2 or portable builds a lesser path on a better CPU: tests, speed comparisons),
 and then loaded with ctypes: no build step at install time, no wheel per platform.
 Where there is no compiler, or the build fails, `kernel()` returns None and says why in
 `kernel_problem()`; callers then fall back to NumPy.
@@ -30,6 +31,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from charrnn.config import ModelConfig
+from charrnn.errors import UserError
 from charrnn.infer.linear import quantize_columns
 from charrnn.infer.steps import StepState, fused_weights
 from charrnn.storage import atomic_file, user_cache_dir
@@ -100,19 +102,36 @@ def _cpu_flags() -> str:
 
 
 FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
-         "-ffp-contract=off"]  # no fused multiply-adds: every float operation rounds as NumPy's does
+         "-ffp-contract=off",     # no fused multiply-adds: every float operation rounds as NumPy's does
+         "-fno-trapping-math"]    # lets gcc vectorize the cells' clamps (compare and blend); values unchanged
+PATHS = ("avx512-vnni", "avx2", "portable")  # native_step.c's block_dot kinds, fastest first
+ISA_VARIABLE = "CHARRNN_NATIVE_ISA"          # picks one of PATHS; unset: the best this CPU has
+# Compiler flags per path (None: the best). -mno-avx512f drops every AVX-512 extension, VNNI included,
+# and leaves AVX2; portable targets the architecture's baseline. Where -march=native is refused
+# (some compilers on arm64) the baseline is built instead, and build() says it is not the path asked for.
+PATH_FLAGS = {None: ["-march=native"], "avx512-vnni": ["-march=native"], "avx2": ["-march=native", "-mno-avx512f"],
+              "portable": []}
 
 
-def _build(cc: str) -> Path:
-    """Compile (or find already compiled) the library for this source, compiler, flags and CPU."""
+class PathUnavailable(UserError):
+    """This CPU (or compiler) cannot build the path asked for."""
+
+
+def _target(cc: str, path: Optional[str] = None) -> Path:
+    """Where the library for this source, compiler, flags (so path) and CPU is cached."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), version.encode(), " ".join(FLAGS + PATH_FLAGS[path]).encode(),
                                      _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
-    target = cache_dir() / f"native_step-{key}.so"
+    return cache_dir() / f"native_step-{key}.so"
+
+
+def _build(cc: str, path: Optional[str] = None) -> Path:
+    """Compile (or find already compiled) the library for this source, compiler, flags, path and CPU."""
+    target = _target(cc, path)
     if target.exists():
         return target
     errors = []
-    for march in (["-march=native"], []):  # some compilers (clang on arm64) refuse -march=native
+    for march in (PATH_FLAGS[path], []) if PATH_FLAGS[path] else ([],):
         try:  # atomic: another process building at the same time is harmless
             with atomic_file(target) as tmp:
                 done = subprocess.run([cc, *FLAGS, *march, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True,
@@ -130,18 +149,46 @@ class _BuildFailed(Exception):
     pass
 
 
+def requested_path() -> Optional[str]:
+    """The path $CHARRNN_NATIVE_ISA asks for, or None (the best this CPU has); UserError if it names none."""
+    value = os.environ.get(ISA_VARIABLE, "")
+    if value and value not in PATHS:
+        raise UserError(f"{ISA_VARIABLE}={value} is not one of {', '.join(PATHS)}; unset it for the best this CPU has")
+    return value or None
+
+
+@functools.lru_cache(maxsize=None)
+def build(path: Optional[str] = None) -> ctypes.CDLL:
+    """native_step.c compiled for `path` (one of PATHS; None: the best this CPU has) and loaded.
+
+    Raises PathUnavailable when this CPU or compiler builds another path than the one asked for
+    (found by compiling and asking the library, charrnn_isa(), not by reading CPU flags);
+    RuntimeError when there is no compiler or it fails; UserError for a name not in PATHS.
+    """
+    if path is not None and path not in PATHS:
+        raise UserError(f"the compiled step's path {path!r} is not one of {', '.join(PATHS)}")
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang; or set CC)")
+    lib = load_library(_build(cc, path))
+    built = lib.charrnn_isa().decode()
+    if path is not None and built != path:
+        others = ", ".join(p for p in PATHS[PATHS.index(built):])
+        raise PathUnavailable(f"the compiled int8 step cannot use {path} here: this CPU and compiler build {built}; "
+                              f"set {ISA_VARIABLE} to one of {others}, or unset it")
+    return lib
+
+
 @functools.lru_cache(maxsize=None)
 def kernel() -> Optional[ctypes.CDLL]:
-    """The loaded library, or None (see kernel_problem). CHARRNN_NATIVE=0 turns it off."""
+    """The loaded library, or None (see kernel_problem). CHARRNN_NATIVE=0 turns it off;
+    CHARRNN_NATIVE_ISA picks its path (a UserError if this machine cannot build it)."""
     if os.environ.get("CHARRNN_NATIVE", "1") == "0":
         _problem.append("CHARRNN_NATIVE=0")
         return None
-    cc = _compiler()
-    if cc is None:
-        _problem.append("no C compiler (cc, gcc or clang; or set CC)")
-        return None
+    path = requested_path()
     try:
-        return load_library(_build(cc))
+        return build(path)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _problem.append(str(exc).splitlines()[0])
         return None
@@ -156,15 +203,18 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.charrnn_feed.argtypes = [ctypes.POINTER(_Net), ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
     lib.charrnn_generate.argtypes = [ctypes.POINTER(_Net), ctypes.c_void_p, ctypes.c_int32, ctypes.c_double,
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    for function in (lib.charrnn_open, lib.charrnn_feed, lib.charrnn_generate, lib.charrnn_has_vnni):
+    for function in (lib.charrnn_open, lib.charrnn_feed, lib.charrnn_generate):
         function.restype = ctypes.c_int
+    lib.charrnn_isa.argtypes = []
+    lib.charrnn_isa.restype = ctypes.c_char_p
     return lib
 
 
 def compiled_path() -> Optional[str]:
-    """Which of native_step.c's paths this machine's build runs ("avx512-vnni", "portable"); None without one."""
+    """Which of PATHS the compiled step uses ("avx512-vnni", "avx2", "portable"); None when there is
+    no compiled step (kernel_problem says why)."""
     lib = kernel()
-    return None if lib is None else "avx512-vnni" if lib.charrnn_has_vnni() else "portable"
+    return None if lib is None else lib.charrnn_isa().decode()
 
 
 def kernel_problem() -> str:
