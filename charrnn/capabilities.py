@@ -147,7 +147,8 @@ def report() -> Dict[str, object]:
         "bf16_units": bf16_units(),
         "bf16_training": {f"{impl}/{cell}": bf16_training(cpu, impl, cell)
                           for impl in ("library", "scratch") for cell in ("lstm", "gru", "rnn")},
-        "int8_step": native.compiled_path() or f"NumPy (no compiled step: {native.kernel_problem()})",
+        "int8_step": (f"compiled step, {native.compiled_path()} path" if native.compiled_path()
+                      else f"NumPy (no compiled step: {native.kernel_problem()})"),
         "onnxruntime": _version("onnxruntime") if importlib.util.find_spec("onnxruntime") else None,
         "onnxruntime_int8": "VNNI" if flags & set(INT8_UNITS) else "AVX2 (no VNNI)" if "avx2" in flags else "other",
         "faked": sorted(faked()),

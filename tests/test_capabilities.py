@@ -131,3 +131,14 @@ def test_a_preset_that_asks_for_bf16_trains_in_float32_where_it_cannot(text_file
     assert r.returncode == 0, r.stderr
     assert "training in float32: the preset asks for bfloat16" in r.stderr
     assert json.loads((out / "config.json").read_text())["train"]["bf16"] is False
+
+
+def test_info_device_names_the_int8_path_the_compiled_step_runs(run_cli):
+    """CHARRNN_NATIVE_ISA=avx2 holds the int8 step to the path an AVX2-only CPU gets (on x86 with a compiler)."""
+    import platform
+    import shutil
+
+    if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("cc"):
+        pytest.skip("the AVX2 path needs an x86 CPU and a C compiler")
+    facts = json.loads(run_cli(["info", "--device", "--json"], env={"CHARRNN_NATIVE_ISA": "avx2"}).stdout)
+    assert facts["int8_step"] == "compiled step, avx2 path"
