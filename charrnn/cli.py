@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args) -> int:
-    from charrnn.data.collection import Spec, parse_separator
     from charrnn.data.dataset import describe
+    from charrnn.data.documents import Spec, parse_separator
 
     lines, facts = describe(Spec(tuple(args.data), tuple(args.include), tuple(args.exclude),
                                  parse_separator(args.doc_sep), None))  # its positional argument, not --data

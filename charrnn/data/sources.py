@@ -1,6 +1,6 @@
-"""Named corpora and where their text comes from.
+"""A corpus name -> a path: named corpora are sources that resolve to a file or a folder, nothing more.
 
-`--data` is a path to a UTF-8 text file, a folder of them (collection.py), or one
+`--data` is a path to a UTF-8 text file, a folder of them (documents.py), or one
 of the names below. `tinyshakespeare` is downloaded once into the cache directory
 and verified by sha256; `pystdlib` needs no network at all (a folder of the
 interpreter's own standard-library modules), so a machine with no internet can
