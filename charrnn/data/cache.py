@@ -28,8 +28,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from charrnn.data.documents import Document, Spec
-from charrnn.data.sources import data_dir
-from charrnn.storage import atomic_file, first_writable, user_cache_dir, write_text_atomic
+from charrnn.storage import atomic_file, data_dir, first_writable, user_cache_dir, write_text_atomic
 
 FORMAT = 2              # 1: without ctime_ns; single files cached beside the text (corpus.py)
 KEEP_ENCODINGS = 4      # encoded arrays kept per collection (other splits, vocabularies), newest first

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from charrnn.data.collection import Collection
-from charrnn.data.documents import Document, Spec, show_char
+from charrnn.data.documents import Document, Spec
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 from charrnn.storage import write_text_atomic
@@ -97,6 +97,11 @@ class TrainingData:
     record: dict                 # data.json
     lines: List[str]             # what training prints about its data
     warnings: List[str]
+
+
+def show_char(c: Optional[str]) -> str:
+    """A separator in messages: its code point and its repr, or none."""
+    return "none" if not c else f"U+{ord(c):04X} {c!r}"
 
 
 def _spec(cfg, paths, flag: str) -> Spec:

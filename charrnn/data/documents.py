@@ -3,7 +3,7 @@
 A path is a text file, a folder, or a corpus name (sources.py turns the name into one of the other two).
 A single file is a collection of one document; a folder means every file below it, recursively, in
 sorted order of the path relative to it (compared folder by folder), skipping hidden files and folders
-(a name starting with '.') and the `*.charrnn-cache` folders that charrnn before 2026-12 wrote beside a
+(a name starting with '.') and the `*.charrnn-cache` folders that an older charrnn wrote beside a
 text. `--include`/`--exclude` glob patterns narrow it: a pattern without '/' matches a file or folder
 name at any depth (a matching folder takes everything in it), a pattern with '/' matches the path
 relative to the folder given. A folder reached twice (a symlink loop, two links to one folder) is read
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from charrnn.data.sources import data_dir, resolve_data
+from charrnn.data.sources import resolve_data
 from charrnn.errors import UserError
+from charrnn.storage import data_dir
 
 DEFAULT_SEP = "\x1e"        # ASCII record separator (see the module docstring)
 CACHE_SUFFIX = ".charrnn-cache"  # the caches charrnn once wrote beside a text file: never read as text
@@ -95,10 +96,6 @@ def parse_separator(value: str, flag: str = "--doc-sep") -> str:
     if match and int(match.group(1), 16) <= sys.maxunicode and not 0xD800 <= int(match.group(1), 16) < 0xE000:
         return chr(int(match.group(1), 16))
     raise UserError(f"{flag} {value!r} must be one character, an escape such as \\x1e, \\f or U+241E, or 'none'")
-
-
-def show_char(c: Optional[str]) -> str:
-    return "none" if not c else f"U+{ord(c):04X} {c!r}"
 
 
 def _matches(patterns: Sequence[str], parts: Tuple[str, ...]) -> bool:
