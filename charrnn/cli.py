@@ -210,8 +210,8 @@ def cmd_info(args) -> int:
         facts = capabilities.report()
         print(json.dumps(facts) if args.json else "\n".join(capabilities.report_lines(facts)))
         return 0
-    from charrnn.data.collection import Spec, parse_separator
     from charrnn.data.dataset import describe
+    from charrnn.data.documents import Spec, parse_separator
 
     lines, facts = describe(Spec(tuple(args.data), tuple(args.include), tuple(args.exclude),
                                  parse_separator(args.doc_sep), None))  # its positional argument, not --data

@@ -152,7 +152,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choices(self)
-        from charrnn.data.collection import parse_separator  # lazily: the data layer imports numpy
+        from charrnn.data.documents import parse_separator  # lazily: the data layer imports numpy
 
         for name in ("data", "val_data", "include", "exclude"):  # a str (an older run's config.json) or a list
             value = getattr(self, name)

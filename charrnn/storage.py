@@ -79,6 +79,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def data_dir() -> Path:
+    """Where fetched and generated corpora and the encoded texts live: $CHARRNN_DATA_DIR, else the user's cache."""
+    env = os.environ.get("CHARRNN_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return user_cache_dir()
+
+
 def user_cache_dir(*parts: str) -> Path:
     """charrnn's folder in the user's cache (platformdirs: $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn)."""
     from platformdirs import user_cache_path

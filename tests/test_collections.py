@@ -19,8 +19,9 @@ import charrnn
 import charrnn.data.collection
 from charrnn.cli import main
 from charrnn.config import TrainConfig, from_dict
-from charrnn.data.collection import DEFAULT_SEP, Collection, Document, Spec
-from charrnn.data.dataset import UNKNOWN, document_split
+from charrnn.data.collection import Collection
+from charrnn.data.dataset import UNKNOWN, document_split, training_data
+from charrnn.data.documents import DEFAULT_SEP, Document, Spec
 
 TINY = ["--impl", "naive", "--cell", "rnn", "--hidden", "16", "--embed", "8", "--layers", "1",
         "--batch-size", "2", "--seq-len", "8", "--eval-every", "1000", "--log-every", "1000"]
@@ -119,15 +120,14 @@ def test_a_folder_reads_every_text_file_in_order_and_skips_the_rest(folder):
     facts = json.loads(ok("info", folder, "--json"))
     assert (facts["characters"], facts["vocab_size"]) == (len(text), len(set(text)))
     assert (facts["files"], facts["skipped"]) == (4, 5)
-    data = charrnn.data.corpus.load_corpus(str(folder))   # the joined text itself, encoded
-    assert data.vocab.decode(data.data) == text
+    data = training_data(TrainConfig(data=[str(folder)], val_frac=0.0))   # the joined text itself, encoded
+    assert data.vocab.decode(data.train) == text
     trained = ok("train", "--data", folder, "--out", folder.parent / "run", *TINY, "--max-iters", "1").splitlines()
     assert trained[1] == out[1]                            # training says the same in one line
 
 
 def test_encoding_needs_uint32_only_beyond_65536_symbols():
-    from charrnn.data.collection import Encoder
-    from charrnn.data.vocab import Vocab
+    from charrnn.data.vocab import Encoder, Vocab
 
     for n, dtype in ((65536, np.uint16), (65537, np.uint32)):
         codes = list(range(0x20, 0x20 + n // 2)) + list(range(0x10000, 0x10000 + n - n // 2))
@@ -169,14 +169,14 @@ def test_the_scan_and_the_encoding_are_cached(folder, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("a file was read again instead of the cache")
 
-    monkeypatch.setattr(charrnn.data.collection, "decoded_chunks", no_reading)
+    monkeypatch.setattr(charrnn.data.collection, "decoded_blocks", no_reading)
     second = Collection(Spec((str(folder),)))
     again, _ = second.encode(second.documents, vocab, DEFAULT_SEP)
     assert isinstance(again.base, np.memmap) or isinstance(again, np.memmap)
     assert np.array_equal(again, encoded) and vocab.decode(again) == joined(folder, READ)
     monkeypatch.undo()
     os.utime(folder / "b.txt", ns=(1, 1))  # a changed stamp: scanned again
-    monkeypatch.setattr(charrnn.data.collection, "decoded_chunks", no_reading)
+    monkeypatch.setattr(charrnn.data.collection, "decoded_blocks", no_reading)
     with pytest.raises(AssertionError, match="read again"):
         Collection(Spec((str(folder),)))
 
@@ -217,7 +217,7 @@ def test_doc_sep_can_be_chosen(tmp_path):
 # ------------------------------------------------------------------------------------------ validation
 
 def documents(sizes) -> list:
-    return [Document(f"d/{i}.txt", f"{i}.txt", Path(f"{i}.txt"), n, 0, i, False, characters=n)
+    return [Document(f"d/{i}.txt", f"{i}.txt", Path(f"{i}.txt"), n, 0, 0, i, 0, False, characters=n)
             for i, n in enumerate(sizes)]
 
 

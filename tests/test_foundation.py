@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-import charrnn.data.corpus
+import charrnn.data.collection
 import charrnn.data.sources
 from charrnn.cli import main
-from charrnn.data.batching import make_streams, split_train_val
-from charrnn.data.corpus import corpus_from_text, load_corpus
+from charrnn.config import TrainConfig
+from charrnn.data.batching import make_streams
+from charrnn.data.dataset import split_train_val, training_data
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 
@@ -200,12 +201,20 @@ def test_split_rejects_bad_fraction(val_frac):
 # ---------------------------------------------------------------- dataset
 
 
-def assert_same_corpus(corpus, text):
-    reference = corpus_from_text(text)
-    assert corpus.vocab == reference.vocab
-    assert corpus.data.dtype == reference.data.dtype
-    assert np.array_equal(np.asarray(corpus.data), reference.data)
-    assert corpus.vocab.decode(corpus.data) == text
+def read_as_training_does(path):
+    """(vocab, indices) of the whole text at `path`, through the one way in (`training_data`, --val-frac 0)."""
+    data = training_data(TrainConfig(data=[str(path)], val_frac=0.0))
+    assert len(data.val) == 0
+    return data.vocab, data.train
+
+
+def assert_encodes(vocab, data, text):
+    """Against Python alone: the vocabulary is sorted(set(text)), each index its character's place in it."""
+    reference = sorted(set(text))
+    assert vocab.chars == tuple(reference)
+    assert data.dtype == (np.uint8 if len(reference) <= 256 else np.uint16)
+    place = {c: i for i, c in enumerate(reference)}
+    assert np.asarray(data).tolist() == [place[c] for c in text]
 
 
 def is_memmap(array) -> bool:
@@ -213,31 +222,32 @@ def is_memmap(array) -> bool:
 
 
 @pytest.mark.parametrize("block_bytes", [1, 5, None])  # tiny blocks split multibyte characters
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_load_corpus_equals_corpus_from_text(isolated, monkeypatch, block_bytes, use_cache):
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_text_read_in_blocks_is_the_text(isolated, tmp_path, monkeypatch, block_bytes, cached):
     if block_bytes:
-        monkeypatch.setattr(charrnn.data.corpus, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(charrnn.data.collection, "BLOCK_BYTES", block_bytes)
+    if not cached:  # neither the data dir nor the user cache can be written: encoded in memory
+        for folder in (tmp_path / "data", tmp_path / "xdg"):
+            folder.mkdir(mode=0o555)
     text = MIXED * 7
     path = isolated / "mixed.txt"
     path.write_bytes(text.encode("utf-8"))
-    corpus = load_corpus(str(path), use_cache=use_cache)
-    assert corpus.characters == len(text)
-    assert_same_corpus(corpus, text)
+    vocab, data = read_as_training_does(path)
+    assert len(data) == len(text) and is_memmap(data) == cached
+    assert_encodes(vocab, data, text)
 
 
 def test_second_load_is_memory_mapped_from_cache(isolated, tiny_text, monkeypatch):
     text = tiny_text.read_text(encoding="utf-8")
-    first = load_corpus(str(tiny_text))
-    assert_same_corpus(first, text)
+    assert_encodes(*read_as_training_does(tiny_text), text)
 
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("the file was encoded again instead of read from the cache")
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the file was read again instead of the cache")
 
-    monkeypatch.setattr(charrnn.data.corpus, "_scan", no_encoding)
-    monkeypatch.setattr(charrnn.data.corpus, "_fill", no_encoding)
-    second = load_corpus(str(tiny_text))
-    assert is_memmap(second.data)
-    assert_same_corpus(second, text)
+    monkeypatch.setattr(charrnn.data.collection, "decoded_blocks", no_reading)
+    vocab, data = read_as_training_does(tiny_text)
+    assert is_memmap(data)
+    assert_encodes(vocab, data, text)
 
 
 @pytest.mark.parametrize("same_size", [False, True])
@@ -246,59 +256,64 @@ def test_changed_file_is_encoded_again(isolated, same_size):
     old = "abcabcabc hello\n" * 20
     new = ("xyzxyzxyz HELLO\n" * 20) if same_size else ("entirely new content, é\n" * 15)
     path.write_text(old, encoding="utf-8")
-    assert_same_corpus(load_corpus(str(path)), old)
+    assert_encodes(*read_as_training_does(path), old)
     before = os.stat(path).st_mtime_ns
     path.write_text(new, encoding="utf-8")
     os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))  # an edit a moment later
-    assert_same_corpus(load_corpus(str(path)), new)
+    assert_encodes(*read_as_training_does(path), new)
 
 
 @pytest.mark.parametrize("block_bytes", [1, None])
 def test_utf8_bom_is_stripped(isolated, monkeypatch, block_bytes):
     if block_bytes:
-        monkeypatch.setattr(charrnn.data.corpus, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(charrnn.data.collection, "BLOCK_BYTES", block_bytes)
     text = "first line\nsecond \ufeff stays inside\n"
     path = isolated / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
-    corpus = load_corpus(str(path))
-    assert corpus.characters == len(text)
-    assert_same_corpus(corpus, text)
+    vocab, data = read_as_training_does(path)
+    assert len(data) == len(text)
+    assert_encodes(vocab, data, text)
 
 
 def test_crlf_is_kept(isolated):
     text = "one\r\ntwo\r\nthree\n"
     path = isolated / "crlf.txt"
     path.write_bytes(text.encode("utf-8"))
-    corpus = load_corpus(str(path))
-    assert corpus.characters == len(text) == 16
-    assert "\r" in corpus.vocab
-    assert_same_corpus(corpus, text)
+    vocab, data = read_as_training_does(path)
+    assert len(data) == len(text) == 16
+    assert "\r" in vocab
+    assert_encodes(vocab, data, text)
 
 
 def test_large_vocabulary_gives_uint16(isolated):
     text = distinct_chars(300) * 3
     path = isolated / "wide.txt"
     path.write_text(text, encoding="utf-8")
-    corpus = load_corpus(str(path))
-    assert len(corpus.vocab) == 300
-    assert corpus.data.dtype == np.uint16
-    assert_same_corpus(corpus, text)
+    vocab, data = read_as_training_does(path)
+    assert len(vocab) == 300
+    assert data.dtype == np.uint16
+    assert_encodes(vocab, data, text)
 
 
-def test_read_only_folder_gets_no_cache_but_loads(isolated, tiny_text, tmp_path):
+def test_read_only_text_folder_gets_nothing_written_and_a_read_only_data_dir_uses_the_user_cache(
+        isolated, tiny_text, tmp_path):
     folder = tmp_path / "readonly"
     folder.mkdir()
     path = folder / "tiny.txt"
     shutil.copy(tiny_text, path)
     text = path.read_text(encoding="utf-8")
+    (tmp_path / "data").mkdir(mode=0o555)
     folder.chmod(0o555)
     try:
-        for _ in range(2):  # the second load must not fall back to writing beside the file either
-            assert_same_corpus(load_corpus(str(path)), text)
+        for _ in range(2):  # the second load reads the cache the first one wrote
+            vocab, data = read_as_training_does(path)
+            assert_encodes(vocab, data, text)
+            assert is_memmap(data)
             assert sorted(p.name for p in folder.iterdir()) == ["tiny.txt"]
     finally:
         folder.chmod(stat.S_IRWXU)
-    assert any((tmp_path / "data" / "encoded").rglob("*.npy"))  # it went to the data dir instead
+    assert not any((tmp_path / "data").iterdir())
+    assert any((tmp_path / "xdg" / "charrnn" / "collections").rglob("*.npy"))  # the user cache took it
 
 
 # ---------------------------------------------------------------- info

@@ -1,2 +1,14 @@
-"""Text in, integers out: named corpora and their download (sources), the one text reader (textfile),
-encoding + cache + memory map (corpus), the vocabulary (vocab) and the seed's batch layout (batching)."""
+"""Text in, integers out. The path of every text, a step per module, each calling only those above it:
+
+    sources.py     a corpus name -> a path (tinyshakespeare fetched once, pystdlib built once)
+    documents.py   paths -> documents: the files named, found, filtered and ordered, each with its stamp
+    textfile.py    a document -> its text: the one reader (strict UTF-8, in blocks)
+    vocab.py       characters <-> indices: the vocabulary and the one encoder of code points
+    cache.py       where scans and encodings are kept, keyed by every file's stamp and the filters
+    collection.py  documents -> an encoded text: scanned once, encoded once, memory-mapped from the cache
+    dataset.py     what train, eval and info read: the vocabulary (--max-vocab), the split, data.json
+    batching.py    an encoded text -> B streams cut into windows of T characters: the batches
+
+A single file is a collection of one document (validation: its last --val-frac); a folder, several
+paths and pystdlib are collections of many (validation: whole documents).
+"""

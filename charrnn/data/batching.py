@@ -80,14 +80,6 @@ def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "t
                    seq_len)
 
 
-def split_train_val(data: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
-    """The last `val_frac` of the text is validation; the rest is training. Views, no copies."""
-    if not 0.0 <= val_frac < 1.0:
-        raise UserError(f"--val-frac {val_frac} must be in [0, 1)")
-    n_val = int(len(data) * val_frac)
-    return data[: len(data) - n_val], data[len(data) - n_val :]
-
-
 def validation_streams(data: np.ndarray, batch_size: int, seq_len: int, multiple_of: int = 1) -> Streams | None:
     """Validation laid out like training, with fewer streams when the split is short.
 

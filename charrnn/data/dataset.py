@@ -1,9 +1,13 @@
-"""What `train`, `eval` and `info` read: one text or a collection, its vocabulary, the validation
-split, and the record of it all that a run keeps (`data.json`).
+"""What `train`, `eval` and `info` read: the collection, its vocabulary, the validation split, and the
+record of it all that a run keeps (`data.json`).
 
-One text file (or tinyshakespeare) is read as it always was (corpus.py: one cache beside the file)
-and validation is its last `--val-frac`. Several paths, a folder or `pystdlib` are a collection
-(collection.py), and validation holds out whole documents spread across it, by a fixed rule:
+Every input is a collection (collection.py). A single text file (or tinyshakespeare) is a collection
+of one document, and validation is its last `--val-frac`:
+
+    train = text[: n - floor(n * val_frac)],  val = text[n - floor(n * val_frac):]    (views, no copies)
+
+A collection of several documents (a folder, several paths, `pystdlib`) holds out whole documents
+spread across it, by a fixed rule:
 
     the documents, in the order of sha256(their path relative to the folder given), are held out
     one by one whenever the next still fits within --val-frac of the characters; at least one
@@ -29,10 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from charrnn.data.batching import split_train_val
-from charrnn.data.collection import Collection, Document, Spec, is_collection, show_char
-from charrnn.data.corpus import load_corpus
-from charrnn.data.sources import resolve_data, sha256_of
+from charrnn.data.collection import Collection
+from charrnn.data.documents import Document, Spec
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 from charrnn.storage import write_text_atomic
@@ -40,52 +42,6 @@ from charrnn.storage import write_text_atomic
 UNKNOWN = "\ufffd"
 RECORD = "data.json"
 RECORD_FORMAT = "charrnn-data/1"
-
-
-class SingleText:
-    """One text file read as it always was: encoded once into the cache beside it (corpus.py)."""
-
-    counts = None
-
-    def __init__(self, spec: Spec):
-        given = spec.paths[0]
-        path = resolve_data(given, spec.flag)
-        self.spec, self.corpus = spec, load_corpus(given, option=spec.flag)
-        st = path.stat()
-        self.documents = [Document(given, path.name, path, st.st_size, st.st_mtime_ns, st.st_ino, True, 0, st.st_dev,
-                                   self.corpus.characters, self.corpus.sha256 or sha256_of(path))]
-        self.skipped: List[Tuple[str, str]] = []
-        self.separator = None
-
-    def code_points(self) -> set:
-        return {ord(c) for c in self.corpus.vocab.chars}
-
-    def characters(self, documents=None, separator=None) -> int:
-        return self.corpus.characters
-
-    def encode(self, documents, vocab: Vocab, separator=None, unknown=None, what=None) -> Tuple[np.ndarray, int]:
-        if vocab == self.corpus.vocab:
-            return self.corpus.data, 0
-        return translate(self.corpus.vocab, self.corpus.data, vocab, unknown, what or self.spec.paths[0])
-
-
-def _code_points(source) -> set:
-    return source.code_points() if isinstance(source, SingleText) else set(source.counts)
-
-
-def open_source(spec: Spec, as_collection: bool = False):
-    """A Collection, or for one text file a SingleText (unless `as_collection`)."""
-    return Collection(spec) if as_collection or is_collection(spec.paths) else SingleText(spec)
-
-
-def translate(source: Vocab, data: np.ndarray, target: Vocab, unknown: Optional[str],
-              what: str) -> Tuple[np.ndarray, int]:
-    """Indices in `source` re-encoded in `target` (a copy); characters `target` lacks become `unknown`,
-    or, without one, a UserError naming them."""
-    data = np.asarray(data)
-    missing = [i for i, c in enumerate(source.chars) if c not in target]
-    mapped = int(np.isin(data, missing).sum()) if missing else 0
-    return target.translate(source, data, what, unknown), mapped
 
 
 def build_vocab(code_points: set, counts: Optional[Dict[int, int]], separator: Optional[str],
@@ -98,6 +54,14 @@ def build_vocab(code_points: set, counts: Optional[Dict[int, int]], separator: O
     ranked = sorted((c for c in codes - forced if c != ord(UNKNOWN)), key=lambda c: (-(counts or {}).get(c, 0), c))
     kept = forced | set(ranked[: max_vocab - 1 - len(forced)]) | {ord(UNKNOWN)}
     return Vocab.from_code_points(kept), UNKNOWN
+
+
+def split_train_val(data: np.ndarray, val_frac: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The last `val_frac` of the text is validation; the rest is training. Views, no copies."""
+    if not 0.0 <= val_frac < 1.0:
+        raise UserError(f"--val-frac {val_frac} must be in [0, 1)")
+    n_val = int(len(data) * val_frac)
+    return data[: len(data) - n_val], data[len(data) - n_val :]
 
 
 def _hash(document: Document) -> str:
@@ -135,76 +99,98 @@ class TrainingData:
     warnings: List[str]
 
 
+def show_char(c: Optional[str]) -> str:
+    """A separator in messages: its code point and its repr, or none."""
+    return "none" if not c else f"U+{ord(c):04X} {c!r}"
+
+
 def _spec(cfg, paths, flag: str) -> Spec:
     return Spec(tuple(paths), tuple(cfg.include), tuple(cfg.exclude), cfg.doc_sep, flag)
 
 
 def training_data(cfg) -> TrainingData:
     """The training and validation texts, encoded, for a TrainConfig."""
-    collection_needed = cfg.max_vocab is not None or cfg.val_data is not None
-    source = open_source(_spec(cfg, cfg.data, "--data"), collection_needed)
-    val_source = open_source(_spec(cfg, cfg.val_data, "--val-data"), True) if cfg.val_data else None
-    several = len(source.documents) > 1 or (val_source is not None and len(val_source.documents) > 1)
-    separator = (cfg.doc_sep or None) if several else None
+    source = Collection(_spec(cfg, cfg.data, "--data"))
+    val_source = Collection(_spec(cfg, cfg.val_data, "--val-data")) if cfg.val_data else None
     sources = [s for s in (source, val_source) if s is not None]
+    separator = (cfg.doc_sep or None) if any(len(s.documents) > 1 for s in sources) else None
     counts: Counter = Counter()
     for s in sources:
-        counts.update(s.counts or {})
-    code_points = set().union(*(_code_points(s) for s in sources))
-    vocab, unknown = build_vocab(code_points, counts, separator, cfg.max_vocab)
-
-    documents, val_documents = source.documents, []
-    if val_source is not None:
-        rule, val_documents = "val-data", val_source.documents
-        train, dropped = source.encode(documents, vocab, separator, unknown)
-        val, dropped_val = val_source.encode(val_documents, vocab, separator, unknown)
-        about = f"--val-data {' '.join(cfg.val_data)} ({_files(len(val_documents))})"
-    elif cfg.val_frac > 0 and len(documents) > 1:
-        rule = "documents"
-        documents, val_documents = document_split(documents, cfg.val_frac)
-        train, dropped = source.encode(documents, vocab, separator, unknown)
-        val, dropped_val = source.encode(val_documents, vocab, separator, unknown)
-        about = (f"{_files(len(val_documents))} held out whole, chosen by a hash of their path "
-                 f"({len(val):,} characters, {len(val) / max(1, len(val) + len(train)):.1%})")
-    else:
-        rule = "last-fraction" if cfg.val_frac > 0 else "none"
-        whole, dropped = source.encode(documents, vocab, separator, unknown)
-        train, val = split_train_val(whole, cfg.val_frac)
-        dropped_val = 0
-        about = f"the last {cfg.val_frac * 100:g}% of the text" if cfg.val_frac > 0 else "none (--val-frac 0)"
-
-    held = {id(d) for d in val_documents} if rule == "documents" else set()
+        counts.update(s.counts)
+    vocab, unknown = build_vocab(set(counts), counts, separator, cfg.max_vocab)
+    split = _split(cfg, source, val_source, vocab, separator, unknown)
+    held = {id(d) for d in split.val_documents} if split.rule == "documents" else set()
     record = {
         "format": RECORD_FORMAT,
         "paths": list(cfg.data), "val_paths": list(cfg.val_data) if cfg.val_data else None,
         "include": list(cfg.include), "exclude": list(cfg.exclude),
         "doc_sep": separator, "max_vocab": cfg.max_vocab, "unknown": unknown,
-        "unknown_characters": dropped + dropped_val, "vocab_size": len(vocab),
-        "split": {"rule": rule, "val_frac": cfg.val_frac, "about": about,
-                  "train_characters": int(len(train)), "val_characters": int(len(val))},
+        "unknown_characters": split.dropped, "vocab_size": len(vocab),
+        "split": {"rule": split.rule, "val_frac": cfg.val_frac, "about": split.about,
+                  "train_characters": int(len(split.train)), "val_characters": int(len(split.val))},
         "documents": [_entry(d, id(d) in held) for d in source.documents],
-        "val_documents": [_entry(d) for d in val_documents] if rule == "val-data" else None,
+        "val_documents": [_entry(d) for d in split.val_documents] if split.rule == "val-data" else None,
         "skipped": [[name, why] for s in sources for name, why in s.skipped],
     }
-    total = {"documents": len(train) + len(val) + (1 if separator else 0),  # the separator between the two
-             "val-data": len(train)}.get(rule, len(train) + len(val))
+    lines, warnings = _report(cfg, source, val_source, vocab, counts, separator, unknown, split)
+    return TrainingData(vocab, split.train, split.val, separator, unknown, record, lines, warnings)
+
+
+@dataclass
+class _Split:
+    rule: str                    # "val-data", "documents", "last-fraction" or "none"
+    train: np.ndarray
+    val: np.ndarray
+    val_documents: List[Document]
+    dropped: int                 # characters that became the unknown symbol, in both
+    about: str                   # the split in words
+
+
+def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, separator: Optional[str],
+           unknown: Optional[str]) -> _Split:
+    """The texts encoded and split by the rule in the module docstring."""
+    documents = source.documents
+    if val_source is not None:
+        train, dropped = source.encode(documents, vocab, separator, unknown)
+        val, dropped_val = val_source.encode(val_source.documents, vocab, separator, unknown)
+        about = f"--val-data {' '.join(cfg.val_data)} ({_files(len(val_source.documents))})"
+        return _Split("val-data", train, val, val_source.documents, dropped + dropped_val, about)
+    if cfg.val_frac > 0 and len(documents) > 1:
+        documents, val_documents = document_split(documents, cfg.val_frac)
+        train, dropped = source.encode(documents, vocab, separator, unknown)
+        val, dropped_val = source.encode(val_documents, vocab, separator, unknown)
+        about = (f"{_files(len(val_documents))} held out whole, chosen by a hash of their path "
+                 f"({len(val):,} characters, {len(val) / max(1, len(val) + len(train)):.1%})")
+        return _Split("documents", train, val, val_documents, dropped + dropped_val, about)
+    whole, dropped = source.encode(documents, vocab, separator, unknown)
+    train, val = split_train_val(whole, cfg.val_frac)
+    about = f"the last {cfg.val_frac * 100:g}% of the text" if cfg.val_frac > 0 else "none (--val-frac 0)"
+    return _Split("last-fraction" if cfg.val_frac > 0 else "none", train, val, [], dropped, about)
+
+
+def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, counts: Counter,
+            separator: Optional[str], unknown: Optional[str], split: _Split) -> Tuple[List[str], List[str]]:
+    """What training prints about its data (one file: the first line only, as `info` does), and warnings."""
+    total = {"documents": len(split.train) + len(split.val) + (1 if separator else 0),  # the separator between
+             "val-data": len(split.train)}.get(split.rule, len(split.train) + len(split.val))
     lines, warnings = [f"Total {total} characters with {len(vocab)} unique tokens."], []
-    if isinstance(source, Collection):
+    if not source.one_file:
         lines.append(source.files_line())
-    if isinstance(val_source, Collection):
+    if val_source is not None and not val_source.one_file:
         lines.append(f"validation: {val_source.files_line()}")
     if cfg.max_vocab is not None:
-        distinct = len(code_points | ({ord(separator)} if separator else set()))
+        distinct = len(set(counts) | ({ord(separator)} if separator else set()))
         lines.append(f"--max-vocab {cfg.max_vocab}: " + (
             f"kept the {len(vocab) - 1} most frequent of {distinct} characters; the other "
-            f"{distinct - len(vocab) + 1} ({dropped + dropped_val:,} occurrences) became U+FFFD"
+            f"{distinct - len(vocab) + 1} ({split.dropped:,} occurrences) became U+FFFD"
             if unknown else f"all {len(vocab)} characters kept"))
-    if isinstance(source, Collection):
-        lines.append(f"validation: {about}" + (f"; documents joined by {show_char(separator)}" if separator else ""))
+    if not source.one_file or val_source is not None:
+        joined = f"; documents joined by {show_char(separator)}" if separator else ""
+        lines.append(f"validation: {split.about}{joined}")
     if separator and counts.get(ord(separator)):
         warnings.append(f"the separator {show_char(separator)} occurs {counts[ord(separator)]} times inside the "
                         "documents; the model will take those for boundaries (choose another --doc-sep)")
-    return TrainingData(vocab, train, val, separator, unknown, record, lines, warnings)
+    return lines, warnings
 
 
 def _files(n: int) -> str:
@@ -301,23 +287,23 @@ def trained_on(run_dir: Path, train_settings: Optional[dict]) -> Tuple[str, dict
 # ------------------------------------------------------------------------------------------ info, eval
 
 def describe(spec: Spec) -> Tuple[List[str], dict]:
-    """`charrnn info`: the summary line (and for a collection, the files line), and the --json object."""
-    if not is_collection(spec.paths):
-        corpus = load_corpus(spec.paths[0], option=spec.flag)
-        return [corpus.summary()], {"characters": corpus.characters, "vocab_size": len(corpus.vocab)}
+    """`charrnn info`: the summary line (and for more than one file given, the files line), and the --json object."""
     collection = Collection(spec)
     separator = collection.separator
     characters = collection.characters(separator=separator)
     vocab_size = len(set(collection.counts) | ({ord(separator)} if separator else set()))
-    return ([f"Total {characters} characters with {vocab_size} unique tokens.", collection.files_line()],
+    summary = f"Total {characters} characters with {vocab_size} unique tokens."
+    if collection.one_file:
+        return [summary], {"characters": characters, "vocab_size": vocab_size}
+    return ([summary, collection.files_line()],
             {"characters": characters, "vocab_size": vocab_size, "files": len(collection.documents),
              "skipped": len(collection.skipped),
              "skipped_files": [{"path": name, "reason": why} for name, why in collection.skipped]})
 
 
 def eval_text(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], vocab: Vocab,
-              record: Optional[dict]) -> Tuple[Vocab, np.ndarray, object]:
-    """The text `charrnn eval` reads: (its vocabulary, its indices, the source read). Documents are joined by
+              record: Optional[dict]) -> Tuple[Vocab, np.ndarray, Collection]:
+    """The text `charrnn eval` reads: (its vocabulary, its indices, the collection read). Documents are joined by
     the run's separator (a run trained on one text has none: a newline, where the vocabulary has one). A
     --max-vocab run's text comes encoded in the model's vocabulary, every character it lacks read as the
     unknown symbol; otherwise in its own, for the caller to map (or refuse, or skip) what the model lacks."""
@@ -326,12 +312,8 @@ def eval_text(paths: Sequence[str], include: Sequence[str], exclude: Sequence[st
         separator = "\n" if "\n" in vocab else ""
     unknown = (record or {}).get("unknown")
     unknown = unknown if unknown in vocab else None
-    source = open_source(Spec(tuple(paths), tuple(include), tuple(exclude), separator, "--data"))
+    source = Collection(Spec(tuple(paths), tuple(include), tuple(exclude), separator, "--data"))
     what = " ".join(paths)
-    if isinstance(source, SingleText):
-        if unknown:
-            return vocab, translate(source.corpus.vocab, source.corpus.data, vocab, unknown, what)[0], source
-        return source.corpus.vocab, source.corpus.data, source
     if unknown:
         return vocab, source.encode(source.documents, vocab, source.separator, unknown, what)[0], source
     own, _ = build_vocab(set(source.counts), None, source.separator, None)

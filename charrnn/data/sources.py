@@ -1,6 +1,6 @@
-"""Named corpora and where their text comes from.
+"""A corpus name -> a path: named corpora are sources that resolve to a file or a folder, nothing more.
 
-`--data` is a path to a UTF-8 text file, a folder of them (collection.py), or one
+`--data` is a path to a UTF-8 text file, a folder of them (documents.py), or one
 of the names below. `tinyshakespeare` is downloaded once into the cache directory
 and verified by sha256; `pystdlib` needs no network at all (a folder of the
 interpreter's own standard-library modules), so a machine with no internet can
@@ -19,20 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 from charrnn.errors import UserError
-from charrnn.storage import TMP_PREFIX, user_cache_dir, write_bytes_atomic
+from charrnn.storage import TMP_PREFIX, data_dir, write_bytes_atomic
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 PYSTDLIB_MAX_CHARS = 4_000_000
 NAMED_CORPORA = ("tinyshakespeare", "pystdlib")
-
-
-def data_dir() -> Path:
-    """Where fetched and generated corpora live: $CHARRNN_DATA_DIR, else the user's cache dir."""
-    env = os.environ.get("CHARRNN_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return user_cache_dir()
 
 
 def resolve_data(spec: str, option: Optional[str] = "--data") -> Path:

@@ -1,4 +1,5 @@
-"""The one text reader: how charrnn reads every text a user gives it (a corpus, a prime file, `read_text`).
+"""A document -> its text: the one reader of every text a user gives charrnn (a corpus's files, a prime
+file, `read_text`).
 
 UTF-8, strictly; a byte-order mark at the start is dropped (it is not part of the text);
 line endings are kept exactly as they are (`\r\n` stays two characters, as the model saw
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 from charrnn.errors import UserError
 
@@ -26,12 +27,13 @@ class NotText(UserError):
         self.reason = reason
 
 
-def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[str] = None,
-                   digest=None) -> Iterator[str]:
-    """Yield the file's text block by block; NotText (a UserError) on non-UTF-8, NUL or empty input.
+def decoded_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
+                   what: Optional[str] = None) -> Iterator[Tuple[bytes, str]]:
+    """Yield (the bytes read, their text) block by block; NotText (a UserError) on non-UTF-8, NUL or empty input.
 
-    `what` names the file in messages (e.g. "--prime-file notes.txt"); default: its path.
-    `digest` (a hashlib object), when given, is updated with every byte read.
+    The text of a block may be "" (a character split across blocks comes whole in the next); the bytes
+    are there for a caller that hashes or counts them. `what` names the file in messages (e.g.
+    "--prime-file notes.txt"); default: its path.
     """
     name = what or str(path)
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -49,8 +51,6 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
             except OSError as e:
                 raise NotText(f"cannot read {name} ({e.strerror}); give a regular UTF-8 text file",
                               "unreadable") from None
-            if digest is not None:
-                digest.update(raw)
             final = not raw
             nul = raw.find(b"\x00")
             if nul >= 0:
@@ -67,9 +67,9 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
                     text = text[1:]  # a UTF-8 byte-order mark is not part of the text
                 first = False
             offset += len(raw)
-            if text:
-                empty = False
-                yield text
+            empty = empty and not text
+            if raw:
+                yield raw, text
             if final:
                 break
     if empty:
@@ -78,4 +78,4 @@ def decoded_chunks(path: Path, block_bytes: int = BLOCK_BYTES, what: Optional[st
 
 def read_text_file(path, what: Optional[str] = None) -> str:
     """The whole text of a file, read exactly as training and `charrnn eval` read it."""
-    return "".join(decoded_chunks(Path(path), what=f"{what} {path}" if what else None))
+    return "".join(text for _, text in decoded_blocks(Path(path), what=f"{what} {path}" if what else None))

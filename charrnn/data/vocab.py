@@ -1,7 +1,10 @@
-"""Character vocabulary: sorted unique characters, so indices are stable across runs.
+"""Characters <-> indices: the vocabulary, and the one encoder of code points every text goes through.
 
-min-char-rnn's `list(set(data))` changes order between runs; sorting by code
-point makes the same text give the same indices on every machine.
+The vocabulary is the sorted unique characters: min-char-rnn's `list(set(data))` changes order
+between runs; sorting by code point makes the same text give the same indices on every machine.
+Encoding looks each code point up in a table for the Basic Multilingual Plane (U+0000..U+FFFF, where
+nearly every character of real text lies) and by binary search beyond it, so a block of a million
+characters costs one indexing of NumPy, whatever the script.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from charrnn.errors import UserError
+
+BMP = 0x10000   # code points below this are looked up in a table, the rest by binary search
 
 
 @dataclass(frozen=True)
@@ -27,8 +32,6 @@ class Vocab:
         if len(set(self.chars)) != len(self.chars):
             raise UserError("vocabulary has duplicate characters; the vocab.json is damaged")
         object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
-        codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
-        object.__setattr__(self, "_codes", codes)
 
     @classmethod
     def from_text(cls, text: str) -> "Vocab":
@@ -55,23 +58,13 @@ class Vocab:
 
     def encode(self, text: str) -> np.ndarray:
         """Encode text to an index array; raises UserError listing unknown characters."""
-        if not text:
-            return np.zeros(0, dtype=self.dtype)
         return self.encode_code_points(code_points(text))
 
     def encode_code_points(self, codes: np.ndarray) -> np.ndarray:
-        if len(self._codes) == 0:
-            if len(codes):
-                raise UserError(f"text has characters outside the (empty) vocabulary: "
-                                f"{format_chars(sorted({chr(int(c)) for c in codes}))}")
-            return np.zeros(0, dtype=self.dtype)
-        positions = np.searchsorted(self._codes, codes)
-        positions = np.minimum(positions, len(self._codes) - 1)
-        bad = self._codes[positions] != codes
-        if bad.any():
-            missing = sorted({chr(int(c)) for c in codes[bad]})
-            raise UserError(f"text has characters outside the vocabulary: {format_chars(missing)}")
-        return positions.astype(self.dtype)
+        """Code points (uint32) -> indices; raises UserError listing the characters the vocabulary lacks."""
+        if "_encoder" not in self.__dict__:
+            object.__setattr__(self, "_encoder", Encoder(self))  # built on first use: a 256 KB table
+        return self._encoder(codes)
 
     def translate(self, other: "Vocab", data: np.ndarray, what: str, unknown: Optional[str] = None) -> np.ndarray:
         """Re-encode `data` (indices in `other`) as indices in this vocabulary.
@@ -103,6 +96,49 @@ class Vocab:
         if not isinstance(data, list) or not all(isinstance(c, str) for c in data) or not data:
             raise UserError(f"{path} must be a non-empty JSON array of characters; the run directory is damaged")
         return cls(tuple(data))
+
+
+class Encoder:
+    """Code points -> indices in one vocabulary: a table for the BMP, a binary search beyond it.
+
+    Characters outside the vocabulary become `unknown`'s index (counted in `unknown_count`), or,
+    without one, a UserError naming them ("`what` has characters outside the vocabulary: ...")."""
+
+    def __init__(self, vocab: Vocab, unknown: Optional[str] = None, what: str = "text"):
+        codes = np.array([ord(c) for c in vocab.chars], dtype=np.int64)
+        low = codes < BMP
+        self.table = np.full(BMP, -1, np.int32)
+        self.table[codes[low]] = np.nonzero(low)[0]
+        high = np.nonzero(~low)[0]
+        high = high[np.argsort(codes[high])]  # sorted for the binary search, whatever the vocabulary's order
+        self.high_codes, self.high_index = codes[high], high.astype(np.int32)
+        self.unknown_index = vocab.chars.index(unknown) if unknown else None
+        self.dtype, self.what, self.unknown_count = vocab.dtype, what, 0
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        if not len(codes):
+            return np.zeros(0, self.dtype)
+        if codes.max() < BMP:
+            index = self.table[codes]
+        else:
+            index = np.empty(len(codes), np.int32)
+            high = codes >= BMP
+            index[~high] = self.table[codes[~high]]
+            index[high] = self._beyond(codes[high])
+        missing = index < 0
+        if missing.any():
+            if self.unknown_index is None:
+                chars = sorted({chr(int(c)) for c in np.unique(codes[missing])})
+                raise UserError(f"{self.what} has characters outside the vocabulary: {format_chars(chars)}")
+            index[missing] = self.unknown_index
+            self.unknown_count += int(missing.sum())
+        return index.astype(self.dtype)
+
+    def _beyond(self, codes: np.ndarray) -> np.ndarray:
+        if not len(self.high_codes):
+            return np.full(len(codes), -1, np.int32)
+        at = np.minimum(np.searchsorted(self.high_codes, codes), len(self.high_codes) - 1)
+        return np.where(self.high_codes[at] == codes, self.high_index[at], -1).astype(np.int32)
 
 
 def format_chars(chars: Iterable[str], limit: int = 20) -> str:
