@@ -188,17 +188,17 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
 
     `make_step(hidden, bf16)` builds a learner of that width and returns a function doing one step
     of BATCH x PROBE_SEQ_LEN characters. Widths go narrowest first, both precisions of each together,
-    so a probe cut short by `seconds` still knows the narrow end in every precision (at least one step
-    of the narrowest width is always timed). Steps whose times spread widely (another process took the
-    core for a moment) are measured again, so one busy moment does not decide the width."""
+    so a probe cut short by `seconds` still knows the narrow end in every precision (one step of the
+    narrowest width in each precision is always timed). Steps whose times spread widely (another
+    process took the core for a moment) are measured again, so one busy moment does not decide."""
     started = time.perf_counter()
     deadline = started + seconds
     measured: Dict[str, float] = {}
     points: Dict[bool, list] = {bf16: [] for bf16 in ((False, True) if bf16_possible else (False,))}
     for hidden in PROBE_WIDTHS:
+        if measured and time.perf_counter() >= deadline:
+            break
         for bf16 in points:
-            if measured and time.perf_counter() >= deadline:
-                break
             step = make_step(hidden, bf16)
             step()                                   # oneDNN builds its kernels on the first call
             times = _timed(step, steps, deadline)
