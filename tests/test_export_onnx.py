@@ -201,6 +201,146 @@ def test_eval_reads_an_onnx_file_like_a_run(trained, capsys, tmp_path):
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], abs=1e-5)
 
 
+# ---- what a run knows beyond its weights: the document separator and --max-vocab's unknown symbol (#26) --------
+
+DOCUMENTS = {  # a folder of documents: the run learns U+001E between them, and an empty prime starts a new one
+    "harbour.txt": "The lamps along the harbour wall are lit.\nThe tide is turning.\n",
+    "ferry.txt": "Who will row the ferry out before the storm?\nNot I, said the keeper.\n",
+    "light.txt": "Light them, light them, all along the wall.\n",
+    "storm.txt": "The storm came in at night and the lamps went out.\n",
+}
+RARE_TEXT = TEXT + "Zebra! Quiet? Yes; jump.\n"  # --max-vocab 8 keeps the 7 most frequent characters and U+FFFD
+
+
+@pytest.fixture(scope="module")
+def documents_run(tmp_path_factory, run_cli):
+    """{"folder": (run, model.onnx, data), "max_vocab": (...)}: a run on a folder of documents and a --max-vocab run,
+    both trained and exported through the CLI (in this process: the naive engine needs no torch)."""
+    root = tmp_path_factory.mktemp("documents")
+    folder = root / "docs"
+    folder.mkdir()
+    for name, text in DOCUMENTS.items():
+        (folder / name).write_text(text * 3, encoding="utf-8")
+    (root / "rare.txt").write_text(RARE_TEXT, encoding="utf-8")
+    runs = {}
+    for name, data, extra in (("folder", folder, ["--val-frac", 0.25]), ("max_vocab", root / "rare.txt",
+                                                                          ["--max-vocab", 8])):
+        run = root / name
+        done = run_cli.in_process(["train", "--data", data, "--out", run, "--impl", "naive", "--cell", "lstm",
+                                   "--layers", 1, "--hidden", 16, "--embed", 8, "--max-iters", 5, "--batch-size", 2,
+                                   "--seq-len", 16, *extra])
+        assert done.returncode == 0, done.stderr
+        out = root / f"{name}.onnx"
+        assert run_cli.in_process(["export", "--checkpoint", run, "--format", "onnx", "--out", out]).returncode == 0
+        runs[name] = run, out, data
+    return runs
+
+
+def sample_both(capsys, run, path, *args):
+    """`charrnn sample` from the run (naive engine) and from its .onnx: the two outputs (stdout)."""
+    outputs = []
+    for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path]):
+        code, out, err = run_main(capsys, ["sample", *source, *args])
+        assert code == 0, err
+        outputs.append(out)
+    return outputs
+
+
+def test_an_empty_prime_starts_a_new_document_in_the_onnx_file_as_in_the_run(documents_run, capsys):
+    run, path, _ = documents_run["folder"]
+    assert "\x1e" in json.loads((run / "vocab.json").read_text())
+    for knobs in (["--seed", 4], ["--greedy"], ["--beam", 2], ["--seed", 5, "--num-samples", 2]):
+        from_run, from_onnx = sample_both(capsys, run, path, "--length", 150, *knobs)
+        assert from_onnx == from_run, knobs
+    import charrnn
+
+    assert charrnn.load_onnx(path).separator == "\x1e"
+
+
+def test_stop_at_sep_ends_onnx_samples_where_the_run_ends_them(documents_run, capsys):
+    run, path, _ = documents_run["folder"]
+    for knobs in (["--seed", 2], ["--seed", 3, "--num-samples", 3], ["--seed", 3, "--json", "--num-samples", 2]):
+        from_run, from_onnx = sample_both(capsys, run, path, "--length", 300, "--stop-at-sep", *knobs)
+        if "--json" in knobs:
+            from_run, from_onnx = (json.loads(out)["samples"] for out in (from_run, from_onnx))
+        assert from_onnx == from_run and "\x1e" not in str(from_onnx), knobs
+
+
+def test_eval_of_a_folder_joins_documents_with_the_runs_separator_in_the_onnx_file_too(documents_run, capsys):
+    run, path, data = documents_run["folder"]
+    results = [json.loads(run_main(capsys, ["eval", *source, "--data", data, "--json"])[1])
+               for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path])]
+    assert results[0]["characters"] == results[1]["characters"] == sum(len(t) * 3 for t in DOCUMENTS.values()) + 3 - 1
+    assert results[1]["loss"] == pytest.approx(results[0]["loss"], abs=1e-5)  # float32 sums, as above
+
+
+def test_the_onnx_file_of_a_max_vocab_run_never_samples_its_unknown_symbol(documents_run, capsys):
+    run, path, _ = documents_run["max_vocab"]
+    assert "\ufffd" in json.loads((run / "vocab.json").read_text())
+    for knobs in (["--seed", 1], ["--seed", 2, "--top-k", 3], ["--greedy"], ["--beam", 3],
+                  ["--seed", 6, "--prime", "Zebra the"]):  # Z, b, r are not in the vocabulary: read as U+FFFD
+        from_run, from_onnx = sample_both(capsys, run, path, "--length", 400, *knobs)
+        assert from_onnx == from_run, knobs
+        prime = len("Zebra the") if "--prime" in knobs else 0
+        assert "\ufffd" not in from_onnx[prime:] and len(from_onnx) == prime + 401, knobs
+
+
+def test_eval_onnx_reads_characters_a_max_vocab_run_lacks_as_its_unknown_symbol(documents_run, capsys, tmp_path):
+    run, path, _ = documents_run["max_vocab"]
+    text = tmp_path / "new.txt"
+    text.write_text("Zany zebras? " + RARE_TEXT[:300] + " \u00e9t\u00e9 \u2603", encoding="utf-8")
+    results = [json.loads(run_main(capsys, ["eval", *source, "--data", text, "--json"])[1])
+               for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path])]
+    assert results[0]["skipped"] == results[1]["skipped"] == 0
+    assert results[0]["characters"] == results[1]["characters"] == len(text.read_text(encoding="utf-8")) - 1
+    assert results[1]["loss"] == pytest.approx(results[0]["loss"], abs=1e-5)
+
+
+def test_an_onnx_file_from_before_the_separator_was_recorded_still_runs(documents_run, capsys, tmp_path):
+    """A file exported before `doc_sep`/`unknown` were in the metadata: it samples and evaluates as it did (an
+    empty prime starts from a newline), and --stop-at-sep says in one line to export the run again."""
+    _, path, data = documents_run["folder"]
+    old = onnx.load(str(path))
+    kept = [p for p in old.metadata_props if p.key not in ("doc_sep", "unknown")]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    (tmp_path / "old.onnx").write_bytes(old.SerializeToString())
+    code, out, err = run_main(capsys, ["sample", "--onnx", tmp_path / "old.onnx", "--length", 50, "--seed", 1])
+    assert code == 0 and len(out) == 51 and err.count("\n") <= 1, err
+    code, out, err = run_main(capsys, ["sample", "--onnx", tmp_path / "old.onnx", "--stop-at-sep"])
+    assert_one_line_error(code, err, "export", "again")
+    assert "single text" not in err and out == ""
+    code, out, err = run_main(capsys, ["eval", "--onnx", tmp_path / "old.onnx", "--data", data, "--json"])
+    assert code == 0 and json.loads(out)["characters"] > 0, err
+
+
+def test_an_onnx_file_with_a_fixed_chars_shape_is_refused_in_one_line(trained, capsys, tmp_path):
+    """A charrnn export whose `chars` input was pinned to (1, 1) by another tool (#26 item 7)."""
+    model = onnx.load(str(trained["naive"][1]))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim in dims:
+        dim.ClearField("dim_param")
+        dim.dim_value = 1
+    (tmp_path / "fixed.onnx").write_bytes(model.SerializeToString())
+    for command in (["sample", "--prime", "ab ab", "--length", 5],
+                    ["eval", "--data", trained["naive"][0] / "vocab.json"]):
+        code, out, err = run_main(capsys, [command[0], "--onnx", tmp_path / "fixed.onnx", *command[1:]])
+        assert_one_line_error(code, err, str(tmp_path / "fixed.onnx"), "chars")
+        assert out == ""
+
+
+@pytest.mark.parametrize("vocab", [["a", "a"], ["ab", "c"], []])
+def test_a_damaged_onnx_vocabulary_is_named_as_the_files_metadata_not_vocab_json(trained, capsys, tmp_path, vocab):
+    model = onnx.load(str(trained["naive"][1]))
+    for prop in model.metadata_props:
+        if prop.key == "vocab":
+            prop.value = json.dumps(vocab)
+    (tmp_path / "bad.onnx").write_bytes(model.SerializeToString())
+    code, out, err = run_main(capsys, ["sample", "--onnx", tmp_path / "bad.onnx", "--length", 5])
+    assert_one_line_error(code, err, str(tmp_path / "bad.onnx"), "vocab")
+    assert "vocab.json" not in err and out == ""
+
+
 def test_int8_export_of_an_lstm_is_smaller_and_its_cost_is_measured_by_eval(trained, capsys, tmp_path):
     run, float_path = trained["naive"]
     int8_path = tmp_path / "int8.onnx"
@@ -344,3 +484,14 @@ def test_the_example_script_streams_what_charrnn_samples(trained, capsys):
         assert done.returncode == 0, done.stderr
         _code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--prime", "First", "--length", 150, *knobs])
         assert done.stdout == out
+
+
+@pytest.mark.parametrize("which", ["folder", "max_vocab"])
+def test_the_example_script_starts_documents_and_skips_the_unknown_symbol_as_charrnn_does(documents_run, capsys, which):
+    _run, path, _ = documents_run[which]
+    example = ROOT / "examples" / "onnx_generate.py"
+    done = subprocess.run([sys.executable, str(example), str(path), "--length", "300", "--seed", "3"],
+                          check=False, capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    _code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--length", 300, "--seed", 3])
+    assert done.stdout == out and "\ufffd" not in out

@@ -10,8 +10,11 @@ The graph (shape letters as in models/base.py; B and T are dynamic, L, H, V fixe
 
 ONNX Runtime keeps no state between calls: feed `hn` (and `cn`) back as `h0` (`c0`) to carry it,
 which is what `OnnxCharModel.forward` and examples/onnx_generate.py do. The vocabulary (JSON list of
-characters) and the ModelConfig (JSON) travel in the file's metadata_props, so the file alone is
-enough to generate text.
+characters), the ModelConfig (JSON), and the run's document separator and --max-vocab unknown symbol
+(`doc_sep`, `unknown`: JSON strings, or null where the run has none) travel in the file's
+metadata_props, so the file alone generates and reads text as `charrnn sample --checkpoint` does: an
+empty prime starts a new document, the unknown symbol is never drawn, and characters outside the
+vocabulary read as it.
 
 Exporter: the graph is written node by node with `onnx.helper` from the canonical NumPy weights,
 not traced by torch.onnx. Both were tried on torch 2.13: the TorchScript exporter (dynamo=False) is
@@ -87,8 +90,8 @@ def layer_weights(config: ModelConfig, params: dict[str, np.ndarray], k: int):
     return tuple(a[None].astype(np.float32) for a in (w, r, b))
 
 
-def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray],
-                      source: str = "") -> onnx.ModelProto:
+def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray], source: str = "",
+                      separator: str | None = None, unknown: str | None = None) -> onnx.ModelProto:
     """The float32 ONNX model of a charrnn network (see the module docstring for the graph)."""
     onnx = require_package("onnx", "exporting to ONNX", "onnx")
     from onnx import TensorProto, helper, numpy_helper
@@ -147,7 +150,8 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.nd
                                          "logits (B, T, V) and the new state out; feed hn/cn back as h0/c0")
     model.ir_version = IR_VERSION
     metadata = {"format": FORMAT, "vocab": json.dumps(list(vocab.chars), ensure_ascii=False),
-                "config": json.dumps(to_dict(cfg)), "quantize": "none", "source": source}
+                "config": json.dumps(to_dict(cfg)), "quantize": "none", "source": source,
+                "doc_sep": json.dumps(separator), "unknown": json.dumps(unknown)}  # null where the run has none
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -185,6 +189,8 @@ def quantize_int8(model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProt
 def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
     """Write run_dir's weights (`which`: latest or best) to `out` as ONNX; returns what was written."""
     from charrnn.checkpoint import load_run
+    from charrnn.data.dataset import read_record
+    from charrnn.infer.api import run_symbols
     from charrnn.storage import write_bytes_atomic
 
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
@@ -197,7 +203,9 @@ def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
     if size > PROTOBUF_LIMIT:
         raise UserError(f"the model's weights are {size / 2**30:.1f} GiB; a single .onnx file holds under 2 GiB "
                         "(protobuf's limit), and charrnn does not write ONNX external-data files")
-    model = build_model_proto(config, vocab, params, source=f"{Path(run_dir).resolve().name} ({which})")
+    separator, unknown = run_symbols(read_record(Path(run_dir)), vocab)
+    model = build_model_proto(config, vocab, params, source=f"{Path(run_dir).resolve().name} ({which})",
+                              separator=separator, unknown=unknown)
     if quantize:
         model = quantize_int8(model, config)
     data = model.SerializeToString()
