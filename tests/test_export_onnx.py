@@ -120,6 +120,7 @@ def test_the_graph_has_the_documented_names_shapes_and_metadata(tmp_path):
     assert meta["format"] == "charrnn-onnx/1"
     assert json.loads(meta["vocab"]) == list(vocab.chars)
     assert json.loads(meta["config"])["cell"] == "lstm"
+    assert json.loads(meta["doc_sep"]) is None and json.loads(meta["unknown"]) is None  # a run on one text
     assert sorted(n.op_type for n in model.graph.node if n.op_type == "LSTM") == ["LSTM", "LSTM"]
     gru = onnx.load(str(export(tmp_path, "gru", 1)[3]))
     assert {(n.op_type, a.name, a.i) for n in gru.graph.node for a in n.attribute if n.op_type == "GRU"} >= {
@@ -470,7 +471,7 @@ def test_int8_export_cannot_saturate_on_a_cpu_without_vnni(int8_files):
 # each input and state to 1/255 of its range: unbiased errors, so over the 1,079 predictions of TEXT they move the
 # loss by ~1e-4 (measured: -8e-5 here; -2e-4 for a 2x256 LSTM on tiny shakespeare, docs/export.md). A hundred times
 # that is still a third of what AVX2's saturating kernel cost this model with int8 weights (0.0304 measured on an
-# AVX2 machine, 0.0305 in the emulation): the bound tells rounding from a broken kernel.
+# AVX2 machine, 0.0304 in the emulation): the bound tells rounding from a broken kernel.
 INT8_BOUND = 0.01
 
 

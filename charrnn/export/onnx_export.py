@@ -46,7 +46,7 @@ Why uint8 weights and not ONNX Runtime's quantizer (int8 weights, "U8S8"): on x8
 (AVX2, AVX-512 without VNNI) ONNX Runtime multiplies u8 x s8 with vpmaddubsw, which adds each pair of
 products into a saturating int16: 255 * 127 * 2 = 64,770 > 32,767, so pairs clip. Measured on an AVX2
 machine (#25) that moved the test model's loss by 0.0304; a NumPy emulation of that kernel gives
-0.0305 here (tests/test_export_onnx.py, docs/export.md). With uint8 weights ONNX Runtime takes its
+0.0304 here (tests/test_export_onnx.py, docs/export.md). With uint8 weights ONNX Runtime takes its
 U8U8 kernel: on AVX2 it widens both to int16 and multiplies with vpmaddwd (int32 pair sums: exact);
 with VNNI or AMX it flips the weights back to int8 and runs the same kernel as U8S8 (vpdpbusd sums
 into int32: exact). No pair can saturate on any x86 CPU, and the numbers are those of 8-bit
