@@ -6,8 +6,8 @@ A 2x512 LSTM, embedding 64, V = 65, random weights (speed does not depend on the
 temperature-1 sampling, every row through charrnn's real sampling loop (sample.generate_indices,
 one uniform per character): the rows differ only in what computes the logits.
   - ONNX Runtime float32 / int8: `charrnn sample --onnx FILE` (Predictor over OnnxCharModel: one session.run per
-    character, state in and out). int8 is `charrnn export --quantize int8`: ONNX Runtime's dynamic
-    quantization (DynamicQuantizeLSTM; the head stays float32).
+    character, state in and out). int8 is `charrnn export --quantize int8`: ONNX Runtime's
+    DynamicQuantizeLSTM on uint8 weights (the head stays float32; docs/export.md, int8).
   - ONNX Runtime session.run alone, greedy: the floor of any ONNX Runtime loop (no sampling).
   - charrnn naive / library float32 and `--quantize int8` (the compiled C step), as sampling_speed.py.
 Rows alternate within each round, 0.3 s apart; each thread setting (1 and 2: torch, OpenBLAS,

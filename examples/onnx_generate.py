@@ -32,6 +32,10 @@ class CharModel:
         config = json.loads(meta["config"])                # cell, layers, hidden, embed, vocab_size, ...
         self.layers, self.hidden = config["layers"], config["hidden"]
         self.lstm = config["cell"] == "lstm"               # an LSTM carries two states: h and c
+        # a run on a folder of documents learned a separator between them: an empty prime starts a new document;
+        # a --max-vocab run has an unknown symbol (U+FFFD) for the characters it dropped: never drawn
+        self.separator = json.loads(meta.get("doc_sep", "null"))
+        self.unknown = json.loads(meta.get("unknown", "null"))
 
     def zero_state(self, batch=1):
         """h0 (and c0): zeros of shape (layers, batch, hidden)."""
@@ -47,8 +51,11 @@ class CharModel:
         return logits, state
 
 
-def next_char(logits, temperature, greedy, rng):
-    """One index from a row of logits (vocab,): the argmax, or a draw at this temperature."""
+def next_char(logits, temperature, greedy, rng, banned=None):
+    """One index from a row of logits (vocab,): the argmax, or a draw at this temperature; never `banned`."""
+    if banned is not None:
+        logits = logits.copy()
+        logits[banned] = -np.inf
     if greedy:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) * (1.0 / temperature)
@@ -59,14 +66,15 @@ def next_char(logits, temperature, greedy, rng):
 
 
 def generate(model, prime, length, temperature=1.0, greedy=False, seed=None):
-    """Yield `length` characters after feeding `prime` (an empty prime starts from a newline)."""
+    """Yield `length` characters after feeding `prime` (an empty prime starts a new document, else a newline)."""
     rng = np.random.default_rng(seed)
-    start = prime or ("\n" if "\n" in model.index else model.chars[0])
+    start = prime or model.separator or ("\n" if "\n" in model.index else model.chars[0])
+    banned = model.index.get(model.unknown)
     state = model.zero_state()
     logits, state = model.step([[model.index[c] for c in start]], state)  # the whole prime in one call
     last = logits[0, -1]
     for _ in range(length):
-        i = next_char(last, temperature, greedy, rng)
+        i = next_char(last, temperature, greedy, rng, banned)
         yield model.chars[i]
         logits, state = model.step([[i]], state)            # one character in, the state carried
         last = logits[0, -1]
@@ -83,6 +91,8 @@ def main():
     args = parser.parse_args()
 
     model = CharModel(args.model)
+    if model.unknown:                                       # a --max-vocab run reads what it lacks as its symbol
+        args.prime = "".join(c if c in model.index else model.unknown for c in args.prime)
     unknown = sorted(set(args.prime) - set(model.index))
     if unknown:
         parser.error(f"the prime has characters the model does not know: {unknown}")

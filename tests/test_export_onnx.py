@@ -120,6 +120,7 @@ def test_the_graph_has_the_documented_names_shapes_and_metadata(tmp_path):
     assert meta["format"] == "charrnn-onnx/1"
     assert json.loads(meta["vocab"]) == list(vocab.chars)
     assert json.loads(meta["config"])["cell"] == "lstm"
+    assert json.loads(meta["doc_sep"]) is None and json.loads(meta["unknown"]) is None  # a run on one text
     assert sorted(n.op_type for n in model.graph.node if n.op_type == "LSTM") == ["LSTM", "LSTM"]
     gru = onnx.load(str(export(tmp_path, "gru", 1)[3]))
     assert {(n.op_type, a.name, a.i) for n in gru.graph.node for a in n.attribute if n.op_type == "GRU"} >= {
@@ -201,21 +202,290 @@ def test_eval_reads_an_onnx_file_like_a_run(trained, capsys, tmp_path):
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], abs=1e-5)
 
 
-def test_int8_export_of_an_lstm_is_smaller_and_its_cost_is_measured_by_eval(trained, capsys, tmp_path):
+# ---- what a run knows beyond its weights: the document separator and --max-vocab's unknown symbol (#26) --------
+
+DOCUMENTS = {  # a folder of documents: the run learns U+001E between them, and an empty prime starts a new one
+    "harbour.txt": "The lamps along the harbour wall are lit.\nThe tide is turning.\n",
+    "ferry.txt": "Who will row the ferry out before the storm?\nNot I, said the keeper.\n",
+    "light.txt": "Light them, light them, all along the wall.\n",
+    "storm.txt": "The storm came in at night and the lamps went out.\n",
+}
+RARE_TEXT = TEXT + "Zebra! Quiet? Yes; jump.\n"  # --max-vocab 8 keeps the 7 most frequent characters and U+FFFD
+
+
+@pytest.fixture(scope="module")
+def documents_run(tmp_path_factory, run_cli):
+    """{"folder": (run, model.onnx, data), "max_vocab": (...)}: a run on a folder of documents and a --max-vocab run,
+    both trained and exported through the CLI (in this process: the naive engine needs no torch)."""
+    root = tmp_path_factory.mktemp("documents")
+    folder = root / "docs"
+    folder.mkdir()
+    for name, text in DOCUMENTS.items():
+        (folder / name).write_text(text * 3, encoding="utf-8")
+    (root / "rare.txt").write_text(RARE_TEXT, encoding="utf-8")
+    runs = {}
+    for name, data, extra in (("folder", folder, ["--val-frac", 0.25]), ("max_vocab", root / "rare.txt",
+                                                                          ["--max-vocab", 8])):
+        run = root / name
+        done = run_cli.in_process(["train", "--data", data, "--out", run, "--impl", "naive", "--cell", "lstm",
+                                   "--layers", 1, "--hidden", 16, "--embed", 8, "--max-iters", 5, "--batch-size", 2,
+                                   "--seq-len", 16, *extra])
+        assert done.returncode == 0, done.stderr
+        out = root / f"{name}.onnx"
+        assert run_cli.in_process(["export", "--checkpoint", run, "--format", "onnx", "--out", out]).returncode == 0
+        runs[name] = run, out, data
+    return runs
+
+
+def sample_both(capsys, run, path, *args):
+    """`charrnn sample` from the run (naive engine) and from its .onnx: the two outputs (stdout)."""
+    outputs = []
+    for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path]):
+        code, out, err = run_main(capsys, ["sample", *source, *args])
+        assert code == 0, err
+        outputs.append(out)
+    return outputs
+
+
+def test_an_empty_prime_starts_a_new_document_in_the_onnx_file_as_in_the_run(documents_run, capsys):
+    run, path, _ = documents_run["folder"]
+    assert "\x1e" in json.loads((run / "vocab.json").read_text())
+    for knobs in (["--seed", 4], ["--greedy"], ["--beam", 2], ["--seed", 5, "--num-samples", 2]):
+        from_run, from_onnx = sample_both(capsys, run, path, "--length", 150, *knobs)
+        assert from_onnx == from_run, knobs
+    import charrnn
+
+    assert charrnn.load_onnx(path).separator == "\x1e"
+
+
+def test_stop_at_sep_ends_onnx_samples_where_the_run_ends_them(documents_run, capsys):
+    run, path, _ = documents_run["folder"]
+    for knobs in (["--seed", 2], ["--seed", 3, "--num-samples", 3], ["--seed", 3, "--json", "--num-samples", 2]):
+        from_run, from_onnx = sample_both(capsys, run, path, "--length", 300, "--stop-at-sep", *knobs)
+        if "--json" in knobs:
+            from_run, from_onnx = (json.loads(out)["samples"] for out in (from_run, from_onnx))
+        assert from_onnx == from_run and "\x1e" not in str(from_onnx), knobs
+
+
+def test_eval_of_a_folder_joins_documents_with_the_runs_separator_in_the_onnx_file_too(documents_run, capsys):
+    run, path, data = documents_run["folder"]
+    results = [json.loads(run_main(capsys, ["eval", *source, "--data", data, "--json"])[1])
+               for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path])]
+    assert results[0]["characters"] == results[1]["characters"] == sum(len(t) * 3 for t in DOCUMENTS.values()) + 3 - 1
+    assert results[1]["loss"] == pytest.approx(results[0]["loss"], abs=1e-5)  # float32 sums, as above
+
+
+def test_the_onnx_file_of_a_max_vocab_run_never_samples_its_unknown_symbol(documents_run, capsys):
+    run, path, _ = documents_run["max_vocab"]
+    assert "\ufffd" in json.loads((run / "vocab.json").read_text())
+    for knobs in (["--seed", 1], ["--seed", 2, "--top-k", 3], ["--greedy"], ["--beam", 3],
+                  ["--seed", 6, "--prime", "Zebra the"]):  # Z, b, r are not in the vocabulary: read as U+FFFD
+        from_run, from_onnx = sample_both(capsys, run, path, "--length", 400, *knobs)
+        assert from_onnx == from_run, knobs
+        prime = len("Zebra the") if "--prime" in knobs else 0
+        assert "\ufffd" not in from_onnx[prime:] and len(from_onnx) == prime + 401, knobs
+
+
+def test_eval_onnx_reads_characters_a_max_vocab_run_lacks_as_its_unknown_symbol(documents_run, capsys, tmp_path):
+    run, path, _ = documents_run["max_vocab"]
+    text = tmp_path / "new.txt"
+    text.write_text("Zany zebras? " + RARE_TEXT[:300] + " \u00e9t\u00e9 \u2603", encoding="utf-8")
+    results = [json.loads(run_main(capsys, ["eval", *source, "--data", text, "--json"])[1])
+               for source in (["--checkpoint", run, "--impl", "naive"], ["--onnx", path])]
+    assert results[0]["skipped"] == results[1]["skipped"] == 0
+    assert results[0]["characters"] == results[1]["characters"] == len(text.read_text(encoding="utf-8")) - 1
+    assert results[1]["loss"] == pytest.approx(results[0]["loss"], abs=1e-5)
+
+
+def test_an_onnx_file_from_before_the_separator_was_recorded_still_runs(documents_run, capsys, tmp_path):
+    """A file exported before `doc_sep`/`unknown` were in the metadata: it samples and evaluates as it did (an
+    empty prime starts from a newline), and --stop-at-sep says in one line to export the run again."""
+    _, path, data = documents_run["folder"]
+    old = onnx.load(str(path))
+    kept = [p for p in old.metadata_props if p.key not in ("doc_sep", "unknown")]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    (tmp_path / "old.onnx").write_bytes(old.SerializeToString())
+    code, out, err = run_main(capsys, ["sample", "--onnx", tmp_path / "old.onnx", "--length", 50, "--seed", 1])
+    assert code == 0 and len(out) == 51 and err.count("\n") <= 1, err
+    code, out, err = run_main(capsys, ["sample", "--onnx", tmp_path / "old.onnx", "--stop-at-sep"])
+    assert_one_line_error(code, err, "export", "again")
+    assert "single text" not in err and out == ""
+    code, out, err = run_main(capsys, ["eval", "--onnx", tmp_path / "old.onnx", "--data", data, "--json"])
+    assert code == 0 and json.loads(out)["characters"] > 0, err
+
+
+def test_an_onnx_file_with_a_fixed_chars_shape_is_refused_in_one_line(trained, capsys, tmp_path):
+    """A charrnn export whose `chars` input was pinned to (1, 1) by another tool (#26 item 7)."""
+    model = onnx.load(str(trained["naive"][1]))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim in dims:
+        dim.ClearField("dim_param")
+        dim.dim_value = 1
+    (tmp_path / "fixed.onnx").write_bytes(model.SerializeToString())
+    for command in (["sample", "--prime", "ab ab", "--length", 5],
+                    ["eval", "--data", trained["naive"][0] / "vocab.json"]):
+        code, out, err = run_main(capsys, [command[0], "--onnx", tmp_path / "fixed.onnx", *command[1:]])
+        assert_one_line_error(code, err, str(tmp_path / "fixed.onnx"), "chars")
+        assert out == ""
+
+
+@pytest.mark.parametrize("vocab", [["a", "a"], ["ab", "c"], []])
+def test_a_damaged_onnx_vocabulary_is_named_as_the_files_metadata_not_vocab_json(trained, capsys, tmp_path, vocab):
+    model = onnx.load(str(trained["naive"][1]))
+    for prop in model.metadata_props:
+        if prop.key == "vocab":
+            prop.value = json.dumps(vocab)
+    (tmp_path / "bad.onnx").write_bytes(model.SerializeToString())
+    code, out, err = run_main(capsys, ["sample", "--onnx", tmp_path / "bad.onnx", "--length", 5])
+    assert_one_line_error(code, err, str(tmp_path / "bad.onnx"), "vocab")
+    assert "vocab.json" not in err and out == ""
+
+
+# ---- int8: what ONNX Runtime's integer kernels compute, on this CPU and on the other kind (#25) --------------------
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI (AVX-512 VNNI, AVX-VNNI) or AMX, from /proc/cpuinfo; None where unknown."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    flags = set(flags.split(":", 1)[1].split())
+    if "avx2" not in flags:
+        return None  # not an x86 CPU with AVX2: ONNX Runtime runs other kernels there
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def emulate_int8(path, text: str, avx2: bool) -> float:
+    """The loss (nats/char) of an int8 .onnx over `text` as ONNX Runtime's DynamicQuantizeLSTM computes it, in NumPy.
+
+    ONNX Runtime (core/providers/cpu/rnn/rnn_helpers.cc, ComputeGemm) quantizes each GEMM's float input to uint8
+    per call: its range widened to hold 0, scale (max - min) / 255, zero point round(-min / scale); the input GEMM
+    takes the whole sequence at once, the recurrent one each step's h. MLAS sums the raw u8 x weight products in
+    int32, then takes off the zero points' share, and scales back to float32. `avx2`: int8 weights on an x86 CPU
+    without VNNI go through vpmaddubsw, which adds each pair of adjacent products (k = 2j, 2j + 1) into a
+    saturating int16 (MLAS's U8S8 AVX2 and AVX-512 Core kernels); uint8 weights take the U8U8 kernel, which widens
+    to int16 and sums pairs in int32, so for them `avx2` changes nothing.
+    """
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    meta = {p.key: p.value for p in model.metadata_props}
+    vocab, H = json.loads(meta["vocab"]), json.loads(meta["config"])["hidden"]
+    idx = np.array([vocab.index(c) for c in text])
+
+    def to_u8(a):                                                       # (M, K) float32 -> uint8 values, scale, zero
+        lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
+        scale = np.float32(1.0 if hi == lo else (hi - lo) / 255)
+        zero = int(np.rint(np.clip(-lo / scale, 0, 255)))
+        return np.clip(np.rint(a / scale) + zero, 0, 255).astype(np.int64), scale, zero
+
+    def gemm(a, w, w_scale, w_zero):                                    # a (M, K) float32, w (K, N) ints
+        q, scale, zero = to_u8(a)
+        if q.shape[1] % 2:
+            q, w = np.pad(q, ((0, 0), (0, 1))), np.pad(w, ((0, 1), (0, 0)), constant_values=0)
+        saturates = avx2 and w.dtype == np.int8
+        w = w.astype(np.int64)
+        if saturates:                                                   # 64 rows at a time: (64, K, N) products
+            acc = np.concatenate([np.clip(q[i:i + 64, 0::2, None] * w[None, 0::2]        # what vpmaddubsw adds
+                                          + q[i:i + 64, 1::2, None] * w[None, 1::2],     # pair by pair, into a
+                                          -32768, 32767).sum(1) for i in range(0, len(q), 64)])  # saturating int16
+        else:
+            acc = q @ w                                                 # int32 sums, exact
+        acc = acc - zero * w.sum(0)[None] - q.sum(1, keepdims=True) * w_zero[None] \
+            + q.shape[1] * zero * w_zero[None]                          # sum (q - zero)(w - w_zero), padding is 0
+        return (acc * (scale * w_scale)[None]).astype(np.float32)
+
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))
+    x = weights["embed.weight"][idx[:-1]].astype(np.float32)            # (T, E)
+    for node in (n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM"):
+        w, r, b = (weights[node.input[i]][0] for i in (1, 2, 3))         # (K, 4H), (H, 4H), (8H,)
+        w_scale, w_zero, r_scale, r_zero = (weights[node.input[i]][0] for i in (8, 9, 10, 11))
+        w_zero, r_zero = w_zero.astype(np.int64), r_zero.astype(np.int64)
+        xw = gemm(x, w, w_scale, w_zero) + b[:4 * H] + b[4 * H:]         # (T, 4H) gates i, o, f, c
+        h, c, ys = np.zeros((1, H), np.float32), np.zeros((1, H), np.float32), []
+        for t in range(len(x)):
+            g = xw[t] + gemm(h, r, r_scale, r_zero)[0]
+            c = sigmoid(g[2 * H:3 * H]) * c + sigmoid(g[:H]) * np.tanh(g[3 * H:])
+            h = (sigmoid(g[H:2 * H]) * np.tanh(c)).astype(np.float32)
+            ys.append(h[0])
+        x = np.stack(ys)
+    logits = (x @ weights["head.weight_t"] + weights["head.bias"]).astype(np.float64)   # (T, V)
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(idx) - 1), idx[1:]].mean())
+
+
+@pytest.fixture(scope="module")
+def int8_files(trained, tmp_path_factory):
+    """(float .onnx, `export --quantize int8` .onnx, the same model by ONNX Runtime's own quantizer: int8 weights,
+    what charrnn exported before #25) for the naive run, and the text they are measured on."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     run, float_path = trained["naive"]
-    int8_path = tmp_path / "int8.onnx"
-    code, out, err = run_main(capsys, ["export", "--checkpoint", run, "--format", "onnx", "--out", int8_path,
-                                       "--quantize", "int8"])
-    assert code == 0, err
-    assert err == "" and "int8" in out
+    root = tmp_path_factory.mktemp("int8")
+    assert main(["export", "--checkpoint", str(run), "--format", "onnx", "--out", str(root / "int8.onnx"),
+                 "--quantize", "int8"]) == 0
+    quantize_dynamic(onnx.load(str(float_path)), root / "u8s8.onnx", op_types_to_quantize=["LSTM"],
+                     per_channel=True, weight_type=QuantType.QInt8)
+    return float_path, root / "int8.onnx", root / "u8s8.onnx"
+
+
+def onnx_loss(path, text: str) -> float:
+    import charrnn
+
+    return charrnn.load_onnx(path).evaluate(text).loss
+
+
+def test_the_int8_emulation_is_what_onnx_runtime_computes_on_this_cpu(int8_files):
+    """The NumPy emulation above, checked against ONNX Runtime here, for charrnn's uint8 weights and for int8 ones,
+    with the kernel this CPU has: on a CPU without VNNI the int8 file's loss is the saturating one."""
+    _, int8_path, u8s8_path = int8_files
+    vnni = cpu_has_vnni()
+    for path in (int8_path, u8s8_path):
+        if path == u8s8_path and vnni is None:
+            continue  # not x86: ONNX Runtime's int8 kernels are others
+        # The same integer sums, so the differences are float32 rounding in the scales, gates and softmax (~1e-7
+        # relative per step) and, rarely, an activation that lands on the other side of a uint8 rounding boundary
+        # (one step of 1/255 of its range in one element): 1e-4 nats/char is far above both and far below 0.03.
+        assert emulate_int8(path, TEXT, avx2=not vnni) == pytest.approx(onnx_loss(path, TEXT), abs=1e-4)
+
+
+def test_int8_export_cannot_saturate_on_a_cpu_without_vnni(int8_files):
+    """#25: on an AVX2 CPU int8 weights (ONNX Runtime's quantizer) moved the loss by 0.0304; charrnn's uint8 weights
+    take a kernel that sums every pair in int32, so the file computes the same on every x86 CPU."""
+    float_path, int8_path, u8s8_path = int8_files
+    reference = onnx_loss(float_path, TEXT)
+    assert abs(emulate_int8(int8_path, TEXT, avx2=True) - reference) < INT8_BOUND
+    assert emulate_int8(int8_path, TEXT, avx2=True) == emulate_int8(int8_path, TEXT, avx2=False)
+    model = onnx.load(str(int8_path))  # why: every LSTM weight is uint8
+    lstm_weights = {n.input[i] for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM" for i in (1, 2)}
+    assert lstm_weights and all(t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer
+                                if t.name in lstm_weights)
+    # the control: int8 weights of the same model, as an AVX2 CPU computes them, are what the bound catches
+    assert abs(emulate_int8(u8s8_path, TEXT, avx2=True) - reference) > 2 * INT8_BOUND
+
+
+# What int8 may cost this test's model, in nats/char. int8 rounds each weight to 1/127 of its gate row's largest and
+# each input and state to 1/255 of its range: unbiased errors, so over the 1,079 predictions of TEXT they move the
+# loss by ~1e-4 (measured: -8e-5 here; -2e-4 for a 2x256 LSTM on tiny shakespeare, docs/export.md). A hundred times
+# that is still a third of what AVX2's saturating kernel cost this model with int8 weights (0.0304 measured on an
+# AVX2 machine, 0.0304 in the emulation): the bound tells rounding from a broken kernel.
+INT8_BOUND = 0.01
+
+
+def test_int8_export_of_an_lstm_is_smaller_and_its_cost_is_measured_by_eval(trained, int8_files, capsys, tmp_path):
+    float_path, int8_path, _ = int8_files
     model = onnx.load(str(int8_path))
     assert {p.key: p.value for p in model.metadata_props}["quantize"] == "int8"
     assert "DynamicQuantizeLSTM" in {n.op_type for n in model.graph.node}
+    assert int8_path.stat().st_size < float_path.stat().st_size
     text = tmp_path / "eval.txt"
     text.write_text(TEXT, encoding="utf-8")
     losses = [json.loads(run_main(capsys, ["eval", "--onnx", p, "--data", text, "--json"])[1])["loss"]
               for p in (float_path, int8_path)]
-    assert abs(losses[1] - losses[0]) < 0.01  # int8 costs little; the README's figure is for a trained 2x512
+    assert abs(losses[1] - losses[0]) < INT8_BOUND
     code, out, err = run_main(capsys, ["sample", "--onnx", int8_path, "--length", 50, "--seed", 1])
     assert code == 0 and len(out) > 50
 
@@ -344,3 +614,14 @@ def test_the_example_script_streams_what_charrnn_samples(trained, capsys):
         assert done.returncode == 0, done.stderr
         _code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--prime", "First", "--length", 150, *knobs])
         assert done.stdout == out
+
+
+@pytest.mark.parametrize("which", ["folder", "max_vocab"])
+def test_the_example_script_starts_documents_and_skips_the_unknown_symbol_as_charrnn_does(documents_run, capsys, which):
+    _run, path, _ = documents_run[which]
+    example = ROOT / "examples" / "onnx_generate.py"
+    done = subprocess.run([sys.executable, str(example), str(path), "--length", "300", "--seed", "3"],
+                          check=False, capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    _code, out, _ = run_main(capsys, ["sample", "--onnx", path, "--length", 300, "--seed", 3])
+    assert done.stdout == out and "\ufffd" not in out

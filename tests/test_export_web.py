@@ -232,3 +232,100 @@ def test_the_form_streams_the_sample_as_text(chromium, sites, capsys):
     assert page.eval_on_selector("#output .prime", "e => e.textContent") == "ebra"
     assert page.errors == []
     page.close()
+
+
+# ---- what a run knows beyond its weights: the document separator and --max-vocab's unknown symbol (#26) --------
+
+DOCUMENTS = ["The lamps along the harbour wall are lit.\n", "Who will row the ferry out before the storm?\n",
+             "Light them, light them, all along the wall.\n", "The storm came in at night.\n"]
+
+
+@pytest.fixture(scope="module")
+def document_sites(tmp_path_factory, run_cli):
+    """{"folder": (run, site), "max_vocab": (run, site)}: a run on a folder of documents and a --max-vocab 8 run,
+    trained (naive engine, in this process) and exported as web pages through the CLI."""
+    root = tmp_path_factory.mktemp("documents")
+    (root / "docs").mkdir()
+    for k, text in enumerate(DOCUMENTS):
+        (root / "docs" / f"doc{k}.txt").write_text(text * 3, encoding="utf-8")
+    (root / "rare.txt").write_text(TEXT * 2, encoding="utf-8")
+    out = {}
+    for name, data, extra in (("folder", root / "docs", ["--val-frac", 0.25]),
+                              ("max_vocab", root / "rare.txt", ["--max-vocab", 8])):
+        run = root / name
+        done = run_cli.in_process(["train", "--data", data, "--out", run, "--impl", "naive", "--hidden", 16,
+                                   "--embed", 8, "--max-iters", 5, "--batch-size", 2, "--seq-len", 16, *extra])
+        assert done.returncode == 0, done.stderr
+        assert run_cli.in_process(["export", "--checkpoint", run, "--format", "web", "--out", root / f"{name}-site"]
+                                  ).returncode == 0
+        out[name] = run, root / f"{name}-site"
+    return out
+
+
+def node_sample(site: Path, prime: str, length: int, options: dict) -> str:
+    """charrnn.sample(prime, length, options) from the site's model.js and charrnn.js, run by Node (no browser)."""
+    script = ("globalThis.window = globalThis;\n"
+              f"require({json.dumps(str(site / 'model.js'))});\n"
+              f"require({json.dumps(str(site / 'charrnn.js'))});\n"
+              f"process.stdout.write(JSON.stringify(window.charrnn.sample({json.dumps(prime)}, {length}, "
+              f"{json.dumps(options)})));\n")
+    done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+
+
+@node
+# temperature 2 flattens the barely trained model's choice, so the separator (1 of ~30 characters) comes within 300
+@pytest.mark.parametrize("knobs", [{"seed": 4}, {"greedy": True}, {"seed": 2, "temperature": 2.0, "stopAtSep": True}])
+def test_an_empty_prime_starts_a_new_document_in_the_page_as_in_the_run(document_sites, capsys, knobs):
+    run, site = document_sites["folder"]
+    assert read_model_js(site / "model.js")["doc_sep"] == "\x1e"
+    args = ["sample", "--checkpoint", run, "--impl", "naive", "--length", 300]
+    if knobs.get("greedy"):
+        args += ["--greedy"]
+    else:
+        args += ["--seed", knobs["seed"], "--temperature", knobs.get("temperature", 1)]
+    args += ["--stop-at-sep"] if knobs.get("stopAtSep") else []
+    code, expected, err = run_main(capsys, args)
+    assert code == 0, err
+    assert node_sample(site, "", 300, knobs) + "\n" == expected
+    if knobs.get("stopAtSep"):
+        assert len(expected) < 301 and "\x1e" not in expected  # the document ended before 300 characters
+
+
+@node
+@pytest.mark.parametrize("prime", ["", "The zebra"])  # z and b are not among the 7 characters kept: read as U+FFFD
+def test_the_page_of_a_max_vocab_run_never_draws_its_unknown_symbol(document_sites, capsys, prime):
+    run, site = document_sites["max_vocab"]
+    model = read_model_js(site / "model.js")
+    assert model["unknown"] == "\ufffd" and len(model["vocab"]) == 8 and model["doc_sep"] is None
+    code, expected, err = run_main(capsys, ["sample", "--checkpoint", run, "--impl", "naive", "--prime", prime,
+                                            "--length", 400, "--seed", 1])
+    assert code == 0, err
+    got = node_sample(site, prime, 400, {"seed": 1})
+    assert got + "\n" == expected
+    assert "\ufffd" not in got[len(prime):] and got[:len(prime)].count("\ufffd") == sum(
+        c not in model["vocab"] for c in prime)
+
+
+@browser
+def test_the_form_stops_at_the_end_of_a_document(chromium, document_sites, capsys):
+    run, site = document_sites["folder"]
+    code, expected, err = run_main(capsys, ["sample", "--checkpoint", run, "--impl", "naive", "--length", 300,
+                                            "--seed", 2, "--temperature", 2, "--stop-at-sep"])
+    assert code == 0, err
+    assert len(expected) < 301  # the document ended before 300 characters
+    page = open_page(chromium, site)
+    assert "new document" in page.inner_text("#prime-label")
+    page.fill("#length", "300")
+    page.fill("#seed", "2")
+    page.fill("#temperature", "2")
+    page.check("#sep")
+    page.click("#generate")
+    page.wait_for_function("!document.getElementById('generate').disabled", timeout=20000)
+    assert page.eval_on_selector("#output", "e => e.textContent") + "\n" == expected
+    assert page.errors == []
+    page.close()

@@ -10,8 +10,11 @@ The graph (shape letters as in models/base.py; B and T are dynamic, L, H, V fixe
 
 ONNX Runtime keeps no state between calls: feed `hn` (and `cn`) back as `h0` (`c0`) to carry it,
 which is what `OnnxCharModel.forward` and examples/onnx_generate.py do. The vocabulary (JSON list of
-characters) and the ModelConfig (JSON) travel in the file's metadata_props, so the file alone is
-enough to generate text.
+characters), the ModelConfig (JSON), and the run's document separator and --max-vocab unknown symbol
+(`doc_sep`, `unknown`: JSON strings, or null where the run has none) travel in the file's
+metadata_props, so the file alone generates and reads text as `charrnn sample --checkpoint` does: an
+empty prime starts a new document, the unknown symbol is never drawn, and characters outside the
+vocabulary read as it.
 
 Exporter: the graph is written node by node with `onnx.helper` from the canonical NumPy weights,
 not traced by torch.onnx. Both were tried on torch 2.13: the TorchScript exporter (dynamo=False) is
@@ -33,21 +36,34 @@ r, z, n; ONNX stacks LSTM gates i, o, f, c and GRU gates z, r, h. torch's GRU ap
 gate after the recurrent product, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): ONNX's GRU with
 linear_before_reset=1. The vanilla RNN is tanh in both.
 
-int8 (`quantize="int8"`): ONNX Runtime's dynamic quantization turns each LSTM into its
-DynamicQuantizeLSTM (int8 W and R, one scale per gate row, the input quantized on the fly); the
-embedding and the head stay float32, as in charrnn's own int8. Measured on a 2x512 LSTM
-(docs/export.md): per-row scales cost +0.00005 nats/char where one scale per matrix moved the loss
-by 0.0004, and quantizing the head as well added another +0.00006 for 0.1 MB. ONNX Runtime has no
-quantized GRU or RNN kernel, so those cells are refused rather than exported with float recurrent
-weights under an int8 name. The result runs only in ONNX Runtime (DynamicQuantizeLSTM is a
-com.microsoft op).
+int8 (`quantize="int8"`): each LSTM becomes ONNX Runtime's DynamicQuantizeLSTM (a com.microsoft op,
+so the file runs in ONNX Runtime only) with **uint8** W and R: one scale per gate row, the row's
+largest |w| / 127, and every row's zero point 128, so w ~= (q - 128) * scale with q - 128 in
+[-127, 127]: exactly the numbers of symmetric int8. The input and the state are quantized to uint8 on
+the fly, per call and per step. The embedding and the head stay float32, as in charrnn's own int8.
+
+Why uint8 weights and not ONNX Runtime's quantizer (int8 weights, "U8S8"): on x86 CPUs without VNNI
+(AVX2, AVX-512 without VNNI) ONNX Runtime multiplies u8 x s8 with vpmaddubsw, which adds each pair of
+products into a saturating int16: 255 * 127 * 2 = 64,770 > 32,767, so pairs clip. Measured on an AVX2
+machine (#25) that moved the test model's loss by 0.0304; a NumPy emulation of that kernel gives
+0.0304 here (tests/test_export_onnx.py, docs/export.md). With uint8 weights ONNX Runtime takes its
+U8U8 kernel: on AVX2 it widens both to int16 and multiplies with vpmaddwd (int32 pair sums: exact);
+with VNNI or AMX it flips the weights back to int8 and runs the same kernel as U8S8 (vpdpbusd sums
+into int32: exact). No pair can saturate on any x86 CPU, and the numbers are those of 8-bit
+symmetric weights. The alternative, reduce_range (7-bit weights, |q| <= 64, so pairs <= 32,640),
+also cannot saturate but doubles the rounding step: it moved the output distribution 1.6x further
+from float32 (docs/export.md). ONNX Runtime's quantizer cannot write uint8 LSTM weights (its LSTM
+path hard-codes int8), so the nodes are written here; quantizing needs only NumPy and `onnx`.
+
+Measured on a 2x512 LSTM (docs/export.md): per-row scales cost +0.00005 nats/char where one scale
+per matrix moved the loss by 0.0004, and quantizing the head as well added another +0.00006 for
+0.1 MB. ONNX Runtime has no quantized GRU or RNN kernel, so those cells are refused rather than
+exported with float recurrent weights under an int8 name.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,8 +103,8 @@ def layer_weights(config: ModelConfig, params: dict[str, np.ndarray], k: int):
     return tuple(a[None].astype(np.float32) for a in (w, r, b))
 
 
-def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray],
-                      source: str = "") -> onnx.ModelProto:
+def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray], source: str = "",
+                      separator: str | None = None, unknown: str | None = None) -> onnx.ModelProto:
     """The float32 ONNX model of a charrnn network (see the module docstring for the graph)."""
     onnx = require_package("onnx", "exporting to ONNX", "onnx")
     from onnx import TensorProto, helper, numpy_helper
@@ -147,34 +163,57 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.nd
                                          "logits (B, T, V) and the new state out; feed hn/cn back as h0/c0")
     model.ir_version = IR_VERSION
     metadata = {"format": FORMAT, "vocab": json.dumps(list(vocab.chars), ensure_ascii=False),
-                "config": json.dumps(to_dict(cfg)), "quantize": "none", "source": source}
+                "config": json.dumps(to_dict(cfg)), "quantize": "none", "source": source,
+                "doc_sep": json.dumps(separator), "unknown": json.dumps(unknown)}  # null where the run has none
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
+def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(1, G*H, K) float32 -> DynamicQuantizeLSTM's (1, K, G*H) uint8 weights, (1, G*H) scales, (1, G*H) zero points.
+
+    Symmetric per gate row: scale = max|w| / 127 (1 for a row of zeros), q = round(w / scale) + 128."""
+    largest = np.abs(weight).max(axis=2)                                              # (1, G*H)
+    scale = np.where(largest > 0, largest / 127, 1).astype(np.float32)
+    q = np.clip(np.rint(weight / scale[..., None]), -127, 127).astype(np.int16) + 128  # (1, G*H, K) in [1, 255]
+    zero = np.full(scale.shape, 128, np.uint8)
+    return np.ascontiguousarray(q.astype(np.uint8).transpose(0, 2, 1)), scale, zero
+
+
 def quantize_int8(model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProto:
-    """ONNX Runtime's dynamic int8 quantization of the LSTM layers (see the module docstring)."""
+    """A copy of the float model with each LSTM as DynamicQuantizeLSTM on uint8 weights (the module docstring)."""
     if config.cell != "lstm":
         raise UserError(f"--quantize int8 is offered for LSTM models only: ONNX Runtime has no int8 kernel for "
                         f"{config.cell.upper()} layers (its dynamic quantization covers LSTM and MatMul); "
                         "export this model in float32")
     onnx = require_package("onnx", "exporting to ONNX", "onnx")
-    require_package("onnxruntime", "--quantize int8 on export", "onnx")
-    from onnx import helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnx import helper, numpy_helper
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs advice about image models on the root logger
-    try:
-        with tempfile.TemporaryDirectory(prefix="charrnn-onnx-") as tmp:
-            out = Path(tmp) / "int8.onnx"
-            quantize_dynamic(model, out, op_types_to_quantize=["LSTM"], per_channel=True,
-                             weight_type=QuantType.QInt8)
-            quantized = onnx.load(str(out))
-    finally:
-        root.setLevel(level)
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    graph = quantized.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "LSTM":
+            nodes.append(node)
+            continue
+        x, w, r, b, lengths, h0, c0 = node.input
+        for name in (w, r):
+            q, scale, zero = quantize_rows(numpy_helper.to_array(weights[name]))
+            graph.initializer.remove(weights[name])
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_uint8"),
+                                      numpy_helper.from_array(scale, f"{name}_scale"),
+                                      numpy_helper.from_array(zero, f"{name}_zero_point")])
+        # inputs: X, W, R, B, sequence_lens, initial_h, initial_c, P, W_scale, W_zero_point, R_scale, R_zero_point
+        inputs = [x, f"{w}_uint8", f"{r}_uint8", b, lengths, h0, c0, "",
+                  f"{w}_scale", f"{w}_zero_point", f"{r}_scale", f"{r}_zero_point"]
+        nodes.append(helper.make_node("DynamicQuantizeLSTM", inputs, list(node.output), name=f"{node.name}_int8",
+                                      domain="com.microsoft", hidden_size=config.hidden))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    quantized.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     props = {p.key: p.value for p in model.metadata_props}
     props["quantize"] = "int8"
     del quantized.metadata_props[:]
@@ -185,6 +224,8 @@ def quantize_int8(model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProt
 def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
     """Write run_dir's weights (`which`: latest or best) to `out` as ONNX; returns what was written."""
     from charrnn.checkpoint import load_run
+    from charrnn.data.dataset import read_record
+    from charrnn.infer.api import run_symbols
     from charrnn.storage import write_bytes_atomic
 
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
@@ -197,7 +238,9 @@ def export_onnx(run_dir, which: str, out, quantize: str | None = None) -> dict:
     if size > PROTOBUF_LIMIT:
         raise UserError(f"the model's weights are {size / 2**30:.1f} GiB; a single .onnx file holds under 2 GiB "
                         "(protobuf's limit), and charrnn does not write ONNX external-data files")
-    model = build_model_proto(config, vocab, params, source=f"{Path(run_dir).resolve().name} ({which})")
+    separator, unknown = run_symbols(read_record(Path(run_dir)), vocab)
+    model = build_model_proto(config, vocab, params, source=f"{Path(run_dir).resolve().name} ({which})",
+                              separator=separator, unknown=unknown)
     if quantize:
         model = quantize_int8(model, config)
     data = model.SerializeToString()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -41,9 +41,10 @@ class TrainedModel:
     starts a new document, and `text.split(model.separator)[0]` is a whole one. `unknown`: a --max-vocab
     run's symbol for every dropped character (U+FFFD), never sampled (else None)."""
 
-    separator: Optional[str] = None   # class defaults: a model loaded from elsewhere (an .onnx file) has neither
+    separator: Optional[str] = None
     unknown: Optional[str] = None
     _banned: Optional[int] = None
+    symbols_recorded = True  # False: an .onnx file exported before the separator and unknown symbol travelled in it
 
     def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
         from charrnn.data.dataset import read_record
@@ -51,11 +52,7 @@ class TrainedModel:
 
         self.run_dir = Path(run_dir)
         self.config, self.vocab, params = load_run(self.run_dir, which)
-        record = read_record(self.run_dir) or {}
-        # a collection's document separator (what an empty prime starts from), and --max-vocab's
-        # unknown symbol (never sampled; characters outside the vocabulary read as it)
-        self.separator = record.get("doc_sep") if record.get("doc_sep") in self.vocab else None
-        self.unknown = record.get("unknown") if record.get("unknown") in self.vocab else None
+        self.separator, self.unknown = run_symbols(read_record(self.run_dir), self.vocab)
         self._banned = self.vocab.chars.index(self.unknown) if self.unknown else None
         self.impl = impl
         from charrnn.devices import resolve_device
@@ -148,6 +145,16 @@ class TrainedModel:
         return evaluate_indices(self.predictor, data)
 
 
+def run_symbols(record: Optional[dict], vocab: Vocab) -> Tuple[Optional[str], Optional[str]]:
+    """A run's (separator, unknown) from its data.json record: a collection's document separator, what an empty
+    prime starts from, and --max-vocab's unknown symbol, never sampled, which characters outside the vocabulary
+    read as. Each None where the run has none (one text; nothing dropped) or no record (a run older than data.json).
+    The exports carry both (export/), so an .onnx file and the web page start and read text as the run does."""
+    record = record or {}
+    separator, unknown = record.get("doc_sep"), record.get("unknown")
+    return (separator if separator in vocab else None), (unknown if unknown in vocab else None)
+
+
 def _rng(seed) -> np.random.Generator:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise UserError(f"seed= {seed!r} must be a whole number or None")
@@ -184,6 +191,10 @@ class OnnxTrainedModel(TrainedModel):
         self.path = Path(path)
         self.model = OnnxCharModel(path, threads=threads)
         self.config, self.vocab = self.model.config, self.model.vocab
+        # the run's separator and unknown symbol, from the file's metadata (run_symbols, at export)
+        self.separator, self.unknown = self.model.separator, self.model.unknown
+        self._banned = self.vocab.chars.index(self.unknown) if self.unknown else None
+        self.symbols_recorded = self.model.symbols_recorded
         self.impl = "onnx"
         self.predictor = Predictor(self.model)
 

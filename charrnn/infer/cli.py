@@ -141,6 +141,15 @@ def _load(args):
     return load(args.checkpoint, impl=args.impl, which=args.which, device=args.device, quantize=args.quantize)
 
 
+def _warn_if_exported_before_symbols(model) -> None:
+    """An .onnx file from before the separator and unknown symbol were recorded, of a run that likely had one
+    (the default separator or U+FFFD in its vocabulary): say once, after every check, why it may differ from the run."""
+    if not model.symbols_recorded and {"\x1e", "\ufffd"} & set(model.vocab.chars):
+        print(f"warning: {model.path} was exported by an older charrnn that did not record the run's document "
+              "separator or unknown symbol: an empty prime starts from a newline and U+FFFD can be drawn; "
+              "export the run again", file=sys.stderr)
+
+
 def _settings(args) -> dict:
     """The model settings a --json report names: the engine, weights and quantization used (onnx: the file)."""
     if args.onnx:
@@ -156,6 +165,7 @@ def cmd_sample(args) -> int:
     model = _load(args)
     stop = _separator(model, args.checkpoint) if args.stop_at_sep else None
     prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
+    _warn_if_exported_before_symbols(model)
     rng = np.random.default_rng(args.seed)
     if options is None:
         texts = [model.beam_checked(prime, args.length, args.beam)]
@@ -189,7 +199,10 @@ def cmd_sample(args) -> int:
 
 
 def _separator(model, run_dir) -> str:
-    separator = getattr(model, "separator", None)
+    separator = model.separator
+    if separator is None and not model.symbols_recorded:
+        raise UserError(f"--stop-at-sep: {model.path} was exported by an older charrnn that did not record the "
+                        "document separator; export the run again ('charrnn export --format onnx')")
     if separator is None:
         raise UserError(f"--stop-at-sep: {run_dir or 'the model'} was trained on a single text, so it has no document "
                         "separator; drop --stop-at-sep")
@@ -201,12 +214,15 @@ def cmd_eval(args) -> int:
     from charrnn.data.dataset import eval_text, read_record, trained_on
 
     model = _load(args)
-    record = read_record(args.checkpoint) if args.checkpoint else None  # an .onnx file keeps no record
+    # an .onnx file keeps no data.json: its metadata carries the two symbols that reading a text depends on
+    record = read_record(args.checkpoint) if args.checkpoint else {"doc_sep": model.separator,
+                                                                   "unknown": model.unknown}
     text_vocab, data, source = eval_text(args.data, args.include, args.exclude, model.vocab, record)
     if source.skipped:
         print(f"warning: {source.files_line()}", file=sys.stderr)
     what = " ".join(args.data)
     result = model.evaluate_encoded(text_vocab, data, args.unknown, what, audience="cli")
+    _warn_if_exported_before_symbols(model)
     trained = trained_on(args.checkpoint, load_run_config(args.checkpoint)[1]) if args.checkpoint else None
     if args.json:
         print(json.dumps({**result.as_dict(), **_settings(args), **({"trained_on": trained[1]} if trained else {})},

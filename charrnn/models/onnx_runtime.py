@@ -4,8 +4,12 @@
     state = model.initial_state(1)                              # ((L, 1, H),) or (h, c) for LSTM
     logits, state = model.forward(np.array([[5, 7, 2]]), state)  # (1, 3, V) float32, the new state
 
-The config and vocabulary come from the file's metadata (onnx_export.py writes them). A file that
-ONNX Runtime cannot read, or that is not a charrnn export, is refused with a one-line UserError.
+The config and vocabulary come from the file's metadata (onnx_export.py writes them), with the run's
+document separator and --max-vocab unknown symbol (`doc_sep`, `unknown`: JSON strings or null). A file
+exported before those two were written has neither key: it runs as it always did (no separator, no
+unknown symbol), and `symbols_recorded` says so. A file that ONNX Runtime cannot read, that is not a
+charrnn export, or whose inputs are not the ones charrnn feeds (a `chars` input pinned to a fixed
+shape by another tool), is refused with a one-line UserError when it is opened, never mid-run.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ class OnnxCharModel:
                             "it is damaged, or not a file written by 'charrnn export'") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config, self.vocab = _read_metadata(meta, str(self.path))
+        self.separator, self.unknown, self.symbols_recorded = _read_symbols(meta, self.vocab, str(self.path))
         self.quantize = meta.get("quantize", "none")
         self._state_names = ("h0", "c0") if self.config.cell == "lstm" else ("h0",)
         self._outputs = ["logits", "hn", "cn"][: 1 + len(self._state_names)]
@@ -75,7 +80,12 @@ class OnnxCharModel:
         feeds = {"chars": chars}
         for name, s in zip(self._state_names, state):
             feeds[name] = np.ascontiguousarray(s, dtype=np.float32)
-        logits, *new_state = self.session.run(self._outputs, feeds)
+        try:
+            logits, *new_state = self.session.run(self._outputs, feeds)
+        except Exception as e:  # noqa: BLE001 (onnxruntime's own types); the signature check makes this rare
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"ONNX Runtime could not run {self.path} on a {chars.shape[0]}x{chars.shape[1]} input "
+                            f"({first}); export the run again with 'charrnn export --format onnx'") from None
         return logits, tuple(new_state)
 
     __call__ = forward
@@ -97,13 +107,34 @@ def _read_metadata(meta: dict, where: str) -> tuple[ModelConfig, Vocab]:
         chars = json.loads(meta["vocab"])
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{where}: its charrnn metadata (config, vocab) is damaged; export the run again") from None
-    if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-        raise UserError(f"{where}: its vocab metadata is not a JSON list of characters; export the run again")
+    # checked here, not by Vocab, whose messages are about a run directory's vocab.json
+    if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+        raise UserError(f"{where}: its vocab metadata is not a JSON list of single characters; export the run again")
+    if len(set(chars)) != len(chars):
+        raise UserError(f"{where}: its vocab metadata lists a character twice; export the run again")
     vocab = Vocab(tuple(chars))
     if len(vocab) != config.vocab_size or config.vocab_size < 1:
         raise UserError(f"{where}: its vocabulary has {len(vocab)} characters but its config says "
                         f"{config.vocab_size}; the file is mixed up")
     return config, vocab
+
+
+def _read_symbols(meta: dict, vocab: Vocab, where: str) -> tuple[str | None, str | None, bool]:
+    """(separator, unknown, recorded): `doc_sep` and `unknown` from the metadata, each a JSON string naming a
+    character of the vocabulary, or null; recorded is False for a file exported before they were written."""
+    if "doc_sep" not in meta and "unknown" not in meta:
+        return None, None, False
+    symbols = []
+    for key in ("doc_sep", "unknown"):
+        try:
+            value = json.loads(meta.get(key, "null"))
+        except ValueError:
+            value = ()  # not JSON: refused below
+        if value is not None and not (isinstance(value, str) and value in vocab):
+            raise UserError(f"{where}: its {key} metadata is not null or a character of its vocabulary; "
+                            "export the run again")
+        symbols.append(value)
+    return symbols[0], symbols[1], True
 
 
 def _check_signature(session, config: ModelConfig, state_names, output_names, where: str) -> None:
@@ -116,13 +147,17 @@ def _check_signature(session, config: ModelConfig, state_names, output_names, wh
     if sorted(inputs) != sorted(expected_in) or sorted(outputs) != sorted(output_names):
         problem = f"inputs {sorted(inputs)} and outputs {sorted(outputs)}"
     else:
+        chars = inputs["chars"]
+        if chars.type != "tensor(int64)" or len(chars.shape) != 2 or any(isinstance(d, int) for d in chars.shape):
+            # charrnn feeds any batch and any number of steps: a dimension pinned to a number fails at run time
+            problem = f"chars of type {chars.type} and shape {chars.shape} (charrnn feeds int64 (batch, time))"
         for name in state_names:
             shape = inputs[name].shape
-            if len(shape) != 3 or shape[0] != L or shape[2] != H:
-                problem = f"{name} of shape {shape}"
+            if len(shape) != 3 or shape[0] != L or shape[2] != H or isinstance(shape[1], int):
+                problem = problem or f"{name} of shape {shape}"
         shape = outputs["logits"].shape
         if len(shape) != 3 or shape[2] != V:
             problem = problem or f"logits of shape {shape}"
     if problem:
         raise UserError(f"{where} has {problem}, not what its config ({config.cell} {L}x{H}, V={V}) implies; "
-                        "the file is mixed up or damaged")
+                        "the file is damaged or was changed by another tool: export the run again")

@@ -62,6 +62,12 @@
       this.G = { rnn: 1, gru: 3, lstm: 4 }[c.cell];
       this.vocab = model.vocab;
       this.index = new Map(this.vocab.map((ch, i) => [ch, i]));
+      // The run's document separator (an empty prime starts a new document) and --max-vocab's unknown symbol
+      // (never drawn; characters outside the vocabulary read as it): null where the run has none, or in a
+      // model.js from before they were written.
+      this.separator = this.index.has(model.doc_sep) ? model.doc_sep : null;
+      this.unknown = this.index.has(model.unknown) ? model.unknown : null;
+      this.banned = this.unknown === null ? null : this.index.get(this.unknown);
       const buffer = typeof model.data === "string" ? decodeBase64(model.data) : model.data;
       const t = (name) => {
         const spec = model.tensors[name];
@@ -128,12 +134,13 @@
       return matvec(this.headW, this.V, H, x, this.headB, new Float64Array(this.V));
     }
 
-    // Characters of `text` (whole code points) as indices; unknown ones throw, or are dropped if skipUnknown.
+    // Characters of `text` (whole code points) as indices; unknown ones read as the unknown symbol of a --max-vocab
+    // run, else throw, or are dropped if skipUnknown.
     encode(text, skipUnknown) {
       const out = [], missing = new Set();
       for (const ch of Array.from(text)) {
-        const i = this.index.get(ch);
-        if (i === undefined) missing.add(ch); else out.push(i);
+        const i = this.index.has(ch) ? this.index.get(ch) : this.banned;
+        if (i === null) missing.add(ch); else out.push(i);
       }
       if (missing.size && !skipUnknown) {
         const shown = Array.from(missing).sort().slice(0, 20).map((ch) => JSON.stringify(ch)).join(" ");
@@ -142,10 +149,12 @@
       return out;
     }
 
-    // The prime's indices as charrnn feeds them: an empty prime is a newline (or the first character).
+    // The prime's indices as charrnn feeds them: an empty prime is the separator (a new document), else a newline,
+    // else the first character.
     primeIndices(prime, skipUnknown) {
       const idx = this.encode(prime, skipUnknown);
       if (idx.length) return idx;
+      if (this.separator !== null) return [this.index.get(this.separator)];
       return [this.index.has("\n") ? this.index.get("\n") : 0];
     }
 
@@ -297,6 +306,7 @@
     let last = null;
     for (const i of primeIdx) last = model.step(state, i);
     for (let n = 0; n < length; n++) {
+      if (model.banned !== null) last[model.banned] = -Infinity;  // the unknown symbol is never drawn
       const next = sampleNext(last, o, rng);
       yield next;
       last = model.step(state, next);
@@ -315,13 +325,17 @@
     CharRNN, PCG64, defaultRng, sampleNext, generateIndices, getModel,
     // Logits (T, V) as plain arrays, after each character of the prime, from a zero state.
     logits: (prime) => getModel().logits(prime),
-    // The prime followed by `length` generated characters, like `charrnn sample` prints them.
+    // The prime followed by `length` generated characters, like `charrnn sample` prints them; stopAtSep ends the
+    // text at the separator, like `--stop-at-sep` (a model without one ignores it).
     sample(prime, length, options) {
       const m = getModel();
-      const skip = !!(options && options.skipUnknown);
+      const skip = !!(options && options.skipUnknown), stop = !!(options && options.stopAtSep);
       const cleaned = m.encode(prime, skip).map((i) => m.vocab[i]).join("");
       let text = cleaned;
-      for (const i of generateIndices(m, m.primeIndices(cleaned), length, options)) text += m.vocab[i];
+      for (const i of generateIndices(m, m.primeIndices(cleaned), length, options)) {
+        if (stop && m.vocab[i] === m.separator) break;
+        text += m.vocab[i];
+      }
       return text;
     },
     randoms(seed, n) {  // for tests: the same numbers as np.random.default_rng(seed).random(n)
@@ -345,6 +359,10 @@
       return;
     }
     const c = model.config;
+    if (model.separator !== null) {
+      $("prime-label").textContent = "Prime (fed to the model first; empty starts a new document)";
+      $("stop-at-sep").hidden = false;
+    }
     $("about").textContent = `${c.cell.toUpperCase()}, ${c.layers} layer${c.layers > 1 ? "s" : ""} of ` +
       `${c.hidden} units, ${c.vocab_size} characters` + (root.CHARRNN_MODEL.source ? ` (${root.CHARRNN_MODEL.source})` : "");
     let running = null;
@@ -369,6 +387,7 @@
           greedy: $("greedy").checked, seed: seedText === "" ? null : BigInt(seedText),
         };
         const prime = model.encode($("prime").value, $("skip").checked).map((i) => model.vocab[i]).join("");
+        const stopAtSep = model.separator !== null && $("sep").checked;
         const primeSpan = document.createElement("span");
         primeSpan.className = "prime";
         primeSpan.textContent = prime;                   // generated text is shown as text, never markup
@@ -378,6 +397,7 @@
         const started = performance.now();
         let count = 0, chunk = "", shown = started;
         for (const i of steps) {
+          if (stopAtSep && model.vocab[i] === model.separator) break;  // the document is whole
           chunk += model.vocab[i];
           count++;
           if (performance.now() - shown > 30) {           // about 30 times a second: show, let the page draw
