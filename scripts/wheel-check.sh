@@ -61,6 +61,19 @@ step "building the sdist and the wheel (python -m build)" "$BUILD_PY" -m build -
 WHEEL=$(ls "$TMP"/dist/*.whl)
 SDIST=$(ls "$TMP"/dist/*.tar.gz)
 VERSION=$(basename "$WHEEL" | cut -d- -f2)
+wheel_has_its_data() {  # the files that are not Python: the C step, the playground's page, the web export's page
+  "$BUILD_PY" - "$WHEEL" <<'EOF'
+import sys, zipfile
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+need = ["charrnn/infer/native_step.c", "charrnn/serve/static/index.html", "charrnn/serve/static/app.js"]
+missing = [n for n in need if n not in names]
+if not any(n.startswith("charrnn/export/web_static/") for n in names):
+    missing.append("charrnn/export/web_static/*")
+print(len(names), "files in the wheel")
+assert not missing, f"the wheel lacks {missing}"
+EOF
+}
+step "looking for the package data in the wheel" wheel_has_its_data
 
 # 2. a fresh venv outside the clone; torch's CPU build as scripts/setup.sh installs it where there is no GPU
 #    (a GPU's CUDA build is not needed to check the package, and is gigabytes)
