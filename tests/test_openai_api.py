@@ -13,7 +13,8 @@ import time
 import pytest
 from test_serve import make_run
 
-from charrnn.serve.openai_api import StopScanner
+pytest.importorskip("fastapi")  # the serve extra: openai_api.py is a FastAPI router
+from charrnn.serve.openai_api import StopScanner  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 PROMPT = 'He said "'

@@ -5,6 +5,7 @@ EventAccumulator (TensorBoard's Python reader) reads every run's events here; th
 TensorFlow when TensorFlow is installed (5 s to import) and with TensorBoard's own stub otherwise, the one a
 TensorBoard without TensorFlow runs: these tests use the stub, to stay quick.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ import pytest
 
 from charrnn.train.tensorboard import EVENTS_PREFIX, SAMPLE_TAG, sample_text, tag_for
 
-pytest.importorskip("tensorboard")
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                                       reason="tensorboard is not installed (the tensorboard extra)")
 if "tensorflow" not in sys.modules:  # see the module docstring
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
@@ -79,6 +81,7 @@ def printed_samples(stderr: str) -> dict:
     return found
 
 
+@needs_tensorboard
 @pytest.mark.parametrize("impl", ["naive", "library"])
 def test_events_hold_every_metrics_row_and_the_samples(impl, tiny_text, tmp_path, run_cli):
     out = tmp_path / "run"
@@ -93,6 +96,7 @@ def test_events_hold_every_metrics_row_and_the_samples(impl, tiny_text, tmp_path
     assert shown == printed_samples(done.stderr) and sorted(shown) == [5, 10]
 
 
+@needs_tensorboard
 @pytest.mark.slow
 def test_tf_engine_logs_through_the_same_place(tiny_text, tmp_path, run_cli):
     pytest.importorskip("tensorflow")
@@ -101,6 +105,7 @@ def test_tf_engine_logs_through_the_same_place(tiny_text, tmp_path, run_cli):
     assert assert_events_equal_metrics(out) > 0
 
 
+@needs_tensorboard
 def test_resume_replaces_the_steps_after_the_checkpoint(tiny_text, tmp_path, run_cli):
     """A run killed after its checkpoint at 6 had logged up to 12 (with another --lr, so those points differ):
     after the resume, each step has one point, the resumed run's, as metrics.jsonl keeps them."""
@@ -119,6 +124,7 @@ def test_resume_replaces_the_steps_after_the_checkpoint(tiny_text, tmp_path, run
     assert lr[9] == lr[3] != np.float32(0.5)              # the resumed run's rate, not the lost session's
 
 
+@needs_tensorboard
 def test_a_fresh_run_removes_an_earlier_runs_events(tiny_text, tmp_path, run_cli):
     out = tmp_path / "run"
     train(run_cli, tiny_text, out, "--max-iters", "9")
@@ -139,6 +145,7 @@ def test_without_tensorboard_one_line_says_how_to_install_it(tiny_text, tmp_path
     assert not list(out.glob(EVENTS_PREFIX + "*")) and len(rows(out)) >= 3
 
 
+@needs_tensorboard
 def test_a_full_disk_while_writing_events_is_one_line(tiny_text, tmp_path, run_cli, monkeypatch):
     import errno
 
@@ -164,6 +171,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@needs_tensorboard
 @pytest.mark.slow
 def test_tensorboard_server_shows_every_run(tiny_text, tmp_path, run_cli):
     """`tensorboard --logdir runs/`: both runs listed, each tag's points those of metrics.jsonl."""
