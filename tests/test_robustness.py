@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 from charrnn import storage as atomic
 from charrnn.checkpoint import RESUME, load_run, read_safetensors, write_safetensors
 from charrnn.models.base import check_parameters
+from charrnn.train.tensorboard import EVENTS_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--impl", "naive", "--cell", "rnn", "--hidden", "8", "--embed", "4", "--layers", "1",
@@ -84,7 +85,8 @@ FINAL_NAMES = {"config.json", "vocab.json", "data.json", "model.safetensors", "b
 def check_run_directory(run: Path) -> tuple[int, list]:
     """Every final-named file parses; returns (resume iteration, names of temporaries)."""
     temporaries = sorted(p.name for p in run.iterdir() if p.name.startswith(atomic.TMP_PREFIX))
-    assert {p.name for p in run.iterdir()} - set(temporaries) <= FINAL_NAMES
+    events = {p.name for p in run.glob(EVENTS_PREFIX + "*")}  # TensorBoard's, appended to as metrics.jsonl is
+    assert {p.name for p in run.iterdir()} - set(temporaries) - events <= FINAL_NAMES
     model, vocab, params = load_run(run)                       # config.json, vocab.json, model.safetensors
     if (run / "best.safetensors").exists():
         load_run(run, "best")

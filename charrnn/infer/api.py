@@ -96,6 +96,15 @@ class TrainedModel:
                                  rng, self._banned)
         return (self.vocab.chars[int(step[0])] for step in steps)
 
+    def stream_batch_checked(self, prime: str, length: int, options: SamplingOptions, rng: np.random.Generator,
+                             num_samples: int) -> Iterator[str]:
+        """`num_samples` samples drawn as one batch, as `sample_checked` draws them (so the same seed gives the
+        same texts), step by step: each step a string of num_samples characters, one per sample."""
+        steps = generate_indices(self.predictor, prime_indices(self.vocab, prime, self.separator), length, options,
+                                 num_samples, rng, self._banned)
+        chars = self.vocab.chars
+        return ("".join(chars[int(i)] for i in step) for step in steps)
+
     def sample(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
                top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
                seed: Optional[int] = None, num_samples: int = 1, unknown: str = "error") -> Union[str, List[str]]:

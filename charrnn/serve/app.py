@@ -7,11 +7,12 @@
     POST /api/units        units ranked by how strongly they track simple features of a text
     GET  /api/metrics      the run's loss curves from metrics.jsonl
     GET  /api/samples      two samples from the loaded weights (drawn once, then cached)
+    /v1/...                OpenAI-style completions and models (openai_api.py)
 
 The checkpoint is fixed when the app is made; no request names a file. Errors are JSON
-{"error": "one line"} with a 4xx status. Each generation holds one of `max_generations` loaded
-models for its whole run (an engine's step buffers must not be shared between threads); when
-all are taken a new one gets 429.
+{"error": "one line"} with a 4xx status (under /v1/, the OpenAI API's error object). Each
+generation holds one of `max_generations` loaded models for its whole run (an engine's step
+buffers must not be shared between threads); when all are taken a new one gets 429.
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from charrnn.checkpoint import load_run
+from charrnn.checkpoint import WEIGHTS, load_run
 from charrnn.errors import UserError
 from charrnn.infer.api import TrainedModel, load
 from charrnn.infer.sampling import sampling_options
+from charrnn.serve import openai_api
 from charrnn.serve.activations import FEATURES, Trace, Tracer, rank_units, text_features, trace_state_names, unit_series
 from charrnn.serve.stream import Generation
 from charrnn.train.metrics import read_metrics
@@ -82,6 +84,8 @@ class Engine:
         self.config, self.vocab, params = load_run(run_dir, which)
         self.tracer = Tracer(self.config, params, self.vocab)
         self.samples: List[str] = []
+        self.model_id = run_dir.resolve().name                                 # its name in /v1/models
+        self.created = int((run_dir / WEIGHTS[which]).stat().st_mtime)
         self.running: Set[Generation] = set()  # so that stop_generations can reach them
         if warm:  # build the step buffers and touch the weights now, not on the first click
             for model in models:
@@ -111,7 +115,10 @@ class Engine:
                            "inspect_chars": MAX_INSPECT_CHARS, "generations": self.max_generations}}
 
 
-def error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str, path: str = "/", code: Optional[str] = None) -> JSONResponse:
+    """The playground's {"error": message}; under /v1/, the OpenAI API's error object."""
+    if openai_api.is_api_path(path):
+        return openai_api.APIError(status, message, None, code).response()
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -223,7 +230,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         size = headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-            response = error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            response = error(413, f"request body over {MAX_BODY_BYTES} bytes", scope["path"], "request_too_large")
         else:
             return await self.app(scope, receive, _with_headers(send))
         await response(scope, receive, _with_headers(send))
@@ -249,20 +256,54 @@ def create_app(run_dir, impl: str = "library", which: str = "latest", max_genera
     app = FastAPI(title="charrnn", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = Engine(Path(run_dir), impl, which, max_generations, warm, quantize)
     app.include_router(router)
+    app.include_router(openai_api.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard)
     if allowed_hosts is not None:  # added last, so it runs first: a foreign Host gets nothing else
         hosts = [*allowed_hosts, *(f"[{h}]" for h in allowed_hosts if ":" in h)]
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+        app.add_middleware(HostCheck, allowed_hosts=hosts)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
+        if openai_api.is_api_path(request.url.path):  # the API says 400 for a bad field, and names it
+            return openai_api.validation_error(exc.errors()).response()
         first = (exc.errors() or [{"loc": (), "msg": "invalid request"}])[0]
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         return error(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
-        return error(400, str(exc))
+        return error(400, str(exc), request.url.path)
+
+    @app.exception_handler(openai_api.APIError)
+    async def api_error(request: Request, exc: openai_api.APIError):
+        return exc.response()
 
     return app
+
+
+class HostCheck:
+    """ASGI middleware: Starlette's TrustedHostMiddleware decides; a refused /v1/ request gets the refusal
+    in the OpenAI API's error shape, as every other /v1/ error."""
+
+    def __init__(self, app, allowed_hosts: List[str]):
+        self.app = app
+        self.starlette = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)
+        self.verdict = TrustedHostMiddleware(self._passed, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    @staticmethod
+    async def _passed(scope, receive, send):
+        scope["charrnn.host_ok"] = True
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not openai_api.is_api_path(scope["path"]):
+            return await self.starlette(scope, receive, send)
+        asked = dict(scope)
+
+        async def discard(message):  # Starlette's plain-text refusal: the API's error object goes instead
+            pass
+
+        await self.verdict(asked, receive, discard)
+        if asked.get("charrnn.host_ok"):
+            return await self.app(scope, receive, send)
+        await error(400, "Invalid host header", scope["path"], "invalid_host")(scope, receive, send)

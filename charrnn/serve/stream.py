@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator, Optional, Tuple
 
 
 def sse(event: str, data: dict) -> str:
@@ -20,7 +20,8 @@ def sse(event: str, data: dict) -> str:
 class Generation:
     """Runs `chars` in a new thread from `start()`; `release` is called in that thread when it ends,
     however it ends, so a slot is returned even if nobody ever reads the events. Make it and start
-    it from the event loop."""
+    it from the event loop. `chars` yields steps: a character, or (for n samples drawn together) a
+    string of n characters, one per sample."""
 
     def __init__(self, prime: str, chars: Iterator[str], release: Callable[[], None]):
         self.prime, self.chars, self.release = prime, chars, release
@@ -52,22 +53,32 @@ class Generation:
             self.release()
             self._put(outcome)
 
+    async def batches(self) -> AsyncIterator[Tuple[list, Optional[tuple]]]:
+        """(steps, end): the steps (what `chars` yields) that piled up since the last batch, and at the last
+        batch the end: ("end", {"reason": "done" | "stopped"}) or ("error", {"error": message}); else None.
+        Closing this iterator stops the thread at its next step."""
+        try:
+            while True:
+                batch = [await self.items.get()]
+                while not self.items.empty():
+                    batch.append(self.items.get_nowait())
+                ends = [item for item in batch if isinstance(item, tuple)]
+                yield [item for item in batch if not isinstance(item, tuple)], (ends[0] if ends else None)
+                if ends:
+                    return
+        finally:
+            self.stop.set()
+
     async def events(self) -> AsyncIterator[str]:
         """"prime", then "text" (batches of characters), then "end" {"reason": "done" | "stopped"} or
         "error". Closing this iterator (the client went away or pressed stop) stops the thread at its
         next character."""
         try:
             yield sse("prime", {"text": self.prime})
-            while True:
-                batch = [await self.items.get()]
-                while not self.items.empty():
-                    batch.append(self.items.get_nowait())
-                text = "".join(item for item in batch if isinstance(item, str))
-                if text:
-                    yield sse("text", {"text": text})
-                ends = [item for item in batch if isinstance(item, tuple)]
-                if ends:
-                    yield sse(*ends[0])
-                    return
+            async for steps, end in self.batches():
+                if steps:
+                    yield sse("text", {"text": "".join(steps)})
+                if end:
+                    yield sse(*end)
         finally:
             self.stop.set()

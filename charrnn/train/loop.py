@@ -126,6 +126,8 @@ class Trainer:
                      "is in best.safetensors")
         if last_saved != p.iteration:
             self.validate_and_save()
+        if self.metrics is not None:
+            self.metrics.close()
         return p
 
     def _learning_rate(self) -> float:
@@ -173,6 +175,7 @@ class Trainer:
             self.log(f"warning: no sample at iteration {self.progress.iteration} ({type(e).__name__}: {e})")
             return
         self.log(f"--- sample at iteration {self.progress.iteration} ---\n{text}\n---")
+        self.metrics.add_sample(self.progress.iteration, text)
 
     # ---- progress and metrics -------------------------------------------------
     def _progress_bar(self):
@@ -201,7 +204,8 @@ class Trainer:
         """One row for the whole world: the loss averaged over every process's streams, the rates summed."""
         loss_sum, processes, world_rate = self.world.sum([train_loss, 1.0, chars_per_sec])
         train_loss = loss_sum / processes
-        row = self._row(train_loss=round(train_loss, 5), lr=lr, chars_per_sec=round(world_rate, 1))
+        row = self._row(train_loss=round(train_loss, 5), train_bpc=round(bits_per_char(train_loss), 5), lr=lr,
+                        chars_per_sec=round(world_rate, 1))
         if self.world.is_main:
             self.metrics.append(row)
             if not sys.stderr.isatty():

@@ -1,19 +1,28 @@
-"""metrics.jsonl (one JSON object per logged step) and loss.png drawn from it."""
+"""metrics.jsonl (one JSON object per logged step), the same rows as TensorBoard events, and loss.png."""
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 from charrnn.errors import checkpoint_write_error
+from charrnn.train.tensorboard import open_event_log
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class MetricsLog:
     """Append-only JSON lines. On resume, rows past the resumed iteration are dropped,
-    so the file tells one consistent history."""
+    so the file tells one consistent history.
 
-    def __init__(self, path: Path, resume_from_iter: int | None = None):
+    Every row also goes to the run's TensorBoard events (train/tensorboard.py), when TensorBoard is
+    installed: every engine logs through here, so the two always hold the same numbers."""
+
+    def __init__(self, path: Path, resume_from_iter: int | None = None, warn: Callable[[str], None] = _stderr):
         from charrnn.storage import write_text_atomic  # a kill while rewriting must not lose the history
 
         self.path = Path(path)
@@ -21,10 +30,26 @@ class MetricsLog:
                                                                                                 0) <= resume_from_iter]
         with self._reporting_errors():
             write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.events = open_event_log(self.path.parent, resume_from_iter, warn)
 
     def append(self, row: dict) -> None:
-        with self._reporting_errors(), open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        with self._reporting_errors():
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.events is not None:
+                self.events.scalars(row)
+
+    def add_sample(self, iteration: int, text: str) -> None:
+        """A sample drawn during training, as a TensorBoard text event (metrics.jsonl holds numbers only)."""
+        if self.events is not None:
+            with self._reporting_errors():
+                self.events.text(text, iteration)
+
+    def close(self) -> None:
+        """Close the event file; later rows go to metrics.jsonl alone."""
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     @contextlib.contextmanager
     def _reporting_errors(self):
