@@ -22,4 +22,8 @@ if [ -z "${CHARRNN_DATA_DIR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; 
   export CHARRNN_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
 .venv/bin/ruff check --quiet . || { echo "test.sh: ruff found lint errors (above); fix them first" >&2; exit 1; }
+# The whole suite (no arguments, as CI runs it) also builds the wheel and uses it from a fresh venv
+# (scripts/wheel-check.sh; CHARRNN_WHEEL_CHECK=0 skips it), and runs on both cores (pytest-xdist).
+if [ "${CHARRNN_WHEEL_CHECK:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; then ./scripts/wheel-check.sh; fi
+if [ $# -eq 0 ]; then set -- -n 2; fi
 exec .venv/bin/python -m pytest "$@"
