@@ -154,6 +154,25 @@ class ResumePoint:
 
 _SECTIONS = ("param/", "optim/", "rng/", "state/")
 
+# Which engines can continue which runs (--resume --impl X): those that keep the optimizer's slots in one format.
+# Tried pair by pair (tests/test_seams.py): within a group the resumed weights equal the writer's own resume to
+# float32 rounding (naive <-> tf: the naive engine's slots under canonical names; scratch <-> library: torch.optim's
+# state of the same parameters); across groups the slots cannot be carried (torch.optim's per-tensor state, Keras'
+# summed bias), so the resume is refused.
+RESUME_GROUPS = (("naive", "tf"), ("scratch", "library"), ("keras",))
+
+
+def check_engine_can_resume(written_by: str, impl: str, run_dir: Path) -> None:
+    """Refuse, in one line, to continue a run written by `written_by` with `--impl impl` (RESUME_GROUPS)."""
+    group = next((g for g in RESUME_GROUPS if written_by in g), (written_by,))
+    if impl in group:
+        return
+    described = "; ".join(" and ".join(g) + (" continue each other's runs" if len(g) > 1 else " only its own")
+                          for g in RESUME_GROUPS)
+    raise UserError(f"--impl {impl} cannot continue the {written_by} run in {run_dir}: its optimizer state is in "
+                    f"another engine's format ({described}); resume with --impl {' or '.join(group)}, or start a new "
+                    f"run from its weights with --init-from {run_dir}")
+
 
 def write_resume(run_dir: Path, point: ResumePoint) -> None:
     arrays = {f"param/{k}": v for k, v in point.params.items()}

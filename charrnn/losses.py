@@ -39,9 +39,12 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.nd
 
 def cross_entropy_torch(logits, targets):
     """Mean cross-entropy in nats per character; logits (B, T, V) tensor, targets (B, T) tensor."""
+    import torch
     import torch.nn.functional as F
 
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    flat = logits.reshape(-1, logits.shape[-1])
+    # bfloat16 logits (autocast) are scored in float32; float64 ones (a float64 model) stay float64
+    return F.cross_entropy(flat if flat.dtype == torch.float64 else flat.float(), targets.reshape(-1))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ ITERS = {"train": 3, "resume": 5, "fine_tune": 3}
 # resume's. xfail: (engines, reason) where it does not hold yet.
 RESUME_CHANGES = {
     "--lr": ("0.05", None),
-    "--weight-decay": ("0.5", ({"tf", "keras"}, "#26 item 2: the TensorFlow optimizers restore the saved value")),
+    "--weight-decay": ("0.5", None),
 }
 
 # What the text and eval checks use: a seed, a length, and a temperature at which these barely trained models
@@ -132,16 +132,12 @@ REFUSALS = {
     "resume with another --seq-len": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--seq-len", "8"], "--seq-len"),
     "resume with another --optimizer": Refusal(
-        lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--optimizer", "adam"], "--optimizer",
-        xfail=(lambda row: True, "#26 item 3: a refused --resume rewrites config.json (resume branch)")),
+        lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--optimizer", "adam"], "--optimizer"),
     "resume on other data": Refusal(
-        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "data changed",
-        xfail=(lambda row: True, "#26 item 3: the settings and data summary are printed before the refusal")),
+        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "data changed"),
     "fine-tune with another --hidden": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--hidden", "24",
-                        "--max-iters", "1"], "--hidden",
-        xfail=(lambda row: True, "found here: the data summary is printed before --init-from's check refuses "
-                                 "(train/cli.py _load_text), #26 item 3's rule")),
+                        "--max-iters", "1"], "--hidden"),
     "--stop-at-sep on a run without documents": Refusal(
         lambda r, tmp: ["sample", "--checkpoint", r.ft, "--stop-at-sep", "--length", "5"], "--stop-at-sep",
         applies=lambda row: not DATA[row.data].documents),

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+from tolerances import EPS, gradient_terms, rounding_bound, window_terms  # noqa: E402
 
 import charrnn  # noqa: E402
 from charrnn.cli import main  # noqa: E402
@@ -53,12 +54,16 @@ def run_engine(impl, cell, params, inputs, state, dtype):
     return logits.double().numpy(), tuple(f.double().numpy() for f in final)
 
 
-@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-5)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_engines_give_the_same_logits_and_state(cell, dtype, tol):
+def test_engines_give_the_same_logits_and_state(cell, dtype):
     params, inputs, _, state = problem(cell)
     naive_logits, naive_final = run_engine("naive", cell, params, inputs, state, dtype)
     assert np.abs(naive_logits).max() > 0.1 and len(naive_final) == len(state)
+    # each engine rounds the window's chain of sums its own way: each is within the bound of the exact value, so
+    # two are within twice it (tests/tolerances.py); float64: ~1e-13, float32: ~1e-4 of values of size ~1
+    scale = max(1.0, float(np.abs(naive_logits).max()), max(float(np.abs(f).max()) for f in naive_final))
+    tol = 2 * rounding_bound(dtype, window_terms(config(cell), T), scale)
     for impl in TORCH_ENGINES:
         logits, final = run_engine(impl, cell, params, inputs, state, dtype)
         np.testing.assert_allclose(logits, naive_logits, rtol=0, atol=tol, err_msg=f"{impl} logits")
@@ -67,6 +72,17 @@ def test_engines_give_the_same_logits_and_state(cell, dtype, tol):
     # the non-zero initial state matters: from zeros every engine gives other logits
     zeros = tuple(np.zeros_like(s) for s in state)
     assert np.abs(run_engine("naive", cell, params, inputs, zeros, dtype)[0] - naive_logits).max() > 100 * tol
+
+
+def float64_loss_tolerance(cell, logits, cfg=None) -> float:
+    """Two float64 engines' mean losses: each log-softmax moves by at most twice its logits' rounding bound
+    (tests/tolerances.py), and each engine rounds its own way: twice again. ~1e-13."""
+    return 4 * rounding_bound("float64", window_terms(cfg or config(cell), T), max(1.0, float(np.abs(logits).max())))
+
+
+def float64_gradient_tolerance(cell, grad, cfg=None) -> float:
+    """Two float64 engines' gradients, relative to the largest (tests/tolerances.py): ~1e-13 of it."""
+    return 2 * gradient_terms(cfg or config(cell), B, T) * EPS["float64"] * float(np.abs(grad).max())
 
 
 def torch_gradients(impl, cell, params, inputs, targets, state):
@@ -89,15 +105,17 @@ def test_naive_gradients_equal_torch_autograd(cell, impl):
     loss, dlogits = cross_entropy(logits, targets)
     grads, dstate = model.backward(cache, dlogits)
     loss_t, grads_t, dstate_t = torch_gradients(impl, cell, params, inputs, targets, state)
-    assert abs(loss - loss_t) < 1e-12
+    assert abs(loss - loss_t) < float64_loss_tolerance(cell, logits)
     assert list(grads) == list(grads_t)                         # every canonical name, in the same order
     for name, grad in grads.items():
         assert np.abs(grad).max() > 1e-6, f"{name}: the test would not see a wrong gradient"
-        np.testing.assert_allclose(grad, grads_t[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(grad, grads_t[name], rtol=0, atol=float64_gradient_tolerance(cell, grad),
+                                   err_msg=name)
     assert len(dstate) == len(dstate_t)
     for ours, theirs in zip(dstate, dstate_t):
         assert np.abs(ours).max() > 1e-6
-        np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12, err_msg="initial state")
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=float64_gradient_tolerance(cell, ours),
+                                   err_msg="initial state")
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -133,11 +151,13 @@ def test_one_hot_inputs_give_the_same_logits_and_gradients_in_every_engine(cell)
         assert [name for name, _ in model.named_parameters()] == list(params)
         state_t = tuple(torch.tensor(s) for s in state)
         logits_t, _ = model(torch.from_numpy(inputs), state_t)
-        np.testing.assert_allclose(logits_t.detach().numpy(), logits, rtol=0, atol=1e-10, err_msg=impl)
+        logits_tol = 2 * rounding_bound("float64", window_terms(cfg, T), max(1.0, float(np.abs(logits).max())))
+        np.testing.assert_allclose(logits_t.detach().numpy(), logits, rtol=0, atol=logits_tol, err_msg=impl)
         F.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(targets).reshape(-1)).backward()
         for name, p in model.named_parameters():
             assert np.abs(grads[name]).max() > 1e-6
-            np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"{impl} {name}")
+            tol = float64_gradient_tolerance(cell, grads[name], cfg)
+            np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=0, atol=tol, err_msg=f"{impl} {name}")
 
 
 # -- checkpoints: written by any engine, read by every engine ---------------------------------------
@@ -179,4 +199,8 @@ def test_checkpoint_from_any_engine_loads_and_evaluates_in_every_engine(writer, 
         assert abs(model.evaluate(text).loss - result["loss"]) < 1e-6
         losses[reader] = result["loss"]
     assert 1.0 < losses["library"] < 5.0                         # a real loss, not a constant
-    assert max(losses.values()) - min(losses.values()) < 1e-5, losses   # float32 vs float64: ~1e-8 in practice
+    # float32 vs float64 over the whole text, its state carried through 2,048-step chunks: a first-principles
+    # bound over such a chain is vacuous (every step adds its rounding, and the cells' contraction is not known
+    # beforehand). Measured ~1e-8; 1e-5 leaves 1000x for another CPU's order of sums, while a wrong formula
+    # moves a loss of ~2 nats by far more.
+    assert max(losses.values()) - min(losses.values()) < 1e-5, losses

@@ -155,6 +155,7 @@ class KerasModel(TFCharModel):
         self.dtype = np.dtype(self.tf_dtype.as_numpy_dtype)
         self.device = device
         self.training = True
+        self.bias_hh: Dict[str, np.ndarray] = {}   # b_hh of each summed bias, as set_parameters last saw it
         with tf.device(device):
             self.net = _network(keras, tf, config, self.dtype.name, seed)
             self.net(np.zeros((1, 1), np.int32), self.initial_state(1))   # builds the weights
@@ -182,6 +183,8 @@ class KerasModel(TFCharModel):
         check_parameters(self.config, params, "weights")
         cast = {k: np.asarray(v, self.dtype) for k, v in params.items()}
         self.set_keras_weights(canonical_to_keras(self.config, cast))
+        if self.config.cell != "gru":   # one Keras bias holds the sum; a learner made now keeps b_hh apart
+            self.bias_hh = {f"rnn_l{k}.bias": cast[f"rnn.bias_hh_l{k}"] for k in range(self.config.layers)}
 
     # ---- what the trainer (train/tf_step.py) uses ---------------------------
     def call(self, x, state, training: bool):
@@ -192,11 +195,10 @@ class KerasModel(TFCharModel):
         return lambda x, *state: self.call(x, state, training)
 
     def training_variables(self):
-        """[(Keras key, tf.Variable, copies)] in `keras_keys` order; copies = 2 for a bias that holds
-        b_ih + b_hh (SimpleRNN, LSTM), so the optimizer moves it as torch moves the two halves."""
-        summed = self.config.cell != "gru"
-        return [(key, w.value, 2 if summed and key.endswith(".bias") and key.startswith("rnn_") else 1)
-                for key, w in self.weights.items()]
+        """[(Keras key, tf.Variable, bias_hh)] in `keras_keys` order; bias_hh is b_hh's value (as last set) for a
+        bias that holds b_ih + b_hh (SimpleRNN, LSTM), else None: the optimizer keeps the two halves apart and
+        moves each as torch does (train/tf_step.py)."""
+        return [(key, w.value, self.bias_hh.get(key)) for key, w in self.weights.items()]
 
     def rng_variables(self) -> Dict[str, object]:
         """The Dropout layers' seed generators (one per layer when dropout > 0)."""

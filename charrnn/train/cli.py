@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.checkpoint import RESUME, load_run, load_run_config, save_run_config
+from charrnn.checkpoint import RESUME, check_engine_can_resume, load_run, load_run_config, save_run_config
 from charrnn.config import TF_IMPLS, ModelConfig, TrainConfig, from_dict
 from charrnn.data.batching import make_streams, validation_streams
 from charrnn.devices import resolve_device
@@ -32,26 +32,56 @@ MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def build_configs(given: dict, speak: bool = True) -> tuple[TrainConfig, dict]:
+class Announcements:
+    """What `train` says before it trains, held until every check has passed: a refused command prints its
+    one error line and nothing else, as it writes nothing (check, then act). Under torchrun rank 0 speaks."""
+
+    def __init__(self, speak: bool = True):
+        self.speak, self.lines = speak, []
+
+    def say(self, text: str, warning: bool = False) -> None:
+        self.lines.append((text, warning))
+
+    def flush(self) -> None:
+        for text, warning in self.lines if self.speak else ():
+            print(text, file=sys.stderr if warning else sys.stdout, flush=True)
+        self.lines = []
+
+
+def build_configs(given: dict, notes: Announcements | None = None) -> tuple[TrainConfig, dict]:
     """Resolve TrainConfig and the model flags (a dict; vocab_size comes from the data)."""
     values = preset_values(given.pop("preset", None))
     values.update(given)
     out = Path(values.get("out", TrainConfig.out))
     if values.get("resume"):
-        saved_model, saved_train = load_run_config(out)
-        for key in MODEL_KEYS - {"vocab_size"}:
-            if key in given and given[key] != getattr(saved_model, key):
-                raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
-                                f"({getattr(saved_model, key)}); drop the flag or start a new run")
-        base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
-        if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
-            given["max_time"] = base["max_time"]  # auto's run, resumed with its --max-time: less the probe, as saved
-        _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS}, speak)
-        base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
-        train = from_dict(TrainConfig, base, "settings")
-        return train, dataclasses.asdict(saved_model)
+        return _resume_configs(out, given, notes)
     train = from_dict(TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, "settings")
     return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
+
+
+def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tuple[TrainConfig, dict]:
+    """--resume: the run's saved settings, with the flags given on top (checked against what can change)."""
+    saved_model, saved_train = load_run_config(out)
+    for key in MODEL_KEYS - {"vocab_size"}:
+        if key in given and given[key] != getattr(saved_model, key):
+            raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
+                            f"({getattr(saved_model, key)}); drop the flag or start a new run")
+    base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
+    if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
+        given["max_time"] = base["max_time"]  # auto's run, resumed with its --max-time: less the probe, as saved
+    if base:  # the run keeps its optimizer whichever engine continues it (the default depends on --impl)
+        saved = from_dict(TrainConfig, base, str(out / "config.json"))
+        base["optimizer"] = saved.resolved_optimizer
+        if "impl" in given:
+            check_engine_can_resume(saved.impl, given["impl"], out)
+        if given.get("optimizer", saved.resolved_optimizer) != saved.resolved_optimizer:
+            raise UserError(f"the run in {out} was trained with --optimizer {saved.resolved_optimizer}, not "
+                            f"{given['optimizer']} (its optimizer state is {saved.resolved_optimizer}'s); resume it "
+                            "without --optimizer, or start a new run from its weights with --init-from")
+    _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS}, notes)
+    base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
+    train = from_dict(TrainConfig, base, "settings")
+    return train, dataclasses.asdict(saved_model)
 
 
 # Settings that place the carried state and the window counter in the text: changing one on --resume would
@@ -60,7 +90,7 @@ LAYOUT_KEYS = ("batch_size", "seq_len", "val_frac")
 QUIET_KEYS = ("resume", "out", "log_every", "eval_every", "checkpoint_every", "sample_every")
 
 
-def _check_resume_changes(saved: dict, given: dict, speak: bool) -> None:
+def _check_resume_changes(saved: dict, given: dict, notes: Announcements | None) -> None:
     """Refuse a changed data layout; say which other settings now differ from the run's (they are in force)."""
     changed = {k: (saved[k], v) for k, v in given.items() if k in saved and saved[k] != v and k not in QUIET_KEYS}
     for key in LAYOUT_KEYS:
@@ -69,9 +99,9 @@ def _check_resume_changes(saved: dict, given: dict, speak: bool) -> None:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"{flag} {new} differs from the run being resumed ({old}): its carried state and position "
                             f"belong to that layout; resume with {flag} {old}, or start a new run with --init-from")
-    if changed and speak:  # under torchrun, rank 0 speaks for all
+    if changed and notes is not None:
         described = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in sorted(changed.items()))
-        print(f"resume: these settings differ from the run's and are in force from now on: {described}", flush=True)
+        notes.say(f"resume: these settings differ from the run's and are in force from now on: {described}")
 
 
 def _remap_to_vocab(data, vocab) -> tuple:
@@ -91,31 +121,27 @@ def run_train(args: dict) -> int:
     if auto:
         check_auto_usable({**preset_values(given["preset"]), **given}, world.distributed)
     explicit = set(given)
-    train_cfg, model_flags = build_configs(given, speak=world.is_main)
+    notes = Announcements(speak=world.is_main)   # said once every check has passed (_train)
+    train_cfg, model_flags = build_configs(given, notes)
     out = Path(train_cfg.out)
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
-    train_cfg = _check_bf16(train_cfg, model_flags.get("cell", ModelConfig.cell), device, "bf16" in explicit,
-                            world.is_main)
-    model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, world, out)
+    train_cfg = _check_bf16(train_cfg, model_flags.get("cell", ModelConfig.cell), device, "bf16" in explicit, notes)
+    model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, out, notes)
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
+        notes.flush()  # what was read comes before the probe, which takes seconds
         train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), device, world)
 
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
-    if train_cfg.val_chars is not None:
-        val_data = val_data[:train_cfg.val_chars]
-    val_streams = validation_streams(val_data, train_cfg.batch_size, train_cfg.seq_len,
-                                     multiple_of=world.size) if len(val_data) else None
-    if train_cfg.val_frac > 0 and val_streams is None and world.is_main:
-        print("warning: the validation split is too short for one window; training without validation", file=sys.stderr)
+    val_streams = _validation_streams(train_cfg, val_data, world, notes)
 
     if not world.distributed:
-        return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world, data)
+        return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world, data, notes)
     world.join(device)
     finished = False
     try:  # each process trains on its own contiguous share of the streams
         code = _train(train_cfg, model_cfg, vocab, init_params, train_streams.shard(world.rank, world.size),
-                      val_streams.shard(world.rank, world.size) if val_streams else None, device, world, data)
+                      val_streams.shard(world.rank, world.size) if val_streams else None, device, world, data, notes)
         finished = True
     finally:
         world.leave(finished)
@@ -147,6 +173,8 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
     chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
+    if not cfg.val_frac:  # early stopping watches validation: without a split, auto's --patience has nothing to see
+        chosen.pop("patience", None)
     overridden = sorted(k for k in choice.values if k in explicit and k not in budget)
     record = {"reason": choice.reason, "overridden_by_flags": overridden, "max_time_given": cfg.max_time,
               "probe_chars_per_s": speed.measured if speed else None,
@@ -159,7 +187,7 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     return train, model
 
 
-def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, speak: bool) -> TrainConfig:
+def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, notes: Announcements) -> TrainConfig:
     """--bf16 only where this engine can train this cell in bfloat16 here (capabilities: found by trying),
     refused before anything is read or written. A preset's bf16 (gpu) is dropped with a note instead."""
     if not cfg.bf16 or cfg.impl == "naive" or cfg.impl in TF_IMPLS:
@@ -169,15 +197,14 @@ def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, speak: bool
     if device.type not in ("cuda", "cpu"):  # autocast to bfloat16 exists for these two
         raise UserError(f"--bf16 needs CUDA or a CPU but training would run on {device.type}; drop --bf16")
     if capabilities.bf16_training(device, cfg.impl, cell):
-        if speak and device.type == "cpu" and not capabilities.bf16_units():
-            print("warning: this CPU has no bfloat16 units (AVX-512 BF16/AMX): --bf16 is emulated here and likely "
-                  "slower than float32", file=sys.stderr, flush=True)
+        if device.type == "cpu" and not capabilities.bf16_units():
+            notes.say("warning: this CPU has no bfloat16 units (AVX-512 BF16/AMX): --bf16 is emulated here and "
+                      "likely slower than float32", warning=True)
         return cfg
     if explicit:
         raise UserError(f"{capabilities.bf16_missing(device)}; drop --bf16")
-    if speak:
-        print(f"note: training in float32: the preset asks for bfloat16, but {capabilities.bf16_missing(device)}",
-              file=sys.stderr, flush=True)
+    notes.say(f"note: training in float32: the preset asks for bfloat16, but {capabilities.bf16_missing(device)}",
+              warning=True)
     return dataclasses.replace(cfg, bf16=False)
 
 
@@ -213,18 +240,39 @@ def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
     world.shard_rows(cfg.batch_size)  # the global batch must divide among the processes
 
 
-def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
+def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements):
+    """The validation streams, or None. --val-chars shorter than one window is raised to one window (said), and
+    --patience without a validation window to count is refused: early stopping must not silently never happen."""
+    one_window = world.size * cfg.seq_len + 1   # one stream per process (validation_streams' smallest layout)
+    if cfg.val_chars is not None:
+        chars = cfg.val_chars
+        if chars < one_window <= len(val_data):
+            notes.say(f"warning: --val-chars {chars} is shorter than one validation window (--seq-len "
+                      f"{cfg.seq_len} needs {one_window} characters); validating on the first {one_window}", True)
+            chars = one_window
+        val_data = val_data[:chars]
+    streams = (validation_streams(val_data, cfg.batch_size, cfg.seq_len, multiple_of=world.size)
+               if len(val_data) else None)
+    if streams is None and cfg.patience is not None:
+        raise UserError(f"--patience {cfg.patience} needs validation, but the validation split has {len(val_data)} "
+                        f"characters, fewer than one window of --seq-len {cfg.seq_len} ({one_window}); raise "
+                        "--val-frac, give --val-data, lower --seq-len, or drop --patience")
+    if cfg.val_frac > 0 and streams is None:
+        notes.say("warning: the validation split is too short for one window; training without validation", True)
+    return streams
+
+
+def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announcements):
     """The training and validation texts encoded with the run's vocabulary (new, --init-from's, or
     --resume's), the model config, and the data's description (data.dataset.TrainingData)."""
     from charrnn.data.dataset import check_same_data, training_data
 
     data = training_data(cfg)
-    if world.is_main:
-        print("\n".join(data.lines), flush=True)
-        for warning in data.warnings:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
     if cfg.resume:
         check_same_data(out, data.record)
+    notes.say("\n".join(data.lines))
+    for warning in data.warnings:
+        notes.say(f"warning: {warning}", True)
     vocab, texts = data.vocab, (data.train, data.val)
     init_params = None
     if cfg.init_from and not cfg.resume:
@@ -244,33 +292,23 @@ def _load_text(cfg: TrainConfig, model_flags: dict, world, out: Path):
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,
-           device, world, data=None) -> int:
-    """Build the learner and the Trainer, restore on --resume, train. Only rank 0 writes files;
-    every rank takes part in the collectives inside the Trainer."""
+           device, world, data=None, notes: Announcements | None = None) -> int:
+    """Build the learner and the Trainer, restore on --resume (its last checks), then speak, write and train.
+    Only rank 0 writes files; every rank takes part in the collectives inside the Trainer."""
     out = Path(cfg.out)
     learner = _make_learner(cfg, model_cfg, device, world, init_params)
-    if world.is_main:
-        from charrnn.storage import remove_stale_temporaries
-
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(out)
-            if not cfg.resume:
-                vocab.save(out / "vocab.json")
-            if data is not None and (not cfg.resume or not (out / "data.json").exists()):
-                from charrnn.data.dataset import write_record
-
-                write_record(out, data.record)  # what was read: --resume and eval check and name it
-            save_run_config(out, model_cfg, cfg)
-        except OSError as e:
-            raise checkpoint_write_error(out, e, resumable=cfg.resume) from None
-
     from charrnn.train.loop import Trainer
 
     trainer = Trainer(cfg, learner, train_streams, val_streams, out, world=world,
                       sampler=_make_sampler(learner, vocab, cfg, data))
     if cfg.resume:
-        trainer.restore()
+        trainer.restore()   # reads and checks resume.safetensors; nothing is written before it fits
+    if notes is not None:
+        notes.flush()
+    if world.is_main:
+        _write_run_files(out, cfg, model_cfg, vocab, data)
+    if cfg.resume:
+        trainer.say_what_resume_changed()
         if world.rank > 0:  # the checkpoint holds rank 0's RNG; the others need dropout masks of their own
             import torch
 
@@ -289,6 +327,24 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
                 else "no validation")
         print(f"done: iteration {progress.iteration}, epoch {progress.epoch}, {best}; checkpoints in {out}", flush=True)
     return 0
+
+
+def _write_run_files(out: Path, cfg: TrainConfig, model_cfg: ModelConfig, vocab, data) -> None:
+    """The run directory's description: vocab.json (a new run), data.json, config.json."""
+    from charrnn.storage import remove_stale_temporaries
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        if not cfg.resume:
+            vocab.save(out / "vocab.json")
+        if data is not None and (not cfg.resume or not (out / "data.json").exists()):
+            from charrnn.data.dataset import write_record
+
+            write_record(out, data.record)  # what was read: --resume and eval check and name it
+        save_run_config(out, model_cfg, cfg)
+    except OSError as e:
+        raise checkpoint_write_error(out, e, resumable=cfg.resume) from None
 
 
 def _make_learner(cfg: TrainConfig, model_cfg: ModelConfig, device, world, init_params):

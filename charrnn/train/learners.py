@@ -10,6 +10,7 @@ array type.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Dict, List, Protocol, Tuple
 
 import numpy as np
@@ -118,7 +119,13 @@ class NumpyLearner:
         return {}, {"numpy": self.rng.bit_generator.state}
 
     def set_rng_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
-        self.rng.bit_generator.state = meta["numpy"]
+        """Restore the dropout generator. A tf run's checkpoint (the same slots: checkpoint.RESUME_GROUPS) has
+        none of ours: the weights, optimizer and state still resume exactly, and dropout draws masks anew."""
+        if "numpy" in meta:
+            self.rng.bit_generator.state = meta["numpy"]
+        elif self.model.config.dropout > 0:
+            print("warning: the checkpoint holds no naive dropout RNG state (written by another engine); "
+                  "dropout masks start afresh", file=sys.stderr)
 
     def get_parameters(self) -> Dict[str, np.ndarray]:
         return self.model.get_parameters()

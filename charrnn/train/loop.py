@@ -72,6 +72,8 @@ class Trainer:
         self.stop_requested: Optional[str] = None
         self.chars_per_iter = train.batch_size * train.seq_len  # this process's share
         self.metrics: Optional[MetricsLog] = None
+        self.resumed = False               # restore() succeeded: metrics.jsonl keeps the rows up to its iteration
+        self._schedule_note: Optional[str] = None
 
     def finished(self) -> bool:
         return self.budget.finished(self.progress.iteration, self.progress.elapsed) or self.out_of_patience()
@@ -85,7 +87,8 @@ class Trainer:
     def run(self) -> Progress:
         p, cfg = self.progress, self.cfg
         if self.world.is_main and self.metrics is None:
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
+                                      resume_from_iter=p.iteration if self.resumed else None)
         started, base_elapsed, last_saved = time.perf_counter(), p.elapsed, None
         window = _Window()
         bar = self._progress_bar()
@@ -267,11 +270,13 @@ class Trainer:
             raise checkpoint_write_error(self.run_dir, e) from None
 
     def restore(self) -> None:
-        """Load resume.safetensors: weights, optimizer, carried state, RNG and counters."""
+        """Load resume.safetensors: weights, optimizer, carried state, RNG and counters. It only reads and
+        checks: a resume it refuses leaves the run directory as it was (metrics.jsonl is trimmed by `run`)."""
         point = read_resume(self.run_dir, self.learner.model.config)
-        if point.optimizer_name != self.cfg.resolved_optimizer:
-            raise UserError(f"the run in {self.run_dir} was trained with --optimizer {point.optimizer_name}, not "
-                            f"{self.cfg.resolved_optimizer}; resume it with the same --optimizer and --impl")
+        if point.optimizer_name != self.cfg.resolved_optimizer:   # the flags were checked against config.json
+            raise UserError(f"{self.run_dir / RESUME} was written with --optimizer {point.optimizer_name}, but this "
+                            f"run trains with {self.cfg.resolved_optimizer} (config.json); the run directory is "
+                            "mixed up: resume the run it came from, or start a new run with --init-from")
         try:
             self.learner.model.set_parameters(point.params)
             self.learner.load_optimizer_state(*point.optimizer)
@@ -281,14 +286,18 @@ class Trainer:
             raise UserError(f"{self.run_dir / RESUME} does not fit this run ({type(e).__name__}: {e}); "
                             "it is damaged or from another program") from None
         self.progress.best_val = math.inf if self.progress.best_val is None else self.progress.best_val
-        self._continue_schedule()
         self.state = self._reshard_state(point.state)
         if self.progress.window >= self.train.num_windows:
             raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len "
                             f"give {self.train.num_windows} windows per epoch; resume with the run's original data "
                             "and shapes")
-        if self.world.is_main:
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_from_iter=self.progress.iteration)
+        self._continue_schedule()
+        self.resumed = True
+
+    def say_what_resume_changed(self) -> None:
+        """After restore() has passed every check: what a changed budget or --lr does to the schedule."""
+        if self._schedule_note and self.world.is_main:
+            self.log(self._schedule_note)
 
     def _continue_schedule(self) -> None:
         """A resume with another budget or --lr: the cosine goes on from the rate the run had, scaled by
@@ -299,9 +308,8 @@ class Trainer:
         start = p.lr * (self.lr0 / p.lr0 if p.lr0 else 1.0)
         if self.cfg.schedule == "cosine" and p.iteration >= self.cfg.warmup_iters:
             p.cosine_from = [self.budget.fraction_done(p.iteration, p.elapsed), start]
-            if self.world.is_main:
-                self.log(f"resume: the budget or --lr changed: the cosine continues from lr {start:.3g} "
-                         f"down to {self.lr0 / 10:.3g} at the new end")
+            self._schedule_note = (f"resume: the budget or --lr changed: the cosine continues from lr {start:.3g} "
+                                   f"down to {self.lr0 / 10:.3g} at the new end")
 
     def _reshard_state(self, states: list):
         """The saved state holds every stream of the global batch, whatever the number of processes

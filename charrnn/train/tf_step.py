@@ -28,7 +28,7 @@ torch learner does; the trainer then stops the run.
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,17 +46,17 @@ OPTIMIZER_DEFAULTS = {
 class TFOptimizer:
     """torch.optim.Adagrad / Adam / AdamW on tf.Variables (the single-tensor update, op for op).
 
-    `named` is [(key, tf.Variable)] or [(key, tf.Variable, copies)]; one step counter serves
+    `named` is [(key, tf.Variable)] or [(key, tf.Variable, bias_hh)]; one step counter serves
     them all (every step updates every variable). Slots live next to their variables, in
     their dtype; hyperparameter arithmetic (bias corrections, lr) is done in float64 and
     cast, as torch does with Python floats.
 
-    `copies` = 2 marks a variable that holds the sum of two canonical parameters, each of
-    which torch would update with the same (full) gradient: Keras' one bias for torch's
-    b_ih + b_hh. Both halves then have the same slots, and the sum moves by twice one
-    half's update, which is what is applied. That is torch's update exactly, AdamW's
-    decoupled decay included (it is linear); only L2 weight decay (adam, adagrad) cannot
-    see the two halves, and takes each as half the sum.
+    A `bias_hh` (an array; None for an ordinary variable) marks a variable that holds the sum
+    of two canonical parameters: Keras' one bias for torch's b_ih + b_hh, with b_hh's value.
+    torch updates each half with the same (full) gradient but its own slots, and with L2 weight
+    decay (adam, adagrad) each half's gradient differs (g + wd * half). So the optimizer keeps
+    b_hh (`halves`) and a second set of slots for it; b_ih is the sum less b_hh. Each half
+    takes torch's step and the sum moves by both: torch's update exactly, whatever the decay.
     """
 
     def __init__(self, kind: str, named, lr: float, weight_decay: float = 0.0, device: str = "/CPU:0"):
@@ -65,81 +65,140 @@ class TFOptimizer:
             raise UserError(f"--optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
         self.kind, self.weight_decay = kind, float(weight_decay)
         self.hyper = dict(OPTIMIZER_DEFAULTS[kind])
-        named = [entry if len(entry) == 3 else (*entry, 1) for entry in named]
+        named = [entry if len(entry) == 3 else (*entry, None) for entry in named]
         self.names = [name for name, _, _ in named]
         self.variables = [v for _, v, _ in named]
-        self.copies = [int(c) for _, _, c in named]
+        buffers = OPTIMIZERS[kind].buffers
         with tf.device(device):
             self.lr = tf.Variable(float(lr), dtype=tf.float64, trainable=False, name="lr")
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.slots = {b: [tf.Variable(tf.zeros_like(v), trainable=False, name=f"{b}/{n.replace('.', '/')}")
-                              for n, v, _ in named] for b in OPTIMIZERS[kind].buffers}
+            self.slots = {b: [self._zeros(v, b, n) for n, v, _ in named] for b in buffers}
+            # a summed bias: b_hh's value, and b_hh's own slots (the slots above are b_ih's)
+            self.halves = {i: tf.Variable(np.asarray(hh, v.dtype.as_numpy_dtype), trainable=False,
+                                          name=f"bias_hh/{n.replace('.', '/')}")
+                           for i, (n, v, hh) in enumerate(named) if hh is not None}
+            self.half_slots = {b: {i: self._zeros(self.variables[i], b, self.names[i] + "_hh") for i in self.halves}
+                               for b in buffers}
+
+    def _zeros(self, var, buffer: str, name: str):
+        return self.tf.Variable(self.tf.zeros_like(var), trainable=False, name=f"{buffer}/{name.replace('.', '/')}")
+
+    @property
+    def summed(self) -> List[bool]:
+        """Which variables hold two canonical parameters (their gradient counts twice in torch's global norm)."""
+        return [i in self.halves for i in range(len(self.variables))]
 
     def apply(self, grads: List) -> None:
         """One update of every variable from its gradient (traceable: called inside the step's tf.function)."""
         tf = self.tf
         step = tf.cast(self.step.assign_add(1), tf.float64)
-        lr, wd = self.lr, self.weight_decay
         if self.kind == "adagrad":
-            eps = self.hyper["eps"]
-            for var, g, copies, acc in zip(self.variables, grads, self.copies, self.slots["sum"]):
-                dt = g.dtype
-                if wd:
-                    g = g + tf.cast(wd / copies, dt) * var              # L2, as torch
-                acc.assign_add(g * g)
-                var.assign_sub(tf.cast(lr * copies, dt) * (g / (tf.sqrt(acc) + tf.cast(eps, dt))))
-            return
+            update = self._adagrad
+        else:
+            beta1, beta2 = self.hyper["betas"]
+            step_size = self.lr / (1.0 - tf.pow(tf.constant(beta1, tf.float64), step))
+            correction2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(beta2, tf.float64), step))
+
+            def update(var, g, slots):
+                return self._adam(var, g, slots, step_size, correction2_sqrt)
+        decoupled = self.kind == "adamw" and self.weight_decay
+        for i, (var, g) in enumerate(zip(self.variables, grads)):
+            slots = [self.slots[b][i] for b in self.slots]
+            if decoupled:                                                  # AdamW: shrink the weights first
+                shrink = tf.cast(1.0 - self.lr * self.weight_decay, g.dtype)
+                var.assign(var * shrink)
+                if i in self.halves:
+                    self.halves[i].assign(self.halves[i] * shrink)
+            if i not in self.halves:
+                var.assign_sub(update(var, g, slots))
+                continue
+            hh = self.halves[i]
+            ih = var - hh                                                  # b_ih: the sum less b_hh
+            step_ih = update(ih, g, slots)
+            step_hh = update(hh, g, [self.half_slots[b][i] for b in self.half_slots])
+            var.assign_sub(step_ih + step_hh)
+            hh.assign_sub(step_hh)
+
+    # Python numbers enter as tf.constant(x, dtype): tf.cast(x, float64) would first make x a float32 tensor,
+    # so a float64 model would train with 1 - beta1 and eps rounded to float32.
+
+    def _adagrad(self, var, g, slots):
+        """torch's Adagrad step for `var` (returned, to subtract): L2 decay added to the gradient."""
+        tf, dt, (acc,) = self.tf, g.dtype, slots
+        if self.weight_decay:
+            g = g + tf.constant(self.weight_decay, dt) * var
+        acc.assign_add(g * g)
+        return tf.cast(self.lr, dt) * (g / (tf.sqrt(acc) + tf.constant(self.hyper["eps"], dt)))
+
+    def _adam(self, var, g, slots, step_size, correction2_sqrt):
+        """torch's Adam / AdamW step for `var` (returned, to subtract; AdamW's decay is applied in `apply`)."""
+        tf, dt, (m, v) = self.tf, g.dtype, slots
         beta1, beta2 = self.hyper["betas"]
-        eps = self.hyper["eps"]
-        step_size = lr / (1.0 - tf.pow(tf.constant(beta1, tf.float64), step))
-        correction2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(beta2, tf.float64), step))
-        slots = zip(self.variables, grads, self.copies, self.slots["exp_avg"], self.slots["exp_avg_sq"])
-        for var, g, copies, m, v in slots:
-            dt = g.dtype
-            if wd and self.kind == "adamw":
-                var.assign(var * tf.cast(1.0 - lr * wd, dt))          # decoupled: shrink the weights
-            elif wd:
-                g = g + tf.cast(wd / copies, dt) * var                 # L2 added to the gradient
-            m.assign_add(tf.cast(1.0 - beta1, dt) * (g - m))          # torch's lerp_(grad, 1 - beta1)
-            v.assign(v * tf.cast(beta2, dt) + tf.cast(1.0 - beta2, dt) * (g * g))
-            denom = tf.sqrt(v) / tf.cast(correction2_sqrt, dt) + tf.cast(eps, dt)
-            var.assign_sub(tf.cast(step_size * copies, dt) * (m / denom))
+        if self.weight_decay and self.kind == "adam":
+            g = g + tf.constant(self.weight_decay, dt) * var                 # L2 added to the gradient
+        m.assign_add(tf.constant(1.0 - beta1, dt) * (g - m))                # torch's lerp_(grad, 1 - beta1)
+        v.assign(v * tf.constant(beta2, dt) + tf.constant(1.0 - beta2, dt) * (g * g))
+        denom = tf.sqrt(v) / tf.cast(correction2_sqrt, dt) + tf.constant(self.hyper["eps"], dt)
+        return tf.cast(step_size, dt) * (m / denom)
+
+    def _arrays(self) -> Dict[str, tuple]:
+        """Every saved array's key -> (its variable, whether a checkpoint from before the split may lack it)."""
+        out = {f"{b}.{n}": (self.slots[b][i], False) for b in self.slots for i, n in enumerate(self.names)}
+        for b, slots in self.half_slots.items():
+            out.update({f"{b}.{self.names[i]}_hh": (slot, True) for i, slot in slots.items()})
+        out.update({f"bias_hh.{self.names[i]}": (h, True) for i, h in self.halves.items()})
+        return out
 
     def state_dict(self, layout: str) -> Tuple[Dict[str, np.ndarray], dict]:
-        """(arrays keyed '<buffer>.<key>', metadata): the naive engine's format when the keys are canonical."""
-        arrays = {f"{b}.{n}": s.numpy() for b, slots in self.slots.items() for n, s in zip(self.names, slots)}
+        """(arrays keyed '<buffer>.<key>', metadata): the naive engine's format when the keys are canonical
+        (a summed bias adds '<buffer>.<key>_hh' and 'bias_hh.<key>', its b_hh half's slots and value)."""
+        arrays = {key: v.numpy() for key, (v, _) in self._arrays().items()}
         meta = {"type": self.kind, "step": int(self.step.numpy()), "lr": float(self.lr.numpy()),
                 "weight_decay": self.weight_decay, "layout": layout, **self.hyper}
         return arrays, meta
 
     def load_state_dict(self, arrays: Dict[str, np.ndarray], meta: dict, layout: str) -> None:
+        """The saved slots, step count and lr; the weight decay stays the one this optimizer was made with
+        (--weight-decay given with --resume is in force, as config.json records and as in the NumPy and torch
+        learners; --lr is set at every step by the schedule). A keras checkpoint from before b_hh was kept apart
+        gave both halves the same slots, and its saved weights put the whole bias in b_ih: loaded so."""
         if meta.get("type") != self.kind:
             raise ValueError(f"it is {meta.get('type')!r} state, not {self.kind!r}")
         saved_layout = meta.get("layout", "canonical")
         if saved_layout != layout:
             raise ValueError(f"its slots follow {saved_layout} weights, this engine's follow {layout} weights")
-        expected = {f"{b}.{n}": (b, i) for b in self.slots for i, n in enumerate(self.names)}
-        if set(arrays) != set(expected):
-            missing = sorted(set(expected) - set(arrays))[:3]
+        expected = self._arrays()
+        split = [key for key, (_, optional) in expected.items() if optional]
+        older = not any(key in arrays for key in split)        # saved before the b_hh half was kept apart
+        needed = {key for key, (_, optional) in expected.items() if not (optional and older)}
+        if set(arrays) != needed:
+            missing = sorted(needed - set(arrays))[:3]
             raise ValueError(f"the slots do not match the model's weights (missing {', '.join(missing) or 'none'})")
-        for key, (b, i) in expected.items():
-            if tuple(arrays[key].shape) != tuple(self.slots[b][i].shape):
-                raise ValueError(f"{key} has shape {list(arrays[key].shape)}, expected {list(self.slots[b][i].shape)}")
-        for key, (b, i) in expected.items():
-            self.slots[b][i].assign(np.asarray(arrays[key], self.slots[b][i].dtype.as_numpy_dtype))
+        for key in needed:
+            if tuple(arrays[key].shape) != tuple(expected[key][0].shape):
+                raise ValueError(f"{key} has shape {list(arrays[key].shape)}, expected {list(expected[key][0].shape)}")
+        for key, (var, _) in expected.items():
+            if key in needed:
+                value = arrays[key]
+            elif key.startswith("bias_hh."):
+                value = np.zeros(var.shape)
+            else:
+                value = arrays[key[:-len("_hh")]]                    # b_hh's slots were b_ih's
+            var.assign(np.asarray(value, var.dtype.as_numpy_dtype))
         self.step.assign(int(meta["step"]))
         self.lr.assign(float(meta["lr"]))
-        self.weight_decay = float(meta.get("weight_decay", self.weight_decay))
         for h in self.hyper:
             value = meta.get(h, self.hyper[h])
             self.hyper[h] = tuple(float(b) for b in value) if isinstance(value, (list, tuple)) else float(value)
 
 
-def clip_by_global_norm(tf, grads: List, max_norm: float) -> List:
-    """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), clamped to 1."""
+def clip_by_global_norm(tf, grads: List, max_norm: float, summed: Optional[List[bool]] = None) -> List:
+    """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), clamped to 1. A `summed` variable
+    (Keras' one bias for b_ih + b_hh) stands for two parameters with the same gradient: it counts twice."""
     dtype = grads[0].dtype
-    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, dtype))) for g in grads]))
-    coef = tf.minimum(tf.cast(max_norm, dtype) / (norm + tf.cast(1e-6, dtype)), tf.cast(1.0, dtype))
+    counts = [2.0 if twice else 1.0 for twice in (summed or [False] * len(grads))]
+    norm = tf.sqrt(tf.add_n([c * tf.reduce_sum(tf.square(tf.cast(g, dtype))) for g, c in zip(grads, counts)]))
+    coef = tf.minimum(tf.constant(max_norm, dtype) / (norm + tf.constant(1e-6, dtype)), tf.constant(1.0, dtype))
     return [g * tf.cast(coef, g.dtype) for g in grads]
 
 
@@ -173,7 +232,7 @@ class TFLearner:
         # decay for rows not in this window too
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
         if self.grad_clip > 0:
-            grads = clip_by_global_norm(tf, grads, self.grad_clip)
+            grads = clip_by_global_norm(tf, grads, self.grad_clip, self.optimizer.summed)
 
         def update():
             self.optimizer.apply(grads)
