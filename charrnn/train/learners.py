@@ -26,6 +26,7 @@ class Learner(Protocol):
     """What the training loop needs of an engine: steps, and everything a checkpoint holds."""
 
     model: CharModel
+    grad_norm: float   # the last train_step's global L2 norm of the gradient, before clipping (NaN: no update)
 
     def zero_state(self, batch_size: int) -> State: ...
 
@@ -65,6 +66,7 @@ class NumpyLearner:
         self.optimizer = make_optimizer(optimizer, model.params, lr, weight_decay)
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
+        self.grad_norm = math.nan
         self.rng = np.random.default_rng(seed)
 
     def zero_state(self, batch_size: int):
@@ -83,10 +85,10 @@ class NumpyLearner:
         logits, new_state, cache = self.model.forward_train(x, state, self.rng)
         loss, dlogits = cross_entropy(logits, y)
         if not math.isfinite(loss):
+            self.grad_norm = math.nan
             return loss, new_state
         grads, _ = self.model.backward(cache, dlogits)
-        if self.grad_clip > 0:
-            clip_grad_norm(grads, self.grad_clip)
+        self.grad_norm = clip_grad_norm(grads, self.grad_clip if self.grad_clip > 0 else math.inf)
         self.optimizer.step(grads)
         return loss, new_state
 
@@ -145,6 +147,7 @@ class TorchLearner:
         self.model = model  # the plain module: canonical names, never the compile/DDP wrapper
         self.device = device
         self.grad_clip = grad_clip
+        self.grad_norm = math.nan
         self.bf16 = bf16
         wrapped = model
         if distributed:
@@ -177,8 +180,9 @@ class TorchLearner:
         loss = cross_entropy_torch(logits, self._tensor(y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.grad_clip > 0:
-            self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        norm = self.torch.nn.utils.clip_grad_norm_(self.model.parameters(),  # inf: measure, do not clip
+                                                   self.grad_clip if self.grad_clip > 0 else math.inf)
+        self.grad_norm = float(norm)
         value = loss.item()
         if math.isfinite(value):
             self.optimizer.step()

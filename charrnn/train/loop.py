@@ -208,6 +208,7 @@ class Trainer:
         loss_sum, processes, world_rate = self.world.sum([train_loss, 1.0, chars_per_sec])
         train_loss = loss_sum / processes
         row = self._row(train_loss=round(train_loss, 5), train_bpc=round(bits_per_char(train_loss), 5), lr=lr,
+                        grad_norm=_rounded(self.learner.grad_norm, 5),
                         chars_per_sec=round(world_rate, 1))
         if self.world.is_main:
             self.metrics.append(row)
@@ -338,3 +339,8 @@ class _Window:
 
     def rate(self, chars_per_iter: int) -> float:
         return len(self.losses) * chars_per_iter / max(time.perf_counter() - self.started, 1e-9)
+
+
+def _rounded(value: float, digits: int):
+    """A number for metrics.jsonl (JSON has no NaN): rounded, or None where it is not finite."""
+    return round(value, digits) if math.isfinite(value) else None

@@ -31,7 +31,7 @@ EVENTS_PREFIX = "events.out.tfevents."   # how TensorBoard finds event files in 
 TAGS = {                                  # metrics.jsonl key -> TensorBoard tag ("section/chart")
     "train_loss": "loss/train", "val_loss": "loss/validation",           # nats per character
     "train_bpc": "bpc/train", "val_bpc": "bpc/validation",               # bits per character
-    "lr": "train/lr", "chars_per_sec": "train/chars_per_sec",
+    "lr": "train/lr", "chars_per_sec": "train/chars_per_sec", "grad_norm": "train/grad_norm",
     "epoch": "progress/epoch", "elapsed_s": "progress/elapsed_s",
 }
 STEP_KEY = "iter"

@@ -27,6 +27,7 @@ torch learner does; the trainer then stops the run.
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -196,10 +197,16 @@ def clip_by_global_norm(tf, grads: List, max_norm: float, summed: Optional[List[
     """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), clamped to 1. A `summed` variable
     (Keras' one bias for b_ih + b_hh) stands for two parameters with the same gradient: it counts twice."""
     dtype = grads[0].dtype
-    counts = [2.0 if twice else 1.0 for twice in (summed or [False] * len(grads))]
-    norm = tf.sqrt(tf.add_n([c * tf.reduce_sum(tf.square(tf.cast(g, dtype))) for g, c in zip(grads, counts)]))
+    norm = global_norm(tf, grads, summed)
     coef = tf.minimum(tf.constant(max_norm, dtype) / (norm + tf.constant(1e-6, dtype)), tf.constant(1.0, dtype))
     return [g * tf.cast(coef, g.dtype) for g in grads]
+
+
+def global_norm(tf, grads: List, summed: Optional[List[bool]] = None):
+    """The gradients' global L2 norm as torch's clip_grad_norm_ counts it (a `summed` variable twice)."""
+    dtype = grads[0].dtype
+    counts = [2.0 if twice else 1.0 for twice in (summed or [False] * len(grads))]
+    return tf.sqrt(tf.add_n([c * tf.reduce_sum(tf.square(tf.cast(g, dtype))) for g, c in zip(grads, counts)]))
 
 
 def mean_cross_entropy(tf, logits, targets):
@@ -214,6 +221,7 @@ class TFLearner:
         tf = self.tf = require_tensorflow(model.impl)
         self.model = model
         self.grad_clip = float(grad_clip)
+        self._grad_norm = tf.Variable(0.0, dtype=model.tf_dtype, trainable=False)   # set by each train step
         named = model.training_variables()
         self.variables = [entry[1] for entry in named]
         self.optimizer = TFOptimizer(optimizer, named, lr, weight_decay, device=model.device)
@@ -231,6 +239,7 @@ class TFLearner:
         # the embedding's gradient comes as IndexedSlices; dense, as torch's, so Adam's moments
         # decay for rows not in this window too
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
+        self._grad_norm.assign(global_norm(tf, grads, self.optimizer.summed))
         if self.grad_clip > 0:
             grads = clip_by_global_norm(tf, grads, self.grad_clip, self.optimizer.summed)
 
@@ -256,7 +265,9 @@ class TFLearner:
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
         self.model.train()
-        return self._run(self._train, x, y, state)
+        loss, new_state = self._run(self._train, x, y, state)
+        self.grad_norm = float(self._grad_norm.numpy()) if math.isfinite(loss) else math.nan
+        return loss, new_state
 
     def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
         """Mean loss of one window in eval mode (no dropout), and the carried state."""
