@@ -133,6 +133,20 @@ def test_a_preset_that_asks_for_bf16_trains_in_float32_where_it_cannot(text_file
     assert json.loads((out / "config.json").read_text())["train"]["bf16"] is False
 
 
+def test_a_bf16_run_resumed_where_bf16_cannot_run_says_so_in_its_own_words(text_file, tmp_path, run_cli):
+    """A run trained with --bf16 (here: its config.json says so, as one trained on a machine with bfloat16 units
+    would), resumed on one without: float32 from then on, and the note names the run, not a preset."""
+    out = tmp_path / "r"
+    assert run_cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2]).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["bf16"] = True
+    (out / "config.json").write_text(json.dumps(config))
+    r = run_cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", 3], env=FAKED)
+    assert r.returncode == 0, r.stderr
+    assert "note: training in float32 from now on: the run trained in bfloat16" in r.stderr and "preset" not in r.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["bf16"] is False
+
+
 def test_info_device_names_the_int8_path_the_compiled_step_runs(run_cli):
     """CHARRNN_NATIVE_ISA=avx2 holds the int8 step to the path an AVX2-only CPU gets (on x86 with a compiler)."""
     import platform

@@ -161,7 +161,8 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
 
 def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, speak: bool) -> TrainConfig:
     """--bf16 only where this engine can train this cell in bfloat16 here (capabilities: found by trying),
-    refused before anything is read or written. A preset's bf16 (gpu) is dropped with a note instead."""
+    refused before anything is read or written. A preset's bf16 (gpu), or a resumed run's, is dropped with a
+    note instead."""
     if not cfg.bf16 or cfg.impl == "naive" or cfg.impl in TF_IMPLS:
         return cfg  # _check_flags has refused --bf16 for those engines
     from charrnn import capabilities
@@ -176,7 +177,8 @@ def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, speak: bool
     if explicit:
         raise UserError(f"{capabilities.bf16_missing(device)}; drop --bf16")
     if speak:
-        print(f"note: training in float32: the preset asks for bfloat16, but {capabilities.bf16_missing(device)}",
+        asked = " from now on: the run trained in bfloat16" if cfg.resume else ": the preset asks for bfloat16"
+        print(f"note: training in float32{asked}, but {capabilities.bf16_missing(device)}",
               file=sys.stderr, flush=True)
     return dataclasses.replace(cfg, bf16=False)
 
