@@ -117,6 +117,13 @@ def test_info_device_says_what_this_machine_runs(machine, run_cli):
         assert "refused for library/lstm" in lines
 
 
+@pytest.mark.parametrize("value", ["no-vnni", "no-bf16,no-avx2", "bogus"])
+def test_a_capability_that_cannot_be_faked_is_refused_not_reported_faked(value, run_cli):
+    r = run_cli(["info", "--device"], env={"CHARRNN_FAKE_CPU": value})
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, (r.stdout, r.stderr)
+    assert f"CHARRNN_FAKE_CPU={value} fakes only no-bf16" in r.stderr
+
+
 def test_info_takes_a_text_or_device_not_both(run_cli, text_file):
     for args in (["info"], ["info", text_file, "--device"]):
         r = run_cli(args)
