@@ -20,6 +20,7 @@ import os
 import platform
 from typing import Dict, List
 
+from charrnn.errors import UserError
 from charrnn.storage import user_cache_dir, write_text_atomic
 
 FAKE_VARIABLE = "CHARRNN_FAKE_CPU"
@@ -47,9 +48,18 @@ def cpu_name() -> str:
     return line.split(":", 1)[1].strip() if ":" in line else (platform.processor() or platform.machine())
 
 
+FAKEABLE = ("bf16",)    # what CHARRNN_FAKE_CPU can take away (the int8 step's path: CHARRNN_NATIVE_ISA)
+
+
 def faked() -> set:
-    """What CHARRNN_FAKE_CPU says this machine lacks (e.g. {'bf16'})."""
-    return {part.strip().removeprefix("no-") for part in os.environ.get(FAKE_VARIABLE, "").split(",") if part.strip()}
+    """What CHARRNN_FAKE_CPU says this machine lacks (e.g. {'bf16'}). A name it cannot fake is refused, not
+    reported as faked while nothing changes."""
+    value = os.environ.get(FAKE_VARIABLE, "")
+    names = {part.strip().removeprefix("no-") for part in value.split(",") if part.strip()}
+    if names - set(FAKEABLE):
+        raise UserError(f"{FAKE_VARIABLE}={value} fakes only {', '.join('no-' + n for n in FAKEABLE)} (hold the int8 "
+                        "step to a lesser path with CHARRNN_NATIVE_ISA=avx2 or portable); fix or unset it")
+    return names
 
 
 def bf16_units() -> bool:

@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        raise UserError(f"{message}{_choice_suggestion(message)} (see '{self.prog} --help')")
+        raise UserError(f"{message}{_choice_suggestion(message)}{_dash_value_hint(message)} (see '{self.prog} --help')")
 
     def parse_args(self, args=None, namespace=None):
         args, extras = self.parse_known_args(_attach_dash_values(self, sys.argv[1:] if args is None else args),
@@ -115,6 +115,13 @@ def _closest(word: str, candidates) -> Optional[str]:
         return starting[0]
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _dash_value_hint(message: str) -> str:
+    """For "argument --prime: expected one argument": a value that _attach_dash_values could not take as the
+    option's (it is a flag, the start of one, or '--') is still given with '='."""
+    match = re.match(r"argument (\S+): expected one argument$", message)
+    return f"; for a value that begins with '-', write {match.group(1).split('/')[-1]}=VALUE" if match else ""
 
 
 def _choice_suggestion(message: str) -> str:

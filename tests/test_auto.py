@@ -135,12 +135,16 @@ def test_preset_auto_trains_says_why_and_records_it(text_file, tmp_path, run_cli
     assert (out / "best.safetensors").exists()
 
 
-@pytest.mark.parametrize("extra,needle", [([], "add --max-time"),
-                                          (["--max-time", 5, "--init-from", "x"], "--init-from"),
-                                          (["--max-time", 5, "--impl", "naive"], "--impl naive")])
-def test_preset_auto_refuses_what_it_cannot_do_in_one_line(extra, needle, text_file, tmp_path, run_cli):
-    r = run_cli(["train", "--data", text_file, "--out", tmp_path / "r", "--preset", "auto", *extra])
+@pytest.mark.parametrize("preset, extra, needle", [("auto", [], "add --max-time"),
+                                                   ("auto", ["--max-time", 5, "--init-from", "x"], "--init-from"),
+                                                   ("auto", ["--max-time", 5, "--impl", "naive"], "--impl naive"),
+                                                   ("cpu-10min", ["--init-from", "x"], "--init-from"),
+                                                   ("cpu-10min", ["--impl", "keras"], "--impl keras")])
+def test_preset_auto_refuses_what_it_cannot_do_in_one_line(preset, extra, needle, text_file, tmp_path, run_cli):
+    """cpu-10min is auto with 600 s: refused alike, in words that name the preset the user gave."""
+    r = run_cli(["train", "--data", text_file, "--out", tmp_path / "r", "--preset", preset, *extra])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert f"--preset {preset} " in r.stderr
     assert not (tmp_path / "r").exists()
 
 

@@ -117,6 +117,13 @@ def test_info_device_says_what_this_machine_runs(machine, run_cli):
         assert "refused for library/lstm" in lines
 
 
+@pytest.mark.parametrize("value", ["no-vnni", "no-bf16,no-avx2", "bogus"])
+def test_a_capability_that_cannot_be_faked_is_refused_not_reported_faked(value, run_cli):
+    r = run_cli(["info", "--device"], env={"CHARRNN_FAKE_CPU": value})
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, (r.stdout, r.stderr)
+    assert f"CHARRNN_FAKE_CPU={value} fakes only no-bf16" in r.stderr
+
+
 def test_info_takes_a_text_or_device_not_both(run_cli, text_file):
     for args in (["info"], ["info", text_file, "--device"]):
         r = run_cli(args)
@@ -130,6 +137,20 @@ def test_a_preset_that_asks_for_bf16_trains_in_float32_where_it_cannot(text_file
                  "--layers", 1, "--max-iters", 1], env=FAKED)
     assert r.returncode == 0, r.stderr
     assert "training in float32: the preset asks for bfloat16" in r.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["bf16"] is False
+
+
+def test_a_bf16_run_resumed_where_bf16_cannot_run_says_so_in_its_own_words(text_file, tmp_path, run_cli):
+    """A run trained with --bf16 (here: its config.json says so, as one trained on a machine with bfloat16 units
+    would), resumed on one without: float32 from then on, and the note names the run, not a preset."""
+    out = tmp_path / "r"
+    assert run_cli(["train", "--data", text_file, "--out", out, *SMALL, "--max-iters", 2]).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["bf16"] = True
+    (out / "config.json").write_text(json.dumps(config))
+    r = run_cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", 3], env=FAKED)
+    assert r.returncode == 0, r.stderr
+    assert "note: training in float32 from now on: the run trained in bfloat16" in r.stderr and "preset" not in r.stderr
     assert json.loads((out / "config.json").read_text())["train"]["bf16"] is False
 
 

@@ -498,12 +498,11 @@ def test_refused_commands_change_nothing(lab, row, case, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nor anything else (a new run, a page, a file)
 
 
-@pytest.mark.xfail(strict=True, reason="found here: --init-from re-encodes the new text without the parent's unknown "
-                                       "symbol (train/cli.py _remap_to_vocab), so a --max-vocab run cannot be "
-                                       "fine-tuned on a text with other characters, with or without --max-vocab")
 def test_a_max_vocab_run_fine_tunes_on_new_text_reading_what_it_lacks_as_its_unknown_symbol(lab, tmp_path):
     run = lab.get(next(row for row in ROWS if row.data == "max_vocab" and row.engine not in SLOW_ENGINES))
     done = cli(lab, ["train", "--data", run.other_text, "--out", tmp_path / "ft", "--init-from", run.ft,
                      "--max-iters", 1, "--batch-size", 2, "--seq-len", 16])
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ft" / "data.json").read_text(encoding="utf-8"))["unknown"] == "\ufffd"
+    again = cli(lab, ["train", "--data", run.other_text, "--out", tmp_path / "ft", "--resume", "--max-iters", 2])
+    assert again.returncode == 0, again.stderr   # and it resumes on the same text: its record is its own

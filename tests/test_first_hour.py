@@ -201,6 +201,10 @@ def test_sample_eval_serve_and_export_help_state_every_default(command):
     (["train", "--impl", "libary"], "did you mean 'library'?", "charrnn train --help"),
     (["train", "--preset", "cpu"], "did you mean 'cpu-10min'?", "charrnn train --help"),
     (["sampel", "--checkpoint", "r"], "did you mean 'sample'?", "charrnn --help"),
+    # a value that is a flag (or '--') cannot be taken as --prime's: the error says how to give it
+    (["sample", "--checkpoint", "r", "--prime", "--"], "write --prime=VALUE", "charrnn sample --help"),
+    (["sample", "--checkpoint", "r", "--prime", "-h"], "write --prime=VALUE", "charrnn sample --help"),
+    (["sample", "--checkpoint", "r", "--prime", "--temp"], "write --prime=VALUE", "charrnn sample --help"),
 ])
 def test_a_mistyped_flag_gets_the_closest_one_and_the_command_help_in_one_line(args, suggestion, see):
     assert_one_line_error(run(*args), suggestion, f"(see '{see}')")

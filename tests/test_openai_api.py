@@ -206,3 +206,18 @@ def test_busy_slots_get_429_in_the_error_shape(run_dir):
         free = c.post("/v1/completions", json={"model": "tiny-run", "max_tokens": 5})
     assert busy.status_code == 429 and busy.json()["error"]["code"] == "server_busy"
     assert free.status_code == 200 and len(free.json()["choices"][0]["text"]) == 5
+
+
+@pytest.mark.parametrize("body, words", [(b"{not json", "not valid JSON"),
+                                         (b'{"model": "tiny-run",}', "not valid JSON"), (b"", "has no body")])
+def test_a_body_that_is_not_json_says_so_and_names_no_field(run_dir, body, words):
+    """FastAPI reports a JSON syntax error at ('body', character position): the position is no parameter."""
+    from fastapi.testclient import TestClient
+
+    from charrnn.serve.app import create_app
+
+    with TestClient(create_app(run_dir, impl="naive", warm=False)) as c:
+        reply = c.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and error["type"] == "invalid_request_error"
+    assert error["param"] is None and words in error["message"], error

@@ -134,6 +134,19 @@ def test_a_fresh_run_removes_an_earlier_runs_events(tiny_text, tmp_path, run_cli
     assert max(e.step for e in read_events(out).Scalars("loss/train")) == 4
 
 
+@needs_tensorboard
+def test_a_fresh_run_keeps_event_files_another_program_wrote(tiny_text, tmp_path, run_cli):
+    """--out on a folder that is not a charrnn run (a TensorBoard logdir, say): only charrnn's own event files
+    (named ...charrnn) are an earlier run's; another writer's are the user's and stay, byte for byte."""
+    out = tmp_path / "logs"
+    out.mkdir()
+    theirs = out / f"{EVENTS_PREFIX}1700000000.host.42"       # SummaryWriter's naming: no .charrnn
+    theirs.write_bytes(b"another program's events")
+    train(run_cli, tiny_text, out, "--max-iters", "3")
+    assert theirs.read_bytes() == b"another program's events"
+    assert len(list(out.glob(EVENTS_PREFIX + "*.charrnn"))) == 1
+
+
 def test_without_tensorboard_one_line_says_how_to_install_it(tiny_text, tmp_path, run_cli, monkeypatch):
     for name in [m for m in sys.modules if m == "tensorboard" or m.startswith("tensorboard.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -58,6 +58,11 @@ def is_api_path(path: str) -> bool:
 def validation_error(errors: list) -> APIError:
     """Pydantic's first complaint about a request body, named by its field (the API's `param`)."""
     first = (errors or [{"loc": (), "msg": "invalid request"}])[0]
+    if first.get("type") == "json_invalid":  # its loc is ("body", a character position), no field
+        why = (first.get("ctx") or {}).get("error")
+        return APIError(400, "the request body is not valid JSON" + (f" ({why})" if why else ""))
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") == "missing":
+        return APIError(400, "the request has no body; send a JSON object with the model and the prompt")
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = where[0] if where else None
     return APIError(400, f"{'.'.join(where)}: {first.get('msg')}" if where else str(first.get("msg")), param)

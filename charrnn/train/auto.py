@@ -223,17 +223,17 @@ def _timed(step: Callable[[], None], steps: int, deadline: float) -> list:
 
 
 def check_usable(given: dict, distributed: bool) -> None:
-    """What --preset auto cannot do, refused before any work."""
+    """What --preset auto (or cpu-10min, auto with 600 s) cannot do, refused before any work."""
     if given.get("resume"):
         return  # the run's saved choice is kept (train/cli.py)
+    preset = f"--preset {given.get('preset', 'auto')}"
     if given.get("init_from"):
-        raise UserError("--preset auto chooses a new model's shape, but --init-from keeps the other run's; "
+        raise UserError(f"{preset} chooses a new model's shape, but --init-from keeps the other run's; "
                         "drop one of them")
     if given.get("impl") not in (None, "library", "scratch"):
-        raise UserError(f"--preset auto sizes models for the PyTorch engines (library, scratch); with --impl "
+        raise UserError(f"{preset} sizes models for the PyTorch engines (library, scratch); with --impl "
                         f"{given['impl']} give the model's flags yourself")
     if distributed:
-        raise UserError(f"--preset {given['preset']} probes the speed of one process; under torchrun give the "
-                        "model's flags")
+        raise UserError(f"{preset} probes the speed of one process; under torchrun give the model's flags")
     if not any(given.get(k) is not None for k in ("max_time", "epochs", "max_iters")):
-        raise UserError("--preset auto sizes the model to a budget; add --max-time SECONDS (or --epochs E)")
+        raise UserError(f"{preset} sizes the model to a budget; add --max-time SECONDS (or --epochs E)")

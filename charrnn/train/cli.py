@@ -104,11 +104,24 @@ def _check_resume_changes(saved: dict, given: dict, notes: Announcements | None)
         notes.say(f"resume: these settings differ from the run's and are in force from now on: {described}")
 
 
-def _remap_to_vocab(data, vocab) -> tuple:
-    """The training and validation texts re-encoded in `vocab` (copies)."""
+def _inherit_unknown(data, run_dir: Path) -> None:
+    """A run fine-tuned from (or resuming) a model with an unknown symbol (--max-vocab's U+FFFD) reads the
+    characters that model lacks as that symbol, as `eval` and `sample` do, and keeps it in its own data.json,
+    so its exports and samples treat it as the parent's did."""
+    from charrnn.data.dataset import read_record
+
+    unknown = (read_record(run_dir) or {}).get("unknown")
+    if unknown and data.unknown is None:
+        data.unknown = unknown
+        data.record["unknown"] = unknown
+
+
+def _remap_to_vocab(data, vocab, unknown=None) -> tuple:
+    """The training and validation texts re-encoded in `vocab` (copies); characters it lacks become
+    `unknown` where the run has one (a --max-vocab run's symbol), as they would in `eval`."""
     try:
-        return (vocab.translate(data.vocab, data.train, "the new corpus"),
-                vocab.translate(data.vocab, data.val, "the new corpus"))
+        return (vocab.translate(data.vocab, data.train, "the new corpus", unknown),
+                vocab.translate(data.vocab, data.val, "the new corpus", unknown))
     except UserError as e:
         raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, "
                         "or train a new model") from None
@@ -189,7 +202,8 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
 
 def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, notes: Announcements) -> TrainConfig:
     """--bf16 only where this engine can train this cell in bfloat16 here (capabilities: found by trying),
-    refused before anything is read or written. A preset's bf16 (gpu) is dropped with a note instead."""
+    refused before anything is read or written. A preset's bf16 (gpu), or a resumed run's, is dropped with a
+    note instead."""
     if not cfg.bf16 or cfg.impl == "naive" or cfg.impl in TF_IMPLS:
         return cfg  # _check_flags has refused --bf16 for those engines
     from charrnn import capabilities
@@ -203,8 +217,8 @@ def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, notes: Anno
         return cfg
     if explicit:
         raise UserError(f"{capabilities.bf16_missing(device)}; drop --bf16")
-    notes.say(f"note: training in float32: the preset asks for bfloat16, but {capabilities.bf16_missing(device)}",
-              warning=True)
+    asked = " from now on: the run trained in bfloat16" if cfg.resume else ": the preset asks for bfloat16"
+    notes.say(f"note: training in float32{asked}, but {capabilities.bf16_missing(device)}", warning=True)
     return dataclasses.replace(cfg, bf16=False)
 
 
@@ -268,6 +282,8 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
     from charrnn.data.dataset import check_same_data, training_data
 
     data = training_data(cfg)
+    if cfg.resume or cfg.init_from:
+        _inherit_unknown(data, out if cfg.resume else Path(cfg.init_from))
     if cfg.resume:
         check_same_data(out, data.record)
     notes.say("\n".join(data.lines))
@@ -277,7 +293,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
     init_params = None
     if cfg.init_from and not cfg.resume:
         init_model, vocab, init_params = load_run(Path(cfg.init_from), "latest")
-        texts = _remap_to_vocab(data, vocab)
+        texts = _remap_to_vocab(data, vocab, data.unknown)
         for key in MODEL_KEYS - {"vocab_size", "dropout"}:
             if key in model_flags and model_flags[key] != getattr(init_model, key):
                 raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
@@ -287,7 +303,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
 
         vocab = load_vocab(out, ModelConfig(**model_flags))
         if vocab != data.vocab:
-            texts = _remap_to_vocab(data, vocab)
+            texts = _remap_to_vocab(data, vocab, data.unknown)
     return ModelConfig(**{**model_flags, "vocab_size": len(vocab)}), vocab, texts, init_params, data
 
 

@@ -13,7 +13,8 @@ wherever it is installed (4 s and its log lines on every run).
 
 Resume: the new file starts with TensorBoard's restart marker (SessionLog START at the resumed iteration + 1,
 what SummaryWriter's `purge_step` writes), so readers drop the older files' events past the checkpoint, as
-metrics.jsonl drops its rows. A fresh run removes the event files an earlier run left in its directory.
+metrics.jsonl drops its rows. A fresh run removes the event files an earlier charrnn run left in its
+directory, and no other program's.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Callable, Dict, Optional
 from charrnn.errors import install_hint
 
 EVENTS_PREFIX = "events.out.tfevents."   # how TensorBoard finds event files in a run directory
+OWN_SUFFIX = ".charrnn"                   # ends the names of the event files charrnn writes (_new_file_name)
 TAGS = {                                  # metrics.jsonl key -> TensorBoard tag ("section/chart")
     "train_loss": "loss/train", "val_loss": "loss/validation",           # nats per character
     "train_bpc": "bpc/train", "val_bpc": "bpc/validation",               # bits per character
@@ -53,10 +55,12 @@ def open_event_log(run_dir: Path, resume_from_iter: Optional[int],
                    warn: Callable[[str], None]) -> Optional["EventLog"]:
     """The run's event log, or None (after one line from `warn`) when TensorBoard is not installed.
     A fresh run (resume_from_iter None) first removes an earlier run's event files, as its metrics.jsonl
-    starts empty. OSError: the directory cannot be written (the caller words it)."""
+    starts empty; only charrnn's own (OWN_SUFFIX): another program's, in a folder given as --out, are the
+    user's. OSError: the directory cannot be written (the caller words it)."""
     if resume_from_iter is None:
         for path in event_files(run_dir):
-            path.unlink()
+            if path.name.endswith(OWN_SUFFIX):
+                path.unlink()
     try:
         return EventLog(Path(run_dir), resume_from_iter)
     except ImportError:
@@ -146,4 +150,4 @@ def _new_file_name(run_dir: Path) -> str:
         found = re.match(re.escape(EVENTS_PREFIX) + r"(\d+)\.", path.name)
         if found:
             stamp = max(stamp, int(found.group(1)) + 1)   # a second in the future at worst; it is only a name
-    return f"{EVENTS_PREFIX}{stamp:010d}.{socket.gethostname()}.{os.getpid()}.charrnn"
+    return f"{EVENTS_PREFIX}{stamp:010d}.{socket.gethostname()}.{os.getpid()}{OWN_SUFFIX}"
