@@ -131,8 +131,12 @@ def _cache() -> Dict[str, bool]:
 
 
 def _save(cache: Dict[str, bool]) -> None:
+    from charrnn.storage import may_write_under
+
     try:  # a cache that cannot be written only costs the trial again next time
         path = _cache_path()
+        if not may_write_under(path.parent):   # a folder marked read-only is not ours to fill, even as root
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(cache, indent=1, sort_keys=True))
     except OSError:
@@ -157,14 +161,25 @@ def report() -> Dict[str, object]:
         "bf16_units": bf16_units(),
         "bf16_training": {f"{impl}/{cell}": bf16_training(cpu, impl, cell)
                           for impl in ("library", "scratch") for cell in ("lstm", "gru", "rnn")},
-        "int8_step": (f"compiled step, {native.compiled_path()} path" if native.compiled_path()
-                      else f"NumPy (no compiled step: {native.kernel_problem()})"),
+        "int8_step": _int8_step(native),
         "onnxruntime": _version("onnxruntime") if importlib.util.find_spec("onnxruntime") else None,
         "onnxruntime_int8": "VNNI" if flags & set(INT8_UNITS) else "AVX2 (no VNNI)" if "avx2" in flags else "other",
         "faked": sorted(faked()),
         "onednn_max_cpu_isa": next((os.environ[v] for v in ONEDNN_VARIABLES if os.environ.get(v)), None),
     }
     return facts
+
+
+def _int8_step(native) -> str:
+    """The compiled int8 step's path in words; a CHARRNN_NATIVE_ISA this machine cannot build is reported here,
+    not raised: this is the command that says what the machine can do."""
+    from charrnn.errors import UserError
+
+    try:
+        path = native.compiled_path()
+    except UserError as e:
+        return f"none: {e}"
+    return f"compiled step, {path} path" if path else f"NumPy (no compiled step: {native.kernel_problem()})"
 
 
 def report_lines(facts: Dict[str, object]) -> List[str]:

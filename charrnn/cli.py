@@ -214,6 +214,9 @@ def cmd_info(args) -> int:
     if args.device:
         from charrnn import capabilities
 
+        if args.include or args.exclude or args.doc_sep != "\x1e":
+            raise UserError("--include, --exclude and --doc-sep describe a text; info --device takes none of them")
+
         facts = capabilities.report()
         print(json.dumps(facts) if args.json else "\n".join(capabilities.report_lines(facts)))
         return 0

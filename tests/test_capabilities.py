@@ -73,7 +73,27 @@ def test_a_refused_bf16_resume_changes_nothing(text_file, tmp_path, run_cli):
     before = tree_digest(out)
     r = run_cli(["train", "--data", text_file, "--out", out, "--resume", "--max-iters", 4, "--bf16"], env=FAKED)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "drop --bf16" in r.stderr
+    assert r.stdout == ""                     # nor "these settings differ" first: a refusal is its one line
     assert tree_digest(out) == before
+
+
+def test_info_device_reports_an_int8_path_it_cannot_build_and_refuses_text_flags(run_cli, tmp_path):
+    r = run_cli(["info", "--device", "--json"], env={"CHARRNN_NATIVE_ISA": "bogus"})
+    assert r.returncode == 0 and json.loads(r.stdout)["int8_step"].startswith("none: CHARRNN_NATIVE_ISA=bogus")
+    r = run_cli(["info", "--device", "--include", "*.txt"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_capability_cache_is_not_written_into_a_read_only_folder(run_cli, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "charrnn").mkdir(parents=True)
+    (cache / "charrnn").chmod(0o555)
+    try:
+        r = run_cli(["info", "--device", "--json"], env={"XDG_CACHE_HOME": cache})
+        assert r.returncode == 0, r.stderr
+        assert not list((cache / "charrnn").glob("capabilities-*"))
+    finally:
+        (cache / "charrnn").chmod(0o755)
 
 
 @MACHINES
