@@ -221,3 +221,10 @@ def test_a_body_that_is_not_json_says_so_and_names_no_field(run_dir, body, words
     error = reply.json()["error"]
     assert reply.status_code == 400 and error["type"] == "invalid_request_error"
     assert error["param"] is None and words in error["message"], error
+
+
+def test_a_boolean_where_a_count_belongs_is_refused(server):
+    import httpx
+
+    r = httpx.post(f"{server}v1/completions", json={"model": "x", "prompt": "a", "max_tokens": True}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"

@@ -22,7 +22,7 @@ from typing import AsyncIterator, Dict, List, Optional, Tuple, Union
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from charrnn.errors import UserError
 from charrnn.infer.sampling import sampling_options
@@ -77,22 +77,22 @@ class CompletionRequest(BaseModel):
     """The API's completion request. Fields charrnn cannot honour are accepted only at the value that asks
     for nothing (`check_neutral`), so no request is half-ignored; `top_k` is an extension (vLLM has it too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")   # integers strict: `"n": true` is refused, as the API does
     model: str
     prompt: Union[str, list] = ""        # a string, or a list of one (not token ids: a token is a character)
-    max_tokens: Optional[int] = Field(16, ge=1)
+    max_tokens: Optional[StrictInt] = Field(16, ge=1)
     temperature: Optional[float] = Field(1.0, ge=0, le=100)
     top_p: Optional[float] = Field(1.0, gt=0, le=1)
-    top_k: Optional[int] = Field(None, ge=1)
-    n: Optional[int] = Field(1, ge=1, le=MAX_CHOICES)
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    top_k: Optional[StrictInt] = Field(None, ge=1)
+    n: Optional[StrictInt] = Field(1, ge=1, le=MAX_CHOICES)
+    seed: Optional[StrictInt] = Field(None, ge=0, le=2**63 - 1)
     stop: Optional[Union[str, List[str]]] = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     echo: Optional[bool] = False
     user: Optional[str] = None            # the caller's end user, for its own records; nothing to do here
-    logprobs: Optional[int] = None
-    best_of: Optional[int] = None
+    logprobs: Optional[StrictInt] = None
+    best_of: Optional[StrictInt] = None
     frequency_penalty: Optional[float] = None
     presence_penalty: Optional[float] = None
     logit_bias: Optional[Dict[str, float]] = None
