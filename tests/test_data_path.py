@@ -8,13 +8,10 @@ The last tests read the layout of charrnn/data itself: the modules its docstring
 calls that only go one way along that order. References are Python's own (str, sorted, set, hashlib).
 """
 import ast
-import contextlib
 import hashlib
-import io
 import json
 import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +20,6 @@ import numpy as np
 import pytest
 
 import charrnn.data.textfile
-from charrnn.cli import main
 from charrnn.config import TrainConfig
 from charrnn.data.dataset import training_data
 
@@ -40,16 +36,11 @@ def isolated(tmp_path, monkeypatch):
 
 
 def run(*argv) -> tuple:
-    """`charrnn ARGV` in this process: (exit code, stdout, stderr); train's signal handlers are put back."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in argv])
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, out.getvalue(), err.getvalue()
+    """`charrnn ARGV` in this process: (exit code, stdout, stderr) (conftest's CharrnnCLI.in_process)."""
+    from conftest import CharrnnCLI
+
+    done = CharrnnCLI.in_process(argv)
+    return done.returncode, done.stdout, done.stderr
 
 
 def words(seed: int, n: int) -> str:
