@@ -105,6 +105,7 @@ ITERS = {"train": 3, "resume": 5, "fine_tune": 3}
 RESUME_CHANGES = {
     "--lr": ("0.05", None),
     "--weight-decay": ("0.5", None),
+    "--grad-clip": ("0.001", None),
 }
 
 # What the text and eval checks use: a seed, a length, and a temperature at which these barely trained models
