@@ -148,6 +148,20 @@ def test_preset_auto_refuses_what_it_cannot_do_in_one_line(preset, extra, needle
     assert not (tmp_path / "r").exists()
 
 
+
+def test_preset_auto_on_a_text_too_short_for_its_windows_is_refused_before_the_probe(tmp_path, run_cli):
+    """auto trains on windows of BATCH x SEQ_LEN: a shorter text is one line (exit 2, nothing on stdout, no
+    probe), naming the flags that make it fit; with them given, auto trains."""
+    short = tmp_path / "short.txt"
+    short.write_text("the cat sat on the mat. " * 40, encoding="utf-8")        # 960 characters < 32 x 100
+    r = run_cli(["train", "--data", short, "--out", tmp_path / "r", "--preset", "auto", "--max-time", 3])
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1 and "--batch-size 32 x --seq-len 100" in r.stderr
+    assert not (tmp_path / "r").exists()
+    fits = run_cli(["train", "--data", short, "--out", tmp_path / "r", "--preset", "auto", "--max-time", 3,
+                    "--batch-size", 4, "--seq-len", 16, "--log-every", 1000])
+    assert fits.returncode == 0, fits.stderr
+
 @pytest.mark.parametrize("impl", ["library", "scratch"])
 def test_bf16_on_a_cpu_trains_in_bfloat16_and_validates_in_float32(impl):
     torch = pytest.importorskip("torch")

@@ -142,6 +142,7 @@ def run_train(args: dict) -> int:
     train_cfg = _check_bf16(train_cfg, model_flags.get("cell", ModelConfig.cell), device, "bf16" in explicit, notes)
     model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, out, notes)
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
+        _check_auto_layout(train_cfg, explicit, train_data)
         notes.flush()  # what was read comes before the probe, which takes seconds
         train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), device, world)
 
@@ -165,6 +166,17 @@ def run_train(args: dict) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+
+def _check_auto_layout(cfg: TrainConfig, explicit: set, train_data) -> None:
+    """The windows auto will train on (its batch and length; explicit flags win) must fit the training split:
+    refused in one line before the probe and before anything is said, not after both."""
+    from charrnn.train import auto
+
+    batch = cfg.batch_size if "batch_size" in explicit else auto.BATCH
+    seq_len = cfg.seq_len if "seq_len" in explicit else auto.SEQ_LEN
+    make_streams(train_data, batch, seq_len, what="training split")
 
 
 def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, device,

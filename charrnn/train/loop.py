@@ -234,11 +234,13 @@ class Trainer:
         val = self.validate()
         is_best = val is not None and val < p.best_val
         if val is not None:
-            p.last_val = val
+            # an overflowed loss (NaN, inf) is kept as null: JSON has no such numbers, and resume.safetensors'
+            # counters must stay readable (checkpoint._check_progress refuses a NaN)
+            p.last_val = val if math.isfinite(val) else None
             p.best_val = min(p.best_val, val)
             p.evals_since_best = 0 if is_best else p.evals_since_best + 1
             if self.world.is_main:
-                self.metrics.append(self._row(val_loss=round(val, 5), val_bpc=round(bits_per_char(val), 5)))
+                self.metrics.append(self._row(val_loss=_rounded(val, 5), val_bpc=_rounded(bits_per_char(val), 5)))
                 self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
                          + (" (best)" if is_best else ""))
         self.save(best=is_best or (val is None))
