@@ -271,3 +271,11 @@ def test_max_time_bounds_the_whole_run_probe_included(text_file, tmp_path, run_c
     again = run_cli(["train", "--data", text_file, "--out", out, "--preset", "auto", "--max-time", 5, "--resume"])
     assert again.returncode == 0, again.stderr
     assert "differ" not in again.stdout
+
+
+def test_without_validation_auto_neither_chooses_nor_names_early_stopping():
+    """--patience watches validation: with none (--val-frac 0) auto does not set it, nor say it did."""
+    many_passes = dict(train_chars=50_000, vocab_size=65, epochs=20)
+    assert choose(Workload(**many_passes), None).values["patience"] == 3
+    without = choose(Workload(**many_passes, validates=False), None)
+    assert "patience" not in without.values and "--patience" not in without.reason

@@ -279,3 +279,35 @@ def test_patience_without_validation_is_refused_in_one_line(flags, text, tmp_pat
                    "--patience", 2, *flags)
     assert_refused_in_one_line(result, "--patience 2 needs validation")
     assert not run.exists()
+
+
+def test_a_fine_tune_says_how_much_it_reads_as_the_parents_unknown_symbol(tmp_path, run_cli):
+    """--init-from a --max-vocab run onto a text with other characters: one warning counts them, data.json too."""
+    text = tmp_path / "text.txt"
+    text.write_text("a rat ran at a tan tar. " * 80, encoding="utf-8")
+    other = tmp_path / "other.txt"
+    other.write_text("a rat saw the cat. " * 80, encoding="utf-8")
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    small = ["--hidden", 8, "--embed", 4, "--batch-size", 2, "--seq-len", 8, "--max-iters", 1, "--impl", "naive"]
+    assert run_cli(["train", "--data", text, "--out", parent, *small, "--max-vocab", 4]).returncode == 0
+    done = run_cli(["train", "--data", other, "--out", child, "--init-from", parent, *small])
+    assert done.returncode == 0, done.stderr
+    record = json.loads((child / "data.json").read_text(encoding="utf-8"))
+    parent_chars = set(json.loads((parent / "vocab.json").read_text(encoding="utf-8")))
+    expected = sum(1 for c in other.read_text(encoding="utf-8") if c not in parent_chars)
+    assert record["unknown"] == "\ufffd" and record["unknown_characters"] == expected > 0
+    assert record["vocab_size"] == len(parent_chars)
+    assert f"{expected:,} of" in done.stderr and "unknown symbol U+FFFD" in done.stderr
+
+
+def test_resume_with_another_init_from_is_refused_in_one_line(tmp_path, run_cli):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 80, encoding="utf-8")
+    run = tmp_path / "run"
+    small = ["--hidden", 8, "--embed", 4, "--batch-size", 2, "--seq-len", 8, "--max-iters", 1, "--impl", "naive"]
+    assert run_cli(["train", "--data", text, "--out", run, *small]).returncode == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    done = run_cli(["train", "--data", text, "--out", run, "--resume", "--init-from", run, "--max-iters", 2])
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+    assert "--init-from" in done.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -54,6 +54,7 @@ class Workload:
     max_time: Optional[float] = None
     epochs: Optional[float] = None
     max_iters: Optional[int] = None
+    validates: bool = True        # a validation split exists: early stopping has something to watch
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
                   weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
-    if passes > 4:
+    if passes > 4 and work.validates:
         values["patience"] = 3
     if chars >= pass_cap:  # the text runs out of lessons before the clock does
         values["epochs"] = MAX_PASSES

@@ -67,6 +67,9 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
             raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
                             f"({getattr(saved_model, key)}); drop the flag or start a new run")
     base = {k: v for k, v in (saved_train or {}).items() if k in TRAIN_KEYS}
+    if given.get("init_from") is not None and given["init_from"] != base.get("init_from"):
+        raise UserError(f"--init-from starts a new run from another run's weights, but --resume continues the run "
+                        f"in {out} from its own; drop one of them")
     if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
         given["max_time"] = base["max_time"]  # auto's run, resumed with its --max-time: less the probe, as saved
     if base:  # the run keeps its optimizer whichever engine continues it (the default depends on --impl)
@@ -114,6 +117,22 @@ def _inherit_unknown(data, run_dir: Path) -> None:
     if unknown and data.unknown is None:
         data.unknown = unknown
         data.record["unknown"] = unknown
+
+
+def _say_what_the_parent_lacks(data, vocab, notes: Announcements) -> None:
+    """A fine-tune that reads characters the --init-from model lacks as its unknown symbol says how many, as
+    --max-vocab does, and data.json counts them and names the vocabulary the run trains with."""
+    from charrnn.data.vocab import format_chars
+
+    missing = [i for i, c in enumerate(data.vocab.chars) if c not in vocab and c != data.unknown]
+    if missing:
+        count = int(sum(np.isin(text, missing).sum() for text in (data.train, data.val)))
+        total = len(data.train) + len(data.val)
+        notes.say(f"warning: {count:,} of {total:,} characters ({count / max(total, 1):.1%}) are outside the "
+                  f"--init-from model's vocabulary and read as its unknown symbol U+FFFD: "
+                  f"{format_chars(data.vocab.chars[i] for i in missing)}", True)
+        data.record["unknown_characters"] = int(data.record.get("unknown_characters") or 0) + count
+    data.record["vocab_size"] = len(vocab)
 
 
 def _remap_to_vocab(data, vocab, unknown=None) -> tuple:
@@ -184,7 +203,8 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     """--preset auto: probe this machine (for a time budget), choose, print why; explicit flags win."""
     from charrnn.train import auto
 
-    work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters)
+    work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters,
+                         validates=bool(cfg.val_frac > 0 or cfg.val_data))
     speed = None
     if cfg.max_time:
         from charrnn import capabilities
@@ -198,8 +218,6 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
     chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
-    if not cfg.val_frac:  # early stopping watches validation: without a split, auto's --patience has nothing to see
-        chosen.pop("patience", None)
     overridden = sorted(k for k in choice.values if k in explicit and k not in budget)
     record = {"reason": choice.reason, "overridden_by_flags": overridden, "max_time_given": cfg.max_time,
               "probe_chars_per_s": speed.measured if speed else None,
@@ -306,6 +324,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
     if cfg.init_from and not cfg.resume:
         init_model, vocab, init_params = load_run(Path(cfg.init_from), "latest")
         texts = _remap_to_vocab(data, vocab, data.unknown)
+        _say_what_the_parent_lacks(data, vocab, notes)
         for key in MODEL_KEYS - {"vocab_size", "dropout"}:
             if key in model_flags and model_flags[key] != getattr(init_model, key):
                 raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
