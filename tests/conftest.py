@@ -147,3 +147,17 @@ def write_word_text(path: Path, lines: int) -> Path:
     words = ["the", "king", "queen", "of", "and", "to", "thou", "art", "my", "lord", "hath", "love"]
     path.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(lines)), encoding="utf-8")
     return path
+
+
+class ScriptedValidation:
+    """A learner whose validation losses are given (early stopping, a loss that overflowed): the inner
+    learner does everything else."""
+
+    def __init__(self, inner, losses):
+        self.inner, self.losses = inner, iter(losses)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def eval_loss(self, x, y, state):
+        return next(self.losses), state

@@ -236,19 +236,6 @@ def test_top_p_keeps_every_character_tied_with_its_last_one():
 
 # ---- early stopping (--patience) ----------------------------------------------------------------------------
 
-class ScriptedValidation:
-    """A learner whose validation losses are given: what early stopping reads."""
-
-    def __init__(self, inner, losses):
-        self.inner, self.losses = inner, iter(losses)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def eval_loss(self, x, y, state):
-        return next(self.losses), state
-
-
 def test_patience_stops_after_n_evaluations_without_a_new_best(tmp_path):
     from charrnn.config import ModelConfig, TrainConfig
     from charrnn.data.batching import make_streams
@@ -258,6 +245,8 @@ def test_patience_stops_after_n_evaluations_without_a_new_best(tmp_path):
 
     data = np.random.default_rng(0).integers(0, 5, size=400).astype(np.uint8)
     model = build_model("naive", ModelConfig(vocab_size=5, cell="rnn", layers=1, hidden=8, embed=4))
+    from conftest import ScriptedValidation
+
     learner = ScriptedValidation(NumpyLearner(model, "adagrad", 0.1, 0.0, 5.0, seed=0), [2.0, 1.5, 1.6, 1.4, 1.45, 1.5])
     cfg = TrainConfig(impl="naive", max_iters=100, eval_every=2, log_every=1000, patience=2, out=str(tmp_path))
     logs = []
