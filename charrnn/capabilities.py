@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import platform
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from charrnn.errors import UserError
 from charrnn.storage import user_cache_dir, write_text_atomic
@@ -29,23 +29,24 @@ BF16_UNITS = ("avx512_bf16", "amx_bf16")       # /proc/cpuinfo's names for bfloa
 INT8_UNITS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def cpu_flags() -> List[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+@functools.lru_cache(maxsize=None)
+def _cpuinfo(prefixes: Tuple[str, ...]) -> str:
+    """The value of /proc/cpuinfo's first line that starts with one of `prefixes` ('' where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
+            line = next((line for line in f if line.startswith(prefixes)), "")
     except OSError:
-        return []
-    return line.split(":", 1)[1].split() if ":" in line else []
+        return ""
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
+def cpu_flags() -> List[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    return _cpuinfo(("flags", "Features")).split()
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        line = ""
-    return line.split(":", 1)[1].strip() if ":" in line else (platform.processor() or platform.machine())
+    return _cpuinfo(("model name",)) or platform.processor() or platform.machine()
 
 
 FAKEABLE = ("bf16",)    # what CHARRNN_FAKE_CPU can take away (the int8 step's path: CHARRNN_NATIVE_ISA)

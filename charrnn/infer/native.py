@@ -94,11 +94,9 @@ def _compiler() -> Optional[str]:
 
 def _cpu_flags() -> str:
     """The CPU's feature flags: -march=native code must not be reused on a CPU that lacks them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
+    from charrnn.capabilities import cpu_flags
+
+    return " ".join(cpu_flags()) or platform.processor()
 
 
 FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
