@@ -46,13 +46,7 @@ class Cache:
 
     # -- the scan
     def read_scan(self) -> Optional[dict]:
-        if self.directory is None:
-            return None
-        try:
-            scan = json.loads((self.directory / "scan.json").read_text(encoding="utf-8"))
-            return scan if scan.get("format") == FORMAT and scan.get("key") == self.key else None
-        except (OSError, ValueError, AttributeError):
-            return None
+        return None if self.directory is None else self._meta(self.directory / "scan.json")
 
     def write_scan(self, scan: dict) -> None:
         """Keep the scan; drop the encodings of the collection as it was (or of another format)."""
@@ -108,7 +102,8 @@ class Cache:
         return hashlib.sha256(json.dumps([self.key, parts], ensure_ascii=True).encode()).hexdigest()[:20]
 
     def _meta(self, path: Path) -> Optional[dict]:
-        """An encoding's meta when it belongs to this collection as found, in this format."""
+        """A JSON file of this folder (the scan, an encoding's meta) when it belongs to this collection as
+        found, in this format."""
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
             return meta if meta.get("format") == FORMAT and meta.get("key") == self.key else None
