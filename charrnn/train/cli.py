@@ -187,7 +187,6 @@ def run_train(args: dict) -> int:
     os._exit(code)
 
 
-
 def _check_auto_layout(cfg: TrainConfig, explicit: set, train_data) -> None:
     """The windows auto will train on (its batch and length; explicit flags win) must fit the training split:
     refused in one line before the probe and before anything is said, not after both."""
