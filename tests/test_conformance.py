@@ -26,6 +26,7 @@ Models are tiny (2 layers of 16) and train a few iterations: the suite checks ag
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -507,3 +508,18 @@ def test_a_max_vocab_run_fine_tunes_on_new_text_reading_what_it_lacks_as_its_unk
     assert json.loads((tmp_path / "ft" / "data.json").read_text(encoding="utf-8"))["unknown"] == "\ufffd"
     again = cli(lab, ["train", "--data", run.other_text, "--out", tmp_path / "ft", "--resume", "--max-iters", 2])
     assert again.returncode == 0, again.stderr   # and it resumes on the same text: its record is its own
+
+
+@pytest.mark.parametrize("row", row_params())
+def test_metrics_and_tensorboard_events_agree_through_resume_and_fine_tune(lab, row):
+    """Every engine logs the same numbers the same way: each training row of metrics.jsonl has the gradient's
+    norm (finite, before clipping), and the TensorBoard events hold exactly those rows, after a resume too."""
+    run = lab.get(row)
+    for directory in (run.trained, run.resumed, run.ft):
+        train_rows = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()
+                      if "train_loss" in line]
+        assert train_rows and all(np.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in train_rows)
+        if importlib.util.find_spec("tensorboard") is not None:  # the tensorboard extra (scripts/test.sh has it)
+            from test_tensorboard import assert_events_equal_metrics
+
+            assert assert_events_equal_metrics(directory) > 0
