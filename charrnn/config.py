@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence, Tuple
 
@@ -24,6 +25,7 @@ SCHEDULES = ("epoch", "cosine")
 WHICH = ("latest", "best")          # model.safetensors or best.safetensors
 QUANTIZE_MODES = ("int8",)
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+MAX_LABELS = 4096                   # label.weight is (N, G*H): beyond this a per-label row is no longer small
 
 
 def option(default: Any, help: str, choices: Optional[tuple] = None, **kw) -> Any:
@@ -65,9 +67,13 @@ class ModelConfig:
     embed: int = option(64, "character embedding size (E); 0: no embedding, one-hot characters straight into the "
                             "first layer (the seed's sections III-IV, Karpathy's char-rnn)", metavar="E")
     dropout: float = option(0.0, "dropout after each recurrent layer, training only", metavar="P")
+    labels: Tuple[str, ...] = option((), "the label names, in index order, of a run conditioned on a label per "
+                                         "document (N); set from the data; () for an unlabelled run, whose "
+                                         "config.json then has no labels key", cli=False, omit_when_empty=True)
 
     def __post_init__(self):
         _check_choices(self)
+        _check_labels(self)
         _check(self.layers >= 1, "layers", f"{self.layers} must be at least 1")
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be at least 1")
         _check(self.embed >= 0, "embed", f"{self.embed} must be 0 (one-hot inputs) or more")
@@ -77,6 +83,24 @@ class ModelConfig:
     @property
     def gates(self) -> int:
         return GATES[self.cell]
+
+
+def _check_labels(cfg: ModelConfig) -> None:
+    """Labels come from the data (folder or file names) or config.json (a JSON list): make a tuple and check it."""
+    labels = cfg.labels
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+        raise UserError(f"labels must be a list of label names, not {labels!r}")
+    labels = tuple(labels)
+    bad = [name for name in labels if not isinstance(name, str) or not name]
+    if bad:
+        raise UserError(f"labels must be non-empty strings, not {bad[0]!r}")
+    repeated = sorted(name for name, count in Counter(labels).items() if count > 1)
+    if repeated:
+        raise UserError(f"labels must be distinct; {', '.join(repeated[:5])} appear more than once")
+    if len(labels) > MAX_LABELS:
+        raise UserError(f"{len(labels)} labels is more than the {MAX_LABELS} a run can hold; label by a coarser "
+                        f"grouping (e.g. folder instead of file)")
+    object.__setattr__(cfg, "labels", labels)
 
 
 @dataclass(frozen=True)
@@ -196,7 +220,13 @@ class TrainConfig:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as JSON-ready values. A field marked `omit_when_empty` is left out while empty, so files of
+    runs that do not use it (an unlabelled run's config.json) stay byte for byte what they were before it."""
+    out = dataclasses.asdict(cfg)
+    for f in fields(cfg):
+        if f.metadata.get("omit_when_empty") and not out[f.name]:
+            del out[f.name]
+    return out
 
 
 def from_dict(cls, data: dict, where: str):

@@ -6,7 +6,7 @@ Shape letters, used in comments across charrnn:
 
 Every engine implements `CharModel`:
     initial_state(batch_size) -> State
-    forward(inputs (B, T) ints, state) -> (logits (B, T, V), new State)
+    forward(inputs (B, T) ints, state, labels=None) -> (logits (B, T, V), new State)
     get_parameters() -> {canonical name: NumPy array}; set_parameters(same)
 State is a tuple of arrays (or tensors) of shape (L, B, H): `(h,)` for rnn and
 gru, `(h, c)` for lstm, the layout torch.nn uses. Modules keep no state: it
@@ -16,14 +16,24 @@ Canonical parameter names and layouts are exactly torch.nn's (see
 `parameter_shapes`), so the library engine loads them with no conversion.
 GRU gates are ordered r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
 LSTM gates are ordered i, f, g, o.
+
+A labelled model (config.labels, N names) conditions on a label per position: `labels` is
+(B, T) ints (a stream may cross from one document into the next) or (B,) (one per stream).
+`label.weight` (N, G*H) is each label's embedding already projected to the first layer's
+gates, added on its input side at every step:
+    layer 0's input pre-activation = W_ih_l0 x_t + b_ih_l0 + label.weight[label_t]
+(GRU: n = tanh(W_in x + b_in + lab_n + r * (W_hn h + b_hn))). Fixing one label is thus
+exactly a change of b_ih_l0 (`fold_label`), which gives an ordinary unlabelled model.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Protocol, Tuple
+import dataclasses
+from typing import Any, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 
 from charrnn.config import ModelConfig
+from charrnn.errors import UserError
 
 State = Tuple[Any, ...]
 
@@ -36,7 +46,7 @@ class CharModel(Protocol):
 
     def initial_state(self, batch_size: int) -> State: ...
 
-    def forward(self, inputs: Any, state: State) -> Tuple[Any, State]: ...
+    def forward(self, inputs: Any, state: State, labels: Any = None) -> Tuple[Any, State]: ...
 
     def get_parameters(self) -> Dict[str, np.ndarray]: ...
 
@@ -54,6 +64,9 @@ def parameter_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     With embed 0 there is no embedding table: characters enter the first layer as one-hot
     vectors, so `rnn.weight_ih_l0` is (G*H, V) and `embed.weight` does not exist (torch.nn's
     nn.RNN/GRU/LSTM fed one-hot inputs has exactly these parameters).
+
+    A labelled model adds `label.weight` (N, G*H) last, so every other parameter keeps its
+    place and, from the same seed, its initial value.
     """
     V, E, H, G = cfg.vocab_size, cfg.embed, cfg.hidden, cfg.gates
     shapes: Dict[str, Tuple[int, ...]] = {"embed.weight": (V, E)} if E else {}
@@ -65,6 +78,8 @@ def parameter_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
         shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
     shapes["head.weight"] = (V, H)
     shapes["head.bias"] = (V,)
+    if cfg.labels:
+        shapes["label.weight"] = (len(cfg.labels), G * H)
     return shapes
 
 
@@ -73,7 +88,9 @@ def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32) -> Dict[str, 
 
     torch.nn's scheme: recurrent weights and biases U(-1/sqrt(H), 1/sqrt(H)),
     the head U(-1/sqrt(H), 1/sqrt(H)), the embedding N(0, 1). Generated with
-    NumPy so the naive engine needs no torch and all engines start equal.
+    NumPy so the naive engine needs no torch and all engines start equal. `label.weight`
+    starts at zeros, drawing nothing: a labelled model starts as the unlabelled one with
+    the same seed, and each row then learns from its label's documents.
     """
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(cfg.hidden)
@@ -81,6 +98,8 @@ def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32) -> Dict[str, 
     for name, shape in parameter_shapes(cfg).items():
         if name == "embed.weight":
             params[name] = rng.standard_normal(shape)
+        elif name == "label.weight":
+            params[name] = np.zeros(shape)
         else:
             params[name] = rng.uniform(-bound, bound, size=shape)
     return {k: v.astype(dtype) for k, v in params.items()}
@@ -88,8 +107,6 @@ def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32) -> Dict[str, 
 
 def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str) -> None:
     """Raise UserError unless `params` has exactly the canonical names and shapes for `cfg`."""
-    from charrnn.errors import UserError
-
     expected = parameter_shapes(cfg)
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
@@ -108,3 +125,60 @@ def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str
         if not np.all(np.isfinite(params[name])):
             raise UserError(f"{where}: {name} holds NaN or infinite values; use another checkpoint (e.g. "
                             f"best.safetensors)")
+
+
+# ---- labels ---------------------------------------------------------------------------------------
+
+def label_index(cfg: ModelConfig, name: Optional[str]) -> Optional[int]:
+    """The index of label `name` in a labelled run; None for an unlabelled run given no label.
+
+    UserError, in one line naming the labels there are, when a labelled run gets no label or an
+    unknown one, and when an unlabelled run gets one.
+    """
+    if not cfg.labels:
+        if name is None:
+            return None
+        raise UserError(f"--label {name}: this run was trained without labels; leave out --label")
+    if name in cfg.labels:
+        return cfg.labels.index(name)
+    shown = ", ".join(cfg.labels[:20]) + (f", ... ({len(cfg.labels)} in all)" if len(cfg.labels) > 20 else "")
+    if name is None:
+        raise UserError(f"this run has labels {shown}; give --label NAME")
+    raise UserError(f"--label {name!r} is not one of this run's labels ({shown}); give --label NAME")
+
+
+def fold_label(cfg: ModelConfig, params: Dict[str, np.ndarray], index: int
+               ) -> Tuple[ModelConfig, Dict[str, np.ndarray]]:
+    """Fix label `index` for good: (the config without labels, parameters without label.weight).
+
+    The label's row is a constant added to layer 0's input side at every step, so it goes into
+    rnn.bias_ih_l0 exactly: the result is an ordinary unlabelled model (any runtime runs it) that
+    computes what the labelled model computes with that label at every position.
+    """
+    if not cfg.labels:
+        raise ValueError("fold_label needs a labelled model; this one has no labels")
+    if not 0 <= index < len(cfg.labels):
+        raise ValueError(f"label index {index} is outside 0..{len(cfg.labels) - 1}")
+    folded = dataclasses.replace(cfg, labels=())
+    out = {name: params[name] for name in parameter_shapes(folded)}
+    bias = np.asarray(params["rnn.bias_ih_l0"])
+    out["rnn.bias_ih_l0"] = (bias + np.asarray(params["label.weight"])[index]).astype(bias.dtype)  # (G*H,)
+    return folded, out
+
+
+def check_labels(cfg: ModelConfig, labels: Any, inputs_shape: Tuple[int, ...]) -> None:
+    """ValueError unless `labels` fits a forward of inputs (B, T): None for an unlabelled model, (B, T) or (B,)
+    ints for a labelled one. Shapes only (NumPy, torch or tf arrays), plus the values' range for a NumPy array:
+    callers turn names into indices with `label_index`, so a wrong value here is a bug, not a user's mistake."""
+    if not cfg.labels:
+        if labels is not None:
+            raise ValueError("this model has no labels; call forward without labels")
+        return
+    if labels is None:
+        raise ValueError(f"this model is labelled ({len(cfg.labels)} labels); forward needs labels (B, T) or (B,)")
+    shape = tuple(int(n) for n in labels.shape)
+    if shape not in (tuple(inputs_shape), tuple(inputs_shape[:1])):
+        raise ValueError(f"labels have shape {list(shape)}; expected (B, T) = {list(inputs_shape)} or (B,)")
+    if isinstance(labels, np.ndarray) and labels.size:
+        if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(cfg.labels):
+            raise ValueError(f"labels must be integers in 0..{len(cfg.labels) - 1}")

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.models.base import State, check_parameters, init_parameters, parameter_shapes, state_size
+from charrnn.models.base import State, check_labels, check_parameters, init_parameters, parameter_shapes, state_size
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -227,13 +227,14 @@ class NaiveModel:
             else:
                 self.params[name] = np.array(params[name], dtype=self.dtype)
 
-    def forward(self, inputs, state: State) -> Tuple[np.ndarray, State]:
-        """inputs (B, T) ints, state -> (logits (B, T, V), new state); keeps nothing for backward."""
-        logits, new_state, cache = self.forward_train(inputs, state, None)
+    def forward(self, inputs, state: State, labels=None) -> Tuple[np.ndarray, State]:
+        """inputs (B, T) ints, state, labels (B, T) or (B,) ints for a labelled model -> (logits (B, T, V),
+        new state); keeps nothing for backward."""
+        logits, new_state, cache = self.forward_train(inputs, state, None, labels)
         cache[-1].release()
         return logits, new_state
 
-    def forward_train(self, inputs, state: State, rng: Optional[np.random.Generator] = None):
+    def forward_train(self, inputs, state: State, rng: Optional[np.random.Generator] = None, labels=None):
         """As `forward`, plus the cache for one call of `backward`.
 
         `rng` draws the dropout masks (training mode, dropout > 0); passing a generator seeded
@@ -242,6 +243,7 @@ class NaiveModel:
         cfg, p = self.config, self.params
         idx = np.asarray(inputs).T                              # (T, B) time-major
         T, B = idx.shape
+        lab = self._label_steps(labels, (B, T))                 # (T, B) or None
         arena = _Arena(self._free, self.dtype)
         forward_cell = _CELLS[cfg.cell][0]
         drop = cfg.dropout if self.training else 0.0
@@ -249,6 +251,8 @@ class NaiveModel:
         x, finals, layers = idx, [], []                         # layer 0 reads characters, not vectors
         for k in range(cfg.layers):
             xp = self._project(k, x, arena.empty)               # (T, B, G*H) x W_ih^T + b_ih
+            if k == 0 and lab is not None:
+                xp += p["label.weight"][lab]                    # (T, B, G*H) + the label's row, input side
             state0 = tuple(np.asarray(s[k], dtype=self.dtype) for s in state)  # (B, H) each
             w_hh, b_hh = p[f"rnn.weight_hh_l{k}"], p[f"rnn.bias_hh_l{k}"]
             hs, final, cell_cache = forward_cell(xp, state0, w_hh, b_hh, arena.empty)
@@ -266,7 +270,7 @@ class NaiveModel:
         logits = top @ p["head.weight"].T                       # (B*T, V) one matmul for the window
         logits += p["head.bias"]                                # (B*T, V)
         new_state = tuple(np.stack(s) for s in zip(*finals))    # (L, B, H) each, copies
-        return logits.reshape(B, T, -1), new_state, (idx, layers, top, arena)
+        return logits.reshape(B, T, -1), new_state, (idx, lab, layers, top, arena)
 
     def backward(self, cache, dlogits: np.ndarray, dfinal_state: Optional[State] = None):
         """Gradients of a loss given dloss/dlogits (B, T, V) and, optionally, dloss/dfinal state.
@@ -276,7 +280,7 @@ class NaiveModel:
         the cache: its arrays are reused by the next forward_train.
         """
         cfg, p = self.config, self.params
-        idx, layers, top, arena = cache
+        idx, lab, layers, top, arena = cache
         if arena.released:
             raise RuntimeError("this forward_train cache was already used by backward (or came from forward)")
         T, B = idx.shape
@@ -299,6 +303,9 @@ class NaiveModel:
                 dfinal = tuple(np.asarray(d[k], dtype=self.dtype) for d in dfinal_state)  # (B, H) each
             w_hh = p[f"rnn.weight_hh_l{k}"]
             dxp, dhp, dstate0 = backward_cell(dx, dfinal, cell_cache, w_hh, arena.empty)
+            if k == 0 and lab is not None:                      # mirror of xp += label.weight[lab]
+                grads["label.weight"] = np.zeros_like(p["label.weight"])               # (N, G*H)
+                np.add.at(grads["label.weight"], lab.reshape(-1), dxp.reshape(T * B, -1))  # summed by label
             hs_prev = cell_cache[0][:-1].reshape(T * B, -1)     # (T*B, H) h_{t-1} at each step
             dhp2 = dhp.reshape(T * B, -1)                       # (T*B, G*H)
             grads[f"rnn.weight_hh_l{k}"] = dhp2.T @ hs_prev     # (G*H, H) one matmul for the window
@@ -309,6 +316,14 @@ class NaiveModel:
         arena.release()
         ordered = {name: grads[name] for name in parameter_shapes(cfg)}
         return ordered, tuple(np.stack(d) for d in dinitial)
+
+    def _label_steps(self, labels, inputs_shape) -> Optional[np.ndarray]:
+        """labels (B, T) or (B,) -> (T, B) time-major ints; None for an unlabelled model (check_labels)."""
+        labels = None if labels is None else np.asarray(labels)
+        check_labels(self.config, labels, inputs_shape)
+        if labels is None:
+            return None
+        return np.broadcast_to(labels.reshape(inputs_shape[0], -1), inputs_shape).T  # (T, B)
 
     def _project(self, k: int, x: np.ndarray, empty: Callable) -> np.ndarray:
         """Layer k's input projection x W_ih^T + b_ih (T, B, G*H), for all steps at once.

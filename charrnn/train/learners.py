@@ -30,11 +30,12 @@ class Learner(Protocol):
 
     def zero_state(self, batch_size: int) -> State: ...
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state: State) -> Tuple[float, State]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state: State, labels: Any = None) -> Tuple[float, State]:
         """One window: forward (B, T), mean loss in nats, backward, clip, update. Returns the loss and the
-        final state, detached (truncated BPTT). A non-finite loss skips the update."""
+        final state, detached (truncated BPTT). A non-finite loss skips the update. `labels` (B, T) ints: each
+        position's label, for a labelled model only (models/base.py)."""
 
-    def eval_loss(self, x: np.ndarray, y: np.ndarray, state: State) -> Tuple[float, State]:
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state: State, labels: Any = None) -> Tuple[float, State]:
         """Mean loss of one window in eval mode (no dropout), and the carried state."""
 
     def set_lr(self, lr: float) -> None: ...
@@ -72,17 +73,17 @@ class NumpyLearner:
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state, labels=None) -> Tuple[float, tuple]:
         from charrnn.devices import one_blas_thread_unless_chosen
 
         with one_blas_thread_unless_chosen():
-            return self._train_step(x, y, state)
+            return self._train_step(x, y, state, labels)
 
-    def _train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def _train_step(self, x: np.ndarray, y: np.ndarray, state, labels) -> Tuple[float, tuple]:
         from charrnn.train.numpy_optim import clip_grad_norm
 
         self.model.train()
-        logits, new_state, cache = self.model.forward_train(x, state, self.rng)
+        logits, new_state, cache = self.model.forward_train(x, state, self.rng, labels)
         loss, dlogits = cross_entropy(logits, y)
         if not math.isfinite(loss):
             self.grad_norm = math.nan
@@ -92,10 +93,10 @@ class NumpyLearner:
         self.optimizer.step(grads)
         return loss, new_state
 
-    def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state, labels=None) -> Tuple[float, tuple]:
         """Mean loss of one window in eval mode (no dropout), and the carried state."""
         self.model.eval()
-        logits, new_state = self.model.forward(x, state)
+        logits, new_state = self.model.forward(x, state, labels)
         self.model.train()
         return cross_entropy(logits, y)[0], new_state
 

@@ -1,0 +1,285 @@
+"""Label conditioning (issue #29) in the config, the canonical parameters and the engines.
+
+A labelled model adds each position's `label.weight` row to the first layer's input side
+(models/base.py). The references are independent: the naive engine's hand-written label
+gradient against finite differences, then every other engine against the naive engine with
+the same weights and labels, and `fold_label` (a bias change) against the labelled forward.
+An unlabelled run must come out exactly as before labels existed: its parameters, their
+initial values and its config.json.
+"""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from tolerances import rounding_bound, window_terms
+
+from charrnn.checkpoint import FORMAT, load_run_config, save_run_config
+from charrnn.config import MAX_LABELS, ModelConfig, to_dict
+from charrnn.errors import UserError
+from charrnn.losses import cross_entropy
+from charrnn.models import build_model
+from charrnn.models.base import fold_label, init_parameters, label_index, parameter_shapes
+
+CELLS = ["rnn", "gru", "lstm"]
+LABELS = ("dickinson", "whitman", "keats")
+V, E, H, L, B, T, N = 7, 4, 5, 2, 3, 6, len(LABELS)
+
+
+def config(cell, labels=LABELS, embed=E, dropout=0.0):
+    return ModelConfig(vocab_size=V, cell=cell, layers=L, hidden=H, embed=embed, dropout=dropout, labels=labels)
+
+
+def problem(cfg, seed=0):
+    """Random weights (every label row visibly non-zero, unlike the init), inputs, targets, a non-zero state,
+    and (B, T) labels that change inside a stream (a stream may cross from one document into the next)."""
+    rng = np.random.default_rng(seed)
+    params = {k: rng.uniform(-0.6, 0.6, v.shape) for k, v in init_parameters(cfg, seed).items()}
+    inputs, targets = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    labels = rng.integers(0, N, (B, T))
+    labels[0, : T // 2], labels[0, T // 2:] = 0, 2            # stream 0 crosses a document boundary
+    state = tuple(rng.standard_normal((L, B, H)) * 0.5 for _ in range(2 if cfg.cell == "lstm" else 1))
+    return params, inputs, targets, labels, state
+
+
+def logits_tolerance(cfg, dtype, logits) -> float:
+    """Two engines' logits for one window (tests/tolerances.py): each within the rounding bound of the exact
+    value, so within twice it of each other. The label row is one more term in each first-layer sum: the
+    chain of a config with one more input unit. float64: ~1e-13; float32: ~1e-4 of values of size ~1."""
+    terms = window_terms(dataclasses.replace(cfg, embed=cfg.embed + 1), T)
+    return 2 * rounding_bound(dtype, terms, max(1.0, float(np.abs(logits).max())))
+
+
+# -- the config and the canonical parameters --------------------------------------------------------------
+
+def test_an_unlabelled_config_json_is_byte_for_byte_what_it_was(tmp_path):
+    """No "labels" key while there are none: the file an unlabelled run writes is unchanged (written out here
+    literally, as charrnn wrote it before labels existed)."""
+    save_run_config(tmp_path, ModelConfig(vocab_size=V, cell="gru", layers=L, hidden=H, embed=E), None)
+    expected = ('{\n  "format": "%s",\n  "model": {\n    "vocab_size": 7,\n    "cell": "gru",\n    "layers": 2,\n'
+                '    "hidden": 5,\n    "embed": 4,\n    "dropout": 0.0\n  },\n  "train": null\n}') % FORMAT
+    assert (tmp_path / "config.json").read_text(encoding="utf-8") == expected
+    assert load_run_config(tmp_path)[0].labels == ()
+
+
+def test_labels_round_trip_through_config_json_as_a_list(tmp_path):
+    save_run_config(tmp_path, config("lstm"), None)
+    saved = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))["model"]
+    assert saved["labels"] == list(LABELS)                    # a JSON list, names in index order
+    loaded = load_run_config(tmp_path)[0]
+    assert loaded.labels == LABELS and isinstance(loaded.labels, tuple) and loaded == config("lstm")
+    assert "labels" not in to_dict(dataclasses.replace(loaded, labels=()))
+
+
+@pytest.mark.parametrize("labels,message", [
+    (("a", "b", "a"), "distinct; a appear"),
+    (("a", ""), "non-empty"),
+    (("a", 3), "non-empty strings, not 3"),
+    ("ab", "list of label names"),
+    (tuple(f"l{i}" for i in range(MAX_LABELS + 1)), f"more than the {MAX_LABELS}"),
+])
+def test_bad_labels_are_refused_in_one_line(labels, message):
+    with pytest.raises(UserError, match=message) as caught:
+        config("rnn", labels=labels)
+    assert "\n" not in str(caught.value)
+    assert len(config("rnn", labels=tuple(f"l{i}" for i in range(MAX_LABELS))).labels) == MAX_LABELS
+
+
+@pytest.mark.parametrize("embed", [E, 0])
+@pytest.mark.parametrize("cell", CELLS)
+def test_label_weight_comes_last_at_zero_and_leaves_every_other_parameter_as_it_was(cell, embed):
+    plain, labelled = config(cell, labels=(), embed=embed), config(cell, embed=embed)
+    G = plain.gates
+    assert "label.weight" not in parameter_shapes(plain)
+    assert parameter_shapes(labelled) == {**parameter_shapes(plain), "label.weight": (N, G * H)}
+    assert list(parameter_shapes(labelled))[-1] == "label.weight"
+    before, after = init_parameters(plain, 11), init_parameters(labelled, 11)
+    assert list(after) == [*before, "label.weight"]           # same order, label.weight appended
+    for name, value in before.items():                         # same draws: the zeros take nothing from the RNG
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+    assert after["label.weight"].dtype == np.float32 and not after["label.weight"].any()
+
+
+def test_label_index_names_the_labels_in_one_line():
+    cfg = config("rnn")
+    assert [label_index(cfg, name) for name in LABELS] == [0, 1, 2]
+    for name, message in [(None, "this run has labels dickinson, whitman, keats; give --label NAME"),
+                          ("byron", "'byron' is not one of this run's labels \\(dickinson, whitman, keats\\)")]:
+        with pytest.raises(UserError, match=message) as caught:
+            label_index(cfg, name)
+        assert "\n" not in str(caught.value)
+    assert label_index(config("rnn", labels=()), None) is None
+    with pytest.raises(UserError, match="without labels"):
+        label_index(config("rnn", labels=()), "keats")
+    many = config("rnn", labels=tuple(f"poet{i}" for i in range(100)))
+    with pytest.raises(UserError, match=r"poet19, \.\.\. \(100 in all\)\); give --label NAME") as caught:
+        label_index(many, "byron")
+    assert "poet20" not in str(caught.value)
+
+
+def test_fold_label_moves_the_row_into_the_first_input_bias():
+    cfg = config("gru")
+    params = problem(cfg)[0]
+    folded_cfg, folded = fold_label(cfg, params, 1)
+    assert folded_cfg == config("gru", labels=()) and list(folded) == list(parameter_shapes(folded_cfg))
+    np.testing.assert_array_equal(folded["rnn.bias_ih_l0"], params["rnn.bias_ih_l0"] + params["label.weight"][1])
+    for name in folded:
+        if name != "rnn.bias_ih_l0":
+            assert folded[name] is params[name], name
+    with pytest.raises(ValueError, match="outside 0..2"):
+        fold_label(cfg, params, 3)
+
+
+# -- the naive engine: the reference ----------------------------------------------------------------------
+
+def naive_loss(cfg, params, inputs, targets, labels, state) -> float:
+    model = build_model("naive", cfg, params=params, dtype="float64")
+    return cross_entropy(model.forward(inputs, state, labels)[0], targets)[0]
+
+
+@pytest.mark.parametrize("embed", [E, 0])
+@pytest.mark.parametrize("cell", CELLS)
+def test_naive_label_gradient_equals_finite_differences(cell, embed):
+    """Central differences in float64 against the hand-written scatter-add. The difference's own error is
+    estimated from the computation (Richardson): its truncation error is c * h^2, so D(h) - D(2h) = -3 c h^2,
+    a third of which bounds D(h)'s; each loss is off by at most its window's rounding bound (tests/tolerances.py),
+    which the difference divides by h. The gradient must be far larger than that, or the test could not see a
+    wrong one."""
+    cfg = config(cell, embed=embed)
+    params, inputs, targets, labels, state = problem(cfg, seed=3)
+    model = build_model("naive", cfg, params=params, dtype="float64")
+    logits, _, cache = model.forward_train(inputs, state, labels=labels)
+    loss, dlogits = cross_entropy(logits, targets)
+    grads, _ = model.backward(cache, dlogits)
+    assert list(grads) == list(parameter_shapes(cfg))
+    h = 1e-4
+    rounding = rounding_bound("float64", window_terms(dataclasses.replace(cfg, embed=embed + 1), T), max(1.0, loss)) / h
+
+    def difference(index, step):
+        out = []
+        for sign in (1, -1):
+            moved = {**params, "label.weight": params["label.weight"].copy()}
+            moved["label.weight"][index] += sign * step
+            out.append(naive_loss(cfg, moved, inputs, targets, labels, state))
+        return (out[0] - out[1]) / (2 * step)
+
+    for index in np.ndindex(N, cfg.gates * H):
+        d_h, d_2h = difference(index, h), difference(index, 2 * h)
+        tol = abs(d_h - d_2h) / 3 + rounding
+        assert abs(grads["label.weight"][index] - d_h) <= tol, (index, grads["label.weight"][index], d_h, tol)
+    scale = float(np.abs(grads["label.weight"]).max())
+    assert scale > 1e3 * rounding
+    # a label never used in the window gets no gradient; every used one does
+    unused = config(cell, embed=embed, labels=LABELS + ("byron",))
+    params4 = {**params, "label.weight": np.vstack([params["label.weight"], np.ones((1, cfg.gates * H))])}
+    model4 = build_model("naive", unused, params=params4, dtype="float64")
+    logits4, _, cache4 = model4.forward_train(inputs, state, labels=labels)
+    grads4, _ = model4.backward(cache4, cross_entropy(logits4, targets)[1])
+    assert not grads4["label.weight"][3].any()
+    np.testing.assert_array_equal(grads4["label.weight"][:3], grads["label.weight"])
+
+
+# -- every engine against the naive engine ----------------------------------------------------------------
+
+ENGINES = ["naive"]
+
+
+def engine(impl, cfg, params=None, dtype="float64", seed=0):
+    """An engine in eval mode; skipped where its framework is not installed."""
+    if impl in ("scratch", "library"):
+        pytest.importorskip("torch")
+    elif impl in ("tf", "keras"):
+        pytest.importorskip("tensorflow")
+    return build_model(impl, cfg, params=params, dtype=dtype, seed=seed).eval()
+
+
+def run(model, inputs, state, labels=None):
+    """One window's logits (B, T, V) as float64 NumPy, whatever array type the engine takes."""
+    if model.backend == "torch":
+        import torch
+
+        dtype = model.head.weight.dtype
+        with torch.no_grad():
+            logits, _ = model(torch.as_tensor(inputs), tuple(torch.as_tensor(s, dtype=dtype) for s in state),
+                              labels=None if labels is None else torch.as_tensor(labels))
+        return logits.double().numpy()
+    logits, _ = model.forward(inputs, tuple(np.asarray(s, model.dtype) for s in state), labels)
+    return np.asarray(logits, np.float64)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("impl", ENGINES)
+def test_every_engine_gives_the_naive_logits_and_a_label_changes_them(impl, cell, dtype="float64"):
+    cfg = config(cell)
+    params, inputs, _, labels, state = problem(cfg, seed=1)
+    reference = run(engine("naive", cfg, params), inputs, state, labels)
+    tol = logits_tolerance(cfg, dtype, reference)
+    model = engine(impl, cfg, params, dtype)
+    logits = run(model, inputs, state, labels)
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=tol)
+    # another label from step 3 of stream 1 on: the same logits before it, other logits from it on
+    other = labels.copy()
+    other[1, 3:] = (labels[1, 3:] + 1) % N
+    changed = run(model, inputs, state, other)
+    np.testing.assert_array_equal(changed[[0, 2]], logits[[0, 2]])
+    np.testing.assert_array_equal(changed[1, :3], logits[1, :3])
+    assert np.abs(changed[1, 3:] - logits[1, 3:]).max(axis=-1).min() > 100 * tol   # at every step from 3 on
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("impl", ENGINES)
+def test_a_fixed_label_folded_away_gives_the_labelled_logits(impl, cell, dtype="float64"):
+    """fold_label's unlabelled model, run by the same engine with no labels, is the labelled model with that
+    label at every position: the engine adds the same row on the same side of the same layer."""
+    cfg = config(cell)
+    params, inputs, _, _, state = problem(cfg, seed=2)
+    model = engine(impl, cfg, params, dtype)
+    for index in range(N):
+        labelled = run(model, inputs, state, np.full(B, index))
+        folded_cfg, folded = fold_label(cfg, params, index)
+        plain = run(engine(impl, folded_cfg, folded, dtype), inputs, state)
+        np.testing.assert_allclose(plain, labelled, rtol=0, atol=logits_tolerance(cfg, dtype, labelled),
+                                   err_msg=f"label {index}")
+    assert np.abs(run(model, inputs, state, np.zeros(B, int)) - labelled).max() > 0.01
+
+
+@pytest.mark.parametrize("impl", ENGINES)
+def test_one_label_per_stream_is_that_label_at_every_step(impl):
+    cfg = config("lstm")
+    params, inputs, _, _, state = problem(cfg, seed=4)
+    model = engine(impl, cfg, params)
+    per_stream = np.array([2, 0, 1])
+    np.testing.assert_array_equal(run(model, inputs, state, per_stream),
+                                  run(model, inputs, state, np.repeat(per_stream[:, None], T, axis=1)))
+
+
+@pytest.mark.parametrize("impl", ENGINES)
+def test_forward_refuses_labels_that_do_not_fit(impl):
+    cfg = config("gru")
+    params, inputs, _, labels, state = problem(cfg)
+    model = engine(impl, cfg, params)
+    for bad, message in [(None, "forward needs labels"), (labels[:, :2], "labels have shape \\[3, 2\\]"),
+                         (labels[:2], "labels have shape \\[2, 6\\]")]:
+        with pytest.raises(ValueError, match=message):
+            run(model, inputs, state, bad)
+    plain_cfg, plain_params = fold_label(cfg, params, 0)
+    with pytest.raises(ValueError, match="has no labels"):
+        run(engine(impl, plain_cfg, plain_params), inputs, state, labels)
+
+
+@pytest.mark.parametrize("impl", ENGINES)
+def test_every_engine_starts_from_init_parameters_under_canonical_names(impl):
+    """A labelled engine from a seed holds init_parameters (label.weight last, zeros), and gives back under the
+    canonical names and shapes exactly what it was given; an unlabelled one holds what it held before."""
+    for cfg in (config("gru"), config("gru", labels=())):
+        expected = init_parameters(cfg, 7)
+        params = engine(impl, cfg, dtype="float32", seed=7).get_parameters()
+        assert list(params) == list(expected), cfg.labels
+        for name, value in params.items():
+            np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    cfg = config("gru")
+    given = {k: v.astype(np.float32) for k, v in problem(cfg, seed=5)[0].items()}
+    back = engine(impl, cfg, given, dtype="float32").get_parameters()
+    assert list(back) == list(given)
+    for name, value in given.items():
+        np.testing.assert_array_equal(back[name], value, err_msg=name)
