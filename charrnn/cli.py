@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from charrnn import __version__
 from charrnn.config import (
     IMPLS,
+    LABEL_BY,
     QUANTIZE_MODES,
     WHICH,
     ModelConfig,
@@ -169,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--doc-sep", default="\x1e", metavar="C",
                       help="character joining the documents of a collection "
                            "(default: \\x1e, the ASCII record separator)")
+    info.add_argument("--label-by", choices=LABEL_BY, metavar="{folder,file,path}",
+                      help="also list the labels `train --label-by` would find, with their sizes (default: none)")
     info.add_argument("--json", action="store_true", help='print {"characters": N, "vocab_size": V}; a collection '
-                      'adds "files" and "skipped"')
+                      'adds "files" and "skipped", --label-by "labels"')
 
     train = sub.add_parser("train", help="train a model (see README for presets)", epilog=TRAIN_EPILOG,
                            description="Train a character-level model on a text; checkpoints go to --out.")
@@ -214,8 +217,9 @@ def cmd_info(args) -> int:
     if args.device:
         from charrnn import capabilities
 
-        if args.include or args.exclude or args.doc_sep != "\x1e":
-            raise UserError("--include, --exclude and --doc-sep describe a text; info --device takes none of them")
+        if args.include or args.exclude or args.doc_sep != "\x1e" or args.label_by:
+            raise UserError("--include, --exclude, --doc-sep and --label-by describe a text; info --device takes "
+                            "none of them")
 
         facts = capabilities.report()
         print(json.dumps(facts) if args.json else "\n".join(capabilities.report_lines(facts)))
@@ -224,7 +228,7 @@ def cmd_info(args) -> int:
     from charrnn.data.documents import Spec, parse_separator
 
     lines, facts = describe(Spec(tuple(args.data), tuple(args.include), tuple(args.exclude),
-                                 parse_separator(args.doc_sep), None))  # its positional argument, not --data
+                                 parse_separator(args.doc_sep), None, args.label_by))  # positional, not --data
     if args.json:
         print(json.dumps(facts, ensure_ascii=False))
     else:

@@ -25,6 +25,7 @@ SCHEDULES = ("epoch", "cosine")
 WHICH = ("latest", "best")          # model.safetensors or best.safetensors
 QUANTIZE_MODES = ("int8",)
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+LABEL_BY = ("folder", "file", "path")
 MAX_LABELS = 4096                   # label.weight is (N, G*H): beyond this a per-label row is no longer small
 
 
@@ -126,6 +127,10 @@ class TrainConfig:
     max_vocab: Optional[int] = option(None, "keep the N-1 most frequent characters and map the others to U+FFFD, "
                                       "which sampling never emits (for texts with thousands of distinct characters)",
                                       default_text="no limit", metavar="N")
+    label_by: Optional[str] = option(None, "condition the model on a label per document: folder (the first folder "
+                                     "under the path given), file (each file), path (each path given); "
+                                     "`sample --label` then writes in one label's style", LABEL_BY,
+                                     default_text="no labels", omit_when_empty=True)
     out: str = option("runs/latest", "run directory for checkpoints, metrics.jsonl and loss.png", metavar="RUN_DIR")
     impl: str = option("library", "engine: naive (NumPy), scratch (PyTorch, own cells), library (torch.nn), "
                        "tf (TensorFlow, own cells: the seed's section IV), keras (Keras layers: its section V)", IMPLS)
@@ -186,6 +191,8 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         _check(len(self.data) >= 1, "data", "needs at least one path")
         _check(self.val_data is None or len(self.val_data) >= 1, "val_data", "needs at least one path")
+        _check(not (self.label_by and self.val_data), "label_by",
+               "holds out documents of every label itself; drop --val-data")
         object.__setattr__(self, "doc_sep", parse_separator(self.doc_sep))
         _check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab", f"{self.max_vocab} must be at least 3")
         for name in ("batch_size", "seq_len", "eval_every", "log_every"):

@@ -14,11 +14,15 @@ by one character:
 Consecutive windows of a stream are contiguous, so the state carried from
 window k into window k+1 continues the same text (truncated BPTT). The last
 L mod T characters of each stream are not used.
+
+A labelled text (--label-by) comes with its segments: where each document's label begins in the text
+(starts, ascending, the first 0) and which label it is. A window's labels, (B, T), are looked up from
+them for the window's positions, so no array of one label per character is ever held.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -32,6 +36,8 @@ class Streams:
     inputs: np.ndarray   # (B, L)
     targets: np.ndarray  # (B, L)
     seq_len: int
+    segments: Optional[Tuple[np.ndarray, np.ndarray]] = None   # (starts, label ids) of a labelled text
+    first_row: int = 0   # which stream of the whole layout row 0 is (a shard's)
 
     @property
     def batch_size(self) -> int:
@@ -49,10 +55,21 @@ class Streams:
         return (np.ascontiguousarray(self.inputs[:, cols], dtype=np.int64),
                 np.ascontiguousarray(self.targets[:, cols], dtype=np.int64))
 
+    def labels(self, k: int) -> Optional[np.ndarray]:
+        """Window k's labels (B, T) as int64, one per input character; None for an unlabelled text."""
+        if self.segments is None:
+            return None
+        starts, ids = self.segments
+        length = self.inputs.shape[1]
+        rows = np.arange(self.first_row, self.first_row + self.batch_size, dtype=np.int64)[:, None]
+        positions = rows * length + np.arange(k * self.seq_len, (k + 1) * self.seq_len, dtype=np.int64)
+        return np.ascontiguousarray(ids[np.searchsorted(starts, positions, side="right") - 1], dtype=np.int64)
+
     def shard(self, rank: int, world_size: int) -> "Streams":
         """The contiguous share of streams owned by one of `world_size` processes."""
-        rows = slice(*share_of(self.batch_size, rank, world_size))
-        return Streams(self.inputs[rows], self.targets[rows], self.seq_len)
+        start, stop = share_of(self.batch_size, rank, world_size)
+        return Streams(self.inputs[start:stop], self.targets[start:stop], self.seq_len, self.segments,
+                       self.first_row + start)
 
 
 def share_of(batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
@@ -64,7 +81,8 @@ def share_of(batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
     return rank * per, (rank + 1) * per
 
 
-def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "text") -> Streams:
+def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "text",
+                 segments: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Streams:
     """Lay `data` out as `batch_size` streams cut into `seq_len` windows (see module docstring)."""
     if batch_size < 1 or seq_len < 1:
         raise UserError("--batch-size and --seq-len must be at least 1")
@@ -77,10 +95,11 @@ def make_streams(data: np.ndarray, batch_size: int, seq_len: int, what: str = "t
         )
     used = batch_size * stream_len
     return Streams(data[:used].reshape(batch_size, stream_len), data[1 : used + 1].reshape(batch_size, stream_len),
-                   seq_len)
+                   seq_len, segments)
 
 
-def validation_streams(data: np.ndarray, batch_size: int, seq_len: int, multiple_of: int = 1) -> Streams | None:
+def validation_streams(data: np.ndarray, batch_size: int, seq_len: int, multiple_of: int = 1,
+                       segments: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Streams | None:
     """Validation laid out like training, with fewer streams when the split is short.
 
     Returns None when the split cannot hold one window even as `multiple_of` streams.
@@ -88,6 +107,6 @@ def validation_streams(data: np.ndarray, batch_size: int, seq_len: int, multiple
     b = batch_size
     while b >= multiple_of:
         if (len(data) - 1) // b >= seq_len and b % multiple_of == 0:
-            return make_streams(data, b, seq_len, what="validation split")
+            return make_streams(data, b, seq_len, what="validation split", segments=segments)
         b -= 1
     return None

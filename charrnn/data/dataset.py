@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -42,6 +42,7 @@ from charrnn.storage import write_text_atomic
 UNKNOWN = "\ufffd"
 RECORD = "data.json"
 RECORD_FORMAT = "charrnn-data/1"
+Segments = Tuple[np.ndarray, np.ndarray]   # (where each label begins in a text, ascending from 0; the label ids)
 
 
 def build_vocab(code_points: set, counts: Optional[Dict[int, int]], separator: Optional[str],
@@ -97,6 +98,8 @@ class TrainingData:
     record: dict                 # data.json
     lines: List[str]             # what training prints about its data
     warnings: List[str]
+    labels: Tuple[str, ...] = ()                            # --label-by's names, in index order
+    segments: Optional[Tuple[Segments, Segments]] = None     # (training, validation) label segments
 
 
 def show_char(c: Optional[str]) -> str:
@@ -104,14 +107,12 @@ def show_char(c: Optional[str]) -> str:
     return "none" if not c else f"U+{ord(c):04X} {c!r}"
 
 
-def _spec(cfg, paths, flag: str) -> Spec:
-    return Spec(tuple(paths), tuple(cfg.include), tuple(cfg.exclude), cfg.doc_sep, flag)
-
-
 def training_data(cfg) -> TrainingData:
     """The training and validation texts, encoded, for a TrainConfig."""
-    source = Collection(_spec(cfg, cfg.data, "--data"))
-    val_source = Collection(_spec(cfg, cfg.val_data, "--val-data")) if cfg.val_data else None
+    source = Collection(Spec(tuple(cfg.data), tuple(cfg.include), tuple(cfg.exclude), cfg.doc_sep, "--data",
+                             cfg.label_by))
+    val_source = (Collection(Spec(tuple(cfg.val_data), tuple(cfg.include), tuple(cfg.exclude), cfg.doc_sep,
+                                  "--val-data")) if cfg.val_data else None)
     sources = [s for s in (source, val_source) if s is not None]
     separator = (cfg.doc_sep or None) if any(len(s.documents) > 1 for s in sources) else None
     counts: Counter = Counter()
@@ -119,7 +120,6 @@ def training_data(cfg) -> TrainingData:
         counts.update(s.counts)
     vocab, unknown = build_vocab(set(counts), counts, separator, cfg.max_vocab)
     split = _split(cfg, source, val_source, vocab, separator, unknown)
-    held = {id(d) for d in split.val_documents} if split.rule == "documents" else set()
     record = {
         "format": RECORD_FORMAT,
         "paths": list(cfg.data), "val_paths": list(cfg.val_data) if cfg.val_data else None,
@@ -128,28 +128,37 @@ def training_data(cfg) -> TrainingData:
         "unknown_characters": split.dropped, "vocab_size": len(vocab),
         "split": {"rule": split.rule, "val_frac": cfg.val_frac, "about": split.about,
                   "train_characters": int(len(split.train)), "val_characters": int(len(split.val))},
-        "documents": [_entry(d, id(d) in held) for d in source.documents],
+        "documents": [_entry(d, split.held.get(id(d))) for d in source.documents],
         "val_documents": [_entry(d) for d in split.val_documents] if split.rule == "val-data" else None,
         "skipped": [[name, why] for s in sources for name, why in s.skipped],
     }
+    if split.labels:  # only a labelled run's record has these keys: an unlabelled one's is as it was
+        record.update(label_by=cfg.label_by, labels=list(split.labels))
     lines, warnings = _report(cfg, source, val_source, vocab, counts, separator, unknown, split)
-    return TrainingData(vocab, split.train, split.val, separator, unknown, record, lines, warnings)
+    return TrainingData(vocab, split.train, split.val, separator, unknown, record, lines, warnings, split.labels,
+                        split.segments)
 
 
 @dataclass
 class _Split:
-    rule: str                    # "val-data", "documents", "last-fraction" or "none"
+    rule: str                    # "val-data", "documents", "labels", "last-fraction" or "none"
     train: np.ndarray
     val: np.ndarray
     val_documents: List[Document]
     dropped: int                 # characters that became the unknown symbol, in both
     about: str                   # the split in words
+    held: Dict[int, object] = field(default_factory=dict)   # id(document) -> True, or the characters of its tail
+    labels: Tuple[str, ...] = ()                             # a labelled run's label names, in index order
+    segments: Optional[Tuple[Segments, Segments]] = None     # (training, validation) label segments
+
 
 
 def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, separator: Optional[str],
            unknown: Optional[str]) -> _Split:
     """The texts encoded and split by the rule in the module docstring."""
     documents = source.documents
+    if cfg.label_by:
+        return _labelled_split(cfg, source, vocab, separator, unknown)
     if val_source is not None:
         train, dropped = source.encode(documents, vocab, separator, unknown)
         val, dropped_val = val_source.encode(val_source.documents, vocab, separator, unknown)
@@ -157,15 +166,67 @@ def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Voc
         return _Split("val-data", train, val, val_source.documents, dropped + dropped_val, about)
     if cfg.val_frac > 0 and len(documents) > 1:
         documents, val_documents = document_split(documents, cfg.val_frac)
-        train, dropped = source.encode(documents, vocab, separator, unknown)
-        val, dropped_val = source.encode(val_documents, vocab, separator, unknown)
+        (train, dropped), (val, dropped_val) = (source.encode(d, vocab, separator, unknown)
+                                                for d in (documents, val_documents))
         about = (f"{_files(len(val_documents))} held out whole, chosen by a hash of their path "
                  f"({len(val):,} characters, {len(val) / max(1, len(val) + len(train)):.1%})")
-        return _Split("documents", train, val, val_documents, dropped + dropped_val, about)
+        return _Split("documents", train, val, val_documents, dropped + dropped_val, about,
+                      {id(d): True for d in val_documents})
     whole, dropped = source.encode(documents, vocab, separator, unknown)
     train, val = split_train_val(whole, cfg.val_frac)
     about = f"the last {cfg.val_frac * 100:g}% of the text" if cfg.val_frac > 0 else "none (--val-frac 0)"
     return _Split("last-fraction" if cfg.val_frac > 0 else "none", train, val, [], dropped, about)
+
+
+def _labelled_split(cfg, source: Collection, vocab: Vocab, separator: Optional[str], unknown: Optional[str]) -> _Split:
+    """Validation from every label: a label of several documents holds out whole ones by the documents rule,
+    a label of one document its last --val-frac. The collection is encoded once; the two texts are copies
+    assembled from its documents, each with its label segments (a separator belongs to the document after it)."""
+    labels = tuple(sorted({d.label for d in source.documents}))
+    if len(labels) < 2:
+        raise UserError(f"--label-by {cfg.label_by} found one label in {source.spec.given} ({labels[0]}); labels "
+                        "need two or more: give a folder of folders, several files or several paths")
+    whole, dropped = source.encode(source.documents, vocab, separator, unknown)
+    held: Dict[int, object] = {}
+    for label in labels:
+        group = [d for d in source.documents if d.label == label]
+        if cfg.val_frac > 0 and len(group) > 1:
+            held.update((id(d), True) for d in document_split(group, cfg.val_frac)[1])
+        elif cfg.val_frac > 0:
+            held[id(group[0])] = int(group[0].characters * cfg.val_frac)
+    train_parts, val_parts, start = [], [], 0
+    for d in source.documents:
+        end = start + d.characters
+        tail = held.get(id(d), 0)
+        cut = start if tail is True else end - tail
+        train_parts.append((whole[start:cut], labels.index(d.label)))
+        val_parts.append((whole[cut:end], labels.index(d.label)))
+        start = end + (1 if separator else 0)
+    sep = vocab.encode(separator) if separator else np.zeros(0, vocab.dtype)
+    (train, train_segments), (val, val_segments) = (_assemble(parts, sep) for parts in (train_parts, val_parts))
+    whole_held = sum(1 for v in held.values() if v is True)
+    tails = len(held) - whole_held
+    how = ([f"{_files(whole_held)} held out whole, by a hash of their path"] if whole_held else []) + (
+        [f"the last {cfg.val_frac * 100:g}% of the one document of {tails} label{'s' if tails != 1 else ''}"]
+        if tails else [])
+    about = (f"from each of {len(labels)} labels: {' and '.join(how)} ({len(val):,} characters, "
+             f"{len(val) / max(1, len(val) + len(train)):.1%})" if cfg.val_frac > 0 else "none (--val-frac 0)")
+    return _Split("labels", train, val, [], dropped, about, held, labels, (train_segments, val_segments))
+
+
+def _assemble(parts: Sequence[Tuple[np.ndarray, int]], sep: np.ndarray) -> Tuple[np.ndarray, Segments]:
+    """The non-empty parts joined by the separator, and where each part's label begins (its separator's place)."""
+    parts = [(text, label) for text, label in parts if len(text)]
+    if not parts:
+        return np.zeros(0, sep.dtype), (np.zeros(1, np.int64), np.zeros(1, np.int64))
+    pieces, starts, at = [], [], 0
+    for i, (text, _) in enumerate(parts):
+        if i and len(sep):
+            pieces.append(sep)
+        starts.append(at)
+        at += (len(sep) if i else 0) + len(text)
+        pieces.append(text)
+    return np.concatenate(pieces), (np.asarray(starts, np.int64), np.asarray([lb for _, lb in parts], np.int64))
 
 
 def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, counts: Counter,
@@ -187,20 +248,35 @@ def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vo
     if not source.one_file or val_source is not None:
         joined = f"; documents joined by {show_char(separator)}" if separator else ""
         lines.append(f"validation: {split.about}{joined}")
+    if split.labels:
+        lines.append(labels_line(cfg.label_by, split.labels, source.documents))
     if separator and counts.get(ord(separator)):
         warnings.append(f"the separator {show_char(separator)} occurs {counts[ord(separator)]} times inside the "
                         "documents; the model will take those for boundaries (choose another --doc-sep)")
     return lines, warnings
 
 
+def labels_line(label_by: str, labels: Sequence[str], documents: Sequence[Document]) -> str:
+    """The labels with their sizes, one line: `labels (--label-by folder): dickinson 12 documents 210,301
+    characters, whitman ...`."""
+    sizes = [(sum(1 for d in documents if d.label == lb), sum(d.characters for d in documents if d.label == lb))
+             for lb in labels]
+    shown = ", ".join(f"{lb} ({_files(n)}, {c:,} characters)" for lb, (n, c) in zip(labels, sizes))
+    return f"{len(labels)} labels (--label-by {label_by}): {shown}"
+
+
 def _files(n: int) -> str:
     return f"{n} document{'s' if n != 1 else ''}"
 
 
-def _entry(document: Document, held_out: bool = False) -> dict:
+def _entry(document: Document, held_out=None) -> dict:
+    """A document in data.json: held_out is True (whole), or the characters of its tail held out (a label's
+    single document); a labelled run's documents name their label."""
     entry = {"name": document.name, "key": document.key, "size": document.size, "sha256": document.sha256,
              "characters": document.characters}
-    return {**entry, "held_out": True} if held_out else entry
+    if document.label:
+        entry["label"] = document.label
+    return {**entry, "held_out": held_out} if held_out else entry
 
 
 # ------------------------------------------------------------------------------------------ the record
@@ -230,9 +306,9 @@ def check_same_data(run_dir: Path, current: dict) -> None:
     if saved is None:
         return  # a run from before data.json: nothing to compare with
     changes = []
-    for field, what in (("documents", "--data"), ("val_documents", "--val-data")):
-        old = Counter((d.get("key"), d.get("sha256")) for d in saved.get(field) or [])
-        new = Counter((d["key"], d["sha256"]) for d in current.get(field) or [])
+    for part, what in (("documents", "--data"), ("val_documents", "--val-data")):
+        old = Counter((d.get("key"), d.get("sha256")) for d in saved.get(part) or [])
+        new = Counter((d["key"], d["sha256"]) for d in current.get(part) or [])
         if old == new:
             continue
         old_keys, new_keys = {k for k, _ in old}, {k for k, _ in new}
@@ -244,11 +320,13 @@ def check_same_data(run_dir: Path, current: dict) -> None:
                 changes.append(f"{len(keys)} file{'s' if len(keys) != 1 else ''} {label} in {what} ({_few(keys)})")
         if not changes:
             changes.append(f"the files of {what} changed")
-    held = [sorted(d.get("key") for d in r.get("documents") or [] if d.get("held_out")) for r in (saved, current)]
+    held = [sorted(f"{d.get('key')}:{d.get('held_out')}" for d in r.get("documents") or [] if d.get("held_out"))
+            for r in (saved, current)]  # held_out: True (whole), or a label's single document's tail length
     if not changes and held[0] != held[1]:
         changes.append(f"the held-out documents changed (--val-frac {current['split']['val_frac']:g}, "
                        f"was {saved.get('split', {}).get('val_frac')})")
-    for key, flag in (("doc_sep", "--doc-sep"), ("max_vocab", "--max-vocab"), ("unknown", "--max-vocab")):
+    for key, flag in (("doc_sep", "--doc-sep"), ("max_vocab", "--max-vocab"), ("unknown", "--max-vocab"),
+                      ("label_by", "--label-by"), ("labels", "--label-by")):
         if saved.get(key) != current.get(key) and not any(flag in c for c in changes):
             was, now = saved.get(key), current.get(key)
             changes.append(f"{flag} is {show_char(now) if key == 'doc_sep' else now}, "
@@ -293,12 +371,18 @@ def describe(spec: Spec) -> Tuple[List[str], dict]:
     characters = collection.characters(separator=separator)
     vocab_size = len(set(collection.counts) | ({ord(separator)} if separator else set()))
     summary = f"Total {characters} characters with {vocab_size} unique tokens."
-    if collection.one_file:
-        return [summary], {"characters": characters, "vocab_size": vocab_size}
-    return ([summary, collection.files_line()],
-            {"characters": characters, "vocab_size": vocab_size, "files": len(collection.documents),
-             "skipped": len(collection.skipped),
-             "skipped_files": [{"path": name, "reason": why} for name, why in collection.skipped]})
+    lines, facts = [summary], {"characters": characters, "vocab_size": vocab_size}
+    if not collection.one_file:
+        lines.append(collection.files_line())
+        facts.update(files=len(collection.documents), skipped=len(collection.skipped),
+                     skipped_files=[{"path": name, "reason": why} for name, why in collection.skipped])
+    if spec.label_by:
+        labels = sorted({d.label for d in collection.documents})
+        lines.append(labels_line(spec.label_by, labels, collection.documents))
+        facts["labels"] = [{"label": lb, "documents": sum(1 for d in collection.documents if d.label == lb),
+                            "characters": sum(d.characters for d in collection.documents if d.label == lb)}
+                           for lb in labels]
+    return lines, facts
 
 
 def eval_text(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], vocab: Vocab,

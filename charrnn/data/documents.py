@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -50,6 +50,7 @@ class Spec:
     exclude: Tuple[str, ...] = ()
     doc_sep: str = DEFAULT_SEP
     flag: Optional[str] = "--data"   # how messages name the paths: None for a positional argument (info)
+    label_by: Optional[str] = None   # "folder", "file" or "path": each document's label (see label_of)
 
     @property
     def given(self) -> str:
@@ -71,6 +72,7 @@ class Document:
     root: int = 0    # which of the paths given it came from
     characters: int = -1
     sha256: str = ""
+    label: str = ""  # its label under --label-by, "" without
 
     @classmethod
     def of(cls, name: str, key: str, path: Path, st: os.stat_result, explicit: bool, root: int) -> "Document":
@@ -173,10 +175,34 @@ def _walk(root: Path, index: int, label: str, spec: Spec,
     return found
 
 
+def label_of(document: Document, by: str, given: str, path_labels: Sequence[str]) -> str:
+    """A document's label: `folder`, the first folder under the path given (a file directly in it, or given
+    itself: the folder it lies in); `file`, its path inside the folder given without the extension (a file
+    given: its name without it; where two would be the same, the whole name as messages show it); `path`, the
+    path given on the command line (its name without the extension, when those are distinct)."""
+    if by == "path":
+        return path_labels[document.root]
+    if by == "file":
+        return _without_extension(document.key)
+    if "/" in document.key:
+        return document.key.split("/", 1)[0]
+    return (document.path.parent if document.explicit else Path(given)).resolve().name or given
+
+
+def _without_extension(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1].lstrip(".") else name
+
+
+def _path_labels(paths: Sequence[str]) -> List[str]:
+    names = [Path(p.rstrip("/\\") or p).stem or p for p in paths]
+    return names if len(set(names)) == len(names) else [p.rstrip("/\\") or p for p in paths]
+
+
 def find_documents(spec: Spec) -> Tuple[List[Document], List[Tuple[str, str]], List[Path]]:
     """The candidate documents in order (each path's files in sorted order), the files skipped so far,
     and the paths given, resolved. A candidate is a regular file; whether it is text, the scan finds."""
     documents, skipped, seen, roots = [], [], set(), []
+    path_labels = _path_labels(spec.paths)
     for index, given in enumerate(spec.paths):
         root = resolve_data(given, spec.flag)
         roots.append(root.resolve())
@@ -191,5 +217,9 @@ def find_documents(spec: Spec) -> Tuple[List[Document], List[Tuple[str, str]], L
                     skipped.append((doc.name, "read already"))
                 continue
             seen.add(ident)
-            documents.append(doc)
+            documents.append(replace(doc, label=label_of(doc, spec.label_by, given, path_labels))
+                             if spec.label_by else doc)
+    if spec.label_by == "file" and len({d.label for d in documents}) < len(documents):
+        # two files of one name under different paths given: each named as messages name it
+        documents = [replace(d, label=_without_extension(d.name)) for d in documents]
     return documents, skipped, roots

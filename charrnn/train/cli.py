@@ -119,31 +119,30 @@ def _inherit_unknown(data, run_dir: Path) -> None:
         data.record["unknown"] = unknown
 
 
-def _say_what_the_parent_lacks(data, vocab, notes: Announcements) -> None:
-    """A fine-tune that reads characters the --init-from model lacks as its unknown symbol says how many, as
-    --max-vocab does, and data.json counts them and names the vocabulary the run trains with."""
+def _say_what_fine_tuning_adds(parent_vocab, vocab, parent_labels, labels, notes: Announcements) -> None:
+    """A fine-tune onto characters or labels the --init-from model lacks grows it (train/finetune.py): say how."""
     from charrnn.data.vocab import format_chars
 
-    missing = [i for i, c in enumerate(data.vocab.chars) if c not in vocab and c != data.unknown]
-    if missing:
-        count = int(sum(np.isin(text, missing).sum() for text in (data.train, data.val)))
-        total = len(data.train) + len(data.val)
-        notes.say(f"warning: {count:,} of {total:,} characters ({count / max(total, 1):.1%}) are outside the "
-                  f"--init-from model's vocabulary and read as its unknown symbol U+FFFD: "
-                  f"{format_chars(data.vocab.chars[i] for i in missing)}", True)
-        data.record["unknown_characters"] = int(data.record.get("unknown_characters") or 0) + count
-    data.record["vocab_size"] = len(vocab)
+    added = vocab.chars[len(parent_vocab):]
+    if added:
+        start = "its U+FFFD rows" if "\ufffd" in parent_vocab else "a new model's"
+        notes.say(f"fine-tune: {len(added)} character{'s' if len(added) != 1 else ''} the --init-from model never "
+                  f"saw added to its vocabulary ({len(parent_vocab)} -> {len(vocab)}): {format_chars(added)}; their "
+                  f"weights start as {start}")
+    new_labels = labels[len(parent_labels):]
+    if new_labels and parent_labels:
+        notes.say(f"fine-tune: new label{'s' if len(new_labels) != 1 else ''} {', '.join(new_labels)} added to the "
+                  f"--init-from model's {', '.join(parent_labels)}")
 
 
 def _remap_to_vocab(data, vocab, unknown=None) -> tuple:
-    """The training and validation texts re-encoded in `vocab` (copies); characters it lacks become
-    `unknown` where the run has one (a --max-vocab run's symbol), as they would in `eval`."""
+    """The training and validation texts re-encoded in `vocab` (copies): a fine-tune's grown vocabulary, or a
+    resumed run's; characters it lacks become `unknown` where the run has one (a --max-vocab run's symbol)."""
     try:
         return (vocab.translate(data.vocab, data.train, "the new corpus", unknown),
                 vocab.translate(data.vocab, data.val, "the new corpus", unknown))
-    except UserError as e:
-        raise UserError(f"{e}; fine-tune on a text within the --init-from model's vocabulary, "
-                        "or train a new model") from None
+    except UserError as e:  # a resumed run's vocabulary lacks a character of its own data: not the same data
+        raise UserError(f"{e}; resume with the data the run was trained on") from None
 
 
 def run_train(args: dict) -> int:
@@ -159,14 +158,17 @@ def run_train(args: dict) -> int:
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
     train_cfg = _check_bf16(train_cfg, model_flags.get("cell", ModelConfig.cell), device, "bf16" in explicit, notes)
-    model_cfg, vocab, (train_data, val_data), init_params, data = _load_text(train_cfg, model_flags, out, notes)
+    model_cfg, vocab, (train_data, val_data), init_params, data, segments = _load_text(train_cfg, model_flags, out,
+                                                                                       notes)
+    train_segments, val_segments = segments or (None, None)
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
         _check_auto_layout(train_cfg, explicit, train_data)
         notes.flush()  # what was read comes before the probe, which takes seconds
         train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), device, world)
 
-    train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split")
-    val_streams = _validation_streams(train_cfg, val_data, world, notes)
+    train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split",
+                                 segments=train_segments)
+    val_streams = _validation_streams(train_cfg, val_data, world, notes, val_segments)
 
     if not world.distributed:
         return _train(train_cfg, model_cfg, vocab, init_params, train_streams, val_streams, device, world, data, notes)
@@ -283,7 +285,7 @@ def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
     world.shard_rows(cfg.batch_size)  # the global batch must divide among the processes
 
 
-def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements):
+def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements, segments=None):
     """The validation streams, or None. --val-chars shorter than one window is raised to one window (said), and
     --patience without a validation window to count is refused: early stopping must not silently never happen."""
     one_window = world.size * cfg.seq_len + 1   # one stream per process (validation_streams' smallest layout)
@@ -294,7 +296,7 @@ def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements)
                       f"{cfg.seq_len} needs {one_window} characters); validating on the first {one_window}", True)
             chars = one_window
         val_data = val_data[:chars]
-    streams = (validation_streams(val_data, cfg.batch_size, cfg.seq_len, multiple_of=world.size)
+    streams = (validation_streams(val_data, cfg.batch_size, cfg.seq_len, multiple_of=world.size, segments=segments)
                if len(val_data) else None)
     if streams is None and cfg.patience is not None:
         raise UserError(f"--patience {cfg.patience} needs validation, but the validation split has {len(val_data)} "
@@ -306,8 +308,9 @@ def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements)
 
 
 def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announcements):
-    """The training and validation texts encoded with the run's vocabulary (new, --init-from's, or
-    --resume's), the model config, and the data's description (data.dataset.TrainingData)."""
+    """The training and validation texts encoded with the run's vocabulary (new, --init-from's grown, or
+    --resume's), the model config, the data's description (data.dataset.TrainingData) and, for a labelled run,
+    the texts' label segments in the model's label order."""
     from charrnn.data.dataset import check_same_data, training_data
 
     data = training_data(cfg)
@@ -318,23 +321,39 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
     notes.say("\n".join(data.lines))
     for warning in data.warnings:
         notes.say(f"warning: {warning}", True)
-    vocab, texts = data.vocab, (data.train, data.val)
+    vocab, texts, labels = data.vocab, (data.train, data.val), data.labels
     init_params = None
     if cfg.init_from and not cfg.resume:
-        init_model, vocab, init_params = load_run(Path(cfg.init_from), "latest")
+        from charrnn.train import finetune
+
+        parent, parent_vocab, parent_params = load_run(Path(cfg.init_from), "latest")
+        if parent.labels and not data.labels:
+            raise UserError(f"--init-from {cfg.init_from} was trained with labels ({', '.join(parent.labels)}); "
+                            "fine-tune it with --label-by")
+        for key in MODEL_KEYS - {"vocab_size", "dropout", "labels"}:
+            if key in model_flags and model_flags[key] != getattr(parent, key):
+                raise UserError(f"--{key} differs from the --init-from model ({getattr(parent, key)}); drop it")
+        vocab = finetune.grown_vocab(parent_vocab, data.vocab)
+        labels = finetune.grown_labels(parent.labels, data.labels) if data.labels else ()
         texts = _remap_to_vocab(data, vocab, data.unknown)
-        _say_what_the_parent_lacks(data, vocab, notes)
-        for key in MODEL_KEYS - {"vocab_size", "dropout"}:
-            if key in model_flags and model_flags[key] != getattr(init_model, key):
-                raise UserError(f"--{key} differs from the --init-from model ({getattr(init_model, key)}); drop it")
-        model_flags = {**dataclasses.asdict(init_model), "dropout": model_flags.get("dropout", init_model.dropout)}
+        _say_what_fine_tuning_adds(parent_vocab, vocab, parent.labels, labels, notes)
+        data.record["vocab_size"] = len(vocab)
+        model = finetune.child_config(parent, vocab, labels, model_flags.get("dropout", parent.dropout))
+        init_params = finetune.grow_parameters(parent_params, parent, model, parent_vocab, cfg.seed)
+        model_flags = dataclasses.asdict(model)
     elif cfg.resume:
         from charrnn.checkpoint import load_vocab
 
         vocab = load_vocab(out, ModelConfig(**model_flags))
+        labels = tuple(model_flags.get("labels") or ())
         if vocab != data.vocab:
             texts = _remap_to_vocab(data, vocab, data.unknown)
-    return ModelConfig(**{**model_flags, "vocab_size": len(vocab)}), vocab, texts, init_params, data
+    segments = None
+    if data.segments is not None:  # the data's label ids (sorted names) -> the model's order
+        order = np.array([labels.index(name) for name in data.labels], np.int64)
+        segments = tuple((starts, order[ids]) for starts, ids in data.segments)
+    model_cfg = ModelConfig(**{**model_flags, "vocab_size": len(vocab), "labels": tuple(labels)})
+    return model_cfg, vocab, texts, init_params, data, segments
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,

@@ -97,7 +97,8 @@ class Trainer:
             lr = self._learning_rate()
             self.learner.set_lr(lr)
             x, y = self.train.window(p.window)
-            loss, self.state = self.learner.train_step(x, y, self.state)   # the state carries to the next window
+            loss, self.state = self.learner.train_step(x, y, self.state,   # the state carries to the next window
+                                                       labels=self.train.labels(p.window))
             stopping = self._agree_to_stop(base_elapsed + time.perf_counter() - started, loss, lr)
             p.iteration += 1
             p.window += 1
@@ -224,7 +225,7 @@ class Trainer:
         state = self.learner.zero_state(self.val.batch_size)
         total = 0.0
         for k in range(self.val.num_windows):
-            loss, state = self.learner.eval_loss(*self.val.window(k), state)
+            loss, state = self.learner.eval_loss(*self.val.window(k), state, labels=self.val.labels(k))
             total += loss
         summed, count = self.world.sum([total, float(self.val.num_windows)])
         return summed / count
