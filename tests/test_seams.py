@@ -281,8 +281,9 @@ def test_patience_without_validation_is_refused_in_one_line(flags, text, tmp_pat
     assert not run.exists()
 
 
-def test_a_fine_tune_says_how_much_it_reads_as_the_parents_unknown_symbol(tmp_path, run_cli):
-    """--init-from a --max-vocab run onto a text with other characters: one warning counts them, data.json too."""
+def test_a_fine_tune_onto_characters_a_max_vocab_parent_lacks_grows_it_from_its_unknown_symbol(tmp_path, run_cli):
+    """--init-from a --max-vocab run onto a text with other characters: they join the vocabulary after the
+    parent's, their rows start as its U+FFFD rows, one line says so, and the unknown symbol travels on."""
     text = tmp_path / "text.txt"
     text.write_text("a rat ran at a tan tar. " * 80, encoding="utf-8")
     other = tmp_path / "other.txt"
@@ -293,11 +294,13 @@ def test_a_fine_tune_says_how_much_it_reads_as_the_parents_unknown_symbol(tmp_pa
     done = run_cli(["train", "--data", other, "--out", child, "--init-from", parent, *small])
     assert done.returncode == 0, done.stderr
     record = json.loads((child / "data.json").read_text(encoding="utf-8"))
-    parent_chars = set(json.loads((parent / "vocab.json").read_text(encoding="utf-8")))
-    expected = sum(1 for c in other.read_text(encoding="utf-8") if c not in parent_chars)
-    assert record["unknown"] == "\ufffd" and record["unknown_characters"] == expected > 0
-    assert record["vocab_size"] == len(parent_chars)
-    assert f"{expected:,} of" in done.stderr and "unknown symbol U+FFFD" in done.stderr
+    parent_chars = json.loads((parent / "vocab.json").read_text(encoding="utf-8"))
+    child_chars = json.loads((child / "vocab.json").read_text(encoding="utf-8"))
+    new = sorted(set(other.read_text(encoding="utf-8")) - set(parent_chars))
+    assert child_chars == parent_chars + new and record["vocab_size"] == len(child_chars)
+    assert record["unknown"] == "\ufffd"
+    assert f"{len(new)} characters the --init-from model never saw added" in done.stdout
+    assert "start as its U+FFFD rows" in done.stdout
 
 
 def test_resume_with_another_init_from_is_refused_in_one_line(tmp_path, run_cli):
