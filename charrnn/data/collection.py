@@ -23,6 +23,7 @@ import numpy as np
 
 from charrnn.data.cache import Cache
 from charrnn.data.documents import Document, Spec, find_documents
+from charrnn.data.sources import resolve_data
 from charrnn.data.textfile import NotText, decoded_blocks
 from charrnn.data.vocab import BMP, Encoder, Vocab, code_points
 from charrnn.errors import UserError
@@ -38,9 +39,10 @@ class Collection:
 
     def __init__(self, spec: Spec):
         self.spec = spec
-        candidates, self.skipped, roots = find_documents(spec)
+        roots = [resolve_data(given, spec.flag) for given in spec.paths]
+        candidates, self.skipped = find_documents(spec, roots)
         self.one_file = len(spec.paths) == 1 and len(candidates) == 1 and candidates[0].explicit
-        self.cache = Cache(spec, candidates, roots)
+        self.cache = Cache(spec, candidates, [root.resolve() for root in roots])
         scan = self.cache.read_scan()
         if scan is None:
             scan = _scan(candidates)

@@ -1,6 +1,6 @@
 """Paths -> documents: which files a `--data` (or `--val-data`, or `info`'s) list of paths names, in order.
 
-A path is a text file, a folder, or a corpus name (sources.py turns the name into one of the other two).
+A path is a text file or a folder (a corpus name has become one of them: sources.py).
 A single file is a collection of one document; a folder means every file below it, recursively, in
 sorted order of the path relative to it (compared folder by folder), skipping hidden files and folders
 (a name starting with '.') and the `*.charrnn-cache` folders that an older charrnn wrote beside a
@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from charrnn.data.sources import resolve_data
 from charrnn.errors import UserError
 from charrnn.storage import data_dir
 
@@ -198,14 +197,13 @@ def _path_labels(paths: Sequence[str]) -> List[str]:
     return names if len(set(names)) == len(names) else [p.rstrip("/\\") or p for p in paths]
 
 
-def find_documents(spec: Spec) -> Tuple[List[Document], List[Tuple[str, str]], List[Path]]:
-    """The candidate documents in order (each path's files in sorted order), the files skipped so far,
-    and the paths given, resolved. A candidate is a regular file; whether it is text, the scan finds."""
-    documents, skipped, seen, roots = [], [], set(), []
+def find_documents(spec: Spec, roots: Sequence[Path]) -> Tuple[List[Document], List[Tuple[str, str]]]:
+    """The candidate documents in order (each path's files in sorted order) and the files skipped so far, given
+    the paths resolved (sources.resolve_data: a corpus name is a path by now). A candidate is a regular file;
+    whether it is text, the scan finds."""
+    documents, skipped, seen = [], [], set()
     path_labels = _path_labels(spec.paths)
-    for index, given in enumerate(spec.paths):
-        root = resolve_data(given, spec.flag)
-        roots.append(root.resolve())
+    for index, (given, root) in enumerate(zip(spec.paths, roots)):
         if root.is_dir():
             found = [doc for _, doc in _walk(root, index, _label(given), spec, skipped)]
         else:
@@ -222,4 +220,4 @@ def find_documents(spec: Spec) -> Tuple[List[Document], List[Tuple[str, str]], L
     if spec.label_by == "file" and len({d.label for d in documents}) < len(documents):
         # two files of one name under different paths given: each named as messages name it
         documents = [replace(d, label=_without_extension(d.name)) for d in documents]
-    return documents, skipped, roots
+    return documents, skipped
