@@ -4,7 +4,8 @@ Each feature is tested on its own elsewhere; this file walks the seams between t
 a new row, column, resume flag or refusal is one line in one of them.
 
     DATA       the kinds of data: one file, a folder of documents, --max-vocab (the unknown symbol U+FFFD),
-               one-hot inputs (--embed 0), a CJK text.
+               one-hot inputs (--embed 0), a CJK text, a folder of labelled folders (--label-by folder: every
+               runtime samples and scores under a label, and scores a text under every label).
     ROWS       one run each: an engine, a kind of data and a cell. Together they hold every engine, every kind of
                data and every cell, in the combinations users make. Each row's run is trained once per module
                (Lab) and taken through the lifecycle: train -> resume (plain, and with each RESUME_CHANGES flag)
@@ -52,6 +53,8 @@ class Data:
     files: dict
     flags: tuple = ()
     eval_extra: str = ""  # added to the text `eval` reads: characters a --max-vocab run dropped, read as U+FFFD
+    label: str = ""       # a labelled kind: the label every runtime samples and scores under
+    other_label: str = ""
 
     @property
     def documents(self) -> bool:
@@ -68,6 +71,11 @@ DATA = {
     "max_vocab": Data({"text.txt": ENGLISH}, ("--max-vocab", "8"), eval_extra="Zany zebras \u2603 "),
     "one_hot": Data({"text.txt": ENGLISH}, ("--embed", "0")),
     "cjk": Data({"poems.txt": CJK}),
+    "labelled": Data({"lines/harbour/wall.txt": "The lamps along the harbour wall are lit.\n" * 3,
+                      "lines/harbour/tide.txt": "The tide is turning; light them all.\n" * 3,
+                      "lines/ferry/row.txt": "Who will row the ferry out before the storm?\n" * 3,
+                      "lines/ferry/keeper.txt": "Not I, said the keeper, not tonight.\n" * 3},
+                     ("--label-by", "folder", "--val-frac", "0.25"), label="harbour", other_label="ferry"),
 }
 
 
@@ -90,6 +98,8 @@ ROWS = [
     Row("naive", "cjk", "gru"),
     Row("tf", "folder", "gru"),
     Row("keras", "max_vocab", "lstm"),
+    Row("scratch", "labelled", "lstm"),
+    Row("keras", "labelled", "gru"),
 ]
 SLOW_ENGINES = {"tf", "keras"}
 
@@ -328,21 +338,24 @@ class Runtimes:
     def __init__(self, lab: Lab, web: WebPage, run: LabRun):
         self.lab, self.web, self.run = lab, web, run
 
-    def args(self, runtime: str, engine: str | None = None) -> list:
+    def args(self, runtime: str, engine: str | None = None, labelled: bool = True) -> list:
         """The flags that point `sample` / `eval` at this runtime; the checkpoint runs in the row's engine (the
         library engine for a naive row, so that two engines are compared)."""
         run = self.run
         engine = engine or (run.row.engine if run.row.engine != "naive" else "library")
+        label = DATA[run.row.data].label
         return {"checkpoint": ["--checkpoint", run.ft, "--impl", engine],
                 "int8": ["--checkpoint", run.ft, "--impl", engine, "--quantize", "int8"],
-                "onnx": ["--onnx", run.onnx], "onnx-int8": ["--onnx", run.onnx_int8]}[runtime]
+                "onnx": ["--onnx", run.onnx], "onnx-int8": ["--onnx", run.onnx_int8]}[runtime] + (
+                    ["--label", label] if label and labelled else [])
 
     def sample(self, runtime: str, prime: str = "", stop: bool = False, hot: bool = False,
                engine: str | None = None) -> str:
         """What the runtime prints for a seeded sample (the prime, then the generated text), less the last newline."""
         if runtime == "web":
             options = {"seed": SEED, **({"temperature": float(HOT)} if hot else {}),
-                       **({"stopAtSep": True} if stop else {})}
+                       **({"stopAtSep": True} if stop else {}),
+                       **({"label": DATA[self.run.row.data].label} if DATA[self.run.row.data].label else {})}
             return self.web.sample(self.run.site, prime, LENGTH, options)
         args = ["sample", *self.args(runtime, engine), "--prime", prime, "--length", LENGTH, "--seed", SEED,
                 *(["--temperature", HOT] if hot else []), *(["--stop-at-sep"] if stop else [])]
@@ -416,6 +429,22 @@ def test_cell(lab, web, row, runtime):
         assert primed[:5].count("\ufffd") == sum(c not in vocab for c in "Zebra") and "\ufffd" not in primed[5:]
         if runtime != "onnx-int8":
             assert primed == rt.sample(reference, prime="Zebra", hot=True, engine="naive")
+
+    # a labelled run: no sample without a label (the line names them); each label scores the text its own way, and
+    # --by-label scores it under every label, best first, as the runtime's eval under each does
+    if kind.label and runtime != "web":
+        assert_refused(cli(lab, ["sample", *rt.args(runtime, labelled=False), "--length", 5]),
+                       f"{kind.label}")
+        by_label = cli(lab, ["eval", *rt.args(runtime, labelled=False), "--data", run.eval_data, "--by-label",
+                             "--json"])
+        assert by_label.returncode == 0, by_label.stderr
+        scores = {entry["label"]: entry["loss"] for entry in json.loads(by_label.stdout)}
+        other = cli(lab, ["eval", *rt.args(runtime, labelled=False), "--label", kind.other_label, "--data",
+                          run.eval_data, "--json"])
+        assert set(scores) == {kind.label, kind.other_label}
+        assert scores[kind.other_label] == pytest.approx(json.loads(other.stdout)["loss"], abs=1e-9)
+        assert scores[kind.label] != scores[kind.other_label]
+        assert list(scores.values()) == sorted(scores.values())
 
     # eval: the same loss to 1e-4 (float32), within INT8_BOUND of it (int8); documents joined by the separator,
     # characters a --max-vocab run dropped read as U+FFFD
