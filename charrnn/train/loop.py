@@ -23,7 +23,7 @@ from charrnn.errors import TrainingDiverged, UserError, checkpoint_write_error
 from charrnn.losses import bits_per_char
 from charrnn.train.distributed import World
 from charrnn.train.learners import Learner
-from charrnn.train.metrics import MetricsLog, plot_losses
+from charrnn.train.metrics import LossPlot, MetricsLog
 from charrnn.train.schedule import Budget, learning_rate
 
 
@@ -72,6 +72,7 @@ class Trainer:
         self.stop_requested: Optional[str] = None
         self.chars_per_iter = train.batch_size * train.seq_len  # this process's share
         self.metrics: Optional[MetricsLog] = None
+        self.plot = LossPlot(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.resumed = False               # restore() succeeded: metrics.jsonl keeps the rows up to its iteration
         self._schedule_note: Optional[str] = None
 
@@ -132,6 +133,7 @@ class Trainer:
             self.validate_and_save()
         if self.metrics is not None:
             self.metrics.close()
+        self.plot.finish()
         return p
 
     def _learning_rate(self) -> float:
@@ -246,10 +248,7 @@ class Trainer:
                          + (" (best)" if is_best else ""))
         self.save(best=is_best or (val is None))
         if self.world.is_main:
-            try:
-                plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
-            except OSError:
-                pass
+            self.plot.request()
 
     def save(self, best: bool = False) -> None:
         """Write resume.safetensors, then model.safetensors (and best.safetensors), each atomically."""
