@@ -20,8 +20,9 @@ import charrnn.data.collection
 from charrnn.cli import main
 from charrnn.config import TrainConfig, from_dict
 from charrnn.data.collection import Collection
-from charrnn.data.dataset import UNKNOWN, document_split, training_data
+from charrnn.data.dataset import document_split, training_data
 from charrnn.data.documents import DEFAULT_SEP, Document, Spec
+from charrnn.data.vocab import UNKNOWN
 
 TINY = ["--impl", "naive", "--cell", "rnn", "--hidden", "16", "--embed", "8", "--layers", "1",
         "--batch-size", "2", "--seq-len", "8", "--eval-every", "1000", "--log-every", "1000"]

@@ -189,7 +189,7 @@ def test_new_characters_start_as_the_parents_unknown_symbol(tmp_path):
     parent_vocab = Vocab(tuple("ab\ufffd"))
     parent = ModelConfig(vocab_size=3, layers=1, hidden=4, embed=2)
     params = init_parameters(parent, 0)
-    vocab = finetune.grown_vocab(parent_vocab, Vocab(tuple("abcd")))
+    vocab = parent_vocab.extended(Vocab(tuple("abcd")))
     assert vocab.chars == ("a", "b", "\ufffd", "c", "d")
     child = finetune.child_config(parent, vocab, (), 0.0)
     grown = finetune.grow_parameters(params, parent, child, parent_vocab, seed=1)

@@ -39,22 +39,9 @@ from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 from charrnn.storage import write_text_atomic
 
-UNKNOWN = "\ufffd"
 RECORD = "data.json"
 RECORD_FORMAT = "charrnn-data/1"
 Segments = Tuple[np.ndarray, np.ndarray]   # (where each label begins in a text, ascending from 0; the label ids)
-
-
-def build_vocab(code_points: set, counts: Optional[Dict[int, int]], separator: Optional[str],
-                max_vocab: Optional[int]) -> Tuple[Vocab, Optional[str]]:
-    """The vocabulary (sorted by code point) and the unknown symbol, None when nothing was dropped."""
-    codes = set(code_points) | ({ord(separator)} if separator else set())
-    if not max_vocab or len(codes) <= max_vocab:
-        return Vocab.from_code_points(codes), None
-    forced = {ord(separator)} if separator else set()
-    ranked = sorted((c for c in codes - forced if c != ord(UNKNOWN)), key=lambda c: (-(counts or {}).get(c, 0), c))
-    kept = forced | set(ranked[: max_vocab - 1 - len(forced)]) | {ord(UNKNOWN)}
-    return Vocab.from_code_points(kept), UNKNOWN
 
 
 def split_train_val(data: np.ndarray, val_frac: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -107,8 +94,22 @@ def show_char(c: Optional[str]) -> str:
     return "none" if not c else f"U+{ord(c):04X} {c!r}"
 
 
-def training_data(cfg) -> TrainingData:
-    """The training and validation texts, encoded, for a TrainConfig."""
+@dataclass(frozen=True)
+class Base:
+    """The run a training continues (--resume: the run itself) or starts from (--init-from: the parent), as
+    the data sees it. Its vocabulary and labels keep their indices and whatever the text adds follows them
+    (train/finetune.py grows the weights to match), so the text is encoded once, in the run's vocabulary;
+    its data.json's unknown symbol carries over; and a resumed run's data must be what it was trained on."""
+
+    run_dir: Path
+    vocab: Vocab
+    labels: Tuple[str, ...]
+    resume: bool
+
+
+def training_data(cfg, base: Optional[Base] = None) -> TrainingData:
+    """The training and validation texts, encoded in the run's vocabulary, for a TrainConfig."""
+    previous = read_record(base.run_dir) if base else None
     source = Collection(Spec(tuple(cfg.data), tuple(cfg.include), tuple(cfg.exclude), cfg.doc_sep, "--data",
                              cfg.label_by))
     val_source = (Collection(Spec(tuple(cfg.val_data), tuple(cfg.include), tuple(cfg.exclude), cfg.doc_sep,
@@ -118,8 +119,11 @@ def training_data(cfg) -> TrainingData:
     counts: Counter = Counter()
     for s in sources:
         counts.update(s.counts)
-    vocab, unknown = build_vocab(set(counts), counts, separator, cfg.max_vocab)
-    split = _split(cfg, source, val_source, vocab, separator, unknown)
+    own, unknown = Vocab.chosen(counts, separator, cfg.max_vocab)
+    vocab = base.vocab.extended(own) if base else own
+    unknown = unknown or (previous or {}).get("unknown")  # a --max-vocab parent's symbol: eval and sample read so
+    unknown = unknown if unknown in vocab else None
+    split = _split(cfg, source, val_source, vocab, separator, unknown, base.labels if base else ())
     record = {
         "format": RECORD_FORMAT,
         "paths": list(cfg.data), "val_paths": list(cfg.val_data) if cfg.val_data else None,
@@ -133,8 +137,10 @@ def training_data(cfg) -> TrainingData:
         "skipped": [[name, why] for s in sources for name, why in s.skipped],
     }
     if split.labels:  # only a labelled run's record has these keys: an unlabelled one's is as it was
-        record.update(label_by=cfg.label_by, labels=list(split.labels))
-    lines, warnings = _report(cfg, source, val_source, vocab, counts, separator, unknown, split)
+        record.update(label_by=cfg.label_by, labels=sorted(split.labels))
+    if base and base.resume:
+        check_same_data(base.run_dir, record, previous)
+    lines, warnings = _report(cfg, source, val_source, own, counts, separator, unknown, split)
     return TrainingData(vocab, split.train, split.val, separator, unknown, record, lines, warnings, split.labels,
                         split.segments)
 
@@ -154,11 +160,11 @@ class _Split:
 
 
 def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, separator: Optional[str],
-           unknown: Optional[str]) -> _Split:
+           unknown: Optional[str], base_labels: Sequence[str]) -> _Split:
     """The texts encoded and split by the rule in the module docstring."""
     documents = source.documents
     if cfg.label_by:
-        return _labelled_split(cfg, source, vocab, separator, unknown)
+        return _labelled_split(cfg, source, vocab, separator, unknown, base_labels)
     if val_source is not None:
         train, dropped = source.encode(documents, vocab, separator, unknown)
         val, dropped_val = val_source.encode(val_source.documents, vocab, separator, unknown)
@@ -178,17 +184,20 @@ def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Voc
     return _Split("last-fraction" if cfg.val_frac > 0 else "none", train, val, [], dropped, about)
 
 
-def _labelled_split(cfg, source: Collection, vocab: Vocab, separator: Optional[str], unknown: Optional[str]) -> _Split:
+def _labelled_split(cfg, source: Collection, vocab: Vocab, separator: Optional[str], unknown: Optional[str],
+                    base_labels: Sequence[str]) -> _Split:
     """Validation from every label: a label of several documents holds out whole ones by the documents rule,
     a label of one document its last --val-frac. The collection is encoded once; the two texts are copies
-    assembled from its documents, each with its label segments (a separator belongs to the document after it)."""
-    labels = tuple(sorted({d.label for d in source.documents}))
-    if len(labels) < 2:
-        raise UserError(f"--label-by {cfg.label_by} found one label in {source.spec.given} ({labels[0]}); labels "
+    assembled from its documents, each with its label segments (a separator belongs to the document after it).
+    The labels are the base run's, in its order, then the text's new ones by name."""
+    found = sorted({d.label for d in source.documents})
+    if len(found) < 2:
+        raise UserError(f"--label-by {cfg.label_by} found one label in {source.spec.given} ({found[0]}); labels "
                         "need two or more: give a folder of folders, several files or several paths")
+    labels = tuple(base_labels) + tuple(name for name in found if name not in base_labels)
     whole, dropped = source.encode(source.documents, vocab, separator, unknown)
     held: Dict[int, object] = {}
-    for label in labels:
+    for label in found:
         group = [d for d in source.documents if d.label == label]
         if cfg.val_frac > 0 and len(group) > 1:
             held.update((id(d), True) for d in document_split(group, cfg.val_frac)[1])
@@ -209,7 +218,7 @@ def _labelled_split(cfg, source: Collection, vocab: Vocab, separator: Optional[s
     how = ([f"{_files(whole_held)} held out whole, by a hash of their path"] if whole_held else []) + (
         [f"the last {cfg.val_frac * 100:g}% of the one document of {tails} label{'s' if tails != 1 else ''}"]
         if tails else [])
-    about = (f"from each of {len(labels)} labels: {' and '.join(how)} ({len(val):,} characters, "
+    about = (f"from each of {len(found)} labels: {' and '.join(how)} ({len(val):,} characters, "
              f"{len(val) / max(1, len(val) + len(train)):.1%})" if cfg.val_frac > 0 else "none (--val-frac 0)")
     return _Split("labels", train, val, [], dropped, about, held, labels, (train_segments, val_segments))
 
@@ -249,7 +258,7 @@ def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vo
         joined = f"; documents joined by {show_char(separator)}" if separator else ""
         lines.append(f"validation: {split.about}{joined}")
     if split.labels:
-        lines.append(labels_line(cfg.label_by, split.labels, source.documents))
+        lines.append(labels_line(cfg.label_by, sorted({d.label for d in source.documents}), source.documents))
     if separator and counts.get(ord(separator)):
         warnings.append(f"the separator {show_char(separator)} occurs {counts[ord(separator)]} times inside the "
                         "documents; the model will take those for boundaries (choose another --doc-sep)")
@@ -300,9 +309,8 @@ def read_record(run_dir: Path) -> Optional[dict]:
     return record
 
 
-def check_same_data(run_dir: Path, current: dict) -> None:
-    """Refuse, in one line, to resume a run on data other than what it was trained on."""
-    saved = read_record(run_dir)
+def check_same_data(run_dir: Path, current: dict, saved: Optional[dict]) -> None:
+    """Refuse, in one line, to resume a run on data other than what it was trained on (`saved`: its data.json)."""
     if saved is None:
         return  # a run from before data.json: nothing to compare with
     changes = []
@@ -400,5 +408,5 @@ def eval_text(paths: Sequence[str], include: Sequence[str], exclude: Sequence[st
     what = " ".join(paths)
     if unknown:
         return vocab, source.encode(source.documents, vocab, source.separator, unknown, what)[0], source
-    own, _ = build_vocab(set(source.counts), None, source.separator, None)
+    own, _ = Vocab.chosen(source.counts, source.separator, None)
     return own, source.encode(source.documents, own, source.separator, what=what)[0], source

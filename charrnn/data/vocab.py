@@ -18,6 +18,7 @@ import numpy as np
 from charrnn.errors import UserError
 
 BMP = 0x10000   # code points below this are looked up in a table, the rest by binary search
+UNKNOWN = "\ufffd"   # --max-vocab's symbol for every character it drops (Unicode's replacement character)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,24 @@ class Vocab:
     @classmethod
     def from_code_points(cls, codes: Iterable[int]) -> "Vocab":
         return cls(tuple(chr(int(c)) for c in sorted(set(int(c) for c in codes))))
+
+    @classmethod
+    def chosen(cls, counts: dict, separator: Optional[str], max_vocab: Optional[int]) -> "tuple[Vocab, Optional[str]]":
+        """A text's vocabulary from its character counts (code point -> count), sorted by code point, and the
+        unknown symbol: None when every character is kept; with more than `max_vocab`, the max_vocab - 1 most
+        frequent (the separator always among them) and U+FFFD for the others."""
+        codes = set(counts) | ({ord(separator)} if separator else set())
+        if not max_vocab or len(codes) <= max_vocab:
+            return cls.from_code_points(codes), None
+        forced = {ord(separator)} if separator else set()
+        ranked = sorted((c for c in codes - forced if c != ord(UNKNOWN)), key=lambda c: (-counts.get(c, 0), c))
+        kept = forced | set(ranked[: max_vocab - 1 - len(forced)]) | {ord(UNKNOWN)}
+        return cls.from_code_points(kept), UNKNOWN
+
+    def extended(self, other: "Vocab") -> "Vocab":
+        """This vocabulary's characters in their order, then those only `other` has, by code point: a run
+        continued on a text keeps every index it learned."""
+        return Vocab(self.chars + tuple(sorted(c for c in other.chars if c not in self._index)))
 
     def __len__(self) -> int:
         return len(self.chars)

@@ -107,18 +107,6 @@ def _check_resume_changes(saved: dict, given: dict, notes: Announcements | None)
         notes.say(f"resume: these settings differ from the run's and are in force from now on: {described}")
 
 
-def _inherit_unknown(data, run_dir: Path) -> None:
-    """A run fine-tuned from (or resuming) a model with an unknown symbol (--max-vocab's U+FFFD) reads the
-    characters that model lacks as that symbol, as `eval` and `sample` do, and keeps it in its own data.json,
-    so its exports and samples treat it as the parent's did."""
-    from charrnn.data.dataset import read_record
-
-    unknown = (read_record(run_dir) or {}).get("unknown")
-    if unknown and data.unknown is None:
-        data.unknown = unknown
-        data.record["unknown"] = unknown
-
-
 def _say_what_fine_tuning_adds(parent_vocab, vocab, parent_labels, labels, notes: Announcements) -> None:
     """A fine-tune onto characters or labels the --init-from model lacks grows it (train/finetune.py): say how."""
     from charrnn.data.vocab import format_chars
@@ -133,16 +121,6 @@ def _say_what_fine_tuning_adds(parent_vocab, vocab, parent_labels, labels, notes
     if new_labels and parent_labels:
         notes.say(f"fine-tune: new label{'s' if len(new_labels) != 1 else ''} {', '.join(new_labels)} added to the "
                   f"--init-from model's {', '.join(parent_labels)}")
-
-
-def _remap_to_vocab(data, vocab, unknown=None) -> tuple:
-    """The training and validation texts re-encoded in `vocab` (copies): a fine-tune's grown vocabulary, or a
-    resumed run's; characters it lacks become `unknown` where the run has one (a --max-vocab run's symbol)."""
-    try:
-        return (vocab.translate(data.vocab, data.train, "the new corpus", unknown),
-                vocab.translate(data.vocab, data.val, "the new corpus", unknown))
-    except UserError as e:  # a resumed run's vocabulary lacks a character of its own data: not the same data
-        raise UserError(f"{e}; resume with the data the run was trained on") from None
 
 
 def run_train(args: dict) -> int:
@@ -308,52 +286,39 @@ def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements,
 
 
 def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announcements):
-    """The training and validation texts encoded with the run's vocabulary (new, --init-from's grown, or
-    --resume's), the model config, the data's description (data.dataset.TrainingData) and, for a labelled run,
-    the texts' label segments in the model's label order."""
-    from charrnn.data.dataset import check_same_data, training_data
+    """The training and validation texts encoded in the run's vocabulary (its own; --init-from's, grown by what the
+    text adds; or --resume's), the model config, the data's description (data.dataset.TrainingData) and, for a
+    labelled run, the texts' label segments in the model's label order."""
+    from charrnn.data.dataset import Base, training_data
 
-    data = training_data(cfg)
-    if cfg.resume or cfg.init_from:
-        _inherit_unknown(data, out if cfg.resume else Path(cfg.init_from))
-    if cfg.resume:
-        check_same_data(out, data.record)
-    notes.say("\n".join(data.lines))
-    for warning in data.warnings:
-        notes.say(f"warning: {warning}", True)
-    vocab, texts, labels = data.vocab, (data.train, data.val), data.labels
-    init_params = None
+    base, parent = None, None
     if cfg.init_from and not cfg.resume:
-        from charrnn.train import finetune
-
         parent, parent_vocab, parent_params = load_run(Path(cfg.init_from), "latest")
-        if parent.labels and not data.labels:
+        if parent.labels and not cfg.label_by:
             raise UserError(f"--init-from {cfg.init_from} was trained with labels ({', '.join(parent.labels)}); "
                             "fine-tune it with --label-by")
         for key in MODEL_KEYS - {"vocab_size", "dropout", "labels"}:
             if key in model_flags and model_flags[key] != getattr(parent, key):
                 raise UserError(f"--{key} differs from the --init-from model ({getattr(parent, key)}); drop it")
-        vocab = finetune.grown_vocab(parent_vocab, data.vocab)
-        labels = finetune.grown_labels(parent.labels, data.labels) if data.labels else ()
-        texts = _remap_to_vocab(data, vocab, data.unknown)
-        _say_what_fine_tuning_adds(parent_vocab, vocab, parent.labels, labels, notes)
-        data.record["vocab_size"] = len(vocab)
-        model = finetune.child_config(parent, vocab, labels, model_flags.get("dropout", parent.dropout))
-        init_params = finetune.grow_parameters(parent_params, parent, model, parent_vocab, cfg.seed)
-        model_flags = dataclasses.asdict(model)
+        base = Base(Path(cfg.init_from), parent_vocab, parent.labels, resume=False)
     elif cfg.resume:
         from charrnn.checkpoint import load_vocab
 
-        vocab = load_vocab(out, ModelConfig(**model_flags))
-        labels = tuple(model_flags.get("labels") or ())
-        if vocab != data.vocab:
-            texts = _remap_to_vocab(data, vocab, data.unknown)
-    segments = None
-    if data.segments is not None:  # the data's label ids (sorted names) -> the model's order
-        order = np.array([labels.index(name) for name in data.labels], np.int64)
-        segments = tuple((starts, order[ids]) for starts, ids in data.segments)
-    model_cfg = ModelConfig(**{**model_flags, "vocab_size": len(vocab), "labels": tuple(labels)})
-    return model_cfg, vocab, texts, init_params, data, segments
+        base = Base(out, load_vocab(out, ModelConfig(**model_flags)), tuple(model_flags.get("labels") or ()), True)
+    data = training_data(cfg, base)
+    notes.say("\n".join(data.lines))
+    for warning in data.warnings:
+        notes.say(f"warning: {warning}", True)
+    init_params = None
+    if parent is not None:
+        from charrnn.train import finetune
+
+        _say_what_fine_tuning_adds(parent_vocab, data.vocab, parent.labels, data.labels, notes)
+        model = finetune.child_config(parent, data.vocab, data.labels, model_flags.get("dropout", parent.dropout))
+        init_params = finetune.grow_parameters(parent_params, parent, model, parent_vocab, cfg.seed)
+        model_flags = dataclasses.asdict(model)
+    model_cfg = ModelConfig(**{**model_flags, "vocab_size": len(data.vocab), "labels": data.labels})
+    return model_cfg, data.vocab, (data.train, data.val), init_params, data, data.segments
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,

@@ -1,4 +1,5 @@
-"""--init-from onto a new text: the parent's weights grown to the characters and labels the text adds.
+"""--init-from onto a new text: the parent's weights grown to the characters and labels the text adds
+(data/dataset.py's Base puts them after the parent's: Vocab.extended).
 
 char-rnn and torch-rnn fine-tune only within the parent's alphabet (a new character is garbled or
 "unexpected"). Here the parent's vocabulary keeps its order and the new characters follow it, so every
@@ -11,25 +12,13 @@ Nothing else of the parent's run is carried: no optimizer state, no position, no
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.data.vocab import Vocab
+from charrnn.data.vocab import UNKNOWN, Vocab
 from charrnn.models.base import init_parameters
-
-UNKNOWN = "\ufffd"
-
-
-def grown_vocab(parent: Vocab, text: Vocab) -> Vocab:
-    """The parent's characters in their order, then the ones only the text has, by code point."""
-    return Vocab(tuple(parent.chars) + tuple(sorted(c for c in text.chars if c not in parent)))
-
-
-def grown_labels(parent: Sequence[str], text: Sequence[str]) -> Tuple[str, ...]:
-    """The parent's labels in their order, then the text's new ones, by name."""
-    return tuple(parent) + tuple(sorted(set(text) - set(parent)))
 
 
 def grow_parameters(params: Dict[str, np.ndarray], parent: ModelConfig, child: ModelConfig, parent_vocab: Vocab,
