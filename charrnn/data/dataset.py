@@ -159,43 +159,40 @@ class _Split:
 
 
 
-def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, separator: Optional[str],
-           unknown: Optional[str], base_labels: Sequence[str]) -> _Split:
-    """The texts encoded and split by the rule in the module docstring."""
+@dataclass
+class _Plan:
+    """Which documents each text is encoded from, decided before any is encoded (the module docstring's rules)."""
+
+    rule: str
+    parts: List[Tuple[Collection, List[Document]]]   # encoded in order: training and validation, or the whole
+    held: Dict[int, object] = field(default_factory=dict)
+    val_documents: List[Document] = field(default_factory=list)
+    labels: Tuple[str, ...] = ()
+    found: Tuple[str, ...] = ()                      # the text's own labels, by name
+
+
+def _plan(cfg, source: Collection, val_source: Optional[Collection], base_labels: Sequence[str]) -> _Plan:
     documents = source.documents
     if cfg.label_by:
-        return _labelled_split(cfg, source, vocab, separator, unknown, base_labels)
+        return _labelled_plan(cfg, source, base_labels)
     if val_source is not None:
-        train, dropped = source.encode(documents, vocab, separator, unknown)
-        val, dropped_val = val_source.encode(val_source.documents, vocab, separator, unknown)
-        about = f"--val-data {' '.join(cfg.val_data)} ({_files(len(val_source.documents))})"
-        return _Split("val-data", train, val, val_source.documents, dropped + dropped_val, about)
+        return _Plan("val-data", [(source, documents), (val_source, val_source.documents)],
+                     val_documents=val_source.documents)
     if cfg.val_frac > 0 and len(documents) > 1:
-        documents, val_documents = document_split(documents, cfg.val_frac)
-        (train, dropped), (val, dropped_val) = (source.encode(d, vocab, separator, unknown)
-                                                for d in (documents, val_documents))
-        about = (f"{_files(len(val_documents))} held out whole, chosen by a hash of their path "
-                 f"({len(val):,} characters, {len(val) / max(1, len(val) + len(train)):.1%})")
-        return _Split("documents", train, val, val_documents, dropped + dropped_val, about,
-                      {id(d): True for d in val_documents})
-    whole, dropped = source.encode(documents, vocab, separator, unknown)
-    train, val = split_train_val(whole, cfg.val_frac)
-    about = f"the last {cfg.val_frac * 100:g}% of the text" if cfg.val_frac > 0 else "none (--val-frac 0)"
-    return _Split("last-fraction" if cfg.val_frac > 0 else "none", train, val, [], dropped, about)
+        train_documents, val_documents = document_split(documents, cfg.val_frac)
+        return _Plan("documents", [(source, train_documents), (source, val_documents)],
+                     {id(d): True for d in val_documents})
+    return _Plan("last-fraction" if cfg.val_frac > 0 else "none", [(source, documents)])
 
 
-def _labelled_split(cfg, source: Collection, vocab: Vocab, separator: Optional[str], unknown: Optional[str],
-                    base_labels: Sequence[str]) -> _Split:
+def _labelled_plan(cfg, source: Collection, base_labels: Sequence[str]) -> _Plan:
     """Validation from every label: a label of several documents holds out whole ones by the documents rule,
-    a label of one document its last --val-frac. The collection is encoded once; the two texts are copies
-    assembled from its documents, each with its label segments (a separator belongs to the document after it).
-    The labels are the base run's, in its order, then the text's new ones by name."""
-    found = sorted({d.label for d in source.documents})
+    a label of one document its last --val-frac. The labels are the base run's, in its order, then the
+    text's new ones by name."""
+    found = tuple(sorted({d.label for d in source.documents}))
     if len(found) < 2:
         raise UserError(f"--label-by {cfg.label_by} found one label in {source.spec.given} ({found[0]}); labels "
                         "need two or more: give a folder of folders, several files or several paths")
-    labels = tuple(base_labels) + tuple(name for name in found if name not in base_labels)
-    whole, dropped = source.encode(source.documents, vocab, separator, unknown)
     held: Dict[int, object] = {}
     for label in found:
         group = [d for d in source.documents if d.label == label]
@@ -203,24 +200,58 @@ def _labelled_split(cfg, source: Collection, vocab: Vocab, separator: Optional[s
             held.update((id(d), True) for d in document_split(group, cfg.val_frac)[1])
         elif cfg.val_frac > 0:
             held[id(group[0])] = int(group[0].characters * cfg.val_frac)
+    labels = tuple(base_labels) + tuple(name for name in found if name not in base_labels)
+    return _Plan("labels", [(source, source.documents)], held, labels=labels, found=found)
+
+
+def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Vocab, separator: Optional[str],
+           unknown: Optional[str], base_labels: Sequence[str]) -> _Split:
+    """The texts encoded and split by the rule in the module docstring: planned, then each part encoded once."""
+    plan = _plan(cfg, source, val_source, base_labels)
+    encoded = [collection.encode(documents, vocab, separator, unknown) for collection, documents in plan.parts]
+    dropped, segments = sum(n for _, n in encoded), None
+    if plan.rule == "labels":
+        train, val, segments = _cut_labelled(plan, encoded[0][0], source.documents, vocab, separator)
+    elif len(encoded) == 2:
+        (train, _), (val, _) = encoded
+    else:
+        train, val = split_train_val(encoded[0][0], cfg.val_frac)
+    return _Split(plan.rule, train, val, plan.val_documents, dropped, _about(cfg, plan, train, val), plan.held,
+                  plan.labels, segments)
+
+
+def _cut_labelled(plan: _Plan, whole: np.ndarray, documents: Sequence[Document], vocab: Vocab,
+                  separator: Optional[str]) -> tuple:
+    """A labelled collection's two texts (copies) assembled from its encoding, each with its label segments
+    (a separator belongs to the document after it)."""
     train_parts, val_parts, start = [], [], 0
-    for d in source.documents:
+    for d in documents:
         end = start + d.characters
-        tail = held.get(id(d), 0)
+        tail = plan.held.get(id(d), 0)
         cut = start if tail is True else end - tail
-        train_parts.append((whole[start:cut], labels.index(d.label)))
-        val_parts.append((whole[cut:end], labels.index(d.label)))
+        train_parts.append((whole[start:cut], plan.labels.index(d.label)))
+        val_parts.append((whole[cut:end], plan.labels.index(d.label)))
         start = end + (1 if separator else 0)
     sep = vocab.encode(separator) if separator else np.zeros(0, vocab.dtype)
     (train, train_segments), (val, val_segments) = (_assemble(parts, sep) for parts in (train_parts, val_parts))
-    whole_held = sum(1 for v in held.values() if v is True)
-    tails = len(held) - whole_held
-    how = ([f"{_files(whole_held)} held out whole, by a hash of their path"] if whole_held else []) + (
-        [f"the last {cfg.val_frac * 100:g}% of the one document of {tails} label{'s' if tails != 1 else ''}"]
-        if tails else [])
-    about = (f"from each of {len(found)} labels: {' and '.join(how)} ({len(val):,} characters, "
-             f"{len(val) / max(1, len(val) + len(train)):.1%})" if cfg.val_frac > 0 else "none (--val-frac 0)")
-    return _Split("labels", train, val, [], dropped, about, held, labels, (train_segments, val_segments))
+    return train, val, (train_segments, val_segments)
+
+
+def _about(cfg, plan: _Plan, train: np.ndarray, val: np.ndarray) -> str:
+    """The split in words, for the run's output and data.json."""
+    share = f"{len(val):,} characters, {len(val) / max(1, len(val) + len(train)):.1%}"
+    if plan.rule == "val-data":
+        return f"--val-data {' '.join(cfg.val_data)} ({_files(len(plan.val_documents))})"
+    if plan.rule == "documents":
+        return f"{_files(len(plan.held))} held out whole, chosen by a hash of their path ({share})"
+    if plan.rule == "labels" and cfg.val_frac > 0:
+        whole = sum(1 for v in plan.held.values() if v is True)
+        tails = len(plan.held) - whole
+        how = ([f"{_files(whole)} held out whole, by a hash of their path"] if whole else []) + (
+            [f"the last {cfg.val_frac * 100:g}% of the one document of {tails} label{'s' if tails != 1 else ''}"]
+            if tails else [])
+        return f"from each of {len(plan.found)} labels: {' and '.join(how)} ({share})"
+    return f"the last {cfg.val_frac * 100:g}% of the text" if cfg.val_frac > 0 else "none (--val-frac 0)"
 
 
 def _assemble(parts: Sequence[Tuple[np.ndarray, int]], sep: np.ndarray) -> Tuple[np.ndarray, Segments]:
