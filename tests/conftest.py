@@ -159,5 +159,5 @@ class ScriptedValidation:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def eval_loss(self, x, y, state):
+    def eval_loss(self, x, y, state, labels=None):
         return next(self.losses), state
