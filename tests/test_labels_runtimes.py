@@ -9,7 +9,10 @@ quantization's error. A label must change what comes out, and every way to get t
 refused in one line (exit 2 on the command line).
 """
 import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +355,21 @@ def test_the_int8_onnx_file_under_a_label_is_the_folded_runs_int8_file(runs, tmp
         assert np.abs(got - want).max() < 1e-5
         distances = [np.abs(got[0] - reference(labelled, TEXT[:50], j)).mean() for j in range(len(LABELS))]
         assert all(distances[k] < 0.2 * d for j, d in enumerate(distances) if j != k), distances
+
+
+def test_the_onnx_example_script_writes_under_the_label_as_charrnn_does(onnx_files, capsys):
+    """examples/onnx_generate.py (NumPy + onnxruntime, no charrnn) feeds the label input as charrnn does."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "onnx_generate.py"
+    path = onnx_files["gru"]
+    for label in LABELS:
+        done = subprocess.run([sys.executable, str(example), str(path), "--prime", "I ", "--length", "100",
+                               "--seed", "4", "--label", label], check=False, capture_output=True, text=True,
+                              timeout=120, cwd="/")
+        assert done.returncode == 0, done.stderr
+        code, out, err = run_main(capsys, ["sample", "--onnx", path, "--prime", "I ", "--length", 100, "--seed", 4,
+                                           "--label", label])
+        assert code == 0, err
+        assert done.stdout == out
+    done = subprocess.run([sys.executable, str(example), str(path)], check=False, capture_output=True, text=True,
+                          timeout=120, cwd="/")
+    assert done.returncode == 2 and "give --label NAME" in done.stderr
