@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from tolerances import rounding_bound, window_terms
+from tolerances import EPS, TrajectoryBound, gradient_terms, rounding_bound, sum_the_biases, window_terms
 
 from charrnn.checkpoint import FORMAT, load_run_config, save_run_config
 from charrnn.config import MAX_LABELS, ModelConfig, to_dict
@@ -181,7 +181,15 @@ def test_naive_label_gradient_equals_finite_differences(cell, embed):
 
 # -- every engine against the naive engine ----------------------------------------------------------------
 
-ENGINES = ["naive"]
+ENGINES = ["naive", "scratch", "library", "tf", "keras"]
+
+
+def installed(impl) -> bool:
+    """Whether the engine's framework is here (torch for scratch and library, TensorFlow for tf and keras)."""
+    import importlib.util
+
+    module = {"naive": "numpy", "scratch": "torch", "library": "torch"}.get(impl, "tensorflow")
+    return importlib.util.find_spec(module) is not None
 
 
 def engine(impl, cfg, params=None, dtype="float64", seed=0):
@@ -283,3 +291,177 @@ def test_every_engine_starts_from_init_parameters_under_canonical_names(impl):
     assert list(back) == list(given)
     for name, value in given.items():
         np.testing.assert_array_equal(back[name], value, err_msg=name)
+
+
+# -- gradients and training steps -------------------------------------------------------------------------
+
+def gradient_tolerance(cfg, grad) -> float:
+    """Two float64 engines' gradients (tests/tolerances.py), relative to the largest, the label one more term in
+    each first-layer sum: ~1e-13 of it."""
+    return 2 * gradient_terms(dataclasses.replace(cfg, embed=cfg.embed + 1), B, T) * EPS["float64"] * float(
+        np.abs(grad).max())
+
+
+def engine_gradients(impl, cfg, params, inputs, targets, labels, state):
+    """Every canonical parameter's gradient of the mean loss, by the engine's own autodiff, in float64."""
+    model = engine(impl, cfg, params).train()
+    if model.backend == "torch":
+        import torch
+        import torch.nn.functional as F
+
+        logits, _ = model(torch.as_tensor(inputs), tuple(torch.as_tensor(s) for s in state),
+                          labels=torch.as_tensor(labels))
+        F.cross_entropy(logits.reshape(-1, V), torch.as_tensor(targets).reshape(-1)).backward()
+        return model.own_to_canonical({name: p.grad.numpy() for name, p in model.named_parameters()})
+    import tensorflow as tf
+
+    from charrnn.models.keras_engine import keras_gradients_to_canonical
+    from charrnn.train.tf_step import mean_cross_entropy
+
+    with tf.GradientTape() as tape:
+        logits, _ = model.call(tf.constant(inputs, tf.int32), tuple(tf.constant(s) for s in state), training=True,
+                               labels=tf.constant(labels, tf.int32))
+        loss = mean_cross_entropy(tf, logits, tf.constant(targets, tf.int32))
+    named = model.training_variables()
+    grads = {entry[0]: np.asarray(tf.convert_to_tensor(g)) for entry, g in
+             zip(named, tape.gradient(loss, [entry[1] for entry in named]))}
+    return keras_gradients_to_canonical(cfg, grads) if impl == "keras" else grads
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("impl", [e for e in ENGINES if e != "naive"])
+def test_every_engine_gives_the_naive_gradients_label_weight_included(impl, cell):
+    cfg = config(cell, embed=0 if cell == "rnn" else E)        # one-hot characters beside the one-hot label too
+    params, inputs, targets, labels, state = problem(cfg, seed=7)
+    model = build_model("naive", cfg, params=params, dtype="float64")
+    logits, _, cache = model.forward_train(inputs, state, labels=labels)
+    expected, _ = model.backward(cache, cross_entropy(logits, targets)[1])
+    grads = engine_gradients(impl, cfg, params, inputs, targets, labels, state)
+    assert list(grads) == list(expected)                         # canonical names, canonical order
+    for name, grad in expected.items():
+        assert np.abs(grad).max() > 1e-6, f"{name}: the test would not see a wrong gradient"
+        np.testing.assert_allclose(grads[name], grad, rtol=0, atol=gradient_tolerance(cfg, grad), err_msg=name)
+
+
+def learner(impl, cfg, params, optimizer, lr, clip, dtype="float32"):
+    model = engine(impl, cfg, params, dtype=dtype).train()
+    if impl == "naive":
+        from charrnn.train.learners import NumpyLearner
+
+        return NumpyLearner(model, optimizer, lr, 0.0, clip, seed=0)
+    if model.backend == "torch":
+        import torch
+
+        from charrnn.train.learners import TorchLearner
+
+        return TorchLearner(model, optimizer, lr, 0.0, clip, torch.device("cpu"))
+    from charrnn.train.tf_step import TFLearner
+
+    return TFLearner(model, optimizer, lr, 0.0, clip)
+
+
+def labelled_windows(count, seed):
+    """(x, y, labels) windows whose labels change inside streams, as a stream crossing documents has them."""
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T)), np.sort(rng.integers(0, N, (B, T)), axis=1))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("cell,optimizer", [("gru", "adam"), pytest.param("lstm", "adagrad", marks=pytest.mark.slow),
+                                            pytest.param("rnn", "adamw", marks=pytest.mark.slow)])
+def test_a_labelled_training_step_is_the_same_in_every_learner(cell, optimizer):
+    """From the real start (label.weight zeros), three labelled windows through every engine's learner in float32
+    and the scratch learner in float64 (the exact run): loss, gradient, clipping (active) and update. Each
+    learner's weights, label.weight included, stay within the derived float32 bound of the exact run's
+    (tests/tolerances.py, TrajectoryBound; as tests/test_tf_engines.py checks the unlabelled step)."""
+    pytest.importorskip("torch")
+    cfg, lr = config(cell), 0.02
+    start = init_parameters(cfg, 3)
+    exact = learner("scratch", cfg, start, optimizer, lr, 0.5, dtype="float64")
+    learners = {impl: learner(impl, cfg, start, optimizer, lr, 0.5) for impl in ENGINES if installed(impl)}
+    bound = TrajectoryBound(exact, B * T, window_terms(dataclasses.replace(cfg, embed=cfg.embed + 1), T))
+    states = {impl: s.zero_state(B) for impl, s in learners.items()}
+    exact_state = exact.zero_state(B)
+    for x, y, labels in labelled_windows(3, seed=8):
+        exact_loss, exact_state = exact.train_step(x, y, exact_state, labels)
+        loss_tol = bound.step(exact_loss)
+        for impl, s in learners.items():
+            loss, states[impl] = s.train_step(x, y, states[impl], labels)
+            assert abs(loss - exact_loss) <= loss_tol, (impl, loss, exact_loss, loss_tol)
+    exact_weights, limit = sum_the_biases(bound.exact_weights(), cfg), sum_the_biases(bound.bound, cfg)
+    for impl, s in learners.items():
+        params = sum_the_biases({k: np.asarray(v, np.float64) for k, v in s.get_parameters().items()}, cfg)
+        assert list(params) == list(exact_weights), impl
+        for name, value in exact_weights.items():
+            np.testing.assert_array_less(np.abs(params[name] - value), limit[name] + 1e-300, err_msg=f"{impl} {name}")
+    # label.weight learned from zeros (about a step per window), and most of its entries' bound would see an
+    # update wrong by 1% of what it moved
+    moved = float(np.median(np.abs(exact_weights["label.weight"])))
+    assert moved > 0.1 * lr and float(np.median(limit["label.weight"])) < 0.01 * moved
+
+
+def test_scratch_and_library_save_one_optimizer_state_and_resume_each_other():
+    """The library engine keeps label.weight inside its first layer's weight, but its optimizer state leaves the
+    learner under the canonical parameters: the same arrays as the scratch engine's (to the gradients' float64
+    rounding), loaded by either exactly, and a resumed library run continues exactly as an uninterrupted one."""
+    pytest.importorskip("torch")
+    cfg = config("lstm")
+    start = problem(cfg, seed=9)[0]
+    windows = labelled_windows(2, seed=10)
+    runs = {impl: learner(impl, cfg, start, "adam", 0.02, 0.5, dtype="float64") for impl in ("scratch", "library")}
+    saved = {}
+    for impl, s in runs.items():
+        x, y, labels = windows[0]
+        s.train_step(x, y, s.zero_state(B), labels)
+        saved[impl] = s.optimizer_state()
+    (scratch, scratch_meta), (library, library_meta) = saved["scratch"], saved["library"]
+    assert library_meta == scratch_meta and list(library) == list(scratch)
+    label_slot = f"{len(parameter_shapes(cfg)) - 1}/exp_avg"                     # label.weight: the last index
+    assert library[label_slot].shape == (N, cfg.gates * H) and np.abs(library[label_slot]).max() > 1e-4
+    for key, value in scratch.items():
+        tol = 4 * gradient_terms(dataclasses.replace(cfg, embed=E + 1), B, T) * EPS["float64"] * np.abs(value).max()
+        np.testing.assert_allclose(library[key], value, rtol=0, atol=tol, err_msg=key)
+    for impl, (arrays, meta) in [("library", saved["scratch"]), ("scratch", saved["library"])]:
+        runs[impl].load_optimizer_state(arrays, meta)
+        again = runs[impl].optimizer_state()[0]
+        assert sorted(again) == sorted(arrays)                       # (torch keeps the order it was given)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(again[key], value, err_msg=f"{impl} {key}")
+
+    uninterrupted = learner("library", cfg, start, "adam", 0.02, 0.5, dtype="float64")
+    state = uninterrupted.zero_state(B)
+    for x, y, labels in windows:
+        _, state = uninterrupted.train_step(x, y, state, labels)
+    first = learner("library", cfg, start, "adam", 0.02, 0.5, dtype="float64")
+    x, y, labels = windows[0]
+    _, carried = first.train_step(x, y, first.zero_state(B), labels)
+    resumed = learner("library", cfg, float64_weights(first), "adam", 0.02, 0.5, dtype="float64")
+    resumed.load_optimizer_state(*first.optimizer_state())
+    x, y, labels = windows[1]
+    resumed.train_step(x, y, carried, labels)
+    expected = float64_weights(uninterrupted)
+    assert np.abs(expected["label.weight"] - float64_weights(first)["label.weight"]).max() > 1e-3  # a real step
+    for name, value in float64_weights(resumed).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+
+
+def float64_weights(torch_learner) -> dict:
+    """A torch learner's canonical weights unrounded (get_parameters gives float32, as checkpoints hold them)."""
+    model = torch_learner.model
+    return model.own_to_canonical({name: p.detach().numpy().copy() for name, p in model.named_parameters()})
+
+
+def test_tensorflow_functions_take_labels_only_when_the_model_has_them():
+    """A labelled model's compiled forward and training step take labels (B, T) int32 after x (and y); an
+    unlabelled model's take what they took before labels existed, so its trace is unchanged."""
+    tf = pytest.importorskip("tensorflow")
+    from charrnn.train.tf_step import TFLearner
+
+    window, states = tf.TensorSpec([None, None], tf.int32), 2     # an lstm: (h, c)
+    for cfg, extra in [(config("lstm", labels=()), []), (config("lstm"), [window])]:
+        for impl in ("tf", "keras"):
+            model = engine(impl, cfg, dtype="float32")
+            forward = model._forward[False].input_signature
+            assert list(forward[:1 + len(extra)]) == [window, *extra] and len(forward) == 1 + len(extra) + states
+            step = TFLearner(model, "adam", 1e-3, 0.0, 1.0)._train.input_signature
+            assert list(step[:2 + len(extra)]) == [window, window, *extra] and len(step) == 2 + len(extra) + states

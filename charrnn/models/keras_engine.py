@@ -29,7 +29,10 @@ canonical names (models/base.py) is exact:
 - SimpleRNN and LSTM have one bias, b_ih + b_hh. Reading weights back from Keras
   cannot split that sum: the whole bias goes into `bias_ih` and `bias_hh` is zeros
   (the same model: every engine adds the two). A run trained with this engine
-  therefore saves `rnn.bias_hh_l*` as zeros.
+  therefore saves `rnn.bias_hh_l*` as zeros;
+- a labelled model: a Keras RNN layer has no place for a per-step bias, so the first
+  layer reads one_hot(label, N) after the character's vector, and its kernel's last N
+  rows are label.weight (N, G*H), gate blocks reordered like the rest of the kernel.
 """
 from __future__ import annotations
 
@@ -53,6 +56,11 @@ def _blocks(w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return np.concatenate([w[i * H:(i + 1) * H] for i in GRU_ORDER], axis=0)
 
 
+def _first_inputs(cfg: ModelConfig) -> int:
+    """The width of the first layer's character input: E, or V with one-hot characters (embed 0)."""
+    return cfg.embed or cfg.vocab_size
+
+
 def keras_keys(cfg: ModelConfig):
     """The Keras weights' keys (layer.weight), in the order `KerasModel.training_variables` gives them."""
     keys = ["embed.embeddings"] if cfg.embed else []      # embed 0: one-hot inputs, no Embedding layer
@@ -67,6 +75,8 @@ def canonical_to_keras(cfg: ModelConfig, params: Dict[str, np.ndarray]) -> Dict[
     for k in range(cfg.layers):
         w_ih, w_hh = np.asarray(params[f"rnn.weight_ih_l{k}"]), np.asarray(params[f"rnn.weight_hh_l{k}"])
         b_ih, b_hh = np.asarray(params[f"rnn.bias_ih_l{k}"]), np.asarray(params[f"rnn.bias_hh_l{k}"])
+        if k == 0 and cfg.labels:                                          # the one-hot label's columns
+            w_ih = np.concatenate([w_ih, np.asarray(params["label.weight"]).T], axis=1)   # (G*H, in + N)
         out[f"rnn_l{k}.kernel"] = _blocks(w_ih, cfg).T.copy()             # (in, G*H)
         out[f"rnn_l{k}.recurrent_kernel"] = _blocks(w_hh, cfg).T.copy()   # (H, G*H)
         if cfg.cell == "gru":
@@ -83,6 +93,9 @@ def keras_to_canonical(cfg: ModelConfig, weights: Dict[str, np.ndarray]) -> Dict
     out = {"embed.weight": np.asarray(weights["embed.embeddings"])} if cfg.embed else {}
     for k in range(cfg.layers):
         out[f"rnn.weight_ih_l{k}"] = _blocks(np.asarray(weights[f"rnn_l{k}.kernel"]).T, cfg).copy()
+        if k == 0 and cfg.labels:                                          # (G*H, in + N): split the labels off
+            joined, inputs = out["rnn.weight_ih_l0"], _first_inputs(cfg)
+            out["rnn.weight_ih_l0"], out["label.weight"] = joined[:, :inputs].copy(), joined[:, inputs:].T.copy()
         out[f"rnn.weight_hh_l{k}"] = _blocks(np.asarray(weights[f"rnn_l{k}.recurrent_kernel"]).T, cfg).copy()
         bias = np.asarray(weights[f"rnn_l{k}.bias"])
         if cfg.cell == "gru":
@@ -125,11 +138,13 @@ def _network(keras, tf, cfg: ModelConfig, dtype: str, seed: int):
                           for k in range(cfg.layers)]
             self.head = keras.layers.Dense(cfg.vocab_size, dtype=dtype, name="head")
 
-        def call(self, inputs, states, training=False):
+        def call(self, inputs, states, training=False, labels=None):
             if self.embed is not None:
                 x = self.embed(inputs)                                   # (B, T, E)
             else:
                 x = keras.ops.one_hot(inputs, cfg.vocab_size, dtype=dtype)   # (B, T, V)
+            if labels is not None:                                       # the kernel's label rows pick its row
+                x = keras.ops.concatenate([x, keras.ops.one_hot(labels, len(cfg.labels), dtype=dtype)], -1)
             finals = []
             for k in range(cfg.layers):
                 x, *final = self.rnns[k](x, initial_state=[s[k] for s in states], training=training)  # (B, T, H)
@@ -158,7 +173,8 @@ class KerasModel(TFCharModel):
         self.bias_hh: Dict[str, np.ndarray] = {}   # b_hh of each summed bias, as set_parameters last saw it
         with tf.device(device):
             self.net = _network(keras, tf, config, self.dtype.name, seed)
-            self.net(np.zeros((1, 1), np.int32), self.initial_state(1))   # builds the weights
+            labels = np.zeros((1, 1), np.int32) if config.labels else None
+            self.net(np.zeros((1, 1), np.int32), self.initial_state(1), labels=labels)   # builds the weights
         layers = {"embed": self.net.embed, "head": self.net.head,
                   **{f"rnn_l{k}": layer.cell for k, layer in enumerate(self.net.rnns)}}
         self.weights = {key: getattr(layers[key.split(".")[0]], key.split(".")[1]) for key in keras_keys(config)}
@@ -187,12 +203,10 @@ class KerasModel(TFCharModel):
             self.bias_hh = {f"rnn_l{k}.bias": cast[f"rnn.bias_hh_l{k}"] for k in range(self.config.layers)}
 
     # ---- what the trainer (train/tf_step.py) uses ---------------------------
-    def call(self, x, state, training: bool):
-        """Traceable forward: x (B, T) int32, state tuple of (L, B, H) -> (logits (B, T, V), new state)."""
-        return self.net(x, state, training=training)
-
-    def _caller(self, training: bool):
-        return lambda x, *state: self.call(x, state, training)
+    def call(self, x, state, training: bool, labels=None):
+        """Traceable forward: x (B, T) int32, state tuple of (L, B, H), labels (B, T) int32 for a labelled model
+        -> (logits (B, T, V), new state)."""
+        return self.net(x, state, training=training, labels=labels)
 
     def training_variables(self):
         """[(Keras key, tf.Variable, bias_hh)] in `keras_keys` order; bias_hh is b_hh's value (as last set) for a

@@ -252,7 +252,7 @@ class NaiveModel:
         for k in range(cfg.layers):
             xp = self._project(k, x, arena.empty)               # (T, B, G*H) x W_ih^T + b_ih
             if k == 0 and lab is not None:
-                xp += p["label.weight"][lab]                    # (T, B, G*H) + the label's row, input side
+                xp += np.take(p["label.weight"], lab, axis=0, out=arena.empty(xp.shape))  # (T, B, G*H) + its row
             state0 = tuple(np.asarray(s[k], dtype=self.dtype) for s in state)  # (B, H) each
             w_hh, b_hh = p[f"rnn.weight_hh_l{k}"], p[f"rnn.bias_hh_l{k}"]
             hs, final, cell_cache = forward_cell(xp, state0, w_hh, b_hh, arena.empty)

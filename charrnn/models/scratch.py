@@ -3,7 +3,9 @@
 This is the seed's section IV. One speed trick keeps it within reach of the
 library engine: the input projection of a whole window is one matmul per
 layer (`x @ W_ih.T` over all T steps at once); only the recurrent part,
-`h @ W_hh.T`, must loop over time.
+`h @ W_hh.T`, must loop over time. A labelled model adds each position's
+`label.weight` row to the first layer's projection (models/base.py): a lookup,
+outside the loop too.
 """
 from __future__ import annotations
 
@@ -75,14 +77,18 @@ class ScratchModel(TorchCharModel):
                                  f"bias_ih_l{k}": (G * H,), f"bias_hh_l{k}": (G * H,)})
         self.rnn = _Holder(layer_shapes)
         self.head = _Holder({"weight": (V, H), "bias": (V,)})
+        # registered last, so label.weight comes last in named_parameters as in the canonical order
+        self.label = _Holder({"weight": (len(config.labels), G * H)}) if config.labels else None
         self._layers = {"rnn": rnn_layer, "gru": gru_layer, "lstm": lstm_layer}
         if script:  # TorchScript removes the per-op Python overhead of the time loop
             self._layers = {k: torch.jit.script(f) for k, f in self._layers.items()}
         self.init_weights(seed)
 
-    def forward(self, inputs, state: tuple):
+    def forward(self, inputs, state: tuple, labels=None):
+        """inputs (B, T), state, labels (B, T) or (B,) for a labelled model -> (logits (B, T, V), new state)."""
         cfg, p = self.config, dict(self.rnn.named_parameters())
         idx = self.as_inputs(inputs)
+        lab = self.as_labels(labels, idx)                                              # (B, T) or None
         if self.embed is not None:
             x = F.embedding(idx, self.embed.weight).transpose(0, 1)                   # (T, B, E)
         else:                                                                          # the seed's tf.one_hot
@@ -91,11 +97,14 @@ class ScratchModel(TorchCharModel):
         for k in range(cfg.layers):
             w_ih, w_hh = p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"]
             b_ih, b_hh = p[f"bias_ih_l{k}"], p[f"bias_hh_l{k}"]
+            xp = torch.matmul(x, w_ih.t())                                            # (T, B, G*H)
+            if k == 0 and lab is not None:                                            # the label's row, input side
+                xp = xp + F.embedding(lab, self.label.weight).transpose(0, 1)        # (T, B, G*H)
             if cfg.cell == "gru":
-                xp = torch.matmul(x, w_ih.t()) + b_ih                                 # (T, B, 3H)
+                xp = xp + b_ih                                                        # (T, B, 3H)
                 x, h = self._layers["gru"](xp, state[0][k], w_hh.t(), b_hh)
             else:
-                xp = torch.matmul(x, w_ih.t()) + (b_ih + b_hh)                        # (T, B, G*H)
+                xp = xp + (b_ih + b_hh)                                               # (T, B, G*H)
                 if cfg.cell == "lstm":
                     x, h, c = self._layers["lstm"](xp, state[0][k], state[1][k], w_hh.t())
                     new_c.append(c)

@@ -13,9 +13,10 @@ chatter, and sets its thread pools once, before TensorFlow's runtime starts:
   the tf engine and within noise for keras, and more only adds threads that wait.
 
 Both engines hand the trainer (train/tf_step.py) the same few things:
-`call(x, state, training)` (traceable TF code), `training_variables()`
-[(key, tf.Variable)], `rng_variables()` {name: tf.Variable}, `device`, `tf_dtype`,
-`optimizer_layout` ("canonical" or "keras": the keys of the optimizer's slots).
+`call(x, state, training, labels=None)` (traceable TF code; labels (B, T) int32 for a
+labelled model), `training_variables()` [(key, tf.Variable)], `rng_variables()`
+{name: tf.Variable}, `device`, `tf_dtype`, `optimizer_layout` ("canonical" or "keras":
+the keys of the optimizer's slots).
 """
 from __future__ import annotations
 
@@ -159,6 +160,23 @@ def as_inputs(inputs, impl: str = "tf"):
     return tf.convert_to_tensor(np.asarray(inputs, dtype=np.int32))
 
 
+def as_labels(config, labels, inputs, impl: str = "tf"):
+    """labels (B, T) or (B,), NumPy or tensor -> an int32 (B, T) tensor beside inputs (B, T); None for an
+    unlabelled model. ValueError when they do not fit (models/base.check_labels). Eager: outside the trace."""
+    from charrnn.models.base import check_labels
+
+    tf = require_tensorflow(impl)
+    if labels is not None and not isinstance(labels, tf.Tensor):
+        import numpy as np
+
+        labels = np.asarray(labels)
+    check_labels(config, labels, tuple(inputs.shape))
+    if labels is None:
+        return None
+    labels = as_inputs(labels, impl)
+    return tf.broadcast_to(labels[:, None], tf.shape(inputs)) if labels.shape.rank == 1 else labels   # (B, T)
+
+
 def state_specs(config, dtype) -> list:
     """tf.TensorSpecs of a state (L, B, H) with any batch: one trace serves every batch size."""
     from charrnn.models.base import state_size
@@ -180,16 +198,24 @@ class TFCharModel:
     """What the two TensorFlow engines share as CharModels: train/eval mode, the device, the zero state,
     and a forward compiled once per mode (tf.function over a window; NumPy accepted going in).
 
-    A subclass sets `tf`, `config`, `tf_dtype`, `device` and `training`, defines `_caller(training)`
-    (the window's function), and calls `_compile_forward()`.
+    A subclass sets `tf`, `config`, `tf_dtype`, `device` and `training`, defines
+    `call(x, state, training, labels=None)` (the window's traceable function), and calls `_compile_forward()`.
+    A labelled model's forward takes labels (B, T) int32 as one more input, after x; an
+    unlabelled model's trace is what it was before labels existed.
     """
 
     backend = "tensorflow"   # its forward takes and returns tf tensors (infer/predictor.py converts)
 
     def _compile_forward(self) -> None:
         tf = self.tf
-        signature = [tf.TensorSpec([None, None], tf.int32), *state_specs(self.config, self.tf_dtype)]
+        labels = [tf.TensorSpec([None, None], tf.int32)] if self.config.labels else []
+        signature = [tf.TensorSpec([None, None], tf.int32), *labels, *state_specs(self.config, self.tf_dtype)]
         self._forward = {mode: tf.function(self._caller(mode), input_signature=signature) for mode in (False, True)}
+
+    def _caller(self, training: bool):
+        if self.config.labels:
+            return lambda x, labels, *state: self.call(x, state, training, labels=labels)
+        return lambda x, *state: self.call(x, state, training)
 
     def train(self, mode: bool = True):
         self.training = mode
@@ -206,10 +232,14 @@ class TFCharModel:
     def initial_state(self, batch_size: int) -> tuple:
         return zero_state(self.config, batch_size, self.tf_dtype, self.device)
 
-    def forward(self, inputs, state):
-        """inputs (B, T) ints (NumPy or tensor), state -> (logits (B, T, V), new state) as tf tensors."""
+    def forward(self, inputs, state, labels=None):
+        """inputs (B, T) ints (NumPy or tensor), state, labels (B, T) or (B,) for a labelled model ->
+        (logits (B, T, V), new state) as tf tensors."""
         with self.tf.device(self.device):
-            logits, new_state = self._forward[self.training](as_inputs(inputs), *as_state(state, self.tf_dtype))
+            x = as_inputs(inputs)
+            lab = as_labels(self.config, labels, x)
+            given = (x,) if lab is None else (x, lab)
+            logits, new_state = self._forward[self.training](*given, *as_state(state, self.tf_dtype))
         return logits, tuple(new_state)
 
     __call__ = forward

@@ -16,7 +16,9 @@ layer on top, and Adagrad. This is that model in today's TensorFlow:
   projection for the whole window is one matmul outside the loop: only
   `h @ W_hh^T` must go step by step;
 - stacked layers with inverted dropout after each one (training only), the masks
-  drawn from a `tf.random.Generator` whose state goes into resume.safetensors.
+  drawn from a `tf.random.Generator` whose state goes into resume.safetensors;
+- a labelled model adds each position's `label.weight` row (`tf.gather`) to the first
+  layer's input projection, as models/base.py defines it.
 
 Inputs: with `--embed 0` the characters go in as `tf.one_hot` vectors, as section IV
 feeds them (`--impl tf --embed 0 --cell rnn --layers 1` is its model exactly); with an
@@ -113,8 +115,9 @@ class TFModel(TFCharModel):
             v.assign(np.asarray(params[name], self.dtype))
 
     # ---- what the trainer (train/tf_step.py) uses ---------------------------
-    def call(self, x, state, training: bool):
-        """Traceable forward: x (B, T) int32, state tuple of (L, B, H) -> (logits (B, T, V), new state)."""
+    def call(self, x, state, training: bool, labels=None):
+        """Traceable forward: x (B, T) int32, state tuple of (L, B, H), labels (B, T) int32 for a labelled model
+        -> (logits (B, T, V), new state)."""
         tf, cfg, p = self.tf, self.config, self.variables
         if cfg.embed:   # section V's tf.nn.embedding_lookup
             inputs = tf.transpose(tf.nn.embedding_lookup(p["embed.weight"], x), [1, 0, 2])   # (T, B, E) time-major
@@ -127,16 +130,16 @@ class TFModel(TFCharModel):
             b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
             # (T, B, in) @ W_ih^T for the whole window at once; both biases here except GRU's b_hn,
             # which r scales, so GRU keeps b_hh inside the step
-            xp = tf.tensordot(inputs, w_ih, [[2], [1]]) + (b_ih if cfg.cell == "gru" else b_ih + b_hh)
+            xp = tf.tensordot(inputs, w_ih, [[2], [1]])                                   # (T, B, G*H)
+            if k == 0 and labels is not None:   # the label's row, on the input side
+                xp = xp + tf.gather(p["label.weight"], tf.transpose(labels))             # (T, B, G*H)
+            xp = xp + (b_ih if cfg.cell == "gru" else b_ih + b_hh)
             inputs, final = run_layer(tf, cell, xp, tuple(s[k] for s in state), w_hh, b_hh)   # (T, B, H)
             finals.append(final)
             if training and cfg.dropout > 0:
                 inputs = self.dropout(inputs)
         logits = rnn_logits(tf, tf.transpose(inputs, [1, 0, 2]), p["head.weight"], p["head.bias"])  # (B, T, V)
         return logits, tuple(tf.stack(s) for s in zip(*finals))
-
-    def _caller(self, training: bool):
-        return lambda x, *state: self.call(x, state, training)
 
     def dropout(self, x):
         """Inverted dropout: keep each unit with probability 1 - p and scale it by 1 / (1 - p)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from charrnn.errors import UserError
 from charrnn.losses import cross_entropy, cross_entropy_torch
-from charrnn.models.base import CharModel, State
+from charrnn.models.base import CharModel, State, parameter_shapes
 
 Arrays = Dict[str, np.ndarray]
 
@@ -171,13 +171,14 @@ class TorchLearner:
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
 
-    def _forward(self, x, state, autocast: bool):
+    def _forward(self, x, state, autocast: bool, labels=None):
+        labels = None if labels is None else self._tensor(labels)
         with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=autocast):
-            return self.wrapped(self._tensor(x), state)
+            return self.wrapped(self._tensor(x), state, labels=labels)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state, labels=None) -> Tuple[float, tuple]:
         self.model.train()
-        logits, new_state = self._forward(x, state, self.bf16)
+        logits, new_state = self._forward(x, state, self.bf16, labels)
         loss = cross_entropy_torch(logits, self._tensor(y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,10 +190,10 @@ class TorchLearner:
             self.optimizer.step()
         return value, tuple(s.detach().to(self.model.head.weight.dtype) for s in new_state)
 
-    def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state, labels=None) -> Tuple[float, tuple]:
         self.model.eval()
         with self.torch.no_grad():  # float32, as the saved weights will run: bf16 only speeds up training
-            logits, new_state = self._forward(x, state, False)
+            logits, new_state = self._forward(x, state, False, labels)
             loss = cross_entropy_torch(logits, self._tensor(y)).item()
         self.model.train()
         return loss, tuple(s.to(self.model.head.weight.dtype) for s in new_state)
@@ -208,25 +209,40 @@ class TorchLearner:
         dtype = self.model.head.weight.dtype
         return tuple(self.torch.as_tensor(a).to(device=self.device, dtype=dtype) for a in arrays)
 
+    def _names(self) -> Tuple[List[str], List[str]]:
+        """(the model's own parameter names, in torch.optim's order; the canonical names, in theirs)."""
+        own = [name for name, _ in self.model.named_parameters()]
+        return own, list(parameter_shapes(self.model.config))
+
     def optimizer_state(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        """torch.optim's state, indexed by the canonical parameter order: the same file from scratch and library
+        (which keeps label.weight inside its first layer's weight), so each continues the other's runs."""
         sd = self.optimizer.state_dict()
+        own, canonical = self._names()
+        state = {index: {key: self.torch.as_tensor(value).detach().cpu().numpy() for key, value in entries.items()}
+                 for index, entries in sd["state"].items()}
+        state = reindex_slots(state, own, canonical, self.model.own_to_canonical)
+        groups = [{**group, "params": list(range(len(canonical)))} for group in sd["param_groups"]]  # one group
         arrays, keys = {}, {}
-        for index, entries in sd["state"].items():
+        for index, entries in state.items():
             keys[str(index)] = sorted(entries)
             for key, value in entries.items():
-                arrays[f"{index}/{key}"] = self.torch.as_tensor(value).detach().cpu().numpy()
-        return arrays, {"param_groups": sd["param_groups"], "keys": keys}
+                arrays[f"{index}/{key}"] = value
+        return arrays, {"param_groups": groups, "keys": keys}
 
     def load_optimizer_state(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
         try:
-            state = {int(i): {k: self.torch.as_tensor(arrays[f"{i}/{k}"]) for k in ks} for i,
-                     ks in meta["keys"].items()}
+            own, canonical = self._names()
+            state = {int(i): {k: np.asarray(arrays[f"{i}/{k}"]) for k in ks} for i, ks in meta["keys"].items()}
+            state = reindex_slots(state, canonical, own, self.model.canonical_to_own)
+            state = {i: {k: self.torch.as_tensor(v) for k, v in entries.items()} for i, entries in state.items()}
+            groups = [{**group, "params": list(range(len(own)))} for group in meta["param_groups"]]
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             for i, entries in state.items():  # torch checks no shapes here; a mismatch would fail mid-step
                 for k, v in entries.items():
                     if k != "step" and v.shape != params[i].shape:
                         raise ValueError(f"{i}/{k} has shape {list(v.shape)}, expected {list(params[i].shape)}")
-            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
             for group in self.optimizer.param_groups:  # torch restores the saved hyperparameters: keep this run's
                 group["weight_decay"] = self.weight_decay
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
@@ -249,3 +265,31 @@ class TorchLearner:
 
     def parameters_finite(self) -> bool:
         return all(bool(self.torch.isfinite(p).all()) for p in self.model.parameters())
+
+
+def reindex_slots(state: Dict[int, Dict[str, np.ndarray]], from_names: List[str], to_names: List[str],
+                  convert) -> Dict[int, Dict[str, np.ndarray]]:
+    """torch.optim's per-parameter state indexed by one list of names -> by another.
+
+    A slot with one value per weight entry (exp_avg, exp_avg_sq, sum) moves with the weights: `convert` takes
+    {name: array} to the other names and shapes (the library engine's label.weight split off or joined back,
+    exact for these elementwise slots). A number per parameter (torch's step count, the same for all of them:
+    every step updates every parameter) goes to each name as it is. Identity when the lists are equal.
+    """
+    if from_names == to_names or not state:
+        return state
+    if sorted(state) != list(range(len(from_names))):
+        raise ValueError(f"the state covers parameters {sorted(state)[:5]}, not all {len(from_names)} of them")
+    by_name = {from_names[i]: entries for i, entries in state.items()}
+    out: Dict[int, Dict[str, np.ndarray]] = {i: {} for i in range(len(to_names))}
+    first_entries = next(iter(by_name.values()))
+    for key in [k for k in first_entries if all(k in entries for entries in by_name.values())]:  # torch's order
+        values = {name: entries[key] for name, entries in by_name.items()}
+        if all(np.ndim(v) > 0 for v in values.values()):
+            moved = convert(values)
+        else:
+            first = next(iter(values.values()))
+            moved = {name: values.get(name, first) for name in to_names}
+        for i, name in enumerate(to_names):
+            out[i][key] = moved[name]
+    return out

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from charrnn.errors import UserError
-from charrnn.models.tf_common import as_inputs, as_state, require_tensorflow, state_specs
+from charrnn.models.tf_common import as_inputs, as_labels, as_state, require_tensorflow, state_specs
 from charrnn.train.numpy_optim import OPTIMIZERS  # the same slots as the naive engine's, by name
 
 OPTIMIZER_DEFAULTS = {
@@ -225,16 +225,22 @@ class TFLearner:
         named = model.training_variables()
         self.variables = [entry[1] for entry in named]
         self.optimizer = TFOptimizer(optimizer, named, lr, weight_decay, device=model.device)
-        windows = [tf.TensorSpec([None, None], tf.int32)] * 2
+        # x, y, and for a labelled model each position's label: the unlabelled trace is what it was without labels
+        windows = [tf.TensorSpec([None, None], tf.int32)] * (3 if model.config.labels else 2)
         signature = windows + state_specs(model.config, model.tf_dtype)
         self._train = tf.function(self._train_window, input_signature=signature)
         self._eval = tf.function(self._eval_window, input_signature=signature)
 
     # ---- the two compiled functions -------------------------------------------------
-    def _train_window(self, x, y, *state):
+    def _split(self, inputs: tuple):
+        """The compiled functions' inputs after x and y -> (labels (B, T) or None, state)."""
+        return (inputs[0], inputs[1:]) if self.model.config.labels else (None, inputs)
+
+    def _train_window(self, x, y, *inputs):
         tf = self.tf
+        labels, state = self._split(inputs)
         with tf.GradientTape() as tape:
-            logits, new_state = self.model.call(x, state, training=True)
+            logits, new_state = self.model.call(x, state, training=True, labels=labels)
             loss = mean_cross_entropy(tf, logits, y)
         # the embedding's gradient comes as IndexedSlices; dense, as torch's, so Adam's moments
         # decay for rows not in this window too
@@ -250,28 +256,32 @@ class TFLearner:
         tf.cond(tf.math.is_finite(loss), update, lambda: tf.constant(False))
         return loss, new_state
 
-    def _eval_window(self, x, y, *state):
-        logits, new_state = self.model.call(x, state, training=False)
+    def _eval_window(self, x, y, *inputs):
+        labels, state = self._split(inputs)
+        logits, new_state = self.model.call(x, state, training=False, labels=labels)
         return mean_cross_entropy(self.tf, logits, y), new_state
 
     # ---- the learner interface --------------------------------------------------------
     def zero_state(self, batch_size: int):
         return self.model.initial_state(batch_size)
 
-    def _run(self, fn, x, y, state) -> Tuple[float, tuple]:
+    def _run(self, fn, x, y, state, labels) -> Tuple[float, tuple]:
         with self.tf.device(self.model.device):
-            loss, new_state = fn(as_inputs(x), as_inputs(y), *as_state(state, self.model.tf_dtype))
+            x = as_inputs(x)
+            lab = as_labels(self.model.config, labels, x)
+            given = (x, as_inputs(y)) if lab is None else (x, as_inputs(y), lab)
+            loss, new_state = fn(*given, *as_state(state, self.model.tf_dtype))
         return float(loss.numpy()), tuple(new_state)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state, labels=None) -> Tuple[float, tuple]:
         self.model.train()
-        loss, new_state = self._run(self._train, x, y, state)
+        loss, new_state = self._run(self._train, x, y, state, labels)
         self.grad_norm = float(self._grad_norm.numpy()) if math.isfinite(loss) else math.nan
         return loss, new_state
 
-    def eval_loss(self, x: np.ndarray, y: np.ndarray, state) -> Tuple[float, tuple]:
+    def eval_loss(self, x: np.ndarray, y: np.ndarray, state, labels=None) -> Tuple[float, tuple]:
         """Mean loss of one window in eval mode (no dropout), and the carried state."""
-        return self._run(self._eval, x, y, state)
+        return self._run(self._eval, x, y, state, labels)
 
     def set_lr(self, lr: float) -> None:
         self.optimizer.lr.assign(float(lr))
