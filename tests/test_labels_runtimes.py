@@ -72,9 +72,10 @@ def reference(run_dir, text, label):
     return logits[0]
 
 
-def stepped(step, vocab, text):
-    """Logits (T, V) of a Step fed `text` one character at a time from a zero state."""
-    config = step.config
+def stepped(step, vocab, text, config=None):
+    """Logits (T, V) of a Step fed `text` one character at a time from a zero state (config: the model's, for a
+    Step that does not hold one)."""
+    config = config or step.config
     L, H = config.layers, config.hidden
     step.set_state(tuple(np.zeros((L, 1, H)) for _ in range(2 if config.cell == "lstm" else 1)))
     return np.stack([np.array(step.step(np.array([i]))[0], dtype=np.float64) for i in vocab.encode(text)])
@@ -109,6 +110,23 @@ def test_the_numpy_step_and_the_engine_path_compute_the_engines_logits_under_eac
         assert np.abs(got_forward[0] - want).max() < TOL
     # the label matters: each label's logits differ from every other's by far more than the tolerance
     assert min(np.abs(wants[a] - wants[b]).max() for a in range(3) for b in range(a)) > 100 * TOL
+
+
+@pytest.mark.parametrize("impl", ["scratch", "library", pytest.param("tf", marks=pytest.mark.slow),
+                                  pytest.param("keras", marks=pytest.mark.slow)])
+def test_an_engines_own_forward_and_one_step_compute_the_engines_logits_under_each_label(runs, impl):
+    """ModelStep: a torch or TensorFlow engine's own forward at T = 1 with labels (B,), and its window forward."""
+    pytest.importorskip("tensorflow" if impl in ("tf", "keras") else "torch")
+    config, vocab, params = load_run(runs["lstm"])
+    model = build_model(impl, config, params=params)
+    for k in range(len(LABELS)):
+        predictor = Predictor(model, label=k)
+        step = predictor.start(predictor.zero_state(1), 1)
+        assert not isinstance(step, NumpyStep)                             # the engine's forward, one character
+        want = reference(runs["lstm"], PRIME, k)
+        assert np.abs(stepped(step, vocab, PRIME, config) - want).max() < TOL
+        got, _ = predictor.feed(vocab.encode(PRIME)[None, :], predictor.zero_state(1))
+        assert np.abs(got[0] - want).max() < TOL
 
 
 @pytest.mark.parametrize("path", ["compiled", "numpy"])
