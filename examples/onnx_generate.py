@@ -3,6 +3,7 @@
     pip install numpy onnxruntime
     charrnn export --checkpoint runs/shakespeare --which best --format onnx --out shakespeare.onnx
     python onnx_generate.py shakespeare.onnx --prime "ROMEO:" --length 300 --temperature 0.8 --seed 1
+    python onnx_generate.py poets.onnx --label dickinson --length 300   # a run trained with labels
 
 Copy this file into your own service: it does not import charrnn. Everything the model needs is in
 the .onnx file: the weights, the vocabulary and the model's shape (its metadata). The graph takes
@@ -36,6 +37,9 @@ class CharModel:
         # a --max-vocab run has an unknown symbol (U+FFFD) for the characters it dropped: never drawn
         self.separator = json.loads(meta.get("doc_sep", "null"))
         self.unknown = json.loads(meta.get("unknown", "null"))
+        # a run trained with labels (one per document) writes under one: the graph's `label` input, (1,)
+        self.labels = json.loads(meta.get("labels", "[]"))
+        self.label = None                                  # its index, set before the first step
 
     def zero_state(self, batch=1):
         """h0 (and c0): zeros of shape (layers, batch, hidden)."""
@@ -47,6 +51,8 @@ class CharModel:
         feeds = {"chars": np.asarray(chars, dtype=np.int64), "h0": state[0]}
         if self.lstm:
             feeds["c0"] = state[1]
+        if self.labels:
+            feeds["label"] = np.array([self.label], dtype=np.int64)
         logits, *state = self.session.run(None, feeds)      # outputs: logits, hn (, cn)
         return logits, state
 
@@ -88,9 +94,15 @@ def main():
     parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely character")
     parser.add_argument("--seed", type=int, help="the same seed gives the same text")
+    parser.add_argument("--label", help="a run trained with labels: the label to write under")
     args = parser.parse_args()
 
     model = CharModel(args.model)
+    if model.labels and args.label not in model.labels:
+        parser.error(f"this model was trained with labels {', '.join(model.labels)}; give --label NAME")
+    if args.label is not None and not model.labels:
+        parser.error("this model was trained without labels; drop --label")
+    model.label = model.labels.index(args.label) if model.labels else None
     if model.unknown:                                       # a --max-vocab run reads what it lacks as its symbol
         args.prime = "".join(c if c in model.index else model.unknown for c in args.prime)
     unknown = sorted(set(args.prime) - set(model.index))

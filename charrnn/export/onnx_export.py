@@ -8,6 +8,18 @@ The graph (shape letters as in models/base.py; B and T are dynamic, L, H, V fixe
                                                                                                                  H)
     (T, B, H) --Transpose--> (B, T, H) --MatMul(head.weight^T), Add(head.bias)--> logits (B, T, V)
 
+A labelled run (config.labels, issue #29) has one more input, `label` (1,) int64: the label's index,
+one for the whole call. Its row of label.weight, gate-reordered, is gathered and added to the input
+half of layer 0's bias B, which the RNN/GRU/LSTM op adds to W x at every step, exactly where the
+engines add it (for GRU, W_in x + b_in is outside r * (...), as linear_before_reset=1 keeps it):
+
+    label (1,) --Gather(label table (N, 2*G*H), the hh half zeros)--> (1, 2*G*H) --Add(B_l0)--> layer 0's B
+
+So W and R stay constants and the int8 variant quantizes exactly the weights it would without labels
+(the bias stays float32 in DynamicQuantizeLSTM). One label per call, not per stream, because an ONNX
+recurrent op's bias has no batch axis; OnnxCharModel runs each label's streams as their own call. The
+label names travel in the metadata (`labels`, a JSON list in index order; also in `config`).
+
 ONNX Runtime keeps no state between calls: feed `hn` (and `cn`) back as `h0` (`c0`) to carry it,
 which is what `OnnxCharModel.forward` and examples/onnx_generate.py do. The vocabulary (JSON list of
 characters), the ModelConfig (JSON), and the run's document separator and --max-vocab unknown symbol
@@ -103,6 +115,13 @@ def layer_weights(config: ModelConfig, params: dict[str, np.ndarray], k: int):
     return tuple(a[None].astype(np.float32) for a in (w, r, b))
 
 
+def label_bias_table(config: ModelConfig, params: dict[str, np.ndarray]) -> np.ndarray:
+    """label.weight (N, G*H) -> (N, 2*G*H) float32: each row in ONNX's gate order on the input half of B
+    (ONNX's B is [Wb, Rb]), zeros on the recurrent half."""
+    rows = reorder_gates(np.asarray(params["label.weight"]).T, config.cell, config.hidden).T    # (N, G*H)
+    return np.ascontiguousarray(np.concatenate([rows, np.zeros_like(rows)], axis=1), dtype=np.float32)
+
+
 def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.ndarray], source: str = "",
                       separator: str | None = None, unknown: str | None = None) -> onnx.ModelProto:
     """The float32 ONNX model of a charrnn network (see the module docstring for the graph)."""
@@ -130,6 +149,10 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.nd
     finals = {"h": [], "c": []}
     for k in range(L):
         w, r, b = (const(f"{name}_l{k}", a) for name, a in zip("WRB", layer_weights(cfg, params, k)))
+        if k == 0 and cfg.labels:
+            rows = node("Gather", [const("label.bias", label_bias_table(cfg, params)), "label"], ["label_bias"],
+                        axis=0)                                                       # (1, 2*G*H)
+            b = node("Add", [b, rows], ["B_l0_labelled"])                               # (1, 2*G*H)
         start, end = const(f"start_l{k}", np.array([k], np.int64)), const(f"end_l{k}", np.array([k + 1], np.int64))
         inputs = [x, w, r, b, "", node("Slice", ["h0", start, end, axes0], [f"h0_l{k}"])]  # (1, B, H)
         outputs = [f"y_l{k}", f"hn_l{k}"]
@@ -154,17 +177,22 @@ def build_model_proto(config: ModelConfig, vocab: Vocab, params: dict[str, np.nd
     graph = helper.make_graph(
         nodes, "charrnn",
         inputs=[helper.make_tensor_value_info("chars", TensorProto.INT64, ["batch", "time"]), state("h0")]
-        + ([state("c0")] if lstm else []),
+        + ([state("c0")] if lstm else [])
+        + ([helper.make_tensor_value_info("label", TensorProto.INT64, [1])] if cfg.labels else []),
         outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]), state("hn")]
         + ([state("cn")] if lstm else []),
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="charrnn",
                               doc_string=f"charrnn {cfg.cell} {L}x{H}: chars (B, T) int64 and the state in, "
-                                         "logits (B, T, V) and the new state out; feed hn/cn back as h0/c0")
+                                         "logits (B, T, V) and the new state out; feed hn/cn back as h0/c0"
+                                         + ("; label (1,) int64: the index of one of the labels in the metadata"
+                                            if cfg.labels else ""))
     model.ir_version = IR_VERSION
     metadata = {"format": FORMAT, "vocab": json.dumps(list(vocab.chars), ensure_ascii=False),
                 "config": json.dumps(to_dict(cfg)), "quantize": "none", "source": source,
                 "doc_sep": json.dumps(separator), "unknown": json.dumps(unknown)}  # null where the run has none
+    if cfg.labels:  # only for a labelled run: an unlabelled run's file is as it was
+        metadata["labels"] = json.dumps(list(cfg.labels), ensure_ascii=False)
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model

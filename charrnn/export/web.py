@@ -5,6 +5,9 @@
     DIR/model.js     window.CHARRNN_MODEL = {config, vocab, doc_sep, unknown, tensors, data}: float32 weights
                      as base64, and the run's document separator and --max-vocab unknown symbol (or null)
 
+A labelled run (issue #29) carries its label names in config.labels and its label table in the tensors
+(label.weight, as every parameter); the page shows a label picker and its step adds the label's row.
+
 The weights are a script, not a file the page fetches: browsers refuse fetch() of local files
 under file://, but load <script src> from the same folder, so opening DIR/index.html from disk
 works, and so does putting DIR on any static host. Weights cost 4/3 of their float32 size

@@ -5,12 +5,17 @@
     for ch in model.stream("ROMEO:", 200): print(ch, end="", flush=True)
     print(model.evaluate(charrnn.read_text("valid.txt")).bpc)
 
+A run trained with labels (`--label-by`) samples and scores under one of them: `label="dickinson"`
+on every call (infer/labels.py checks it); `evaluate_by_label` scores a text under each.
+
 Every option is checked here, where it enters, and a bad one raises `charrnn.UserError` (a
 ValueError) with one line saying what is wrong; below this layer values are trusted.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
@@ -21,6 +26,7 @@ from charrnn.config import DEVICES, IMPLS, QUANTIZE_MODES, WHICH, check_choice
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UserError
 from charrnn.infer.evaluate import Evaluation, evaluate_indices, to_model_indices
+from charrnn.infer.labels import check_label
 from charrnn.infer.predictor import Predictor
 from charrnn.infer.sampling import (
     SamplingOptions,
@@ -45,6 +51,8 @@ class TrainedModel:
     unknown: Optional[str] = None
     _banned: Optional[int] = None
     symbols_recorded = True  # False: an .onnx file exported before the separator and unknown symbol travelled in it
+    quantize: Optional[str] = None
+    LABEL_PREDICTORS = 8     # a labelled run keeps the Predictors of its last few labels (each prepares its weights)
 
     def __init__(self, run_dir: Path, impl: str, which: str, device: str, quantize: Optional[str]):
         from charrnn.data.dataset import read_record
@@ -61,7 +69,33 @@ class TrainedModel:
         engine_device = resolve_device(device, impl, cli=False)
         self.model = build_model(impl, self.config, params=params, device=engine_device,
                                  dtype="float32")  # what every engine trains in; float64 halves batch-1 speed
-        self.predictor = Predictor(self.model, quantize)  # int8: every engine steps through the same int8 step
+        self.quantize = quantize
+        self._use_predictors()
+
+    def _use_predictors(self) -> None:
+        """An unlabelled run's one Predictor (int8: every engine steps through the same int8 step); a labelled
+        run's are made per label, on first use (predictor_for)."""
+        self.labels: Tuple[str, ...] = tuple(self.config.labels)
+        self.predictor = None if self.labels else Predictor(self.model, self.quantize)
+        self._label_predictors: "OrderedDict[int, Predictor]" = OrderedDict()
+        self._predictors_lock = threading.Lock()
+
+    def label_index(self, label: Optional[str], audience: str = "python") -> Optional[int]:
+        """`label` checked against this run's labels: its index, or None for an unlabelled run given none."""
+        return check_label(self.labels, label, audience)
+
+    def predictor_for(self, label: Optional[int]) -> Predictor:
+        """The Predictor for a label index (label_index), or the unlabelled run's for None; a labelled run
+        keeps its last LABEL_PREDICTORS, so a server asked for many labels does not hold each one's weights."""
+        if label is None:
+            assert self.predictor is not None, "a labelled run is predicted under a label"
+            return self.predictor
+        with self._predictors_lock:
+            predictor = self._label_predictors.pop(label, None) or Predictor(self.model, self.quantize, label)
+            self._label_predictors[label] = predictor
+            while len(self._label_predictors) > self.LABEL_PREDICTORS:
+                self._label_predictors.popitem(last=False)
+            return predictor
 
     def prime(self, prime: str = "", unknown: str = "error", audience: str = "python") -> str:
         """The prime as sampling uses it and prints it: unknown characters raise UserError,
@@ -79,79 +113,110 @@ class TrainedModel:
 
     def stream(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
                top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
-               seed: Optional[int] = None, unknown: str = "error") -> Iterator[str]:
+               seed: Optional[int] = None, unknown: str = "error", label: Optional[str] = None) -> Iterator[str]:
         """Yield `length` generated characters one at a time (the prime itself is not yielded).
 
         Arguments are checked here, before the first character, so a bad one raises at the
         call rather than in the middle of a loop that may already have printed the prime.
+        `label`: a labelled run's label (required there, refused elsewhere).
         """
         options = sampling_options(temperature, top_k, top_p, greedy)
-        length, rng = count("length", length, 0, False), _rng(seed)
-        return self.stream_checked(self.prime(prime, unknown), length, options, rng)
+        length, rng, index = count("length", length, 0, False), _rng(seed), self.label_index(label)
+        return self.stream_checked(self.prime(prime, unknown), length, options, rng, index)
 
     def stream_checked(self, prime: str, length: int, options: SamplingOptions,
-                       rng: np.random.Generator) -> Iterator[str]:
-        """`stream` for options already validated (the CLI's door) and a prime already cleaned."""
-        steps = generate_indices(self.predictor, prime_indices(self.vocab, prime, self.separator), length, options, 1,
-                                 rng, self._banned)
+                       rng: np.random.Generator, label: Optional[int] = None) -> Iterator[str]:
+        """`stream` for options already validated (the CLI's door), a prime already cleaned and a label index."""
+        steps = generate_indices(self.predictor_for(label), prime_indices(self.vocab, prime, self.separator), length,
+                                 options, 1, rng, self._banned)
         return (self.vocab.chars[int(step[0])] for step in steps)
 
     def stream_batch_checked(self, prime: str, length: int, options: SamplingOptions, rng: np.random.Generator,
-                             num_samples: int) -> Iterator[str]:
+                             num_samples: int, label: Optional[int] = None) -> Iterator[str]:
         """`num_samples` samples drawn as one batch, as `sample_checked` draws them (so the same seed gives the
         same texts), step by step: each step a string of num_samples characters, one per sample."""
-        steps = generate_indices(self.predictor, prime_indices(self.vocab, prime, self.separator), length, options,
-                                 num_samples, rng, self._banned)
+        steps = generate_indices(self.predictor_for(label), prime_indices(self.vocab, prime, self.separator), length,
+                                 options, num_samples, rng, self._banned)
         chars = self.vocab.chars
         return ("".join(chars[int(i)] for i in step) for step in steps)
 
     def sample(self, prime: str = "", length: int = 500, temperature: Optional[float] = None,
                top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
-               seed: Optional[int] = None, num_samples: int = 1, unknown: str = "error") -> Union[str, List[str]]:
+               seed: Optional[int] = None, num_samples: int = 1, unknown: str = "error",
+               label: Optional[str] = None) -> Union[str, List[str]]:
         """The (cleaned) prime followed by `length` characters; a list of num_samples texts when num_samples > 1."""
         options = sampling_options(temperature, top_k, top_p, greedy)
         length, num_samples = count("length", length, 0, False), count("num_samples", num_samples, 1, False)
-        texts = self.sample_checked(self.prime(prime, unknown), length, options, _rng(seed), num_samples)
+        index = self.label_index(label)
+        texts = self.sample_checked(self.prime(prime, unknown), length, options, _rng(seed), num_samples, index)
         return texts[0] if num_samples == 1 else texts
 
     def sample_checked(self, prime: str, length: int, options: SamplingOptions, rng: np.random.Generator,
-                       num_samples: int) -> List[str]:
-        """`sample` for options already validated and a prime already cleaned; always a list."""
-        return generate(self.predictor, self.vocab, prime, length, options, rng, num_samples, self.separator,
-                        self.unknown)
+                       num_samples: int, label: Optional[int] = None) -> List[str]:
+        """`sample` for options already validated, a prime already cleaned and a label index; always a list."""
+        return generate(self.predictor_for(label), self.vocab, prime, length, options, rng, num_samples,
+                        self.separator, self.unknown)
 
-    def beam(self, prime: str = "", length: int = 100, beam: int = 5, unknown: str = "error") -> str:
+    def beam(self, prime: str = "", length: int = 100, beam: int = 5, unknown: str = "error",
+             label: Optional[str] = None) -> str:
         """The (cleaned) prime followed by the most likely continuation that beam search finds."""
         beam, length = count("beam", beam, 1, False), count("length", length, 0, False)
-        return self.beam_checked(self.prime(prime, unknown), length, beam)
+        index = self.label_index(label)
+        return self.beam_checked(self.prime(prime, unknown), length, beam, index)
 
-    def beam_checked(self, prime: str, length: int, beam: int) -> str:
+    def beam_checked(self, prime: str, length: int, beam: int, label: Optional[int] = None) -> str:
         start = prime_indices(self.vocab, prime, self.separator)
-        found = beam_search(self.predictor, start, length, beam, self._banned)
+        found = beam_search(self.predictor_for(label), start, length, beam, self._banned)
         return prime + self.vocab.decode(found)
 
-    def evaluate(self, text: str, unknown: str = "error") -> Evaluation:
+    def evaluate(self, text: str, unknown: str = "error", label: Optional[str] = None) -> Evaluation:
         """Loss (nats/char), bpc and the number of predicted characters, the text read as one stream.
 
         Characters outside the model's vocabulary raise UserError, or with unknown="skip" are dropped
         first: the result's `.skipped` counts them and `.skipped_chars` lists them. A --max-vocab run
         reads them as its unknown symbol instead, as training did."""
+        index = self.label_index(label)
+        text_vocab, data = self._encoded(text)
+        return self.evaluate_encoded(text_vocab, data, unknown, "the text", audience="python", label=index)
+
+    def evaluate_by_label(self, text: str, unknown: str = "error") -> List[Tuple[str, Evaluation]]:
+        """A labelled run's `evaluate` under each of its labels: (label, Evaluation) pairs, best fit first
+        (lowest loss; ties in label order). UserError for a run trained without labels."""
+        self._check_labelled("evaluate_by_label")
+        text_vocab, data = self._encoded(text)
+        return self.evaluate_encoded_by_label(text_vocab, data, unknown, "the text", audience="python")
+
+    def _encoded(self, text: str) -> Tuple[Vocab, np.ndarray]:
         if not isinstance(text, str):
             raise UserError(f"the text must be a str, not {type(text).__name__}")
         text = self._as_read_in_training(text)
         text_vocab = Vocab.from_text(text)
-        return self.evaluate_encoded(text_vocab, text_vocab.encode(text), unknown, "the text", audience="python")
+        return text_vocab, text_vocab.encode(text)
+
+    def _check_labelled(self, what: str) -> None:
+        if not self.labels:
+            raise UserError(f"{what}: this run was trained without labels; there is one loss (evaluate)")
 
     def evaluate_encoded(self, text_vocab: Vocab, data: np.ndarray, unknown: str = "error", what: str = "the text",
-                         audience: str = "python") -> Evaluation:
-        """`evaluate` for a text encoded in its own vocabulary (a Corpus); `what` names it in errors."""
+                         audience: str = "python", label: Optional[int] = None) -> Evaluation:
+        """`evaluate` for a text encoded in its own vocabulary (a Corpus) and a label index; `what` names the text
+        in errors."""
         indices, skipped, skipped_chars = to_model_indices(self.vocab, text_vocab, data, unknown, what, audience)
-        result = evaluate_indices(self.predictor, indices)
+        result = evaluate_indices(self.predictor_for(label), indices)
         return dataclasses.replace(result, skipped=skipped, skipped_chars=skipped_chars)
 
-    def evaluate_indices(self, data: np.ndarray) -> Evaluation:
+    def evaluate_encoded_by_label(self, text_vocab: Vocab, data: np.ndarray, unknown: str = "error",
+                                  what: str = "the text", audience: str = "python") -> List[Tuple[str, Evaluation]]:
+        """`evaluate_by_label` for a text encoded in its own vocabulary, on a run known to be labelled."""
+        indices, skipped, skipped_chars = to_model_indices(self.vocab, text_vocab, data, unknown, what, audience)
+        scored = [(name, dataclasses.replace(evaluate_indices(self.predictor_for(index), indices), skipped=skipped,
+                                             skipped_chars=skipped_chars))
+                  for index, name in enumerate(self.labels)]
+        return sorted(scored, key=lambda pair: pair[1].loss)  # stable: ties stay in label order
+
+    def evaluate_indices(self, data: np.ndarray, label: Optional[str] = None) -> Evaluation:
         """As `evaluate`, for text already encoded with this model's vocabulary."""
-        return evaluate_indices(self.predictor, data)
+        return evaluate_indices(self.predictor_for(self.label_index(label)), data)
 
 
 def run_symbols(record: Optional[dict], vocab: Vocab) -> Tuple[Optional[str], Optional[str]]:
@@ -205,7 +270,7 @@ class OnnxTrainedModel(TrainedModel):
         self._banned = self.vocab.chars.index(self.unknown) if self.unknown else None
         self.symbols_recorded = self.model.symbols_recorded
         self.impl = "onnx"
-        self.predictor = Predictor(self.model)
+        self._use_predictors()
 
 
 def load_onnx(path, threads: Optional[int] = None) -> OnnxTrainedModel:

@@ -24,13 +24,15 @@ examples:
   charrnn sample --checkpoint runs/shakespeare --which best --prime "ROMEO:" --length 300 --temperature 0.8
   charrnn sample --checkpoint runs/shakespeare --prime "ROMEO:" --top-p 0.9 --num-samples 3 --seed 1
   charrnn sample --checkpoint runs/shakespeare --prime "ROMEO:" --length 60 --beam 5
+  charrnn sample --checkpoint runs/poets --label dickinson --length 300   # a run trained with --label-by
 """
 
 EVAL_EPILOG = """\
 The text is read as one stream from a zero state; every character after the first is predicted.
 
-example:
+examples:
   charrnn eval --checkpoint runs/shakespeare --which best --data my_text.txt --unknown skip --json
+  charrnn eval --checkpoint runs/poets --data poem.txt --by-label   # which label fits the text best
 """
 
 
@@ -49,6 +51,9 @@ def _common(parser) -> None:
                         help="int8: layer weights in int8, run by a compiled step (CPU): several times faster "
                              "generation, slightly less exact (README) (default: off, float32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--label", metavar="NAME",
+                        help="a run trained with labels (--label-by): the label to generate or score under; "
+                             "required there, refused for a run without labels (default: none)")
 
 
 def add_sample_parser(sub) -> None:
@@ -98,6 +103,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
                    help="characters outside the model's vocabulary: error, or skip them and report how many "
                         "(default: error)")
+    p.add_argument("--by-label", action="store_true",
+                   help="a run trained with labels: the text's loss under every label, best fit first (with --json: "
+                        "a JSON list); not with --label")
     p.set_defaults(handler=cmd_eval)
 
 
@@ -163,14 +171,15 @@ def cmd_sample(args) -> int:
     options = _check_sample_flags(args)
     prime = args.prime if args.prime_file is None else read_text_file(args.prime_file, "--prime-file")
     model = _load(args)
+    label = model.label_index(args.label, "cli")
     stop = _separator(model, args.checkpoint) if args.stop_at_sep else None
     prime = model.prime(prime, args.unknown, audience="cli")  # checked (and cleaned) before anything is printed
     _warn_if_exported_before_symbols(model)
     rng = np.random.default_rng(args.seed)
     if options is None:
-        texts = [model.beam_checked(prime, args.length, args.beam)]
+        texts = [model.beam_checked(prime, args.length, args.beam, label)]
     elif args.num_samples == 1 and not args.json:
-        characters = model.stream_checked(prime, args.length, options, rng)
+        characters = model.stream_checked(prime, args.length, options, rng, label)
         sys.stdout.write(prime)
         for ch in characters:
             if ch == stop:
@@ -180,13 +189,14 @@ def cmd_sample(args) -> int:
         sys.stdout.write("\n")
         return 0
     else:
-        texts = model.sample_checked(prime, args.length, options, rng, args.num_samples)
+        texts = model.sample_checked(prime, args.length, options, rng, args.num_samples, label)
     if stop:  # each text up to the first separator it generated (the prime is kept whole)
         texts = [text[: len(prime)] + text[len(prime):].split(stop, 1)[0] for text in texts]
     if args.json:
         settings = {"beam": args.beam} if options is None else {**options.as_dict(), "seed": args.seed}
-        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings, **_settings(args)},
-                         ensure_ascii=False))
+        labelled = {"label": args.label} if args.label is not None else {}
+        print(json.dumps({"samples": texts, "prime": prime, "length": args.length, **settings, **_settings(args),
+                          **labelled}, ensure_ascii=False))
     elif len(texts) == 1:
         print(texts[0])
     else:
@@ -214,6 +224,7 @@ def cmd_eval(args) -> int:
     from charrnn.data.dataset import eval_text, read_record, trained_on
 
     model = _load(args)
+    label = _eval_label(model, args)
     # an .onnx file keeps no data.json: its metadata carries the two symbols that reading a text depends on
     record = read_record(args.checkpoint) if args.checkpoint else {"doc_sep": model.separator,
                                                                    "unknown": model.unknown}
@@ -221,18 +232,62 @@ def cmd_eval(args) -> int:
     if source.skipped:
         print(f"warning: {source.files_line()}", file=sys.stderr)
     what = " ".join(args.data)
-    result = model.evaluate_encoded(text_vocab, data, args.unknown, what, audience="cli")
+    if args.by_label:
+        scored = model.evaluate_encoded_by_label(text_vocab, data, args.unknown, what, audience="cli")
+        _warn_if_exported_before_symbols(model)
+        return _print_by_label(scored, args.json, args.unknown)
+    result = model.evaluate_encoded(text_vocab, data, args.unknown, what, audience="cli", label=label)
     _warn_if_exported_before_symbols(model)
     trained = trained_on(args.checkpoint, load_run_config(args.checkpoint)[1]) if args.checkpoint else None
     if args.json:
-        print(json.dumps({**result.as_dict(), **_settings(args), **({"trained_on": trained[1]} if trained else {})},
-                         ensure_ascii=False))
+        labelled = {"label": args.label} if args.label is not None else {}
+        print(json.dumps({**result.as_dict(), **_settings(args), **labelled,
+                          **({"trained_on": trained[1]} if trained else {})}, ensure_ascii=False))
         return 0
     line = f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char over {result.characters} predicted characters"
-    if args.unknown == "skip":
-        line += (f"; skipped {result.skipped} outside the model's vocabulary: {format_chars(result.skipped_chars)}"
-                 if result.skipped else "; no character outside the model's vocabulary")
-    print(line)
+    print(line + _skipped(result, args.unknown))
     if trained:
         print(trained[0])
     return 0
+
+
+BY_LABEL_SHOWN = 20  # labels the --by-label line names; --json lists them all
+
+
+def _eval_label(model, args):
+    """eval's label index (None for --by-label, or a run without labels), checked before the text is read."""
+    from charrnn.infer.labels import listed
+
+    if args.by_label:
+        if args.label is not None:
+            raise UserError("--by-label scores the text under every label; drop --label, or drop --by-label to "
+                            f"score it under {args.label!r} alone")
+        if not model.labels:
+            raise UserError("--by-label: this run was trained without labels, so the text has one loss; "
+                            "drop --by-label")
+        return None
+    if model.labels and args.label is None:
+        raise UserError(f"this run was trained with labels {listed(model.labels)}; give --label NAME, or --by-label "
+                        "to score the text under each")
+    return model.label_index(args.label, "cli")
+
+
+def _print_by_label(scored, as_json: bool, unknown: str) -> int:
+    """The text's loss under each label, best fit first: one line, or a JSON list."""
+    if as_json:
+        print(json.dumps([{"label": name, **result.as_dict()} for name, result in scored], ensure_ascii=False))
+        return 0
+    shown = ", ".join(f"{name} {result.loss:.4f}" for name, result in scored[:BY_LABEL_SHOWN])
+    rest = len(scored) - BY_LABEL_SHOWN
+    more = f"; {rest} more labels fit worse (--json lists them all)" if rest > 0 else ""
+    print(f"fits {shown} nats/char over {scored[0][1].characters} predicted characters{more}"
+          + _skipped(scored[0][1], unknown))
+    return 0
+
+
+def _skipped(result, unknown: str) -> str:
+    """With --unknown skip: what was skipped, to end the report's line; else nothing."""
+    if unknown != "skip":
+        return ""
+    return (f"; skipped {result.skipped} outside the model's vocabulary: {format_chars(result.skipped_chars)}"
+            if result.skipped else "; no character outside the model's vocabulary")

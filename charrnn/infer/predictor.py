@@ -16,6 +16,12 @@ of the weights: build a new Predictor after changing them); for torch engines th
 forward at T = 1 with oneDNN off (several times faster for nn.LSTM at batch 1 on CPU); with
 quantize="int8", for any engine, the compiled int8 NativeStep, or where it cannot be built
 the NumpyStep with the same int8 numbers, and a warning.
+
+A labelled run (config.labels, issue #29) is predicted under one label, fixed for the Predictor's
+life: the engine's forward gets labels (B,), the same row for every stream, and the Steps that
+prepare weights (NumpyStep, NativeStep) prepare the folded model (models.base.fold_label), an
+ordinary unlabelled model whose first-layer input bias holds the label's row: no kernel knows
+about labels.
 """
 from __future__ import annotations
 
@@ -30,17 +36,23 @@ from charrnn.config import QUANTIZE_MODES
 from charrnn.devices import one_blas_thread_unless_chosen
 from charrnn.errors import UserError
 from charrnn.infer.steps import NumpyStep, NumpyWeights, Step, StepState
-from charrnn.models.base import CharModel, State, state_size
+from charrnn.models.base import CharModel, State, fold_label, state_size
 
 
 class Predictor:
-    """Inference for one model; `quantize` must already be valid (None or one of QUANTIZE_MODES)."""
+    """Inference for one model; `quantize` must already be valid (None or one of QUANTIZE_MODES), and so must
+    `label`: for a labelled model the index of one of its labels (api.py checks the name), else None."""
 
-    def __init__(self, model: CharModel, quantize: Optional[str] = None):
+    def __init__(self, model: CharModel, quantize: Optional[str] = None, label: Optional[int] = None):
         assert quantize is None or quantize in QUANTIZE_MODES, quantize  # checked where the option entered
-        self.model, self.quantize = model, quantize
+        labels = model.config.labels
+        if bool(labels) != (label is not None):  # a caller's bug: the name was checked where it entered
+            raise ValueError(f"a model trained with {len(labels)} labels is predicted under one label index"
+                             if labels else "this model was trained without labels: give label=None")
+        assert label is None or 0 <= label < len(labels), label
+        self.model, self.quantize, self.label = model, quantize, label
         self.backend = model.backend
-        self._forward = _FORWARDS[self.backend](model)
+        self._forward = _FORWARDS[self.backend](model, label)
         if quantize and self._forward.device_type != "cpu":
             raise UserError(f"{quantize} quantization runs on the CPU's int8 kernels; load the model on the CPU "
                             "(device cpu)")
@@ -74,7 +86,7 @@ class Predictor:
         if self.quantize or self.backend == "numpy":
             step = self._prepared().make_step(batch_size)
         else:
-            step = ModelStep(self._forward, batch_size)
+            step = ModelStep(self._forward, batch_size)  # the label goes in with every call (_forward)
         step.set_state(state)
         return step
 
@@ -99,7 +111,7 @@ class Predictor:
     def _prepared(self):
         with self._lock:
             if self._weights is None:
-                self._weights = _prepare(self.model, self.quantize)
+                self._weights = _prepare(self.model, self.quantize, self.label)
             return self._weights
 
 
@@ -113,18 +125,21 @@ class _Prepared:
         return self.step_class.sharing(self.weights, batch_size)
 
 
-def _prepare(model: CharModel, quantize: Optional[str]) -> _Prepared:
+def _prepare(model: CharModel, quantize: Optional[str], label: Optional[int] = None) -> _Prepared:
     """The compiled int8 step (native.py), or NumPy's with the same numbers (at float speed, with a warning);
-    without quantize, the NumPy float step."""
+    without quantize, the NumPy float step. `label`: the model with that label folded in (fold_label)."""
+    config, params = model.config, model.get_parameters()
+    if label is not None:
+        config, params = fold_label(config, params, label)
     if quantize is None:
-        return _Prepared(NumpyStep, NumpyWeights.from_model(model))
+        return _Prepared(NumpyStep, NumpyWeights(config, params, NumpyWeights.model_dtype(model)))
     from charrnn.infer.native import NativeStep, NativeWeights, kernel, kernel_problem
 
     if kernel() is not None:
-        return _Prepared(NativeStep, NativeWeights(model.config, model.get_parameters()))
+        return _Prepared(NativeStep, NativeWeights(config, params))
     warnings.warn(f"int8 quantization runs in NumPy, at float speed: its compiled step is unavailable "
                   f"({kernel_problem()})", NativeStepUnavailable, stacklevel=3)
-    return _Prepared(NumpyStep, NumpyWeights.from_model(model, quantize="int8"))
+    return _Prepared(NumpyStep, NumpyWeights(config, params, quantize="int8"))
 
 
 class NativeStepUnavailable(UserWarning):
@@ -157,25 +172,32 @@ class ModelStep(StepState):
 
 
 # ---- each backend's forward: NumPy indices and state in, NumPy logits and state out -------------
+# A labelled model's forward gets labels (B,): the Predictor's one label for every stream.
+
+def _labels(label: Optional[int], batch_size: int) -> dict:
+    """The forward's keyword for a label (none for an unlabelled model, whose forward refuses labels)."""
+    return {} if label is None else {"labels": np.full(batch_size, label, dtype=np.int64)}
+
 
 class _NumpyForward:
     device_type = "cpu"
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, label: Optional[int] = None):
+        self.model, self.label = model, label
 
     def __call__(self, indices: np.ndarray, state: State):
         self.model.eval()
         with one_blas_thread_unless_chosen() if indices.shape[0] == 1 else contextlib.nullcontext():
-            logits, state = self.model.forward(indices, tuple(np.asarray(s, self.model.dtype) for s in state))
+            logits, state = self.model.forward(indices, tuple(np.asarray(s, self.model.dtype) for s in state),
+                                               **_labels(self.label, indices.shape[0]))
         return logits, state
 
 
 class _TorchForward:
-    def __init__(self, model):
+    def __init__(self, model, label: Optional[int] = None):
         import torch
 
-        self.torch, self.model = torch, model
+        self.torch, self.model, self.label = torch, model, label
         model.eval()
         self.device = next(model.parameters()).device
         self.device_type = self.device.type
@@ -184,20 +206,22 @@ class _TorchForward:
         torch = self.torch
         one_step = indices.shape[1] == 1 and self.device_type == "cpu"
         state = tuple(torch.as_tensor(np.asarray(s), device=self.device) for s in state)
+        labels = {k: torch.as_tensor(v, device=self.device) for k, v in _labels(self.label, indices.shape[0]).items()}
         with torch.inference_mode(), (_onednn_off(torch) if one_step else contextlib.nullcontext()):
-            logits, state = self.model(torch.as_tensor(indices, device=self.device), state)
+            logits, state = self.model(torch.as_tensor(indices, device=self.device), state, **labels)
         return logits.float().cpu().numpy(), tuple(s.float().cpu().numpy() for s in state)
 
 
 class _GenericForward:
     """An engine whose forward takes and returns array-likes (TensorFlow, ONNX Runtime)."""
 
-    def __init__(self, model):
+    def __init__(self, model, label: Optional[int] = None):
         self.model = model.eval()            # no dropout when predicting (the TF engines)
         self.device_type = model.device_type
+        self.label = label
 
     def __call__(self, indices: np.ndarray, state: State):
-        logits, state = self.model.forward(indices, state)
+        logits, state = self.model.forward(indices, state, **_labels(self.label, np.shape(indices)[0]))
         return np.asarray(logits, np.float32), tuple(np.asarray(s, np.float32) for s in state)
 
 

@@ -51,8 +51,13 @@ class FusedWeights:
 
 
 def fused_weights(config: ModelConfig, params: Dict[str, np.ndarray]) -> FusedWeights:
-    """Canonical parameters -> FusedWeights: gate columns reordered, sigmoid columns halved, biases folded."""
+    """Canonical parameters -> FusedWeights: gate columns reordered, sigmoid columns halved, biases folded.
+
+    An unlabelled model only: a labelled one is stepped under one label, folded in first (models.base.fold_label,
+    as Predictor does), so that no step ever runs with label.weight left out."""
     cfg = config
+    if cfg.labels:
+        raise ValueError("fold the label in first (models.base.fold_label): this model was trained with labels")
     p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
     order, scale, fold_hh = _gate_layout(cfg.cell, cfg.hidden)
 
@@ -154,8 +159,13 @@ class NumpyWeights:
 
     @classmethod
     def from_model(cls, model, quantize: Optional[str] = None) -> "NumpyWeights":
+        return cls(model.config, model.get_parameters(), cls.model_dtype(model), quantize)
+
+    @staticmethod
+    def model_dtype(model) -> np.dtype:
+        """The NumPy engine's dtype (float32 or float64); float32 for every other engine."""
         dtype = getattr(model, "dtype", np.float32)
-        return cls(model.config, model.get_parameters(), dtype if isinstance(dtype, np.dtype) else np.float32, quantize)
+        return dtype if isinstance(dtype, np.dtype) else np.dtype(np.float32)
 
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], dtype=np.float32,
                  quantize: Optional[str] = None):

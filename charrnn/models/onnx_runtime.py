@@ -3,6 +3,7 @@
     model = OnnxCharModel("model.onnx")
     state = model.initial_state(1)                              # ((L, 1, H),) or (h, c) for LSTM
     logits, state = model.forward(np.array([[5, 7, 2]]), state)  # (1, 3, V) float32, the new state
+    logits, state = model.forward(chars, state, labels=np.array([1]))  # a labelled run: one label per stream
 
 The config and vocabulary come from the file's metadata (onnx_export.py writes them), with the run's
 document separator and --max-vocab unknown symbol (`doc_sep`, `unknown`: JSON strings or null). A file
@@ -10,6 +11,9 @@ exported before those two were written has neither key: it runs as it always did
 unknown symbol), and `symbols_recorded` says so. A file that ONNX Runtime cannot read, that is not a
 charrnn export, or whose inputs are not the ones charrnn feeds (a `chars` input pinned to a fixed
 shape by another tool), is refused with a one-line UserError when it is opened, never mid-run.
+
+A labelled run's file takes one label per call (its `label` input, (1,)); `forward` takes the engines'
+labels (B,) and runs each label's streams as their own call, so streams may differ in label.
 """
 from __future__ import annotations
 
@@ -62,24 +66,63 @@ class OnnxCharModel:
         self.quantize = meta.get("quantize", "none")
         self._state_names = ("h0", "c0") if self.config.cell == "lstm" else ("h0",)
         self._outputs = ["logits", "hn", "cn"][: 1 + len(self._state_names)]
+        self.labels = self.config.labels
         _check_signature(self.session, self.config, self._state_names, self._outputs, str(self.path))
 
     def initial_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
         shape = (self.config.layers, batch_size, self.config.hidden)
         return tuple(np.zeros(shape, np.float32) for _ in self._state_names)
 
-    def forward(self, inputs, state) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """inputs (B, T) ints, state -> (logits (B, T, V) float32, new state); the state given is not changed."""
+    def forward(self, inputs, state, labels=None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """inputs (B, T) ints, state -> (logits (B, T, V) float32, new state); the state given is not changed.
+
+        labels: a labelled run's label index per stream, (B,), or (B, T) the same along T (the file takes one
+        label per call); required for a labelled run, refused otherwise, as the engines do (models/base.py)."""
         chars = np.ascontiguousarray(inputs, dtype=np.int64)
         if chars.ndim != 2:
             raise ValueError(f"inputs must be (B, T) character indices, got shape {chars.shape}")
         if chars.size and (chars.min() < 0 or chars.max() >= self.config.vocab_size):
             raise ValueError(f"character indices must be in [0, {self.config.vocab_size})")
+        per_stream = self._per_stream(labels, chars.shape)
         if chars.shape[1] == 0:  # ONNX's recurrent ops need one step at least; nothing to do
             return np.zeros(chars.shape + (self.config.vocab_size,), np.float32), tuple(state)
-        feeds = {"chars": chars}
-        for name, s in zip(self._state_names, state):
-            feeds[name] = np.ascontiguousarray(s, dtype=np.float32)
+        states = tuple(np.ascontiguousarray(s, dtype=np.float32) for s in state)
+        if per_stream is None:
+            return self._run(chars, states, {})
+        if (per_stream == per_stream[0]).all():
+            return self._run(chars, states, {"label": per_stream[:1]})
+        logits = np.empty(chars.shape + (self.config.vocab_size,), np.float32)
+        new_state = tuple(np.empty_like(s) for s in states)
+        for label in np.unique(per_stream):  # one call per label, its streams only
+            rows = np.flatnonzero(per_stream == label)
+            part, part_state = self._run(chars[rows], tuple(s[:, rows] for s in states), {"label": np.array([label])})
+            logits[rows] = part
+            for whole, piece in zip(new_state, part_state):
+                whole[:, rows] = piece
+        return logits, new_state
+
+    def _per_stream(self, labels, shape) -> np.ndarray | None:
+        """labels as one int64 index per stream (B,), checked; None for an unlabelled run."""
+        if labels is None:
+            if self.labels:
+                raise ValueError(f"this model was trained with {len(self.labels)} labels: give labels (B,)")
+            return None
+        if not self.labels:
+            raise ValueError("this model was trained without labels: give labels=None")
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu" or labels.shape not in ((shape[0],), tuple(shape)):
+            raise ValueError(f"labels must be ints of shape (B,) or (B, T), {(shape[0],)} here; got "
+                             f"{labels.dtype} {labels.shape}")
+        if labels.ndim == 2:
+            if labels.shape[1] and (labels != labels[:, :1]).any():
+                raise ValueError("an .onnx file takes one label per stream per call: labels must not change along T")
+            labels = labels[:, 0] if labels.shape[1] else np.zeros(shape[0], np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.labels)):
+            raise ValueError(f"label indices must be in [0, {len(self.labels)})")
+        return labels.astype(np.int64)
+
+    def _run(self, chars: np.ndarray, states: tuple, extra: dict) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        feeds = {"chars": chars, **dict(zip(self._state_names, states)), **extra}
         try:
             logits, *new_state = self.session.run(self._outputs, feeds)
         except Exception as e:  # noqa: BLE001 (onnxruntime's own types); the signature check makes this rare
@@ -142,7 +185,7 @@ def _check_signature(session, config: ModelConfig, state_names, output_names, wh
     L, H, V = config.layers, config.hidden, config.vocab_size
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    expected_in = ["chars", *state_names]
+    expected_in = ["chars", *state_names, *(["label"] if config.labels else [])]
     problem = None
     if sorted(inputs) != sorted(expected_in) or sorted(outputs) != sorted(output_names):
         problem = f"inputs {sorted(inputs)} and outputs {sorted(outputs)}"
@@ -158,6 +201,8 @@ def _check_signature(session, config: ModelConfig, state_names, output_names, wh
         shape = outputs["logits"].shape
         if len(shape) != 3 or shape[2] != V:
             problem = problem or f"logits of shape {shape}"
+        if config.labels and (inputs["label"].type != "tensor(int64)" or inputs["label"].shape != [1]):
+            problem = problem or f"label of type {inputs['label'].type} and shape {inputs['label'].shape}"
     if problem:
         raise UserError(f"{where} has {problem}, not what its config ({config.cell} {L}x{H}, V={V}) implies; "
                         "the file is damaged or was changed by another tool: export the run again")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from charrnn.devices import blas_threads
 from charrnn.errors import UserError
 from charrnn.infer.steps import NumpyStep
 from charrnn.losses import log_softmax
+from charrnn.models.base import fold_label
 
 STATES = ("h", "c")  # c exists for LSTMs only
 
@@ -40,36 +41,54 @@ class Trace:
 
 
 class Tracer:
-    """Runs texts through one NumpyStep (batch 1, float32); one text at a time, the last few cached."""
+    """Runs texts through a NumpyStep (batch 1, float32); one text at a time, the last few cached.
+
+    A labelled run is read under one label per text: its step is the model with that label folded in
+    (models.base.fold_label), made on first use; the last few are kept."""
 
     def __init__(self, config: ModelConfig, params: Dict[str, np.ndarray], vocab: Vocab, cache_size: int = 4):
-        self.config, self.vocab = config, vocab
-        self.fused = NumpyStep(config, params, batch_size=1, dtype=np.float32)
+        self.config, self.vocab, self.params = config, vocab, params
         self.lock = threading.Lock()  # the NumpyStep's buffers are shared: one text at a time
-        self._cache: "OrderedDict[str, Trace]" = OrderedDict()
+        self._steps: "OrderedDict[Optional[int], NumpyStep]" = OrderedDict()
+        self._cache: "OrderedDict[Tuple[str, Optional[int]], Trace]" = OrderedDict()
         self._cache_size = cache_size
+        if not config.labels:
+            self._step(None)  # now, not on the first request
 
-    def trace(self, text: str) -> Trace:
-        """Activations and logits for every character of `text`; UserError for characters outside the vocabulary.
+    def _step(self, label: Optional[int]) -> NumpyStep:
+        """The step for a label index (None: an unlabelled run)."""
+        if label not in self._steps:
+            config, params = (self.config, self.params) if label is None else fold_label(self.config, self.params,
+                                                                                         label)
+            self._steps[label] = NumpyStep(config, params, batch_size=1, dtype=np.float32)
+        self._steps.move_to_end(label)
+        while len(self._steps) > self._cache_size:
+            self._steps.popitem(last=False)
+        return self._steps[label]
+
+    def trace(self, text: str, label: Optional[int] = None) -> Trace:
+        """Activations and logits for every character of `text` (under a labelled run's label index, checked by
+        the caller); UserError for characters outside the vocabulary.
 
         The caller holds `self.lock` (see `locked`), so a busy tracer can be reported rather than queued.
         """
-        if text in self._cache:
-            self._cache.move_to_end(text)
-            return self._cache[text]
+        key = (text, label)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         missing = self.vocab.unknown(text)
         if missing:
             from charrnn.data.vocab import format_chars
 
             raise UserError(f"the text has characters outside the model's vocabulary: {format_chars(missing)}")
-        trace = self._run(text)
-        self._cache[text] = trace
+        trace = self._run(text, self._step(label))
+        self._cache[key] = trace
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return trace
 
-    def _run(self, text: str) -> Trace:
-        cfg, fused = self.config, self.fused
+    def _run(self, text: str, fused: NumpyStep) -> Trace:
+        cfg = self.config
         T, L, H = len(text), cfg.layers, cfg.hidden
         chars = self.vocab.encode(text).astype(np.intp)[:, None]   # (T, 1): one (B,) row per step
         h = np.empty((T, L, H), np.float32)

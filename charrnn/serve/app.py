@@ -13,6 +13,9 @@ The checkpoint is fixed when the app is made; no request names a file. Errors ar
 {"error": "one line"} with a 4xx status (under /v1/, the OpenAI API's error object). Each
 generation holds one of `max_generations` loaded models for its whole run (an engine's step
 buffers must not be shared between threads); when all are taken a new one gets 429.
+
+A run trained with labels (issue #29) lists them in /api/info; generate, inspect and units then take
+a `label` (one of them, required), which the page's label picker sends.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from charrnn.checkpoint import WEIGHTS, load_run
 from charrnn.errors import UserError
 from charrnn.infer.api import TrainedModel, load
+from charrnn.infer.labels import check_label
 from charrnn.infer.sampling import sampling_options
 from charrnn.serve import openai_api
 from charrnn.serve.activations import FEATURES, Trace, Tracer, rank_units, text_features, trace_state_names, unit_series
@@ -55,6 +59,7 @@ class GenerateRequest(BaseModel):
     top_p: Optional[float] = Field(None, gt=0, le=1)
     greedy: bool = False
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    label: Optional[str] = None   # a labelled run's label (required there, refused elsewhere)
 
 
 class InspectRequest(BaseModel):
@@ -63,12 +68,14 @@ class InspectRequest(BaseModel):
     state: str = "h"
     layer: int = 0
     unit: int = 0
+    label: Optional[str] = None
 
 
 class UnitsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(..., min_length=3, max_length=MAX_INSPECT_CHARS)
     top: int = Field(10, ge=1, le=100)
+    label: Optional[str] = None
 
 
 class Engine:
@@ -82,22 +89,26 @@ class Engine:
         for model in models:
             self.slots.put(model)
         self.config, self.vocab, params = load_run(run_dir, which)
+        self.labels = tuple(self.config.labels)
         self.tracer = Tracer(self.config, params, self.vocab)
         self.samples: List[str] = []
         self.model_id = run_dir.resolve().name                                 # its name in /v1/models
         self.created = int((run_dir / WEIGHTS[which]).stat().st_mtime)
         self.running: Set[Generation] = set()  # so that stop_generations can reach them
         if warm:  # build the step buffers and touch the weights now, not on the first click
+            first = self.labels[0] if self.labels else None
             for model in models:
-                list(model.stream(self.vocab.chars[0], 4, seed=0))
-            self.trace(self.vocab.chars[0] * 4)
+                list(model.stream(self.vocab.chars[0], 4, seed=0, label=first))
+            self.trace(self.vocab.chars[0] * 4, first)
 
-    def trace(self, text: str, timeout: float = 10.0) -> Optional[Trace]:
-        """The text's trace, or None when the tracer stayed busy with another text for `timeout` seconds."""
+    def trace(self, text: str, label: Optional[str] = None, timeout: float = 10.0) -> Optional[Trace]:
+        """The text's trace under a labelled run's `label` (UserError when it is missing or unknown), or None
+        when the tracer stayed busy with another text for `timeout` seconds."""
+        index = check_label(self.labels, label, "web")
         if not self.tracer.lock.acquire(timeout=timeout):
             return None
         try:
-            return self.tracer.trace(text)
+            return self.tracer.trace(text, index)
         finally:
             self.tracer.lock.release()
 
@@ -110,7 +121,7 @@ class Engine:
         cfg = self.config
         return {"run": self.run_dir.name, "impl": self.impl, "which": self.which, "cell": cfg.cell,
                 "layers": cfg.layers, "hidden": cfg.hidden, "vocab": list(self.vocab.chars),
-                "states": list(trace_state_names(cfg)), "features": list(FEATURES),
+                "labels": list(self.labels), "states": list(trace_state_names(cfg)), "features": list(FEATURES),
                 "limits": {"prime_chars": MAX_PRIME_CHARS, "length": MAX_LENGTH,
                            "inspect_chars": MAX_INSPECT_CHARS, "generations": self.max_generations}}
 
@@ -148,9 +159,10 @@ async def generate(req: GenerateRequest, request: Request):
     except queue.Empty:
         return error(429, f"{run.max_generations} generations are already running; try again when one finishes")
     try:
+        label = model.label_index(req.label, "web")  # UserError (-> 400): missing, unknown, or not this run's
         prime = model.prime(req.prime, audience="web")  # UserError (-> 400) for characters outside the vocabulary
         options = sampling_options(None if req.greedy else req.temperature, req.top_k, req.top_p, req.greedy)
-        chars = model.stream_checked(prime, req.length, options, np.random.default_rng(req.seed))
+        chars = model.stream_checked(prime, req.length, options, np.random.default_rng(req.seed), label)
     except BaseException:
         slots.put(model)
         raise
@@ -171,7 +183,7 @@ BUSY = "the model is busy looking inside another text; try again"
 
 @router.post("/api/inspect")
 def inspect(req: InspectRequest, request: Request):
-    trace = engine(request).trace(req.text)
+    trace = engine(request).trace(req.text, req.label)
     if trace is None:
         return error(429, BUSY)
     values = unit_series(trace, req.state, req.layer, req.unit)
@@ -183,7 +195,7 @@ def inspect(req: InspectRequest, request: Request):
 
 @router.post("/api/units")
 def units(req: UnitsRequest, request: Request):
-    trace = engine(request).trace(req.text)
+    trace = engine(request).trace(req.text, req.label)
     if trace is None:
         return error(429, BUSY)
     return {"features": list(FEATURES), **rank_units(trace.states, text_features(req.text), req.top)}
@@ -200,18 +212,22 @@ def metrics(request: Request):
 
 @router.get("/api/samples")
 def samples(request: Request):
-    """Training logs its samples only to the console, so the page shows fresh ones from these weights."""
+    """Training logs its samples only to the console, so the page shows fresh ones from these weights (a labelled
+    run's under its first two labels, or its one label twice: `labels` says which)."""
     run = engine(request)
+    labels = [run.labels[k % len(run.labels)] for k in range(2)] if run.labels else [None, None]
     if not run.samples:
         try:
             model = run.slots.get(timeout=10)
         except queue.Empty:
             return error(429, "all generation slots are busy; try again")
         try:
-            run.samples[:] = ["".join(model.stream("", 240, temperature=0.8, seed=seed)) for seed in (1, 2)]
+            run.samples[:] = ["".join(model.stream("", 240, temperature=0.8, seed=seed, label=label))
+                              for seed, label in zip((1, 2), labels)]
         finally:
             run.slots.put(model)
-    return {"samples": run.samples, "temperature": 0.8, "which": run.which}
+    return {"samples": run.samples, "temperature": 0.8, "which": run.which,
+            **({"labels": labels} if run.labels else {})}
 
 
 def _number(value) -> bool:

@@ -10,6 +10,9 @@ the one `charrnn sample` prints after the prime for the same prime, seed, temper
 TrainedModel.stream_batch_checked) and the same stop-string scanner (StopScanner). `temperature: 0` is
 `--greedy`. Errors are {"error": {"message", "type", "param", "code"}} with the API's status codes; the
 limits, the Host check and the generation slots are the playground's (app.py).
+
+A run trained with labels (issue #29) lists them in its model card (`labels`) and needs one per request:
+`label`, an extension field (the OpenAI SDKs send it with `extra_body={"label": NAME}`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from charrnn.errors import UserError
+from charrnn.infer.labels import check_label
 from charrnn.infer.sampling import sampling_options
 from charrnn.serve.stream import Generation
 
@@ -97,6 +101,7 @@ class CompletionRequest(BaseModel):
     presence_penalty: Optional[float] = None
     logit_bias: Optional[Dict[str, float]] = None
     suffix: Optional[str] = None
+    label: Optional[str] = None           # extension: a labelled run's label, required there, refused elsewhere
 
 
 def check_neutral(req: CompletionRequest) -> None:
@@ -170,7 +175,8 @@ def _engine(request: Request):
 
 
 def model_card(engine) -> dict:
-    return {"id": engine.model_id, "object": "model", "created": engine.created, "owned_by": "charrnn"}
+    card = {"id": engine.model_id, "object": "model", "created": engine.created, "owned_by": "charrnn"}
+    return {**card, "labels": list(engine.labels)} if engine.labels else card
 
 
 @router.get("/v1/models")
@@ -236,6 +242,10 @@ class Completion:
         except UserError as e:
             raise APIError(400, str(e)) from None
         try:
+            label = check_label(self.engine.labels, req.label, "web")
+        except UserError as e:
+            raise APIError(400, str(e), "label") from None
+        try:
             model = slots.get_nowait()
         except queue.Empty:
             raise APIError(429, f"{self.engine.max_generations} generations are already running; try again when "
@@ -243,7 +253,7 @@ class Completion:
         try:
             self.prompt = model.prime(self.prompt, audience="web")
             steps = model.stream_batch_checked(self.prompt, self.length, options, np.random.default_rng(req.seed),
-                                               self.n)
+                                               self.n, label)
         except UserError as e:
             slots.put(model)
             raise APIError(400, f"prompt: {e}", "prompt") from None

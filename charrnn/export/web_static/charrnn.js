@@ -12,6 +12,8 @@
 //   lstm: i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (W_ih x + b_ih + W_hh h + b_hh)
 //         c' = f * c + i * g;  h' = o * tanh(c')
 //   logits = W_head h'_top + b_head
+// A run trained with labels (config.labels) adds its label's row of label.weight (N, G*H) to layer 0's input
+// side, W_ih x + b_ih + label.weight[label], at every step (for gru inside W_in x + b_in, outside r * (...)).
 // Arithmetic is float64 on float32 weights, so logits agree with charrnn's float32 engines to ~1e-6.
 //
 // Sampling mirrors charrnn.infer.sampling.sample_next: logits / temperature, then top-k, then top-p, then one
@@ -83,6 +85,8 @@
           n: k === 0 ? this.E : this.H,
         });
       }
+      this.labels = c.labels || [];                                       // names, in index order; [] without labels
+      this.labelW = this.labels.length ? t("label.weight") : null;        // (N, G*H)
       this.headW = t("head.weight");                                      // (V, H)
       this.headB = t("head.bias");                                        // (V,)
       const GH = this.G * this.H;
@@ -91,9 +95,26 @@
       this.xe = new Float64Array(this.E);                                 // scratch: the embedding row (or one-hot)
     }
 
-    initialState() {
+    // The index of a label's name (a labelled model), or null (a model without labels, given none); else throws.
+    labelIndex(name) {
+      const given = name !== undefined && name !== null && name !== "";
+      if (!this.labels.length) {
+        if (given) throw new Error("this model was trained without labels; leave the label out");
+        return null;
+      }
+      const shown = this.labels.length > 12 ? `${this.labels.slice(0, 12).join(", ")}, ... (${this.labels.length} labels)`
+                                             : this.labels.join(", ");
+      if (!given) throw new Error(`this model was trained with labels ${shown}; give a label`);
+      const index = this.labels.indexOf(name);
+      if (index < 0) throw new Error(`${JSON.stringify(name)} is not a label of this model; it has ${shown}`);
+      return index;
+    }
+
+    // A zero state; a labelled model's carries its label's index (labelIndex), which every step adds.
+    initialState(label = null) {
+      if ((label === null) !== (this.labelW === null)) throw new Error("a labelled model steps under a label index");
       const zeros = () => Array.from({ length: this.L }, () => new Float64Array(this.H));
-      return this.cell === "lstm" ? { h: zeros(), c: zeros() } : { h: zeros() };
+      return this.cell === "lstm" ? { h: zeros(), c: zeros(), label } : { h: zeros(), label };
     }
 
     // Feed one character index; updates `state` in place and returns the logits (V,) for the next.
@@ -110,6 +131,10 @@
       for (let k = 0; k < this.L; k++) {
         const p = this.layers[k], h = state.h[k];
         matvec(p.wih, GH, p.n, x, p.bih, xi);
+        if (k === 0 && this.labelW) {                                     // the label's row, on the input side
+          const row = state.label * GH;
+          for (let j = 0; j < GH; j++) xi[j] += this.labelW[row + j];
+        }
         matvec(p.whh, GH, H, h, p.bhh, hh);
         if (this.cell === "rnn") {
           for (let j = 0; j < H; j++) h[j] = Math.tanh(xi[j] + hh[j]);
@@ -158,9 +183,9 @@
       return [this.index.has("\n") ? this.index.get("\n") : 0];
     }
 
-    // Logits after each character of the prime (T, V), from a zero state.
-    logits(prime) {
-      const state = this.initialState();
+    // Logits after each character of the prime (T, V), from a zero state; `label`: a labelled model's label name.
+    logits(prime, label) {
+      const state = this.initialState(this.labelIndex(label));
       return this.encode(prime).map((i) => Array.from(this.step(state, i)));
     }
   }
@@ -297,12 +322,13 @@
     return Math.min(count, V - 1);
   }
 
-  // Yields generated character indices, one at a time, after feeding the prime (charrnn.infer.sampling.generate_indices).
+  // Yields generated character indices, one at a time, after feeding the prime (charrnn.infer.sampling.generate_indices);
+  // options.label: a labelled model's label name.
   function* generateIndices(model, primeIdx, length, options) {
-    const o = Object.assign({ temperature: 1.0, topK: null, topP: null, greedy: false, seed: null }, options);
+    const o = Object.assign({ temperature: 1.0, topK: null, topP: null, greedy: false, seed: null, label: null }, options);
     checkOptions(o);
+    const state = model.initialState(model.labelIndex(o.label));
     const rng = o.greedy ? null : defaultRng(o.seed);
-    const state = model.initialState();
     let last = null;
     for (const i of primeIdx) last = model.step(state, i);
     for (let n = 0; n < length; n++) {
@@ -323,12 +349,13 @@
 
   const api = {
     CharRNN, PCG64, defaultRng, sampleNext, generateIndices, getModel,
-    // Logits (T, V) as plain arrays, after each character of the prime, from a zero state.
-    logits: (prime) => getModel().logits(prime),
+    // Logits (T, V) as plain arrays, after each character of the prime, from a zero state (under `label`, a name).
+    logits: (prime, label) => getModel().logits(prime, label),
     // The prime followed by `length` generated characters, like `charrnn sample` prints them; stopAtSep ends the
     // text at the separator, like `--stop-at-sep` (a model without one ignores it).
     sample(prime, length, options) {
       const m = getModel();
+      m.labelIndex(options && options.label);  // a missing or unknown label throws before anything is generated
       const skip = !!(options && options.skipUnknown), stop = !!(options && options.stopAtSep);
       const cleaned = m.encode(prime, skip).map((i) => m.vocab[i]).join("");
       let text = cleaned;
@@ -363,8 +390,15 @@
       $("prime-label").textContent = "Prime (fed to the model first; empty starts a new document)";
       $("stop-at-sep").hidden = false;
     }
+    if (model.labels.length) {                             // a labelled model: pick the label to write under
+      $("label").replaceChildren(...model.labels.map((name) => Object.assign(document.createElement("option"),
+                                                                             { value: name, textContent: name })));
+      $("label-field").hidden = false;
+    }
     $("about").textContent = `${c.cell.toUpperCase()}, ${c.layers} layer${c.layers > 1 ? "s" : ""} of ` +
-      `${c.hidden} units, ${c.vocab_size} characters` + (root.CHARRNN_MODEL.source ? ` (${root.CHARRNN_MODEL.source})` : "");
+      `${c.hidden} units, ${c.vocab_size} characters` +
+      (model.labels.length ? `, ${model.labels.length} labels` : "") +
+      (root.CHARRNN_MODEL.source ? ` (${root.CHARRNN_MODEL.source})` : "");
     let running = null;
 
     const number = (id) => {
@@ -385,6 +419,7 @@
         const options = {
           temperature: number("temperature") ?? 1.0, topK: number("topk"), topP: number("topp"),
           greedy: $("greedy").checked, seed: seedText === "" ? null : BigInt(seedText),
+          label: model.labels.length ? $("label").value : null,
         };
         const prime = model.encode($("prime").value, $("skip").checked).map((i) => model.vocab[i]).join("");
         const stopAtSep = model.separator !== null && $("sep").checked;

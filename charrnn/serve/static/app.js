@@ -34,6 +34,11 @@ async function postJSON(url, body) {
 
 let info = null;
 
+// A labelled run's label (the picker in the header), sent with every generation and every look inside; else null.
+function currentLabel() {
+  return info && info.labels.length ? $("label").value : null;
+}
+
 // ---- tabs ----------------------------------------------------------------------------------
 function showView(name) {
   for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-selected", String(tab.dataset.view === name));
@@ -55,6 +60,7 @@ async function generate(event) {
   const body = {
     prime: $("prime").value, length: Number($("length").value), temperature: Number($("temperature").value),
     top_k: numberOrNull("top-k"), top_p: numberOrNull("top-p"), seed: numberOrNull("seed"), greedy: $("greedy").checked,
+    label: currentLabel(),
   };
   const output = $("gen-output");
   output.replaceChildren();
@@ -114,7 +120,8 @@ function parseEvent(block) {
 let shown = null; // the last /api/inspect answer
 
 function inspectRequest() {
-  return { text: $("inspect-input").value, layer: Number($("layer").value), state: $("state").value, unit: Number($("unit").value) };
+  return { text: $("inspect-input").value, layer: Number($("layer").value), state: $("state").value, unit: Number($("unit").value),
+           label: currentLabel() };
 }
 
 async function showUnit() {
@@ -157,7 +164,7 @@ async function findUnits() {
   const text = $("inspect-input").value;
   setStatus("inspect-status", "ranking units\u2026");
   let result;
-  try { result = await postJSON("/api/units", { text, top: 5 }); } catch (err) { setStatus("inspect-status", err.message, true); return; }
+  try { result = await postJSON("/api/units", { text, top: 5, label: currentLabel() }); } catch (err) { setStatus("inspect-status", err.message, true); return; }
   const box = $("units");
   box.replaceChildren(el("h3", { class: "units-title" }, "Units that track features of this text (Pearson r with each feature, strongest |r| first; click one to colour the text by it)"));
   for (const feature of result.features) {
@@ -189,7 +196,8 @@ async function loadTraining() {
   box.append(el("p", { class: "muted" }, "drawing samples\u2026"));
   try {
     const data = await (await fetch("/api/samples")).json();
-    box.replaceChildren(...(data.samples || []).map((s) => el("pre", { class: "output sample" }, s)));
+    box.replaceChildren(...(data.samples || []).flatMap((s, i) => [
+      ...(data.labels ? [el("p", { class: "muted" }, `label ${data.labels[i]}`)] : []), el("pre", { class: "output sample" }, s)]));
     if (data.error) box.append(el("p", { class: "status error" }, data.error));
   } catch (err) { box.replaceChildren(el("p", { class: "status error" }, err.message)); }
 }
@@ -314,6 +322,10 @@ async function start() {
   $("inspect-text").addEventListener("mouseover", showPrediction);
   info = await (await fetch("/api/info")).json();
   $("model-info").textContent = `${info.run}: ${info.layers}\u00d7${info.hidden} ${info.cell}, ${info.vocab.length} characters, --impl ${info.impl}`;
+  if (info.labels.length) {  // a run trained with labels: everything it writes or reads is under the one picked here
+    $("label").replaceChildren(...info.labels.map((name) => el("option", { value: name }, name)));
+    $("label-field").hidden = false;
+  }
   $("layer").replaceChildren(...Array.from({ length: info.layers }, (_, k) => el("option", { value: String(k) }, k)));
   $("state").replaceChildren(...info.states.map((s) => el("option", { value: s }, s === "c" ? "cell (c)" : "hidden (h)")));
   $("unit").max = String(info.hidden - 1);
