@@ -198,3 +198,11 @@ def test_new_characters_start_as_the_parents_unknown_symbol(tmp_path):
         np.testing.assert_array_equal(grown[name][:3], params[name])
         np.testing.assert_array_equal(grown[name][3], params[name][2])
         np.testing.assert_array_equal(grown[name][4], params[name][2])
+
+
+def test_samples_during_training_take_each_label_in_turn(tmp_path, run_cli):
+    root = _write_collection(tmp_path / "poems")
+    done = _train(run_cli, tmp_path, root, tmp_path / "run", "--label-by", "folder", "--max-iters", "6",
+                  "--sample-every", "2")
+    said = [line.split("]")[0] + "]" for line in done.stdout.splitlines() if line.startswith("[")]
+    assert said == ["[alpha]", "[beta]", "[gamma]"]

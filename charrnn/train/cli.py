@@ -414,8 +414,16 @@ def _make_sampler(learner, vocab, cfg: TrainConfig, data=None):
     rng = np.random.default_rng(cfg.seed + 1)  # its own RNG: sampling must not change training's randomness
     options = sampling_options(temperature=0.8)
     marks = {"start": data.separator, "banned": data.unknown} if data is not None and vocab == data.vocab else {}
-    # a new Predictor each time: the naive engine's step snapshots the weights, which training changes
-    return lambda: generate(Predictor(learner.model), vocab, "", 200, options, rng, **marks)[0]
+    labels = learner.model.config.labels
+    if not labels:  # a new Predictor each time: the naive engine's step snapshots the weights, which training changes
+        return lambda: generate(Predictor(learner.model), vocab, "", 200, options, rng, **marks)[0]
+    turn = iter(range(1 << 62))
+
+    def labelled() -> str:  # a labelled run samples under each label in turn, and says which
+        index = next(turn) % len(labels)
+        text = generate(Predictor(learner.model, label=index), vocab, "", 200, options, rng, **marks)[0]
+        return f"[{labels[index]}] {text}"
+    return labelled
 
 
 def _install_signal_handlers(trainer) -> dict:
