@@ -204,5 +204,5 @@ def test_samples_during_training_take_each_label_in_turn(tmp_path, run_cli):
     root = _write_collection(tmp_path / "poems")
     done = _train(run_cli, tmp_path, root, tmp_path / "run", "--label-by", "folder", "--max-iters", "6",
                   "--sample-every", "2")
-    said = [line.split("]")[0] + "]" for line in done.stdout.splitlines() if line.startswith("[")]
+    said = [line.split("]")[0] + "]" for line in (done.stdout + done.stderr).splitlines() if line.startswith("[")]
     assert said == ["[alpha]", "[beta]", "[gamma]"]
