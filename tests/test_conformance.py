@@ -140,13 +140,28 @@ class Refusal:
     xfail: object = None  # (predicate on row, reason) for a defect known and owned elsewhere
 
 
+def label_args(run) -> list:
+    """`--label NAME` for a labelled row's sample and eval (the refusal asked is another), none elsewhere."""
+    return ["--label", DATA[run.row.data].label] if DATA[run.row.data].label else []
+
+
 REFUSALS = {
     "resume with another --seq-len": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--seq-len", "8"], "--seq-len"),
     "resume with another --optimizer": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--optimizer", "adam"], "--optimizer"),
     "resume on other data": Refusal(
-        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "data changed"),
+        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "data changed",
+        applies=lambda row: not DATA[row.data].label),
+    "resume a labelled run on one file": Refusal(  # the run's --label-by is in force: one file is one label
+        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "found one label",
+        applies=lambda row: bool(DATA[row.data].label)),
+    "resume a labelled run on other labelled data": Refusal(
+        lambda r, tmp: ["train", "--data", r.other_text, r.other_text.with_name("snowman.txt"), "--label-by", "path",
+                        "--out", r.ft, "--resume"], "data changed", applies=lambda row: bool(DATA[row.data].label)),
+    "sample a labelled run under a label it lacks": Refusal(
+        lambda r, tmp: ["sample", "--checkpoint", r.ft, "--label", "nobody", "--length", "5"], "not a label",
+        applies=lambda row: bool(DATA[row.data].label)),
     "fine-tune with another --hidden": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--hidden", "24",
                         "--max-iters", "1"], "--hidden"),
@@ -154,7 +169,8 @@ REFUSALS = {
         lambda r, tmp: ["sample", "--checkpoint", r.ft, "--stop-at-sep", "--length", "5"], "--stop-at-sep",
         applies=lambda row: not DATA[row.data].documents),
     "eval of characters outside the vocabulary": Refusal(
-        lambda r, tmp: ["eval", "--checkpoint", r.ft, "--data", r.snowman], "outside the model's vocabulary",
+        lambda r, tmp: ["eval", "--checkpoint", r.ft, "--data", r.snowman, *label_args(r)],
+        "outside the model's vocabulary",
         applies=lambda row: row.data != "max_vocab"),
     "--quantize with an .onnx file": Refusal(
         lambda r, tmp: ["sample", "--onnx", r.onnx, "--quantize", "int8", "--length", "5"], "--quantize"),
