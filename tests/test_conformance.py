@@ -545,12 +545,17 @@ def test_refused_commands_change_nothing(lab, row, case, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nor anything else (a new run, a page, a file)
 
 
-def test_a_max_vocab_run_fine_tunes_on_new_text_reading_what_it_lacks_as_its_unknown_symbol(lab, tmp_path):
+def test_a_max_vocab_run_fine_tunes_on_new_text_growing_from_its_unknown_symbol(lab, tmp_path):
+    """--init-from a --max-vocab run onto a text with characters it lacks: they join its vocabulary after its own
+    (their rows from its U+FFFD rows), and its unknown symbol travels on (never drawn, read for what it lacks)."""
     run = lab.get(next(row for row in ROWS if row.data == "max_vocab" and row.engine not in SLOW_ENGINES))
     done = cli(lab, ["train", "--data", run.other_text, "--out", tmp_path / "ft", "--init-from", run.ft,
                      "--max-iters", 1, "--batch-size", 2, "--seq-len", 16])
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ft" / "data.json").read_text(encoding="utf-8"))["unknown"] == "\ufffd"
+    parent, child = (json.loads((p / "vocab.json").read_text(encoding="utf-8")) for p in (run.ft, tmp_path / "ft"))
+    added = sorted(set(run.other_text.read_text(encoding="utf-8")) - set(parent))
+    assert added and child == parent + added and "start as its U+FFFD rows" in done.stdout
     again = cli(lab, ["train", "--data", run.other_text, "--out", tmp_path / "ft", "--resume", "--max-iters", 2])
     assert again.returncode == 0, again.stderr   # and it resumes on the same text: its record is its own
 
