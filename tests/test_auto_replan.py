@@ -28,10 +28,27 @@ VAL_WINDOWS = 10
 VALIDATION = 1.0               # seconds a validation takes: what auto's plan reserves for one here
 
 
+class _NoPlot:
+    def __init__(self, *args):
+        pass
+
+    def request(self):
+        pass
+
+    def finish(self):
+        pass
+
+
 @pytest.fixture(autouse=True)
 def no_loss_plots(monkeypatch):
-    """loss.png is drawn at every validation (0.2 s each): not what these tests are about."""
-    monkeypatch.setattr("charrnn.train.loop.plot_losses", lambda *args: None)
+    """loss.png is drawn at every validation (0.2 s each, in this process or a child one, however the loop does
+    it): not what these tests are about."""
+    from charrnn.train import loop
+
+    if hasattr(loop, "plot_losses"):
+        monkeypatch.setattr(loop, "plot_losses", lambda *args: None)
+    if hasattr(loop, "LossPlot"):
+        monkeypatch.setattr(loop, "LossPlot", _NoPlot)
 
 
 class FakeClock:
@@ -57,16 +74,16 @@ class TimedLearner:
         self.lrs.append(lr)
         self.inner.set_lr(lr)
 
-    def train_step(self, x, y, state):
+    def train_step(self, x, y, state, **labels):
         self.clock.now += self.step(self.steps)
         self.steps += 1
         if self.stop_after is not None and self.steps == self.stop_after:
             self.trainer.stop_requested = "stopped by the test"   # as Ctrl-C does: save and return
-        return self.inner.train_step(x, y, state)
+        return self.inner.train_step(x, y, state, **labels)
 
-    def eval_loss(self, x, y, state):
+    def eval_loss(self, x, y, state, **labels):
         self.clock.now += VALIDATION / VAL_WINDOWS
-        return self.inner.eval_loss(x, y, state)
+        return self.inner.eval_loss(x, y, state, **labels)
 
 
 def _config(tmp_path, planned_chars_per_s=None, planned_iters=None, **overrides) -> TrainConfig:
