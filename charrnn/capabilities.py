@@ -109,7 +109,9 @@ def _bf16_step_runs(device, impl: str, cell: str) -> bool:
     return True
 
 
-def _fingerprint() -> str:
+def fingerprint() -> str:
+    """What the answers here depend on (the CPU's flags, torch, oneDNN's cap), as a short hash: the user cache's
+    files are named by it (this module's trials, train/speed_cache.py's speeds)."""
     import torch
 
     parts = [platform.machine(), " ".join(cpu_flags()), torch.__version__,
@@ -118,7 +120,7 @@ def _fingerprint() -> str:
 
 
 def _cache_path():
-    return user_cache_dir() / f"capabilities-{_fingerprint()}.json"
+    return user_cache_dir() / f"capabilities-{fingerprint()}.json"
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,7 +33,9 @@ from charrnn.storage import write_bytes_atomic, write_text_atomic
 FORMAT = "charrnn-run/1"
 PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
 OPTIONAL_COUNTS = ("evals_since_best",)                   # the same, absent from older checkpoints
-PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0")  # numbers (all but elapsed may be null)
+PLAN_COUNTS = ("plan_iters", "plan_eval_every")           # null, or positive integers (train/replan.py's plan)
+PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0",  # numbers (all but elapsed may be null)
+                   "plan_chars_per_s", "plan_eval_seconds")
 PROGRESS_LISTS = {"budget": 3, "cosine_from": 2}          # null, or lists of numbers (or nulls)
 WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
 RESUME = "resume.safetensors"
@@ -228,6 +230,10 @@ def _check_progress(progress, where: str) -> None:
         value = progress[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{where}: progress {key} is {value!r}, not a count; the checkpoint is damaged")
+    for key in (k for k in PLAN_COUNTS if progress.get(k) is not None):
+        value = progress[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{where}: progress {key} is {value!r}, not a positive count; the checkpoint is damaged")
     for key in (k for k in PROGRESS_VALUES if k in progress):
         value = progress[key]
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

@@ -9,6 +9,12 @@ from charrnn.train import auto
 from charrnn.train.auto import Speed, Workload, choose, weights
 
 
+def nothing_measured_yet(tmp_path) -> dict:
+    """A user cache of its own: a budget this short plans from the speed an earlier run measured on this machine
+    (train/speed_cache.py), where there is one; these tests are about the probe."""
+    return {"XDG_CACHE_HOME": tmp_path / "cache"}
+
+
 @pytest.fixture
 def text_file(tmp_path):
     from conftest import write_word_text
@@ -119,7 +125,7 @@ def test_speed_follows_the_probed_points_where_cost_is_not_linear():
 def test_preset_auto_trains_says_why_and_records_it(text_file, tmp_path, run_cli):
     out = tmp_path / "r"
     r = run_cli(["train", "--data", text_file, "--out", out, "--preset", "auto", "--max-time", 6,
-                 "--seq-len", 16, "--log-every", 1000])
+                 "--seq-len", 16, "--log-every", 1000], env=nothing_measured_yet(tmp_path))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     said = next(i for i, line in enumerate(lines) if line.startswith("auto: 2×"))
@@ -253,7 +259,7 @@ def test_max_time_bounds_the_whole_run_probe_included(text_file, tmp_path, run_c
     """--max-time 5 ends within 5 s of the probe's start (the probe counts), and its --resume is no change."""
     out = tmp_path / "r"
     process = run_cli.popen(["train", "--data", text_file, "--out", out, "--preset", "auto", "--max-time", 5,
-                             "--log-every", 100000])
+                             "--log-every", 100000], env=nothing_measured_yet(tmp_path))
     for line in process.stdout:
         if line.startswith("auto: probing"):
             started = time.perf_counter()

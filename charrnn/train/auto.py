@@ -55,6 +55,7 @@ class Workload:
     epochs: Optional[float] = None
     max_iters: Optional[int] = None
     validates: bool = True        # a validation split exists: early stopping has something to watch
+    window_chars: int = BATCH * SEQ_LEN   # characters per iteration in the layout the run trains with
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Speed:
     points: Dict[bool, Tuple[Tuple[int, float], ...]]       # precision -> ((weights, seconds per char), ...)
     probe_seconds: float = 0.0
     measured: Dict[str, float] = field(default_factory=dict)   # "H/precision" -> chars/s, for config.json
+    measured_ago: Optional[float] = None   # seconds since a run measured it (train/speed_cache.py); None: probed now
 
     def _seconds_per_char(self, bf16: bool, hidden: int, vocab_size: int) -> float:
         points = sorted(self.points[bf16])
@@ -88,6 +90,7 @@ class Speed:
 class Choice:
     values: dict          # flag name -> value, as a preset's
     reason: str           # one or two lines for the user and config.json
+    plan: Optional[dict] = None   # a budget of time alone: what the run's schedule is planned from (train/replan.py)
 
 
 def weights(hidden: int, vocab_size: int, layers: int = LAYERS, embed: int = EMBED) -> int:
@@ -115,7 +118,9 @@ def dropout_for(passes: float) -> float:
 def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     """The rule, a pure function of the workload and the probed speed (None: a budget in epochs or
     iterations, where speed does not change what a run reads)."""
-    seconds = work.max_time * (1 - EVALS * EVAL_SHARE) if work.max_time else None  # less the validations
+    seconds = None
+    if work.max_time:  # what training has: the time the probe left, less the validations
+        seconds = max(0.0, work.max_time - (speed.probe_seconds if speed else 0.0)) * (1 - EVALS * EVAL_SHARE)
     pass_cap = MAX_PASSES * work.train_chars if seconds is not None and work.epochs is None else math.inf
 
     def budget_chars(hidden: int) -> float:
@@ -144,7 +149,7 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     n_weights = weights(hidden, work.vocab_size)
     chars = budget_chars(hidden)
     passes = chars / max(work.train_chars, 1)
-    iterations = max(1, int(chars // (BATCH * SEQ_LEN)))
+    iterations = max(1, int(chars // work.window_chars))
     values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=EMBED, dropout=dropout_for(passes),
                   batch_size=BATCH, seq_len=SEQ_LEN, optimizer="adamw", lr=4e-3 if hidden <= 512 else 3e-3,
                   weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
@@ -165,7 +170,11 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
              f"B{BATCH} T{SEQ_LEN}, AdamW {values['lr']:.0e} warm-up + cosine"
              + (", bf16" if values["bf16"] else "")
              + (f", --patience {values['patience']}" if "patience" in values else ""))
-    return Choice(values, f"auto: {shape}\n  because {why}")
+    plan = None
+    if seconds is not None and speed is not None and work.epochs is None and work.max_iters is None:
+        plan = {"iterations": iterations, "chars_per_s": round(speed.chars_per_second(hidden, work.vocab_size), 1),
+                "max_passes": MAX_PASSES, "evals": EVALS, "eval_seconds": round(EVAL_SHARE * work.max_time, 3)}
+    return Choice(values, f"auto: {shape}\n  because {why}", plan)
 
 
 def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, passes: float, capped: bool,
@@ -174,12 +183,21 @@ def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, pass
     if speed is not None and work.max_time:
         precision = "bf16" if speed.bf16_for(hidden, work.vocab_size) else "float32"
         rate = speed.chars_per_second(hidden, work.vocab_size)
+        if speed.measured_ago is not None:
+            precision += f", as a run measured it {_age(speed.measured_ago)} ago: too short a budget to probe"
         where = f"this machine trains it at {rate:,.0f} chars/s ({precision})"
         where += ", so the run reads" if not capped else f"; it stops after {MAX_PASSES:g} passes,"
     said = f"{where} ~{chars / 1e6:.1f}M chars = {passes:.1f} passes over {work.train_chars / 1e6:.2f}M training chars"
     if limit is None:
         return f"{said}; this is the widest auto trains"
     return f"{said}; even the narrowest {limit}" if hidden == WIDTHS[0] and limit else f"{said}; a wider model {limit}"
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: bool, vocab_size: int,

@@ -167,14 +167,18 @@ def run_train(args: dict) -> int:
     os._exit(code)
 
 
-def _check_auto_layout(cfg: TrainConfig, explicit: set, train_data) -> None:
-    """The windows auto will train on (its batch and length; explicit flags win) must fit the training split:
-    refused in one line before the probe and before anything is said, not after both."""
+def _auto_layout(cfg: TrainConfig, explicit: set) -> tuple[int, int]:
+    """The batch and window length auto's run will train with: its own, or the explicit flags'."""
     from charrnn.train import auto
 
-    batch = cfg.batch_size if "batch_size" in explicit else auto.BATCH
-    seq_len = cfg.seq_len if "seq_len" in explicit else auto.SEQ_LEN
-    make_streams(train_data, batch, seq_len, what="training split")
+    return (cfg.batch_size if "batch_size" in explicit else auto.BATCH,
+            cfg.seq_len if "seq_len" in explicit else auto.SEQ_LEN)
+
+
+def _check_auto_layout(cfg: TrainConfig, explicit: set, train_data) -> None:
+    """The windows auto will train on must fit the training split: refused in one line before the probe and
+    before anything is said, not after both."""
+    make_streams(train_data, *_auto_layout(cfg, explicit), what="training split")
 
 
 def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, device,
@@ -182,31 +186,61 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     """--preset auto: probe this machine (for a time budget), choose, print why; explicit flags win."""
     from charrnn.train import auto
 
+    batch, seq_len = _auto_layout(cfg, explicit)
     work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters,
-                         validates=bool(cfg.val_frac > 0 or cfg.val_data))
-    speed = None
-    if cfg.max_time:
-        from charrnn import capabilities
-
-        bf16 = capabilities.bf16_training(device, cfg.impl, "lstm")  # cfg.impl: library or scratch (check_usable)
-        precisions = "float32 and bfloat16" if bf16 else f"float32 only: {capabilities.bf16_missing(device)}"
-        print(f"auto: probing how fast {cfg.impl} trains on {device.type}, in {precisions}; a few seconds, counted "
-              "in --max-time", flush=True)
-        speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
-                           bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time)
+                         validates=bool(cfg.val_frac > 0 or cfg.val_data), window_chars=batch * seq_len)
+    speed = _auto_speed(cfg, model_cfg, device, world) if cfg.max_time else None
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's
     chosen = {k: v for k, v in choice.values.items() if k not in explicit or k in budget}
     overridden = sorted(k for k in choice.values if k in explicit and k not in budget)
     record = {"reason": choice.reason, "overridden_by_flags": overridden, "max_time_given": cfg.max_time,
               "probe_chars_per_s": speed.measured if speed else None,
-              "probe_seconds": round(speed.probe_seconds, 2) if speed else None}
+              "probe_seconds": round(speed.probe_seconds, 2) if speed else None,
+              "speed_measured_ago_s": round(speed.measured_ago) if speed and speed.measured_ago is not None else None}
+    if choice.plan is not None and chosen.get("schedule", cfg.schedule) == "cosine":
+        record["plan"] = {**choice.plan, "evals": None if "eval_every" in explicit else choice.plan["evals"]}
     train = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}, auto=record)
     model = dataclasses.replace(model_cfg, **{k: v for k, v in chosen.items() if k in MODEL_KEYS})
     if world.is_main:
         kept = ", ".join("--" + k.replace("_", "-") for k in overridden)
         print(choice.reason + (f"\n  your flags replace auto's {kept}" if kept else ""), flush=True)
     return train, model
+
+
+def _auto_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, world):
+    """How fast this machine trains each width: the probe's answer, or, for a budget too short to probe well, the
+    speed measured here before (train/speed_cache.py), said in the auto line. A probe's answer is kept."""
+    from charrnn import capabilities
+    from charrnn.train import auto, speed_cache
+
+    bf16 = capabilities.bf16_training(device, cfg.impl, "lstm")  # cfg.impl: library or scratch (check_usable)
+    name = speed_cache.entry_name(device, cfg.impl, bf16)
+    if cfg.max_time < speed_cache.SHORT_BUDGET:
+        cached = speed_cache.load(name)
+        if cached is not None:
+            return cached
+    precisions = "float32 and bfloat16" if bf16 else f"float32 only: {capabilities.bf16_missing(device)}"
+    print(f"auto: probing how fast {cfg.impl} trains on {device.type}, in {precisions}; a few seconds, counted "
+          "in --max-time", flush=True)
+    speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
+                       bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time)
+    speed_cache.store(name, speed)
+    return speed
+
+
+def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -> None:
+    """After an auto run of auto's own shape: keep the speed it really trained at for the next short budget."""
+    from charrnn import capabilities
+    from charrnn.train import auto, speed_cache
+
+    measured = trainer.measured_chars_per_second()
+    own_shape = (model_cfg.cell, model_cfg.layers, model_cfg.embed, cfg.batch_size, cfg.seq_len) == \
+        ("lstm", auto.LAYERS, auto.EMBED, auto.BATCH, auto.SEQ_LEN)
+    if measured is None or not own_shape or cfg.impl not in ("library", "scratch"):
+        return
+    name = speed_cache.entry_name(device, cfg.impl, capabilities.bf16_training(device, cfg.impl, "lstm"))
+    speed_cache.calibrate(name, model_cfg.hidden, model_cfg.vocab_size, cfg.bf16, measured)
 
 
 def _check_bf16(cfg: TrainConfig, cell: str, device, explicit: bool, notes: Announcements) -> TrainConfig:
@@ -352,6 +386,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
     finally:  # a Python caller of main() gets its own handlers back
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if cfg.auto and cfg.max_time and world.is_main:
+        _remember_speed(cfg, model_cfg, device, trainer)
     if world.is_main:
         best = (f"best validation loss {progress.best_val:.4f} nats/char" if math.isfinite(progress.best_val)
                 else "no validation")

@@ -24,6 +24,7 @@ from charrnn.losses import bits_per_char
 from charrnn.train.distributed import World
 from charrnn.train.learners import Learner
 from charrnn.train.metrics import LossPlot, MetricsLog
+from charrnn.train.replan import Plan, Planner, rule_for
 from charrnn.train.schedule import Budget, learning_rate
 
 
@@ -42,6 +43,12 @@ class Progress:
     budget: Optional[list] = None                # [max_iters, epochs, max_time] when it was saved
     cosine_from: Optional[List[float]] = None    # where the cosine starts: [fraction of the budget, lr]
     evals_since_best: int = 0                    # validations in a row without a new best (--patience)
+    # a schedule planned from --max-time (train/replan.py): where it ends, its validations' spacing, the speed it
+    # assumes, and what a validation was last measured to take; None where the run has no plan
+    plan_iters: Optional[int] = None
+    plan_eval_every: Optional[int] = None
+    plan_chars_per_s: Optional[float] = None
+    plan_eval_seconds: Optional[float] = None
 
     def epochs_done(self, windows_per_epoch: int) -> float:
         return round(self.epoch + self.window / windows_per_epoch, 4)
@@ -55,12 +62,13 @@ class Trainer:
     """Trains a Learner on `train` streams, validating on `val`; writes the run directory.
 
     Under torchrun, `train` and `val` are this process's share of the streams and `world`
-    holds the collectives; every process runs the same loop and only rank 0 writes.
+    holds the collectives; every process runs the same loop and only rank 0 writes. `clock` gives seconds
+    (a test passes its own).
     """
 
     def __init__(self, cfg: TrainConfig, learner: Learner, train: Streams, val: Optional[Streams], run_dir: Path,
                  world: Optional[World] = None, sampler: Optional[Callable[[], str]] = None,
-                 log: Callable[[str], None] = _stderr):
+                 log: Callable[[str], None] = _stderr, clock: Callable[[], float] = time.perf_counter):
         self.cfg, self.learner, self.train, self.val = cfg, learner, train, val
         self.run_dir = Path(run_dir)
         self.world = world or World()
@@ -75,6 +83,12 @@ class Trainer:
         self.plot = LossPlot(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.resumed = False               # restore() succeeded: metrics.jsonl keeps the rows up to its iteration
         self._schedule_note: Optional[str] = None
+        self.clock = clock
+        rule = rule_for(cfg, train.num_windows)
+        self.planner = Planner(rule) if rule is not None else None   # a schedule planned from the clock
+        first = self.planner.first_plan() if self.planner else None
+        if first is not None:
+            self._adopt_plan(first)
 
     def finished(self) -> bool:
         return self.budget.finished(self.progress.iteration, self.progress.elapsed) or self.out_of_patience()
@@ -90,17 +104,20 @@ class Trainer:
         if self.world.is_main and self.metrics is None:
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                       resume_from_iter=p.iteration if self.resumed else None)
-        started, base_elapsed, last_saved = time.perf_counter(), p.elapsed, None
-        window = _Window()
+        started, base_elapsed, last_saved = self.clock(), p.elapsed, None
+        window = _Window(self.clock)
         bar = self._progress_bar()
         stopping = self._agree_to_stop(p.elapsed)
+        if self.planner is not None:
+            self.planner.meter.start(p.elapsed)
+        after = "start"   # what the interval before the next step's end holds besides the step (replan.SpeedMeter)
         while not self.finished() and not stopping:
             lr = self._learning_rate()
             self.learner.set_lr(lr)
             x, y = self.train.window(p.window)
             loss, self.state = self.learner.train_step(x, y, self.state,   # the state carries to the next window
                                                        labels=self.train.labels(p.window))
-            stopping = self._agree_to_stop(base_elapsed + time.perf_counter() - started, loss, lr)
+            stopping = self._agree_to_stop(base_elapsed + self.clock() - started, loss, lr)
             p.iteration += 1
             p.window += 1
             if p.window == self.train.num_windows:  # epoch boundary: the seed resets the state
@@ -109,18 +126,21 @@ class Trainer:
             window.add(loss)
             if bar is not None:
                 self._update_bar(bar, loss, window.rate(self.chars_per_iter))
-            evaluate_now = p.iteration % cfg.eval_every == 0
+            evaluate_now = p.iteration % (p.plan_eval_every or cfg.eval_every) == 0
+            self._follow_the_clock(after, evaluate_now)
             if p.iteration % cfg.log_every == 0 or evaluate_now or self.finished():
                 self._log_train(window.mean_loss(), lr, window.rate(self.chars_per_iter))
-                window = _Window()
+                window = _Window(self.clock)
             if evaluate_now:
                 self.validate_and_save()
                 last_saved = p.iteration
             elif cfg.checkpoint_every and p.iteration % cfg.checkpoint_every == 0:
                 self.save()
                 last_saved = p.iteration
-            if cfg.sample_every and p.iteration % cfg.sample_every == 0 and self.sampler and self.world.is_main:
+            sample_now = bool(cfg.sample_every and p.iteration % cfg.sample_every == 0 and self.sampler)
+            if sample_now and self.world.is_main:
                 self._print_sample()
+            after = "validation" if evaluate_now else "other" if last_saved == p.iteration or sample_now else "step"
         if bar is not None:
             bar.close()
         if stopping and self.world.is_main:
@@ -143,6 +163,37 @@ class Trainer:
             p.cosine_from = [fraction, self.lr0]           # the cosine starts where warm-up ends
         p.lr = learning_rate(self.cfg, self.lr0, p.iteration, p.epoch, fraction, p.cosine_from)
         return p.lr
+
+    # ---- a schedule planned from the clock (train/replan.py) ----------------
+    def _follow_the_clock(self, after: str, evaluate_now: bool) -> None:
+        """Measure the speed after each step; where the plan has gone far off, re-plan and say so."""
+        if self.planner is None:
+            return
+        change = self.planner.observe(self.progress, after, evaluate_now)
+        if change is not None:
+            self._adopt_plan(*change)
+
+    def _adopt_plan(self, plan: Plan, line: Optional[str] = None) -> None:
+        """Run to `plan` from here; the cosine goes on from the rate it has, down to its floor at the plan's end."""
+        p, cfg = self.progress, self.cfg
+        cosine_started = cfg.schedule == "cosine" and (cfg.warmup_iters == 0 or p.cosine_from is not None)
+        if cosine_started:
+            lr = learning_rate(cfg, self.lr0, p.iteration, p.epoch,
+                               self.budget.fraction_done(p.iteration, p.elapsed), p.cosine_from)
+        p.plan_iters, p.plan_eval_every = plan.iterations, plan.eval_every
+        p.plan_chars_per_s = round(plan.chars_per_s, 1)
+        self.budget.planned = plan.iterations
+        if cosine_started:
+            p.cosine_from = [self.budget.fraction_done(p.iteration, p.elapsed), lr]
+        if self.metrics is not None:
+            self.metrics.append({"iter": p.iteration, "plan_iters": plan.iterations,
+                                 "plan_eval_every": plan.eval_every, "plan_chars_per_s": p.plan_chars_per_s})
+        if line and self.world.is_main:
+            self.log(line)
+
+    def measured_chars_per_second(self) -> Optional[float]:
+        """The speed this process's training steps ran at, validations left out (None where not measured)."""
+        return self.planner.meter.chars_per_second(self.planner.rule.chars_per_iter) if self.planner else None
 
     def _diverged(self, loss: float) -> bool:
         """NaN, infinite, or far beyond a uniform guess (ln V): the run has blown up.
@@ -195,6 +246,8 @@ class Trainer:
     def _update_bar(self, bar, loss: float, chars_per_sec: float) -> None:
         p = self.progress
         postfix = {"epoch": p.epoch, "loss": f"{loss:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
+        if self.budget.planned is not None:  # a plan made from the clock ends here (re-planned as the speed changes)
+            bar.total = self.budget.planned
         if bar.total is None and self.cfg.max_time:  # a time budget: the bar cannot know the ETA itself
             postfix["left"] = f"{max(0.0, self.cfg.max_time - p.elapsed):.0f}s"
         bar.update(1)
@@ -306,6 +359,7 @@ class Trainer:
         """A resume with another budget or --lr: the cosine goes on from the rate the run had, scaled by
         the change of --lr, down to the new floor at the new end; it never jumps back up."""
         p = self.progress
+        self._resume_plan()
         if p.lr is None or (p.budget == self.budget.as_list() and p.lr0 == self.lr0):
             return
         start = p.lr * (self.lr0 / p.lr0 if p.lr0 else 1.0)
@@ -313,6 +367,17 @@ class Trainer:
             p.cosine_from = [self.budget.fraction_done(p.iteration, p.elapsed), start]
             self._schedule_note = (f"resume: the budget or --lr changed: the cosine continues from lr {start:.3g} "
                                    f"down to {self.lr0 / 10:.3g} at the new end")
+
+    def _resume_plan(self) -> None:
+        """The saved plan goes on as it was; with another --max-time it is made again for the time now left, at the
+        speed it had measured; a run no longer planned from time (--max-iters or --epochs given) drops it."""
+        p = self.progress
+        if self.planner is None:
+            p.plan_iters = p.plan_eval_every = None
+        elif p.plan_iters is not None and p.plan_chars_per_s and p.budget != self.budget.as_list():
+            plan = self.planner.plan(p, p.plan_chars_per_s)
+            p.plan_iters, p.plan_eval_every = plan.iterations, plan.eval_every
+        self.budget.planned = p.plan_iters
 
     def _reshard_state(self, states: list):
         """The saved state holds every stream of the global batch, whatever the number of processes
@@ -330,8 +395,9 @@ class Trainer:
 class _Window:
     """Losses and time since the last logged row."""
 
-    def __init__(self):
-        self.losses, self.started = [], time.perf_counter()
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.losses, self.started = [], clock()
 
     def add(self, loss: float) -> None:
         self.losses.append(loss)
@@ -340,7 +406,7 @@ class _Window:
         return float(np.mean(self.losses))
 
     def rate(self, chars_per_iter: int) -> float:
-        return len(self.losses) * chars_per_iter / max(time.perf_counter() - self.started, 1e-9)
+        return len(self.losses) * chars_per_iter / max(self.clock() - self.started, 1e-9)
 
 
 def _rounded(value: float, digits: int):

@@ -3,6 +3,11 @@
 A budget is any of --max-iters, --epochs and --max-time, each counted over the whole run
 (across --resume); the first one reached ends it, and "how far along" is the largest of the
 three fractions, so a cosine schedule always reaches its floor exactly when the run ends.
+
+A run planned from time (train/replan.py) also has `planned`, the iteration its plan ends at: its fraction is
+the plan's as of the end of each step, so the plan's last step trains at the floor (and the clock's where it
+is ahead: a machine that slows after the last re-plan still reaches the floor at the deadline), and the plan's
+end ends the run.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ class Budget:
         self.max_iters, self.max_time = cfg.max_iters, cfg.max_time
         self.epochs = cfg.resolved_epochs
         self.windows_per_epoch = windows_per_epoch
+        self.planned: Optional[int] = None   # the last iteration of a plan made from the clock (train/replan.py)
 
     def fraction_done(self, iteration: int, elapsed: float) -> float:
         parts = []
@@ -28,6 +34,8 @@ class Budget:
             parts.append(iteration / (self.epochs * self.windows_per_epoch))
         if self.max_time:
             parts.append(elapsed / self.max_time)
+        if self.planned:
+            parts.append(min(1.0, (iteration + 1) / self.planned))
         return max(parts) if parts else 0.0
 
     def finished(self, iteration: int, elapsed: float) -> bool:
@@ -35,14 +43,19 @@ class Budget:
             return True
         if self.epochs is not None and iteration >= self.epochs * self.windows_per_epoch:
             return True
+        if self.planned is not None and iteration >= self.planned:
+            return True
         return self.max_time is not None and elapsed >= self.max_time
 
     def as_list(self) -> list:
-        """What the budget is, as a checkpoint records it (a resume compares it with its own)."""
+        """What the budget is, as a checkpoint records it (a resume compares it with its own); a plan is not
+        part of it (Progress keeps the plan)."""
         return [self.max_iters, self.epochs, self.max_time]
 
     def total_iterations(self) -> Optional[int]:
-        """Iterations the run will take, where an iteration budget says (None for a time budget)."""
+        """Iterations the run will take, where an iteration budget or a plan says (None for a time budget)."""
+        if self.planned is not None:
+            return self.planned
         if self.max_iters is not None:
             return self.max_iters
         if self.epochs is not None:

@@ -1,0 +1,200 @@
+"""Plans that follow the clock: a schedule planned from --max-time, re-planned when training runs at another
+speed than the plan assumed.
+
+A run whose budget is time alone (`--preset auto`, or `--max-time` with `--schedule cosine` and neither
+--max-iters nor --epochs) has its cosine planned in iterations: as many as the time left allows at the speed
+training runs at. auto's first plan comes from its probe; a plain run's from the speed it measures over the
+first FIRST_CHECK of its budget (until then its cosine follows the clock, as before). After that the speed of
+the latest steps (WINDOW of the budget) is compared with the plan before every validation and at least every
+CHECK_EVERY of the budget. Where the plan's end would miss the deadline by more than MARGIN of the budget (the
+machine got busy, or is just slower than the probe said, or validations take longer than reserved), the run
+re-plans its length, auto's spacing of validations (as many as the time auto reserved for them allows, at most
+its EVALS) and its pass cap, and says so in one line. The learning rate never jumps: the cosine goes on from
+the rate it has, down to its floor at the new end (the same re-anchoring as a --resume with a new budget).
+
+The measured speed leaves out every interval that held more than a training step (a validation, a checkpoint,
+a sample, the first step after a start, when kernels are built); what a validation took beyond a step is kept
+to reserve time for the validations the plan still holds. Every number here is read from the run's agreed
+clock (the slowest process's, under torchrun) at the same iterations, so every process plans alike.
+
+The plan lives in the Trainer's Progress (plan_iters, plan_eval_every, plan_chars_per_s, plan_eval_seconds),
+so resume.safetensors holds it and --resume continues the re-planned schedule exactly.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+from typing import Optional, Tuple
+
+from charrnn.config import TrainConfig
+
+FIRST_CHECK = 0.10   # of --max-time: the speed is first compared with the plan here, then at every validation
+CHECK_EVERY = 0.05   # and at least this often
+MARGIN = 0.05        # re-planned where the plan's end would miss the deadline by more than this share of it
+SLACK = 0.01         # of the time left, kept free: a plan ends just before the deadline, not just after it
+WINDOW = 0.05        # of --max-time: the speed is that of the latest steps over this long ...
+MIN_STEPS = 5        # ... and at least this many
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a run planned from time keeps fixed, and what its plans may change."""
+
+    max_time: float
+    chars_per_iter: int                  # characters of the global batch per iteration
+    windows_per_epoch: int
+    eval_every: int                      # --eval-every: the spacing where `evals` is None
+    evals: Optional[int] = None          # auto: this many validations per run, spaced over the plan, or fewer
+    eval_seconds: float = 0.0            # what a validation is expected to take, until one is measured (auto:
+    #                                      all `evals` of them may take the time this reserves)
+    max_passes: Optional[float] = None   # auto: a time budget reads the text at most this many times
+    first: Optional[Tuple[int, float]] = None   # auto's plan from its probe: (iterations, chars/s)
+    speaker: str = "schedule"            # who the one line names ("auto" for auto's runs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    iterations: int          # the cosine reaches its floor at the end of this iteration, and the run ends
+    eval_every: int          # validate every this many iterations
+    chars_per_s: float       # the speed it assumes
+
+
+def rule_for(cfg: TrainConfig, windows_per_epoch: int) -> Optional[Rule]:
+    """The rule of a run whose schedule is planned from time; None for any other (a run bounded by
+    --max-iters or --epochs, or with the epoch schedule, is never re-planned)."""
+    auto = (cfg.auto or {}).get("plan")
+    if not cfg.max_time or cfg.schedule != "cosine" or cfg.max_iters is not None:
+        return None
+    if cfg.epochs is not None and not (auto and cfg.epochs == auto.get("max_passes")):
+        return None   # the user's --epochs bounds the run (auto's own pass cap is part of its plan)
+    common = dict(max_time=cfg.max_time, chars_per_iter=cfg.batch_size * cfg.seq_len,
+                  windows_per_epoch=windows_per_epoch, eval_every=cfg.eval_every)
+    try:  # auto's plan as config.json holds it (train/cli.py); a record that does not read is no plan
+        first = (int(auto["iterations"]), float(auto["chars_per_s"]))
+        evals, seconds = (int(auto["evals"]) if auto.get("evals") else None), float(auto.get("eval_seconds") or 0)
+        passes = float(auto["max_passes"]) if auto.get("max_passes") else None
+    except (TypeError, KeyError, ValueError):
+        return Rule(**common)
+    if first[1] <= 0:
+        return Rule(**common)
+    return Rule(**common, evals=evals, eval_seconds=seconds, max_passes=passes, first=first, speaker="auto")
+
+
+class SpeedMeter:
+    """Seconds per training step, from the clock read after each step, over the latest steps (`window` seconds
+    of them, MIN_STEPS at least); intervals that held other work are left out, and what a validation took
+    beyond a step is kept."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self.last: Optional[float] = None
+        self.recent: deque = deque()      # the latest clean steps' seconds, and their sum
+        self.recent_seconds = 0.0
+        self.total = [0, 0.0]             # clean steps and their seconds since this process started
+        self.validation: Optional[float] = None
+
+    def start(self, elapsed: float) -> None:
+        self.last = elapsed
+
+    def tick(self, elapsed: float, after: str) -> None:
+        """The clock after a step; `after` says what else the interval held: "step" (nothing), "validation",
+        "other" (a checkpoint or a sample) or "start" (the first step of this process)."""
+        if self.last is not None:
+            seconds = elapsed - self.last
+            if after == "step":
+                self.total = [self.total[0] + 1, self.total[1] + seconds]
+                self.recent.append(seconds)
+                self.recent_seconds += seconds
+                while len(self.recent) > MIN_STEPS and self.recent_seconds - self.recent[0] >= self.window:
+                    self.recent_seconds -= self.recent.popleft()
+            elif after == "validation" and self.recent:
+                steps = list(islice(reversed(self.recent), MIN_STEPS))   # the step the interval also held
+                self.validation = max(0.0, seconds - sum(steps) / len(steps))
+        self.last = elapsed
+
+    def seconds_per_step(self) -> Optional[float]:
+        """Over the latest steps, once they span the window (None before: too few to tell)."""
+        if len(self.recent) < MIN_STEPS or self.recent_seconds < self.window or self.recent_seconds <= 0:
+            return None
+        return self.recent_seconds / len(self.recent)
+
+    def chars_per_second(self, chars_per_iter: int) -> Optional[float]:
+        """Over every clean step of this process (what the speed cache keeps)."""
+        steps, seconds = self.total
+        return steps * chars_per_iter / seconds if steps >= MIN_STEPS and seconds > 0 else None
+
+
+class Planner:
+    """Measures the speed after every step and re-plans where the plan has gone far off (Trainer calls it).
+    It reads and writes the plan_* fields of the Trainer's Progress (`p` below), and nothing else."""
+
+    def __init__(self, rule: Rule):
+        self.rule, self.meter = rule, SpeedMeter(WINDOW * rule.max_time)
+        self.next_check = 0.0   # elapsed seconds: the first step past FIRST_CHECK checks, then CHECK_EVERY on
+
+    def first_plan(self) -> Optional[Plan]:
+        """auto's plan from its probe, adopted as the run starts (a plain run has none until it measures)."""
+        if self.rule.first is None:
+            return None
+        iterations, chars_per_s = self.rule.first
+        return Plan(max(1, iterations), self.rule.eval_every, chars_per_s)
+
+    def observe(self, p, after: str, at_validation: bool) -> Optional[Tuple[Plan, Optional[str]]]:
+        """After a step: (a new plan, the line saying so or None for a plain run's first), or None to keep it.
+        The speed is compared with the plan once the clock has passed FIRST_CHECK of the budget, before every
+        validation and at least every CHECK_EVERY of it."""
+        self.meter.tick(p.elapsed, after)
+        if after == "validation" and self.meter.validation is not None:   # an average, so one slow moment
+            measured, before = self.meter.validation, p.plan_eval_seconds  # does not decide
+            p.plan_eval_seconds = round(measured if before is None else (before + measured) / 2, 6)
+        if p.elapsed < FIRST_CHECK * self.rule.max_time or not (at_validation or p.elapsed >= self.next_check):
+            return None
+        seconds = self.meter.seconds_per_step()
+        if seconds is None:
+            return None
+        self.next_check = p.elapsed + CHECK_EVERY * self.rule.max_time
+        plan = self.plan(p, self.rule.chars_per_iter / seconds)
+        if p.plan_iters is not None and abs(plan.iterations - p.plan_iters) * seconds <= MARGIN * self.rule.max_time:
+            return None
+        return plan, (self._line(p, plan) if p.plan_iters is not None else None)
+
+    def plan(self, p, chars_per_s: float) -> Plan:
+        """The plan for the time left at `chars_per_s`: as many iterations as fit before the deadline (less
+        SLACK, and the validations they hold), at most the pass cap."""
+        rule = self.rule
+        step = rule.chars_per_iter / chars_per_s
+        usable = max(0.0, rule.max_time - p.elapsed) * (1 - SLACK)
+        validation = p.plan_eval_seconds if p.plan_eval_seconds is not None else rule.eval_seconds
+        end = p.iteration + usable / step
+        for _ in range(2):   # the spacing of auto's validations depends on the plan's length: settle it
+            every = self._spacing(end, validation)
+            end = p.iteration + usable / (step + validation / every)
+        if rule.max_passes is not None:
+            end = min(end, rule.max_passes * rule.windows_per_epoch)
+        iterations = max(1, p.iteration, int(end))
+        return Plan(iterations, self._spacing(iterations, validation), chars_per_s)
+
+    def _spacing(self, iterations: float, validation: float) -> int:
+        """--eval-every, or auto's: `evals` validations over the plan, fewer where they would take longer than
+        the time reserved for them."""
+        rule = self.rule
+        if not rule.evals:
+            return rule.eval_every
+        affordable = int(rule.evals * rule.eval_seconds / validation) if validation > 0 else rule.evals
+        return max(1, int(iterations) // max(1, min(rule.evals, affordable)))
+
+    def _line(self, p, plan: Plan) -> str:
+        """The one line a re-plan prints: what was measured, and where the schedule now ends."""
+        why = f"training runs at {plan.chars_per_s:,.0f} chars/s, not the {p.plan_chars_per_s or 0:,.0f} planned"
+        if p.plan_eval_seconds is not None:
+            why += f", and a validation takes {p.plan_eval_seconds:.{1 if p.plan_eval_seconds >= 1 else 2}f} s"
+        capped = (self.rule.max_passes is not None
+                  and plan.iterations >= int(self.rule.max_passes * self.rule.windows_per_epoch))
+        line = (f"{self.rule.speaker}: {why}; the schedule now ends at iteration {plan.iterations:,} "
+                f"(was {p.plan_iters:,})")
+        if capped:
+            line += f", after {self.rule.max_passes:g} passes over the text"
+        if plan.eval_every != (p.plan_eval_every or self.rule.eval_every):
+            line += f", validating every {plan.eval_every:,}"
+        return line

@@ -1,0 +1,376 @@
+"""Plans that follow the clock (train/replan.py) and the speed cache (train/speed_cache.py).
+
+The Trainer runs a tiny NumPy model on a fake clock: each training step takes `step` seconds of it and each
+validation window `window` seconds, so a run is exactly as fast as a test says, however busy this machine is.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+
+import numpy as np
+import pytest
+
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.batching import make_streams
+from charrnn.models import build_model
+from charrnn.train import auto, replan
+from charrnn.train.learners import NumpyLearner
+from charrnn.train.loop import Trainer
+
+B, T = 2, 4                    # 8 characters per iteration
+CHARS = B * T
+MAX_TIME = 100.0               # seconds of the fake clock
+LR0 = 0.01
+FLOOR = LR0 / 10
+VAL_WINDOWS = 10
+VALIDATION = 1.0               # seconds a validation takes: what auto's plan reserves for one here
+
+
+class _NoPlot:
+    def __init__(self, *args):
+        pass
+
+    def request(self):
+        pass
+
+    def finish(self):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def no_loss_plots(monkeypatch):
+    """loss.png is drawn at every validation (0.2 s each, in this process or a child one, however the loop does
+    it): not what these tests are about."""
+    from charrnn.train import loop
+
+    if hasattr(loop, "plot_losses"):
+        monkeypatch.setattr(loop, "plot_losses", lambda *args: None)
+    if hasattr(loop, "LossPlot"):
+        monkeypatch.setattr(loop, "LossPlot", _NoPlot)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedLearner:
+    """A real learner whose steps take `step(i)` seconds of the fake clock (i counts this learner's steps) and
+    whose validation windows take VALIDATION / VAL_WINDOWS each; it records every learning rate it is given."""
+
+    def __init__(self, inner, clock: FakeClock, step, stop_after=None):
+        self.inner, self.clock, self.step, self.stop_after = inner, clock, step, stop_after
+        self.lrs, self.steps, self.trainer = [], 0, None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def set_lr(self, lr):
+        self.lrs.append(lr)
+        self.inner.set_lr(lr)
+
+    def train_step(self, x, y, state, **labels):
+        self.clock.now += self.step(self.steps)
+        self.steps += 1
+        if self.stop_after is not None and self.steps == self.stop_after:
+            self.trainer.stop_requested = "stopped by the test"   # as Ctrl-C does: save and return
+        return self.inner.train_step(x, y, state, **labels)
+
+    def eval_loss(self, x, y, state, **labels):
+        self.clock.now += VALIDATION / VAL_WINDOWS
+        return self.inner.eval_loss(x, y, state, **labels)
+
+
+def _config(tmp_path, planned_chars_per_s=None, planned_iters=None, **overrides) -> TrainConfig:
+    """A --max-time cosine run; with planned_chars_per_s, auto's (its plan from a probe that said so)."""
+    values = dict(impl="naive", optimizer="adam", lr=LR0, schedule="cosine", max_time=MAX_TIME, batch_size=B,
+                  seq_len=T, eval_every=10_000, log_every=10_000, grad_clip=1.0, out=str(tmp_path))
+    if planned_chars_per_s is not None:
+        iterations = planned_iters or int(MAX_TIME * (1 - auto.EVALS * auto.EVAL_SHARE) * planned_chars_per_s / CHARS)
+        values.update(eval_every=max(1, iterations // auto.EVALS), auto={"plan": {
+            "iterations": iterations, "chars_per_s": planned_chars_per_s, "max_passes": auto.MAX_PASSES,
+            "evals": auto.EVALS, "eval_seconds": VALIDATION}})
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _trainer(cfg, tmp_path, step, stop_after=None, lines=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(0).integers(0, 5, size=B * 400 * T + 1).astype(np.uint8)   # 400 windows an epoch
+    val = np.random.default_rng(1).integers(0, 5, size=VAL_WINDOWS * T + 1).astype(np.uint8)
+    model = build_model("naive", ModelConfig(vocab_size=5, cell="rnn", layers=1, hidden=8, embed=4), seed=0)
+    clock = FakeClock()
+    learner = TimedLearner(NumpyLearner(model, "adam", LR0, 0.0, 1.0, seed=0), clock, step, stop_after)
+    log = lines.append if lines is not None else (lambda message: None)
+    trainer = Trainer(cfg, learner, make_streams(data, B, T), make_streams(val, 1, T), tmp_path, log=log, clock=clock)
+    learner.trainer = trainer
+    return trainer, learner
+
+
+def _replan_lines(lines):
+    return [line for line in lines if "the schedule now ends at iteration" in line]
+
+
+def test_a_run_at_half_the_probed_speed_replans_once_and_ends_its_cosine_before_the_deadline(tmp_path):
+    """The probe said 2 steps a second; every step takes a second. At a tenth of the budget the run re-plans
+    (one line, with the speed it measured), and ends at its new plan's end, at the floor, just before the clock
+    runs out: not cut off halfway down its cosine."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS)
+    trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 1.0, lines=lines)
+    planned = trainer.progress.plan_iters
+    progress = trainer.run()
+    said = _replan_lines(lines)
+    assert len(said) == 1, lines
+    assert said[0].startswith(f"auto: training runs at {CHARS:,} chars/s, not the {2 * CHARS:,} planned")
+    now_ends = int(re.search(r"ends at iteration ([\d,]+) \(was ([\d,]+)\)", said[0]).group(1).replace(",", ""))
+    assert re.search(r"\(was ([\d,]+)\)", said[0]).group(1).replace(",", "") == str(planned)
+    assert progress.iteration == progress.plan_iters == now_ends < planned / 2 + planned / 20
+    assert learner.lrs[-1] == FLOOR   # the plan's last step trains at the floor: 1 + cos(pi) is exactly 0
+    assert all(b <= a for a, b in zip(learner.lrs[1:], learner.lrs[2:]))   # and it never jumped back up
+    # it used the budget: ended within the margin (and the slack it keeps) of the deadline, not past it
+    assert MAX_TIME * (1 - replan.MARGIN - replan.SLACK) <= progress.elapsed <= MAX_TIME
+    assert (tmp_path / "best.safetensors").exists()
+
+
+def test_a_run_faster_than_planned_lengthens_its_schedule_to_the_budget(tmp_path):
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=CHARS)          # the probe said 1 step a second: it takes half
+    trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 0.5, lines=lines)
+    planned = trainer.progress.plan_iters
+    progress = trainer.run()
+    said = _replan_lines(lines)
+    assert len(said) == 1 and f"runs at {2 * CHARS:,} chars/s, not the {CHARS:,} planned" in said[0], lines
+    assert progress.iteration == progress.plan_iters > 1.8 * planned
+    assert learner.lrs[-1] == FLOOR
+    assert MAX_TIME * (1 - replan.MARGIN - replan.SLACK) <= progress.elapsed <= MAX_TIME
+
+
+def test_a_machine_that_gets_busy_still_ends_fully_decayed_with_a_best_checkpoint(tmp_path):
+    """Planned and running at 2 steps a second, then four times slower from the 40th second on: the validations
+    that follow re-plan, and the run ends at the floor, before the deadline, with best.safetensors written."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS)
+    trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 0.5 if i < 80 else 2.0, lines=lines)
+    progress = trainer.run()
+    assert len(_replan_lines(lines)) >= 1, lines
+    assert progress.iteration == progress.plan_iters and learner.lrs[-1] == FLOOR, lines
+    assert progress.elapsed <= MAX_TIME
+    assert (tmp_path / "best.safetensors").exists() and math.isfinite(progress.best_val)
+
+
+def test_a_plain_max_time_cosine_run_plans_from_what_it_measures_and_says_nothing(tmp_path):
+    """Without auto there is no probe: the cosine follows the clock until a tenth of the budget, then the plan
+    made from the measured speed (silently: the schedule did not change, it became exact)."""
+    lines = []
+    trainer, learner = _trainer(_config(tmp_path), tmp_path, step=lambda i: 1.0, lines=lines)
+    assert trainer.progress.plan_iters is None
+    progress = trainer.run()
+    assert _replan_lines(lines) == [] and progress.plan_iters is not None
+    assert progress.iteration == progress.plan_iters and learner.lrs[-1] == FLOOR
+    # 1 s a step from the check at 10 s on, no validation before the end: as many steps as the time left holds,
+    # less the slack the plan keeps
+    assert progress.plan_iters == int(replan.FIRST_CHECK * MAX_TIME + (1 - replan.FIRST_CHECK) * MAX_TIME
+                                      * (1 - replan.SLACK))
+
+
+@pytest.mark.parametrize("bound", [dict(max_iters=60), dict(epochs=0.15)])
+def test_a_run_bounded_by_iterations_or_epochs_is_never_replanned(bound, tmp_path):
+    """--max-iters or --epochs with --max-time: the cosine follows the iterations, whatever the speed (here a
+    quarter of what auto's probe said), exactly lr0/10 + (lr0 - lr0/10)(1 + cos(pi i / N)) / 2."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=4 * CHARS, **bound)
+    trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 1.0, lines=lines)
+    progress = trainer.run()
+    n = 60
+    assert trainer.planner is None and progress.plan_iters is None and _replan_lines(lines) == []
+    assert progress.iteration == n
+    expected = [FLOOR + 0.5 * (LR0 - FLOOR) * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+    assert learner.lrs == pytest.approx(expected, rel=1e-12)   # the same formula, evaluated in another order
+
+
+def test_resume_after_a_replan_continues_the_replanned_schedule_exactly(tmp_path):
+    """Stopped (as by Ctrl-C) after the re-plan and resumed, the run gives the same learning rates, step for step,
+    as the run that was never stopped, and ends at the same iteration: resume.safetensors holds the plan."""
+    from charrnn.checkpoint import read_resume
+
+    half = lambda i: 1.0   # noqa: E731 - half the probed speed, as above
+    straight, _ = _trainer(_config(tmp_path / "a", planned_chars_per_s=2 * CHARS), tmp_path / "a", half)
+    whole = straight.run()
+    first, first_learner = _trainer(_config(tmp_path / "b", planned_chars_per_s=2 * CHARS), tmp_path / "b", half,
+                                    stop_after=40)
+    first.run()
+    saved = read_resume(tmp_path / "b", first_learner.model.config).progress
+    assert saved["iteration"] == 40 and saved["plan_iters"] == whole.plan_iters     # the re-plan is in the file
+    lines = []
+    again, again_learner = _trainer(_config(tmp_path / "b", planned_chars_per_s=2 * CHARS), tmp_path / "b", half,
+                                    lines=lines)
+    again.restore()
+    again.run()
+    assert first_learner.lrs + again_learner.lrs == straight.learner.lrs
+    assert again.progress.iteration == whole.iteration and _replan_lines(lines) == []
+
+
+def test_a_longer_max_time_on_resume_replans_for_the_time_now_left(tmp_path):
+    """Stopped after 40 steps and resumed with twice the --max-time: the plan is made again for the time now left
+    at the speed it measured (a step a second), and the cosine goes on from the rate it had down to the floor at
+    the new end."""
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS)
+    first, first_learner = _trainer(cfg, tmp_path, step=lambda i: 1.0, stop_after=40)
+    stopped = first.run()
+    longer = _config(tmp_path, planned_chars_per_s=2 * CHARS, max_time=2 * MAX_TIME)
+    again, again_learner = _trainer(longer, tmp_path, step=lambda i: 1.0)
+    again.restore()
+    assert stopped.plan_iters < 100 and again.progress.plan_iters > 40 + 0.9 * (2 * MAX_TIME - stopped.elapsed)
+    progress = again.run()
+    assert again_learner.lrs[0] == pytest.approx(first_learner.lrs[-1], rel=0.02)   # no jump, up or down
+    assert again_learner.lrs[-1] == FLOOR and progress.iteration == progress.plan_iters
+    assert progress.elapsed <= 2 * MAX_TIME
+
+
+def test_the_plan_is_recorded_in_metrics_and_a_damaged_plan_is_refused(tmp_path):
+    import json
+
+    from charrnn.checkpoint import read_resume, read_safetensors, write_safetensors
+    from charrnn.errors import UserError
+
+    trainer, learner = _trainer(_config(tmp_path, planned_chars_per_s=2 * CHARS), tmp_path, step=lambda i: 1.0)
+    progress = trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    plans = [r for r in rows if "plan_iters" in r]
+    assert len(plans) == 1 and plans[0]["plan_iters"] == progress.plan_iters
+    assert plans[0]["plan_chars_per_s"] == pytest.approx(CHARS)
+    arrays, meta = read_safetensors(tmp_path / "resume.safetensors")
+    meta["progress"]["plan_iters"] = 0
+    write_safetensors(tmp_path / "resume.safetensors", arrays, meta)
+    with pytest.raises(UserError, match="plan_iters is 0, not a positive count"):
+        read_resume(tmp_path, learner.model.config)
+
+
+def test_the_validations_are_left_out_of_the_measured_speed():
+    """Steps of 1 s, and a validation of 3 s after every fifth: the speed is a step a second, and a validation
+    costs 3 s (what the interval held beyond its step)."""
+    meter = replan.SpeedMeter(window=5.0)
+    meter.start(0.0)
+    now = 0.0
+    for i in range(1, 21):
+        now += 1.0 + (3.0 if i > 1 and (i - 1) % 5 == 0 else 0.0)
+        meter.tick(now, "validation" if i > 1 and (i - 1) % 5 == 0 else "step")
+    assert meter.seconds_per_step() == 1.0 and meter.validation == 3.0
+
+
+# ---- planning on machines of another kind, and the speed cache -------------------------------------------------
+VOCAB = 65
+
+
+def _fake_probe_step(cfg, model_cfg, hidden, bf16, device, world):
+    """A step of a machine whose cost grows with the weights, bf16 1.6x faster, two threads 1.9x faster."""
+    import torch
+
+    per_char = (2e-7 + 4e-12 * auto.weights(hidden, VOCAB)) / (1.6 if bf16 else 1.0)
+    per_char /= 1.9 if torch.get_num_threads() >= 2 else 1.0
+    seconds = per_char * auto.BATCH * auto.PROBE_SEQ_LEN
+    return lambda: time.sleep(seconds)
+
+
+@pytest.fixture
+def plan_auto(monkeypatch, tmp_path):
+    """_apply_auto for a 5M-character text with the fake probe, in a private user cache; returns (train, model)."""
+    import torch
+
+    from charrnn import capabilities
+    from charrnn.train import cli
+    from charrnn.train.distributed import World
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "_probe_step", _fake_probe_step)
+    capabilities._cache.cache_clear()
+    threads = torch.get_num_threads()
+
+    def plan(max_time=600.0, threads_now=1, fake_cpu=None):
+        if fake_cpu:
+            monkeypatch.setenv(capabilities.FAKE_VARIABLE, fake_cpu)
+        else:
+            monkeypatch.delenv(capabilities.FAKE_VARIABLE, raising=False)
+        torch.set_num_threads(threads_now)
+        try:
+            cfg = TrainConfig(max_time=max_time, out=str(tmp_path / "r"))
+            return cli._apply_auto(cfg, ModelConfig(vocab_size=VOCAB), set(), 5_000_000, torch.device("cpu"), World())
+        finally:
+            torch.set_num_threads(threads)
+    yield plan
+    capabilities._cache.cache_clear()
+
+
+def _narrowest(train) -> float:
+    """The probe's best speed at its narrowest width, either precision: the same model on both machines."""
+    return max(v for k, v in train.auto["probe_chars_per_s"].items() if k.startswith(f"{auto.PROBE_WIDTHS[0]}/"))
+
+
+def test_fewer_threads_plan_a_slower_machine_and_no_wider_a_model(plan_auto):
+    one_train, one_model = plan_auto(threads_now=1)
+    two_train, two_model = plan_auto(threads_now=2)
+    assert _narrowest(one_train) < _narrowest(two_train)
+    assert one_model.hidden <= two_model.hidden
+
+
+def test_a_cpu_without_bf16_plans_in_float32_and_no_wider_a_model(plan_auto):
+    import torch
+
+    from charrnn import capabilities
+
+    without_train, without_model = plan_auto(fake_cpu="no-bf16")
+    assert not without_train.bf16 and set(k.split("/")[1] for k in without_train.auto["probe_chars_per_s"]) == \
+        {"float32"}
+    with_train, with_model = plan_auto()
+    assert without_model.hidden <= with_model.hidden
+    if capabilities.bf16_training(torch.device("cpu"), "library", "lstm"):   # where bf16 runs, it was chosen
+        assert with_train.bf16 and _narrowest(without_train) < _narrowest(with_train)
+
+
+def test_a_short_budget_plans_from_the_speed_measured_here_and_says_so(plan_auto, capsys):
+    """A long run probes and keeps what it found; a short one (no cache for its threads: it probes) then plans
+    from that, says so, and probes nothing; another number of threads is another machine."""
+    plan_auto(max_time=600.0, threads_now=2)
+    assert "auto: probing" in capsys.readouterr().out
+    plan_auto(max_time=20.0, threads_now=1)
+    assert "auto: probing" in capsys.readouterr().out              # one thread: nothing kept for it
+    train, _ = plan_auto(max_time=20.0, threads_now=2)
+    said = capsys.readouterr().out
+    assert "auto: probing" not in said and "as a run measured it" in said
+    assert train.auto["speed_measured_ago_s"] is not None and train.auto["probe_seconds"] == 0.0
+    assert train.max_time == 20.0                                 # no probe: the whole budget trains
+
+
+def test_calibrating_the_cache_makes_it_predict_what_training_measured(monkeypatch, tmp_path):
+    """The kept line of a precision is rescaled so that it predicts the measured speed at the trained width, and
+    every other width in proportion."""
+    from charrnn.train import speed_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    points = ((auto.weights(192, VOCAB), 4e-5), (auto.weights(640, VOCAB), 2e-4))
+    speed_cache.store("m", auto.Speed({False: points}))
+    before = speed_cache.load("m")
+    speed_cache.calibrate("m", 384, VOCAB, False, 0.5 * before.chars_per_second(384, VOCAB))
+    after = speed_cache.load("m")
+    assert after.chars_per_second(384, VOCAB) == pytest.approx(0.5 * before.chars_per_second(384, VOCAB), rel=1e-12)
+    assert after.chars_per_second(1024, VOCAB) == pytest.approx(0.5 * before.chars_per_second(1024, VOCAB), rel=1e-12)
+    assert after.measured_ago is not None and after.measured_ago < 60
+    (tmp_path / "charrnn").joinpath(speed_cache._path().name).write_text("{not json")
+    assert speed_cache.load("m") is None                           # a damaged cache is a probe, not a crash
+
+
+def test_a_plan_record_that_does_not_read_plans_as_a_plain_run(tmp_path):
+    """config.json's auto.plan is read once, here: damaged, the run still follows the clock (no crash, no probe's
+    plan); a sound one gives auto's rule."""
+    sound = _config(tmp_path, planned_chars_per_s=2 * CHARS)
+    assert replan.rule_for(sound, 400).first == (sound.auto["plan"]["iterations"], 2 * CHARS)
+    for damage in ({"iterations": "many"}, {"chars_per_s": None}, {"chars_per_s": -1.0}):
+        cfg = _config(tmp_path, auto={"plan": {**sound.auto["plan"], **damage}})
+        rule = replan.rule_for(cfg, 400)
+        assert rule is not None and rule.first is None and rule.evals is None
