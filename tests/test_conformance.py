@@ -151,11 +151,7 @@ REFUSALS = {
     "resume with another --optimizer": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--optimizer", "adam"], "--optimizer"),
     "resume on other data": Refusal(
-        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "data changed",
-        applies=lambda row: not DATA[row.data].label),
-    "resume a labelled run on one file": Refusal(  # the run's --label-by is in force: one file is one label
-        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "found one label",
-        applies=lambda row: bool(DATA[row.data].label)),
+        lambda r, tmp: ["train", "--data", r.other_text, "--out", r.ft, "--resume"], "data changed"),
     "resume a labelled run on other labelled data": Refusal(
         lambda r, tmp: ["train", "--data", r.other_text, r.other_text.with_name("snowman.txt"), "--label-by", "path",
                         "--out", r.ft, "--resume"], "data changed", applies=lambda row: bool(DATA[row.data].label)),

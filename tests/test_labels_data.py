@@ -43,7 +43,7 @@ def _label_of_char(ch: str, labels) -> int:
 
 def test_folder_labels_hold_out_every_label_and_windows_carry_the_right_label(tmp_path, monkeypatch):
     monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path / "cache"))
-    data = training_data(_config(_write_collection(tmp_path / "poems")))
+    data = training_data(_config(_write_collection(tmp_path / "poems", per_label=(12, 1, 2))))
     assert data.labels == ("alpha", "beta", "gamma")
     for text, (starts, ids) in zip((data.train, data.val), data.segments):
         decoded = data.vocab.decode(text)
@@ -59,11 +59,17 @@ def test_folder_labels_hold_out_every_label_and_windows_carry_the_right_label(tm
                     expected = _label_of_char(ch, data.labels)
                     if expected >= 0:
                         assert lb == expected
-    # the one document of beta is split by its tail; alpha and gamma hold out whole documents
+    # alpha's documents are small enough to hold out whole ones; beta's one document and gamma's two are each more
+    # than a tenth of their label: the end of the label's text is held out instead; each label within its tenth
     record = data.record
     held = {d["key"]: d.get("held_out") for d in record["documents"]}
-    assert isinstance(held["beta/doc0.txt"], int) and held["beta/doc0.txt"] > 0
     assert any(v is True for k, v in held.items() if k.startswith("alpha/"))
+    assert isinstance(held["beta/doc0.txt"], int) and held["beta/doc0.txt"] > 0
+    assert isinstance(held["gamma/doc1.txt"], int) and held.get("gamma/doc0.txt") is None
+    for label in LETTERS:
+        docs = [d for d in record["documents"] if d["label"] == label]
+        out = sum(d["characters"] if d.get("held_out") is True else d.get("held_out") or 0 for d in docs)
+        assert 0 < out <= 0.1 * sum(d["characters"] for d in docs)
     assert record["labels"] == ["alpha", "beta", "gamma"] and record["label_by"] == "folder"
     assert all(d["label"] == d["key"].split("/")[0] for d in record["documents"])
 

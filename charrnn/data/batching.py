@@ -110,3 +110,26 @@ def validation_streams(data: np.ndarray, batch_size: int, seq_len: int, multiple
             return make_streams(data, b, seq_len, what="validation split", segments=segments)
         b -= 1
     return None
+
+
+def first_of_each_label(data: np.ndarray, segments: Tuple[np.ndarray, np.ndarray],
+                        chars: int) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """`--val-chars` of a labelled text: the first chars / N characters of each of its N labels' parts (in the
+    text's order), so that a short validation still scores every label; a copy, with its own segments."""
+    starts, ids = segments
+    ends = np.append(starts[1:], len(data))
+    per_label = chars // max(1, len(np.unique(ids)))
+    left = {int(label): per_label for label in np.unique(ids)}
+    pieces, new_starts, new_ids, at = [], [], [], 0
+    for start, end, label in zip(starts.tolist(), ends.tolist(), ids.tolist()):
+        take = min(end - start, left[label])
+        if take <= 0:
+            continue
+        left[label] -= take
+        pieces.append(data[start:start + take])
+        new_starts.append(at)
+        new_ids.append(label)
+        at += take
+    if not pieces:
+        return data[:0], (np.zeros(1, np.int64), np.zeros(1, np.int64))
+    return np.concatenate(pieces), (np.asarray(new_starts, np.int64), np.asarray(new_ids, np.int64))

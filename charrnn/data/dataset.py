@@ -186,21 +186,28 @@ def _plan(cfg, source: Collection, val_source: Optional[Collection], base_labels
 
 
 def _labelled_plan(cfg, source: Collection, base_labels: Sequence[str]) -> _Plan:
-    """Validation from every label: a label of several documents holds out whole ones by the documents rule,
-    a label of one document its last --val-frac. The labels are the base run's, in its order, then the
-    text's new ones by name."""
+    """Validation from every label, each label's share --val-frac of its characters: whole documents by the
+    documents rule where one fits within that share, else the last --val-frac of the label's text (its
+    documents in order; a label of one document: that document's tail). The labels are the base run's, in its
+    order, then the text's new ones by name; a fine-tune may bring one label of its own."""
     found = tuple(sorted({d.label for d in source.documents}))
-    if len(found) < 2:
+    labels = tuple(base_labels) + tuple(name for name in found if name not in base_labels)
+    if len(labels) < 2:
         raise UserError(f"--label-by {cfg.label_by} found one label in {source.spec.given} ({found[0]}); labels "
                         "need two or more: give a folder of folders, several files or several paths")
     held: Dict[int, object] = {}
-    for label in found:
+    for label in found if cfg.val_frac > 0 else ():
         group = [d for d in source.documents if d.label == label]
-        if cfg.val_frac > 0 and len(group) > 1:
+        share = cfg.val_frac * sum(d.characters for d in group)
+        if len(group) > 1 and min(d.characters for d in group) <= share:
             held.update((id(d), True) for d in document_split(group, cfg.val_frac)[1])
-        elif cfg.val_frac > 0:
-            held[id(group[0])] = int(group[0].characters * cfg.val_frac)
-    labels = tuple(base_labels) + tuple(name for name in found if name not in base_labels)
+            continue
+        need = int(share)
+        for d in reversed(group):   # the label's text's tail: whole documents from the end, then part of one
+            if need <= 0:
+                break
+            held[id(d)] = True if d.characters <= need else need
+            need -= d.characters
     return _Plan("labels", [(source, source.documents)], held, labels=labels, found=found)
 
 
@@ -245,12 +252,8 @@ def _about(cfg, plan: _Plan, train: np.ndarray, val: np.ndarray) -> str:
     if plan.rule == "documents":
         return f"{_files(len(plan.held))} held out whole, chosen by a hash of their path ({share})"
     if plan.rule == "labels" and cfg.val_frac > 0:
-        whole = sum(1 for v in plan.held.values() if v is True)
-        tails = len(plan.held) - whole
-        how = ([f"{_files(whole)} held out whole, by a hash of their path"] if whole else []) + (
-            [f"the last {cfg.val_frac * 100:g}% of the one document of {tails} label{'s' if tails != 1 else ''}"]
-            if tails else [])
-        return f"from each of {len(plan.found)} labels: {' and '.join(how)} ({share})"
+        return (f"{cfg.val_frac * 100:g}% of each of {len(plan.found)} labels: whole documents (by a hash of their "
+                f"path) where one fits, else the end of the label's text ({share})")
     return f"the last {cfg.val_frac * 100:g}% of the text" if cfg.val_frac > 0 else "none (--val-frac 0)"
 
 
@@ -273,6 +276,7 @@ def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vo
             separator: Optional[str], unknown: Optional[str], split: _Split) -> Tuple[List[str], List[str]]:
     """What training prints about its data (one file: the first line only, as `info` does), and warnings."""
     total = {"documents": len(split.train) + len(split.val) + (1 if separator else 0),  # the separator between
+             "labels": source.characters(separator=separator),  # as info counts: a split document is one
              "val-data": len(split.train)}.get(split.rule, len(split.train) + len(split.val))
     lines, warnings = [f"Total {total} characters with {len(vocab)} unique tokens."], []
     if not source.one_file:
@@ -297,12 +301,13 @@ def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vo
 
 
 def labels_line(label_by: str, labels: Sequence[str], documents: Sequence[Document]) -> str:
-    """The labels with their sizes, one line: `labels (--label-by folder): dickinson 12 documents 210,301
-    characters, whitman ...`."""
+    """The labels with their sizes, one line: `2 labels (--label-by folder): dickinson (12 documents, 210,301
+    characters), whitman (...)`; one label is said to be too few for training."""
     sizes = [(sum(1 for d in documents if d.label == lb), sum(d.characters for d in documents if d.label == lb))
              for lb in labels]
     shown = ", ".join(f"{lb} ({_files(n)}, {c:,} characters)" for lb, (n, c) in zip(labels, sizes))
-    return f"{len(labels)} labels (--label-by {label_by}): {shown}"
+    few = "; training needs two or more (or --init-from a labelled run)" if len(labels) < 2 else ""
+    return f"{len(labels)} label{'s' if len(labels) != 1 else ''} (--label-by {label_by}): {shown}{few}"
 
 
 def _files(n: int) -> str:
@@ -360,12 +365,15 @@ def check_same_data(run_dir: Path, current: dict, saved: Optional[dict]) -> None
         if not changes:
             changes.append(f"the files of {what} changed")
     held = [sorted(f"{d.get('key')}:{d.get('held_out')}" for d in r.get("documents") or [] if d.get("held_out"))
-            for r in (saved, current)]  # held_out: True (whole), or a label's single document's tail length
+            for r in (saved, current)]  # held_out: True (whole), or the length of a document's held-out tail
+    if saved.get("labels") != current.get("labels") or saved.get("label_by") != current.get("label_by"):
+        was, now = (f"--label-by {r.get('label_by')} ({', '.join(r.get('labels') or [])})" if r.get("label_by")
+                    else "no labels" for r in (saved, current))
+        changes.append(f"the labels are {now}, were {was}")
     if not changes and held[0] != held[1]:
         changes.append(f"the held-out documents changed (--val-frac {current['split']['val_frac']:g}, "
                        f"was {saved.get('split', {}).get('val_frac')})")
-    for key, flag in (("doc_sep", "--doc-sep"), ("max_vocab", "--max-vocab"), ("unknown", "--max-vocab"),
-                      ("label_by", "--label-by"), ("labels", "--label-by")):
+    for key, flag in (("doc_sep", "--doc-sep"), ("max_vocab", "--max-vocab"), ("unknown", "--max-vocab")):
         if saved.get(key) != current.get(key) and not any(flag in c for c in changes):
             was, now = saved.get(key), current.get(key)
             changes.append(f"{flag} is {show_char(now) if key == 'doc_sep' else now}, "

@@ -177,15 +177,21 @@ def _walk(root: Path, index: int, label: str, spec: Spec,
 def label_of(document: Document, by: str, given: str, path_labels: Sequence[str]) -> str:
     """A document's label: `folder`, the first folder under the path given (a file directly in it, or given
     itself: the folder it lies in); `file`, its path inside the folder given without the extension (a file
-    given: its name without it; where two would be the same, the whole name as messages show it); `path`, the
-    path given on the command line (its name without the extension, when those are distinct)."""
+    given: its name without it; see _distinct_file_labels where two would be the same); `path`, the path given
+    on the command line (its name without the extension, when those are distinct)."""
     if by == "path":
         return path_labels[document.root]
     if by == "file":
-        return _without_extension(document.key)
+        return _without_extension(document.key)   # made distinct afterwards (_distinct_file_labels)
     if "/" in document.key:
         return document.key.split("/", 1)[0]
-    return (document.path.parent if document.explicit else Path(given)).resolve().name or given
+    return _name(str(document.path.parent) if document.explicit else given)
+
+
+def _name(path: str) -> str:
+    """A folder's name as given (a link keeps its own name), or as resolved where it has none ('.', '..')."""
+    name = os.path.basename(os.path.normpath(path))
+    return name if name not in ("", ".", "..") else Path(path).resolve().name or path
 
 
 def _without_extension(name: str) -> str:
@@ -217,7 +223,16 @@ def find_documents(spec: Spec, roots: Sequence[Path]) -> Tuple[List[Document], L
             seen.add(ident)
             documents.append(replace(doc, label=label_of(doc, spec.label_by, given, path_labels))
                              if spec.label_by else doc)
-    if spec.label_by == "file" and len({d.label for d in documents}) < len(documents):
-        # two files of one name under different paths given: each named as messages name it
-        documents = [replace(d, label=_without_extension(d.name)) for d in documents]
+    if spec.label_by == "file":
+        documents = _distinct_file_labels(documents, path_labels)
     return documents, skipped
+
+
+def _distinct_file_labels(documents: List[Document], path_labels: Sequence[str]) -> List[Document]:
+    """Each file its own label: its path inside the folder given without the extension; where two would be the
+    same (x.txt, x.md), with it; where still the same (one name under two paths given), after the path's label."""
+    for rule in (lambda d: _without_extension(d.key), lambda d: d.key, lambda d: f"{path_labels[d.root]}/{d.key}"):
+        labels = [rule(d) for d in documents]
+        if len(set(labels)) == len(labels):
+            break
+    return [replace(d, label=label) for d, label in zip(documents, labels)]

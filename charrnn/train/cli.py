@@ -21,7 +21,7 @@ import numpy as np
 
 from charrnn.checkpoint import RESUME, check_engine_can_resume, load_run, load_run_config, save_run_config
 from charrnn.config import TF_IMPLS, ModelConfig, TrainConfig, from_dict
-from charrnn.data.batching import make_streams, validation_streams
+from charrnn.data.batching import first_of_each_label, make_streams, validation_streams
 from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
 from charrnn.train.auto import check_usable as check_auto_usable
@@ -274,8 +274,9 @@ def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, hidden: int, bf16: boo
                             device, world, None)
     rng = np.random.default_rng(0)
     x, y = (rng.integers(0, model_cfg.vocab_size, (auto.BATCH, auto.PROBE_SEQ_LEN)) for _ in range(2))
+    labels = rng.integers(0, len(model_cfg.labels), x.shape) if model_cfg.labels else None  # as training steps it
     state = learner.zero_state(auto.BATCH)
-    return lambda: learner.train_step(x, y, state)
+    return lambda: learner.train_step(x, y, state, labels=labels)
 
 
 def _check_flags(cfg: TrainConfig, world, out: Path, overwrite: bool) -> None:
@@ -307,7 +308,10 @@ def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements,
             notes.say(f"warning: --val-chars {chars} is shorter than one validation window (--seq-len "
                       f"{cfg.seq_len} needs {one_window} characters); validating on the first {one_window}", True)
             chars = one_window
-        val_data = val_data[:chars]
+        if segments is not None:  # every label keeps its share
+            val_data, segments = first_of_each_label(val_data, segments, chars)
+        else:
+            val_data = val_data[:chars]
     streams = (validation_streams(val_data, cfg.batch_size, cfg.seq_len, multiple_of=world.size, segments=segments)
                if len(val_data) else None)
     if streams is None and cfg.patience is not None:

@@ -285,7 +285,9 @@ def reindex_slots(state: Dict[int, Dict[str, np.ndarray]], from_names: List[str]
     first_entries = next(iter(by_name.values()))
     for key in [k for k in first_entries if all(k in entries for entries in by_name.values())]:  # torch's order
         values = {name: entries[key] for name, entries in by_name.items()}
-        if all(np.ndim(v) > 0 for v in values.values()):
+        # torch's step is 0-d in memory but (1,) once written to safetensors: a slot is per weight entry when some
+        # parameter has more than one value in it (every model has a (V, H) head)
+        if any(np.size(v) > 1 for v in values.values()):
             moved = convert(values)
         else:
             first = next(iter(values.values()))
