@@ -15,7 +15,13 @@ spread across it, by a fixed rule:
 
 The tail of a sorted folder is one kind of file (pystdlib's was 21 codec tables); a hash of the
 path spreads the held-out documents over the whole collection and keeps them when files are
-added. `--val-data PATH...` validates on other files instead.
+added. `--val-data PATH...` validates on other files instead. A labelled collection (`--label-by`) holds out
+--val-frac of every label: whole documents by the rule above where one fits within the label's share,
+else the end of the label's text; its two texts are assembled with their label segments (batching.py).
+
+A run that continues another (`Base`: --resume's run, --init-from's parent) keeps that run's vocabulary
+and labels first and adds what the text brings after them, so the text is encoded once, in the
+vocabulary the run trains with.
 
 `--max-vocab N` keeps the N-1 most frequent characters (the separator always among them) and maps
 every other one to U+FFFD, the Unicode replacement character, made for a character that cannot be
