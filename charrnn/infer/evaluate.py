@@ -70,8 +70,8 @@ def to_model_indices(model_vocab: Vocab, text_vocab: Vocab, data: np.ndarray, un
     if not missing:
         return model_vocab.translate(text_vocab, data, what), 0, ()
     if unknown != "skip":
-        hint = f"remove them ({SKIP_HINTS[audience]})" if audience == "web" else \
-            f"remove them or {SKIP_HINTS[audience]}"
+        hint = (f"remove them ({SKIP_HINTS[audience]})" if audience == "web"
+                else f"remove them or {SKIP_HINTS[audience]}")
         raise UserError(f"{what} has characters outside the model's vocabulary: {format_chars(missing)}; {hint}")
     position = {c: i for i, c in enumerate(model_vocab.chars)}
     table = np.array([position.get(c, -1) for c in text_vocab.chars], dtype=np.int32)

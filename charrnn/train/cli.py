@@ -235,8 +235,8 @@ def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -
     from charrnn.train import auto, speed_cache
 
     measured = trainer.measured_chars_per_second()
-    own_shape = (model_cfg.cell, model_cfg.layers, model_cfg.embed, cfg.batch_size, cfg.seq_len) == \
-        ("lstm", auto.LAYERS, auto.EMBED, auto.BATCH, auto.SEQ_LEN)
+    own_shape = ((model_cfg.cell, model_cfg.layers, model_cfg.embed, cfg.batch_size, cfg.seq_len)
+                 == ("lstm", auto.LAYERS, auto.EMBED, auto.BATCH, auto.SEQ_LEN))
     if measured is None or not own_shape or cfg.impl not in ("library", "scratch"):
         return
     name = speed_cache.entry_name(device, cfg.impl, capabilities.bf16_training(device, cfg.impl, "lstm"))
