@@ -8,13 +8,13 @@ without Playwright or Debian's chromium at /usr/bin/chromium (or $CHARRNN_CHROMI
 """
 import base64
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browsers import CHROMIUM, chromium_browser
 
 from charrnn.checkpoint import load_run, save_run_config, save_weights
 from charrnn.cli import main
@@ -23,7 +23,6 @@ from charrnn.data.vocab import Vocab
 from charrnn.models import build_model
 from charrnn.models.base import init_parameters
 
-CHROMIUM = os.environ.get("CHARRNN_CHROMIUM", "/usr/bin/chromium")
 # Non-ASCII, a character outside the BMP (two UTF-16 units in JavaScript) and markup, all in the vocabulary
 TEXT = ("The quick brown fox jumps over the lazy dog; café, naïve, 🙂!\n"
         "<b>bold</b> & <script>x</script> \"quoted\" 'single'\n") * 3
@@ -123,15 +122,9 @@ browser = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is
 
 
 @pytest.fixture(scope="module")
-def chromium(tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        instance = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+def chromium():
+    with chromium_browser() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import base64
 import json
 import shutil
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export_web import CHROMIUM, open_page, read_model_js
+from browsers import CHROMIUM, chromium_browser, serving
+from test_export_web import open_page, read_model_js
 from test_labels_runtimes import LABELS, TEXT, make_folded_run, make_labelled_run, reference, run_main
 
 import charrnn
@@ -114,14 +113,8 @@ def test_the_page_of_an_unlabelled_run_refuses_a_label(tmp_path):
 
 @pytest.fixture(scope="module")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        instance = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    with chromium_browser() as instance:
         yield instance
-        instance.close()
 
 
 @browser
@@ -238,26 +231,13 @@ def test_an_unlabelled_run_is_served_as_before_and_refuses_a_label(tmp_path):
 
 @pytest.fixture(scope="module")
 def playground(tmp_path_factory):
-    """(labelled run, URL of `charrnn serve`'s app on it, in uvicorn in a thread), as test_serve_browser.py does."""
+    """(labelled run, URL of `charrnn serve`'s app on it, in uvicorn in a thread)."""
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
-    from test_serve_browser import free_port
-
     from charrnn.serve.app import create_app
 
     run = make_labelled_run(tmp_path_factory.mktemp("labelled-playground") / "poets", hidden=16)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run, impl="naive", allowed_hosts=["127.0.0.1"]),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield run, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(run, impl="naive", allowed_hosts=["127.0.0.1"])) as url:
+        yield run, url
 
 
 @browser

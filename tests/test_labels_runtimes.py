@@ -46,10 +46,7 @@ def make_labelled_run(run_dir, cell="lstm", layers=2, hidden=12, embed=5, labels
     config = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=hidden, embed=embed, labels=labels)
     rng = np.random.default_rng(seed)
     params = {k: rng.uniform(-0.8, 0.8, v.shape).astype(np.float32) for k, v in init_parameters(config, seed).items()}
-    save_run_config(run_dir, config, None)
-    vocab.save(run_dir / "vocab.json")
-    save_weights(run_dir / "model.safetensors", params)
-    return run_dir
+    return save_run(run_dir, config, vocab, params)
 
 
 def make_folded_run(run_dir, labelled, index):
@@ -57,9 +54,14 @@ def make_folded_run(run_dir, labelled, index):
     config, vocab, params = load_run(labelled)
     folded_config, folded_params = fold_label(config, params, index)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(run_dir, folded_config, None)
+    return save_run(run_dir, folded_config, vocab, folded_params)
+
+
+def save_run(run_dir, config, vocab, params):
+    """A run directory holding just what sampling reads: config.json, vocab.json, model.safetensors."""
+    save_run_config(run_dir, config, None)
     vocab.save(run_dir / "vocab.json")
-    save_weights(run_dir / "model.safetensors", folded_params)
+    save_weights(run_dir / "model.safetensors", params)
     return run_dir
 
 

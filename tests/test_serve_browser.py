@@ -4,49 +4,28 @@ Needs the `serve` and `browser-tests` extras and Debian's chromium at /usr/bin/c
 $CHARRNN_CHROMIUM); skipped cleanly otherwise. scripts/test.sh installs chromium when
 CHARRNN_BROWSER_TESTS=1. Screenshots go to the test's tmp dir and /tmp/charrnn-screens/.
 """
-import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from browsers import CHROMIUM, serving
 from test_serve import TEXT, make_run
 
-CHROMIUM = os.environ.get("CHARRNN_CHROMIUM", "/usr/bin/chromium")
 SCREENS = Path("/tmp/charrnn-screens")
 PAYLOAD = '<script>window.__xss=1;alert(1)</script><img src=x onerror="window.__xss=2;alert(2)">'
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """uvicorn in a thread on a free loopback port, serving a tiny LSTM whose vocabulary holds the payload."""
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
     from charrnn.serve.app import create_app
 
     run_dir = make_run(tmp_path_factory.mktemp("browser") / "run", text=TEXT + PAYLOAD, hidden=24)
-    port = free_port()
-    app = create_app(run_dir, impl="naive", allowed_hosts=["127.0.0.1", "localhost"])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(run_dir, impl="naive", allowed_hosts=["127.0.0.1", "localhost"])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
