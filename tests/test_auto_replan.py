@@ -117,9 +117,9 @@ def _replan_lines(lines):
 
 
 def test_a_run_at_half_the_probed_speed_replans_once_and_ends_its_cosine_before_the_deadline(tmp_path):
-    """The probe said 2 steps a second; every step takes a second. At a tenth of the budget the run re-plans
-    (one line, with the speed it measured), and ends at its new plan's end, at the floor, just before the clock
-    runs out: not cut off halfway down its cosine."""
+    """The probe said 2 steps a second; every step takes a second. From a tenth of the budget the checks find the
+    plan too long; a whole window later the run re-plans (one line, with the speed it measured), and ends at its
+    new plan's end, at the floor, just before the clock runs out: not cut off halfway down its cosine."""
     lines = []
     cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS)
     trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 1.0, lines=lines)
@@ -149,6 +149,21 @@ def test_a_run_faster_than_planned_lengthens_its_schedule_to_the_budget(tmp_path
     assert progress.iteration == progress.plan_iters > 1.8 * planned
     assert learner.lrs[-1] == FLOOR
     assert MAX_TIME * (1 - replan.MARGIN - replan.SLACK) <= progress.elapsed <= MAX_TIME
+
+
+def test_one_slow_moment_on_a_shared_machine_does_not_replan(tmp_path):
+    """Two steps four times slower (another job's burst: 3 s lost, under MARGIN) change nothing: the run re-plans
+    exactly as the same run without them does (the checks over a whole window must agree), and ends at the floor
+    (the clock drives the cosine where it is ahead of the plan)."""
+    runs = {}
+    for name, step in (("steady", lambda i: 0.5), ("burst", lambda i: 2.0 if 60 <= i < 62 else 0.5)):
+        lines = []
+        trainer, learner = _trainer(_config(tmp_path / name, planned_chars_per_s=2 * CHARS), tmp_path / name,
+                                    step=step, lines=lines)
+        progress = trainer.run()
+        runs[name] = [re.sub(r"at [\d,]+ chars/s", "", line) for line in _replan_lines(lines)], progress
+        assert learner.lrs[-1] == FLOOR and progress.elapsed <= MAX_TIME + 0.5, lines   # the step in flight ends
+    assert len(runs["burst"][0]) == len(runs["steady"][0])
 
 
 def test_a_machine_that_gets_busy_still_ends_fully_decayed_with_a_best_checkpoint(tmp_path):
@@ -374,3 +389,14 @@ def test_a_plan_record_that_does_not_read_plans_as_a_plain_run(tmp_path):
         cfg = _config(tmp_path, auto={"plan": {**sound.auto["plan"], **damage}})
         rule = replan.rule_for(cfg, 400)
         assert rule is not None and rule.first is None and rule.evals is None
+
+
+def test_auto_first_plan_ends_within_its_pass_cap_in_whole_windows(tmp_path):
+    """auto counts its pass cap in characters (here 67.5 iterations' worth); the run counts whole windows (66): the
+    first plan must end there, at the floor, not be cut off by the cap one step above it."""
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, planned_iters=10_000)
+    trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 0.001)
+    cap = int(auto.MAX_PASSES * trainer.train.num_windows)
+    assert trainer.progress.plan_iters == cap
+    progress = trainer.run()
+    assert progress.iteration == cap and learner.lrs[-1] == FLOOR

@@ -103,7 +103,9 @@ def _check_resume_changes(saved: dict, given: dict, notes: Announcements | None)
             raise UserError(f"{flag} {new} differs from the run being resumed ({old}): its carried state and position "
                             f"belong to that layout; resume with {flag} {old}, or start a new run with --init-from")
     if changed and notes is not None:
-        described = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in sorted(changed.items()))
+        shown = lambda v: round(v, 4) if isinstance(v, float) else v   # noqa: E731  (a budget less auto's probe)
+        described = ", ".join(f"--{k.replace('_', '-')} {shown(new)} (was {shown(old)})"
+                              for k, (old, new) in sorted(changed.items()))
         notes.say(f"resume: these settings differ from the run's and are in force from now on: {described}")
 
 

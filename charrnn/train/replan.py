@@ -6,10 +6,11 @@ A run whose budget is time alone (`--preset auto`, or `--max-time` with `--sched
 training runs at. auto's first plan comes from its probe; a plain run's from the speed it measures over the
 first FIRST_CHECK of its budget (until then its cosine follows the clock, as before). After that the speed of
 the latest steps (WINDOW of the budget) is compared with the plan before every validation and at least every
-CHECK_EVERY of the budget. Where the plan's end would miss the deadline by more than MARGIN of the budget (the
-machine got busy, or is just slower than the probe said, or validations take longer than reserved), the run
-re-plans its length, auto's spacing of validations (as many as the time auto reserved for them allows, at most
-its EVALS) and its pass cap, and says so in one line. The learning rate never jumps: the cosine goes on from
+CHECK_EVERY of the budget. Where the plan's end would miss the deadline by more than MARGIN of the budget, the
+same way at every check over a whole WINDOW (the machine got busy, or is just slower than the probe said, or
+validations take longer than reserved; a slow moment on a shared machine is not enough), the run re-plans its
+length, auto's spacing of validations (as many as the time auto reserved for them allows, at most its EVALS)
+and its pass cap, and says so in one line. The learning rate never jumps: the cosine goes on from
 the rate it has, down to its floor at the new end (the same re-anchoring as a --resume with a new budget).
 
 The measured speed leaves out every interval that held more than a training step (a validation, a checkpoint,
@@ -132,12 +133,15 @@ class Planner:
     def __init__(self, rule: Rule):
         self.rule, self.meter = rule, SpeedMeter(WINDOW * rule.max_time)
         self.next_check = 0.0   # elapsed seconds: the first step past FIRST_CHECK checks, then CHECK_EVERY on
+        self.wanted = (0, 0.0)  # what the checks find (0 the plan holds, 1 it ends too early, -1 too late), since
 
     def first_plan(self) -> Optional[Plan]:
         """auto's plan from its probe, adopted as the run starts (a plain run has none until it measures)."""
         if self.rule.first is None:
             return None
         iterations, chars_per_s = self.rule.first
+        if self.rule.max_passes is not None:   # auto counts passes in characters; the run, in whole windows
+            iterations = min(iterations, int(self.rule.max_passes * self.rule.windows_per_epoch))
         return Plan(max(1, iterations), self.rule.eval_every, chars_per_s)
 
     def observe(self, p, after: str, at_validation: bool) -> Optional[Tuple[Plan, Optional[str]]]:
@@ -155,8 +159,15 @@ class Planner:
             return None
         self.next_check = p.elapsed + CHECK_EVERY * self.rule.max_time
         plan = self.plan(p, self.rule.chars_per_iter / seconds)
-        if p.plan_iters is not None and abs(plan.iterations - p.plan_iters) * seconds <= MARGIN * self.rule.max_time:
-            return None
+        if p.plan_iters is not None:
+            off = (plan.iterations - p.plan_iters) * seconds
+            way = 0 if abs(off) <= MARGIN * self.rule.max_time else 1 if off > 0 else -1
+            if way == 0 or way != self.wanted[0]:
+                self.wanted = (way, p.elapsed)
+                return None
+            if p.elapsed - self.wanted[1] < self.meter.window:
+                return None   # re-planned only when checks a whole window apart find it off the same way
+            self.wanted = (0, p.elapsed)
         return plan, (self._line(p, plan) if p.plan_iters is not None else None)
 
     def plan(self, p, chars_per_s: float) -> Plan:

@@ -11,6 +11,7 @@ cannot be read or written only costs a probe.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from charrnn.train.auto import Speed, weights
 
 SHORT_BUDGET = 30.0   # seconds of --max-time under which a cached speed is used instead of a probe
 PRECISIONS = {False: "float32", True: "bf16"}
+SLOWEST = 0.1         # seconds per character: a kept line slower than 10 chars/s is damage, not a measurement
 
 
 def entry_name(device, impl: str, bf16_possible: bool) -> str:
@@ -30,18 +32,20 @@ def entry_name(device, impl: str, bf16_possible: bool) -> str:
 
 
 def load(name: str) -> Optional[Speed]:
-    """The speed kept under `name`, or None."""
+    """The speed kept under `name`, or None: absent, or damaged in any way (then auto probes instead)."""
     entry = _read().get(name)
     try:
         points = {bf16: tuple((int(w), float(s)) for w, s in entry["points"][label])
                   for bf16, label in PRECISIONS.items() if entry["points"].get(label)}
         saved = float(entry["saved"])
+        measured = {str(k): float(v) for k, v in (entry.get("measured") or {}).items()}
     except (TypeError, KeyError, ValueError, AttributeError):
-        return None   # absent or damaged: probe instead
-    if not points or any(s <= 0 for line in points.values() for _, s in line):
         return None
-    return Speed(points, measured={k: float(v) for k, v in (entry.get("measured") or {}).items()},
-                 measured_ago=max(0.0, time.time() - saved))
+    numbers = [x for line in points.values() for point in line for x in point] + [saved, *measured.values()]
+    if not points or not all(math.isfinite(x) for x in numbers) or any(
+            w <= 0 or s <= 0 or s > SLOWEST for line in points.values() for w, s in line):
+        return None
+    return Speed(points, measured=measured, measured_ago=max(0.0, time.time() - saved))
 
 
 def store(name: str, speed: Speed) -> None:
