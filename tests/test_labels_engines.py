@@ -17,9 +17,10 @@ from tolerances import EPS, TrajectoryBound, gradient_terms, rounding_bound, sum
 from charrnn.checkpoint import FORMAT, load_run_config, save_run_config
 from charrnn.config import MAX_LABELS, ModelConfig, to_dict
 from charrnn.errors import UserError
+from charrnn.infer.labels import check_label
 from charrnn.losses import cross_entropy
 from charrnn.models import build_model
-from charrnn.models.base import fold_label, init_parameters, label_index, parameter_shapes
+from charrnn.models.base import fold_label, init_parameters, parameter_shapes
 
 CELLS = ["rnn", "gru", "lstm"]
 LABELS = ("dickinson", "whitman", "keats")
@@ -100,21 +101,22 @@ def test_label_weight_comes_last_at_zero_and_leaves_every_other_parameter_as_it_
     assert after["label.weight"].dtype == np.float32 and not after["label.weight"].any()
 
 
-def test_label_index_names_the_labels_in_one_line():
-    cfg = config("rnn")
-    assert [label_index(cfg, name) for name in LABELS] == [0, 1, 2]
-    for name, message in [(None, "this run has labels dickinson, whitman, keats; give --label NAME"),
-                          ("byron", "'byron' is not one of this run's labels \\(dickinson, whitman, keats\\)")]:
+def test_check_label_names_the_labels_in_one_line():
+    """The one check of a label's name (infer/labels.py; the CLI's wording here)."""
+    labels = config("rnn").labels
+    assert [check_label(labels, name, "cli") for name in LABELS] == [0, 1, 2]
+    for name, message in [(None, "this run was trained with labels dickinson, whitman, keats; give --label NAME"),
+                          ("byron", "--label 'byron' is not a label of this run; it has dickinson, whitman, keats")]:
         with pytest.raises(UserError, match=message) as caught:
-            label_index(cfg, name)
+            check_label(labels, name, "cli")
         assert "\n" not in str(caught.value)
-    assert label_index(config("rnn", labels=()), None) is None
+    assert check_label((), None, "cli") is None
     with pytest.raises(UserError, match="without labels"):
-        label_index(config("rnn", labels=()), "keats")
-    many = config("rnn", labels=tuple(f"poet{i}" for i in range(100)))
-    with pytest.raises(UserError, match=r"poet19, \.\.\. \(100 in all\)\); give --label NAME") as caught:
-        label_index(many, "byron")
-    assert "poet20" not in str(caught.value)
+        check_label((), "keats", "cli")
+    many = tuple(f"poet{i}" for i in range(100))
+    with pytest.raises(UserError, match=r"poet11, \.\.\. \(100 labels\)") as caught:
+        check_label(many, "byron", "cli")
+    assert "poet12" not in str(caught.value)
 
 
 def test_fold_label_moves_the_row_into_the_first_input_bias():

@@ -28,7 +28,7 @@ exactly a change of b_ih_l0 (`fold_label`), which gives an ordinary unlabelled m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Protocol, Tuple
+from typing import Any, Dict, Protocol, Tuple
 
 import numpy as np
 
@@ -129,24 +129,6 @@ def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str
 
 # ---- labels ---------------------------------------------------------------------------------------
 
-def label_index(cfg: ModelConfig, name: Optional[str]) -> Optional[int]:
-    """The index of label `name` in a labelled run; None for an unlabelled run given no label.
-
-    UserError, in one line naming the labels there are, when a labelled run gets no label or an
-    unknown one, and when an unlabelled run gets one.
-    """
-    if not cfg.labels:
-        if name is None:
-            return None
-        raise UserError(f"--label {name}: this run was trained without labels; leave out --label")
-    if name in cfg.labels:
-        return cfg.labels.index(name)
-    shown = ", ".join(cfg.labels[:20]) + (f", ... ({len(cfg.labels)} in all)" if len(cfg.labels) > 20 else "")
-    if name is None:
-        raise UserError(f"this run has labels {shown}; give --label NAME")
-    raise UserError(f"--label {name!r} is not one of this run's labels ({shown}); give --label NAME")
-
-
 def fold_label(cfg: ModelConfig, params: Dict[str, np.ndarray], index: int
                ) -> Tuple[ModelConfig, Dict[str, np.ndarray]]:
     """Fix label `index` for good: (the config without labels, parameters without label.weight).
@@ -169,7 +151,8 @@ def fold_label(cfg: ModelConfig, params: Dict[str, np.ndarray], index: int
 def check_labels(cfg: ModelConfig, labels: Any, inputs_shape: Tuple[int, ...]) -> None:
     """ValueError unless `labels` fits a forward of inputs (B, T): None for an unlabelled model, (B, T) or (B,)
     ints for a labelled one. Shapes only (NumPy, torch or tf arrays), plus the values' range for a NumPy array:
-    callers turn names into indices with `label_index`, so a wrong value here is a bug, not a user's mistake."""
+    callers turn names into indices with infer/labels.check_label, so a wrong value here is a bug, not a user's
+    mistake."""
     if not cfg.labels:
         if labels is not None:
             raise ValueError("this model has no labels; call forward without labels")
