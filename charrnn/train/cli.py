@@ -11,6 +11,7 @@ rank 0 prints progress and writes the run directory.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -138,9 +139,9 @@ def run_train(args: dict) -> int:
     _check_flags(train_cfg, world, out, bool(args.get("overwrite")))
     device = resolve_device(train_cfg.device, train_cfg.impl, world.local_rank if world.distributed else None)
     train_cfg = _check_bf16(train_cfg, model_flags.get("cell", ModelConfig.cell), device, "bf16" in explicit, notes)
-    model_cfg, vocab, (train_data, val_data), init_params, data, segments = _load_text(train_cfg, model_flags, out,
-                                                                                       notes)
-    train_segments, val_segments = segments or (None, None)
+    model_cfg, init_params, data = _load_text(train_cfg, model_flags, out, notes)
+    vocab, train_data, val_data = data.vocab, data.train, data.val
+    train_segments, val_segments = data.segments or (None, None)
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
         _check_auto_layout(train_cfg, explicit, train_data)
         notes.flush()  # what was read comes before the probe, which takes seconds
@@ -326,9 +327,9 @@ def _validation_streams(cfg: TrainConfig, val_data, world, notes: Announcements,
 
 
 def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announcements):
-    """The training and validation texts encoded in the run's vocabulary (its own; --init-from's, grown by what the
-    text adds; or --resume's), the model config, the data's description (data.dataset.TrainingData) and, for a
-    labelled run, the texts' label segments in the model's label order."""
+    """(the model config, --init-from's weights grown to the text or None, the data: data.dataset.TrainingData,
+    its texts encoded in the run's vocabulary (its own; --init-from's, grown by what the text adds; or
+    --resume's), a labelled run's segments in the model's label order)."""
     from charrnn.data.dataset import Base, training_data
 
     base, parent = None, None
@@ -358,7 +359,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
         init_params = finetune.grow_parameters(parent_params, parent, model, parent_vocab, cfg.seed)
         model_flags = dataclasses.asdict(model)
     model_cfg = ModelConfig(**{**model_flags, "vocab_size": len(data.vocab), "labels": data.labels})
-    return model_cfg, data.vocab, (data.train, data.val), init_params, data, data.segments
+    return model_cfg, init_params, data
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_streams, val_streams,
@@ -455,17 +456,15 @@ def _make_sampler(learner, vocab, cfg: TrainConfig, data=None):
 
     rng = np.random.default_rng(cfg.seed + 1)  # its own RNG: sampling must not change training's randomness
     options = sampling_options(temperature=0.8)
-    marks = {"start": data.separator, "banned": data.unknown} if data is not None and vocab == data.vocab else {}
-    labels = learner.model.config.labels
-    if not labels:  # a new Predictor each time: the naive engine's step snapshots the weights, which training changes
-        return lambda: generate(Predictor(learner.model), vocab, "", 200, options, rng, **marks)[0]
-    turn = iter(range(1 << 62))
+    marks = {"start": data.separator, "banned": data.unknown} if data is not None else {}
+    labels, turn = learner.model.config.labels, itertools.count()
 
-    def labelled() -> str:  # a labelled run samples under each label in turn, and says which
-        index = next(turn) % len(labels)
+    def sample() -> str:  # a labelled run samples under each label in turn, and says which
+        index = next(turn) % len(labels) if labels else None
+        # a new Predictor each time: the naive engine's step snapshots the weights, which training changes
         text = generate(Predictor(learner.model, label=index), vocab, "", 200, options, rng, **marks)[0]
-        return f"[{labels[index]}] {text}"
-    return labelled
+        return f"[{labels[index]}] {text}" if labels else text
+    return sample
 
 
 def _install_signal_handlers(trainer) -> dict:
