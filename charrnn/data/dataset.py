@@ -136,45 +136,43 @@ def training_data(cfg, base: Optional[Base] = None) -> TrainingData:
         "include": list(cfg.include), "exclude": list(cfg.exclude),
         "doc_sep": separator, "max_vocab": cfg.max_vocab, "unknown": unknown,
         "unknown_characters": split.dropped, "vocab_size": len(vocab),
-        "split": {"rule": split.rule, "val_frac": cfg.val_frac, "about": split.about,
+        "split": {"rule": split.plan.rule, "val_frac": cfg.val_frac, "about": split.about,
                   "train_characters": int(len(split.train)), "val_characters": int(len(split.val))},
-        "documents": [_entry(d, split.held.get(id(d))) for d in source.documents],
-        "val_documents": [_entry(d) for d in split.val_documents] if split.rule == "val-data" else None,
+        "documents": [_entry(d, split.plan.held.get(id(d))) for d in source.documents],
+        "val_documents": [_entry(d) for d in split.plan.val_documents] if split.plan.rule == "val-data" else None,
         "skipped": [[name, why] for s in sources for name, why in s.skipped],
     }
-    if split.labels:  # only a labelled run's record has these keys: an unlabelled one's is as it was
-        record.update(label_by=cfg.label_by, labels=sorted(split.labels))
+    if split.plan.labels:  # only a labelled run's record has these keys: an unlabelled one's is as it was
+        record.update(label_by=cfg.label_by, labels=sorted(split.plan.labels))
     if base and base.resume:
         check_same_data(base.run_dir, record, previous)
     lines, warnings = _report(cfg, source, val_source, own, counts, separator, unknown, split)
-    return TrainingData(vocab, split.train, split.val, separator, unknown, record, lines, warnings, split.labels,
+    return TrainingData(vocab, split.train, split.val, separator, unknown, record, lines, warnings, split.plan.labels,
                         split.segments)
-
-
-@dataclass
-class _Split:
-    rule: str                    # "val-data", "documents", "labels", "last-fraction" or "none"
-    train: np.ndarray
-    val: np.ndarray
-    val_documents: List[Document]
-    dropped: int                 # characters that became the unknown symbol, in both
-    about: str                   # the split in words
-    held: Dict[int, object] = field(default_factory=dict)   # id(document) -> True, or the characters of its tail
-    labels: Tuple[str, ...] = ()                             # a labelled run's label names, in index order
-    segments: Optional[Tuple[Segments, Segments]] = None     # (training, validation) label segments
-
 
 
 @dataclass
 class _Plan:
     """Which documents each text is encoded from, decided before any is encoded (the module docstring's rules)."""
 
-    rule: str
+    rule: str                                        # "val-data", "documents", "labels", "last-fraction", "none"
     parts: List[Tuple[Collection, List[Document]]]   # encoded in order: training and validation, or the whole
-    held: Dict[int, object] = field(default_factory=dict)
+    held: Dict[int, object] = field(default_factory=dict)   # id(document) -> True, or the characters of its tail
     val_documents: List[Document] = field(default_factory=list)
-    labels: Tuple[str, ...] = ()
+    labels: Tuple[str, ...] = ()                     # a labelled run's label names, in the model's order
     found: Tuple[str, ...] = ()                      # the text's own labels, by name
+
+
+@dataclass
+class _Split:
+    """The texts a plan made, encoded."""
+
+    plan: _Plan
+    train: np.ndarray
+    val: np.ndarray
+    dropped: int                 # characters that became the unknown symbol, in both
+    about: str                   # the split in words
+    segments: Optional[Tuple[Segments, Segments]] = None     # (training, validation) label segments
 
 
 def _plan(cfg, source: Collection, val_source: Optional[Collection], base_labels: Sequence[str]) -> _Plan:
@@ -229,8 +227,7 @@ def _split(cfg, source: Collection, val_source: Optional[Collection], vocab: Voc
         (train, _), (val, _) = encoded
     else:
         train, val = split_train_val(encoded[0][0], cfg.val_frac)
-    return _Split(plan.rule, train, val, plan.val_documents, dropped, _about(cfg, plan, train, val), plan.held,
-                  plan.labels, segments)
+    return _Split(plan, train, val, dropped, _about(cfg, plan, train, val), segments)
 
 
 def _cut_labelled(plan: _Plan, whole: np.ndarray, documents: Sequence[Document], vocab: Vocab,
@@ -283,7 +280,7 @@ def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vo
     """What training prints about its data (one file: the first line only, as `info` does), and warnings."""
     total = {"documents": len(split.train) + len(split.val) + (1 if separator else 0),  # the separator between
              "labels": source.characters(separator=separator),  # as info counts: a split document is one
-             "val-data": len(split.train)}.get(split.rule, len(split.train) + len(split.val))
+             "val-data": len(split.train)}.get(split.plan.rule, len(split.train) + len(split.val))
     lines, warnings = [f"Total {total} characters with {len(vocab)} unique tokens."], []
     if not source.one_file:
         lines.append(source.files_line())
@@ -298,22 +295,30 @@ def _report(cfg, source: Collection, val_source: Optional[Collection], vocab: Vo
     if not source.one_file or val_source is not None:
         joined = f"; documents joined by {show_char(separator)}" if separator else ""
         lines.append(f"validation: {split.about}{joined}")
-    if split.labels:
-        lines.append(labels_line(cfg.label_by, sorted({d.label for d in source.documents}), source.documents))
+    if split.plan.labels:
+        lines.append(labels_line(cfg.label_by, source.documents))
     if separator and counts.get(ord(separator)):
         warnings.append(f"the separator {show_char(separator)} occurs {counts[ord(separator)]} times inside the "
                         "documents; the model will take those for boundaries (choose another --doc-sep)")
     return lines, warnings
 
 
-def labels_line(label_by: str, labels: Sequence[str], documents: Sequence[Document]) -> str:
+def label_sizes(documents: Sequence[Document]) -> List[dict]:
+    """Each label of `documents`, by name, with its documents and characters (`info --json`'s "labels")."""
+    sizes: Dict[str, List[int]] = {}
+    for d in documents:
+        size = sizes.setdefault(d.label, [0, 0])
+        size[0], size[1] = size[0] + 1, size[1] + d.characters
+    return [{"label": label, "documents": n, "characters": c} for label, (n, c) in sorted(sizes.items())]
+
+
+def labels_line(label_by: str, documents: Sequence[Document]) -> str:
     """The labels with their sizes, one line: `2 labels (--label-by folder): dickinson (12 documents, 210,301
     characters), whitman (...)`; one label is said to be too few for training."""
-    sizes = [(sum(1 for d in documents if d.label == lb), sum(d.characters for d in documents if d.label == lb))
-             for lb in labels]
-    shown = ", ".join(f"{lb} ({_files(n)}, {c:,} characters)" for lb, (n, c) in zip(labels, sizes))
-    few = "; training needs two or more (or --init-from a labelled run)" if len(labels) < 2 else ""
-    return f"{len(labels)} label{'s' if len(labels) != 1 else ''} (--label-by {label_by}): {shown}{few}"
+    sizes = label_sizes(documents)
+    shown = ", ".join(f"{e['label']} ({_files(e['documents'])}, {e['characters']:,} characters)" for e in sizes)
+    few = "; training needs two or more (or --init-from a labelled run)" if len(sizes) < 2 else ""
+    return f"{len(sizes)} label{'s' if len(sizes) != 1 else ''} (--label-by {label_by}): {shown}{few}"
 
 
 def _files(n: int) -> str:
@@ -430,11 +435,8 @@ def describe(spec: Spec) -> Tuple[List[str], dict]:
         facts.update(files=len(collection.documents), skipped=len(collection.skipped),
                      skipped_files=[{"path": name, "reason": why} for name, why in collection.skipped])
     if spec.label_by:
-        labels = sorted({d.label for d in collection.documents})
-        lines.append(labels_line(spec.label_by, labels, collection.documents))
-        facts["labels"] = [{"label": lb, "documents": sum(1 for d in collection.documents if d.label == lb),
-                            "characters": sum(d.characters for d in collection.documents if d.label == lb)}
-                           for lb in labels]
+        lines.append(labels_line(spec.label_by, collection.documents))
+        facts["labels"] = label_sizes(collection.documents)
     return lines, facts
 
 
