@@ -139,6 +139,17 @@ def sites(tmp_path_factory):
     return out
 
 
+PAGE_DONE = "!document.getElementById('generate').disabled"   # the page's generation has ended
+
+
+def generate_in(page, done: str = PAGE_DONE, **fields) -> None:
+    """Fill the form's fields (`prime="I "` fills #prime), press Generate, and wait until `done` holds."""
+    for name, value in fields.items():
+        page.fill(f"#{name}", str(value))
+    page.click("#generate")
+    page.wait_for_function(done, timeout=20000)
+
+
 def open_page(chromium, site: Path):
     page = chromium.new_page()
     page.errors = []
@@ -206,12 +217,7 @@ def test_the_form_streams_the_sample_as_text(chromium, sites, capsys):
     assert code == 0, err
     page = open_page(chromium, site)
     assert "LSTM, 2 layers of 24 units" in page.inner_text("#about")
-    page.fill("#prime", prime)
-    page.fill("#length", "400")
-    page.fill("#seed", "9")
-    page.fill("#temperature", "0.9")
-    page.click("#generate")
-    page.wait_for_function("!document.getElementById('generate').disabled", timeout=20000)
+    generate_in(page, prime=prime, length=400, seed=9, temperature=0.9)
     assert page.eval_on_selector("#output", "e => e.textContent") + "\n" == expected
     assert page.eval_on_selector_all("#output b, #output script", "els => els.length") == 0
     assert "400 characters" in page.inner_text("#status")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browsers import CHROMIUM, chromium_browser, serving
-from test_export_web import open_page, read_model_js
+from test_export_web import generate_in, open_page, read_model_js
 from test_labels_runtimes import LABELS, TEXT, make_folded_run, make_labelled_run, reference, run_main
 
 import charrnn
@@ -127,11 +127,7 @@ def test_the_pages_label_picker_generates_under_the_chosen_label(chromium, sites
     assert page.is_visible("#label") and "3 labels" in page.inner_text("#about")
     assert page.eval_on_selector_all("#label option", "options => options.map(o => o.value)") == list(LABELS)
     page.select_option("#label", "whitman")
-    page.fill("#prime", "I ")
-    page.fill("#length", "150")
-    page.fill("#seed", "6")
-    page.click("#generate")
-    page.wait_for_function("!document.getElementById('generate').disabled", timeout=20000)
+    generate_in(page, prime="I ", length=150, seed=6)
     assert page.eval_on_selector("#output", "e => e.textContent") + "\n" == expected
     assert page.errors == []
     page.close()
@@ -252,11 +248,8 @@ def test_the_playgrounds_label_picker_generates_under_the_chosen_label(chromium,
     assert page.is_visible("#label")
     assert page.eval_on_selector_all("#label option", "options => options.map(o => o.value)") == list(LABELS)
     page.select_option("#label", "keats")
-    page.fill("#prime", "I ")
-    page.fill("#length", "120")
-    page.fill("#seed", "5")
-    page.click("#generate")
-    page.wait_for_function("document.querySelector('#gen-status').textContent.startsWith('done')", timeout=20000)
+    generate_in(page, "document.querySelector('#gen-status').textContent.startsWith('done')", prime="I ", length=120,
+                seed=5)
     want = charrnn.load(run, impl="naive").sample("I ", 120, temperature=0.8, seed=5, label="keats")
     assert page.text_content("#gen-output") == want
     context.close()
