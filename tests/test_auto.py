@@ -52,19 +52,15 @@ def test_width_is_the_widest_that_trains_long_enough_reads_enough_and_does_not_m
             chosen = choose(Workload(train_chars, 65, max_time=seconds), speed).values
 
             def fits(width, seconds=seconds, train_chars=train_chars):
-                cap = auto.MAX_PASSES * train_chars
-                read = min(seconds * share * speed.chars_per_second(width, 65), cap)
+                read = seconds * share * speed.chars_per_second(width, 65)
                 n = weights(width, 65)
-                return (read >= min(auto.MIN_STEPS * window, cap) and n <= auto.WEIGHTS_PER_CHAR * train_chars
+                return (read >= auto.MIN_STEPS * window and n <= auto.WEIGHTS_PER_CHAR * train_chars
                         and read >= auto.chars_needed(n, read / train_chars))
 
             h = chosen["hidden"]
             assert fits(h) or h == auto.WIDTHS[0]
             assert not any(fits(w) for w in auto.WIDTHS if w > h)
-            if seconds * share * speed.chars_per_second(h, 65) > auto.MAX_PASSES * train_chars:
-                assert chosen["epochs"] == auto.MAX_PASSES   # the run ends when the passes are read
-            else:
-                assert "epochs" not in chosen
+            assert "epochs" not in chosen   # no pass cap: a plateau ends a run that has read enough
 
 
 def test_a_text_read_many_times_needs_fewer_chars_per_weight():
@@ -73,10 +69,28 @@ def test_a_text_read_many_times_needs_fewer_chars_per_weight():
 
 
 def test_many_passes_bring_dropout_and_early_stopping_one_pass_brings_neither():
-    small = choose(Workload(200_000, 65, max_time=3600), _speed(8000)).values
-    large = choose(Workload(50_000_000, 65, max_time=120), _speed(8000)).values
-    assert small["dropout"] >= 0.2 and small["patience"] == 3 and small["epochs"] == auto.MAX_PASSES
-    assert large["dropout"] == 0.0 and "patience" not in large
+    """In a time budget early stopping is the plan's (a plateau starts the decay, replan.py), in epochs --patience."""
+    small = choose(Workload(200_000, 65, max_time=3600), _speed(8000))
+    large = choose(Workload(50_000_000, 65, max_time=120), _speed(8000))
+    assert small.values["dropout"] >= 0.2 and small.plan["anneal_after"] == auto.ANNEAL_AFTER
+    assert "patience" not in small.values and "epochs" not in small.values and "no new best" in small.reason
+    assert large.values["dropout"] == 0.0 and "patience" not in large.values
+    in_epochs = choose(Workload(200_000, 65, epochs=30), None)
+    assert in_epochs.values["patience"] == 3 and in_epochs.plan is None
+
+
+def test_a_cheap_validation_is_run_more_often_within_the_time_reserved_for_validations():
+    """A small text's validation split costs little: auto validates up to MAX_EVALS times (so a plateau is seen
+    soon), spending no more time on validations than EVALS of them at their reserved share would."""
+    speed = _speed(8000)
+    small = choose(Workload(200_000, 65, max_time=600, val_chars=20_000), speed)
+    large = choose(Workload(20_000_000, 65, max_time=600, val_chars=2_000_000), speed)
+    assert large.plan["evals"] == auto.EVALS
+    assert auto.EVALS < small.plan["evals"] <= auto.MAX_EVALS
+    for choice in (small, large):
+        plan = choice.plan
+        assert plan["evals"] * plan["eval_seconds"] == pytest.approx(auto.EVALS * auto.EVAL_SHARE * 600, rel=1e-3)
+        assert choice.values["eval_every"] == max(1, plan["iterations"] // plan["evals"])
 
 
 def test_an_epoch_budget_needs_no_probe_and_sizes_by_the_text():
@@ -285,3 +299,7 @@ def test_without_validation_auto_neither_chooses_nor_names_early_stopping():
     assert choose(Workload(**many_passes), None).values["patience"] == 3
     without = choose(Workload(**many_passes, validates=False), None)
     assert "patience" not in without.values and "--patience" not in without.reason
+    timed = dict(train_chars=50_000, vocab_size=65, max_time=600)
+    assert choose(Workload(**timed), _speed(8000)).plan["anneal_after"] == auto.ANNEAL_AFTER
+    unwatched = choose(Workload(**timed, validates=False), _speed(8000))
+    assert unwatched.plan["anneal_after"] is None and "no new best" not in unwatched.reason

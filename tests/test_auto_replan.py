@@ -26,6 +26,7 @@ LR0 = 0.01
 FLOOR = LR0 / 10
 VAL_WINDOWS = 10
 VALIDATION = 1.0               # seconds a validation takes: what auto's plan reserves for one here
+OLD_PASS_CAP = 6.0             # the pass cap auto's plans held before plateaus ended them: such runs still resume
 
 
 class _NoPlot:
@@ -86,15 +87,16 @@ class TimedLearner:
         return self.inner.eval_loss(x, y, state, **labels)
 
 
-def _config(tmp_path, planned_chars_per_s=None, planned_iters=None, **overrides) -> TrainConfig:
+def _config(tmp_path, planned_chars_per_s=None, planned_iters=None, anneal_after=None, pass_cap=OLD_PASS_CAP,
+            **overrides) -> TrainConfig:
     """A --max-time cosine run; with planned_chars_per_s, auto's (its plan from a probe that said so)."""
     values = dict(impl="naive", optimizer="adam", lr=LR0, schedule="cosine", max_time=MAX_TIME, batch_size=B,
                   seq_len=T, eval_every=10_000, log_every=10_000, grad_clip=1.0, out=str(tmp_path))
     if planned_chars_per_s is not None:
         iterations = planned_iters or int(MAX_TIME * (1 - auto.EVALS * auto.EVAL_SHARE) * planned_chars_per_s / CHARS)
         values.update(eval_every=max(1, iterations // auto.EVALS), auto={"plan": {
-            "iterations": iterations, "chars_per_s": planned_chars_per_s, "max_passes": auto.MAX_PASSES,
-            "evals": auto.EVALS, "eval_seconds": VALIDATION}})
+            "iterations": iterations, "chars_per_s": planned_chars_per_s, "max_passes": pass_cap,
+            "evals": auto.EVALS, "eval_seconds": VALIDATION, "anneal_after": anneal_after}})
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -315,7 +317,8 @@ def plan_auto(monkeypatch, tmp_path):
         torch.set_num_threads(threads_now)
         try:
             cfg = TrainConfig(max_time=max_time, out=str(tmp_path / "r"))
-            return cli._apply_auto(cfg, ModelConfig(vocab_size=VOCAB), set(), 5_000_000, torch.device("cpu"), World())
+            return cli._apply_auto(cfg, ModelConfig(vocab_size=VOCAB), set(), 5_000_000, 500_000,
+                                   torch.device("cpu"), World())
         finally:
             torch.set_num_threads(threads)
     yield plan
@@ -392,11 +395,134 @@ def test_a_plan_record_that_does_not_read_plans_as_a_plain_run(tmp_path):
 
 
 def test_auto_first_plan_ends_within_its_pass_cap_in_whole_windows(tmp_path):
-    """auto counts its pass cap in characters (here 67.5 iterations' worth); the run counts whole windows (66): the
+    """(A run made while auto capped its passes resumes with its cap.) auto counts its pass cap in characters
+    (here 67.5 iterations' worth); the run counts whole windows (66): the
     first plan must end there, at the floor, not be cut off by the cap one step above it."""
     cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, planned_iters=10_000)
     trainer, learner = _trainer(cfg, tmp_path, step=lambda i: 0.001)
-    cap = int(auto.MAX_PASSES * trainer.train.num_windows)
+    cap = int(OLD_PASS_CAP * trainer.train.num_windows)
     assert trainer.progress.plan_iters == cap
     progress = trainer.run()
     assert progress.iteration == cap and learner.lrs[-1] == FLOOR
+
+
+class ScriptedValidation(TimedLearner):
+    """Validations score `losses[k]` at the k-th validation (then the last one again), whatever the model does."""
+
+    def __init__(self, *args, losses, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.losses, self.validations, self.windows = losses, 0, 0
+
+    def eval_loss(self, x, y, state, **labels):
+        _, state = super().eval_loss(x, y, state, **labels)
+        loss = self.losses[min(self.validations, len(self.losses) - 1)]
+        self.windows += 1
+        if self.windows == VAL_WINDOWS:
+            self.windows, self.validations = 0, self.validations + 1
+        return loss, state
+
+
+def _scripted(cfg, tmp_path, losses, step=lambda i: 0.5, lines=None, stop_after=None):
+    trainer, learner = _trainer(cfg, tmp_path, step, stop_after=stop_after, lines=lines)
+    scripted = ScriptedValidation(learner.inner, learner.clock, step, stop_after, losses=losses)
+    scripted.trainer, trainer.learner = trainer, scripted
+    return trainer, scripted
+
+
+def _anneal_lines(lines):
+    return [line for line in lines if "decays to its floor by iteration" in line]
+
+
+PLATEAU = [3.0, 2.2, 2.3, 2.4, 2.0, 1.9, 1.8, 1.8]   # best at the 2nd validation, then two worse ones
+
+
+def test_a_plateau_decays_to_the_floor_over_a_short_tail_and_ends_the_run_there(tmp_path):
+    """auto's plan, planned right (2 steps a second) over the whole budget: the validation loss stops improving at
+    the second validation; after two more without a new best the schedule decays from the rate it has to its floor
+    over a quarter of the iterations run so far, says so in one line, and the run ends there, well before the
+    deadline, with the decay's validations run and best.safetensors written."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
+    trainer, learner = _scripted(cfg, tmp_path, PLATEAU, lines=lines)
+    planned, every = trainer.progress.plan_iters, trainer.progress.plan_eval_every
+    progress = trainer.run()
+    said = _anneal_lines(lines)
+    assert len(said) == 1, lines
+    at = 4 * every                                  # the fourth validation is the second without a new best
+    tail = max(replan.ANNEAL_EVALS, int(replan.ANNEAL_SHARE * at))
+    assert said[0] == (f"auto: no new best in 2 validations (best 2.2000); the learning rate now decays to its floor "
+                       f"by iteration {at + tail:,} (was {planned:,}), and the run ends there")
+    assert progress.plan_annealed_at == at and progress.iteration == progress.plan_iters == at + tail
+    assert learner.lrs[-1] == FLOOR
+    assert all(b <= a for a, b in zip(learner.lrs[at - 1:], learner.lrs[at:]))   # no jump at the change
+    assert learner.lrs[at] == pytest.approx(learner.lrs[at - 1], rel=0.05)
+    assert learner.validations >= 4 + replan.ANNEAL_EVALS          # the tail is validated on the way down
+    assert progress.best_val == pytest.approx(1.8) and progress.elapsed < MAX_TIME * 0.75
+    assert (tmp_path / "best.safetensors").exists()
+
+
+def test_a_loss_that_keeps_improving_runs_the_whole_plan(tmp_path):
+    lines = []
+    falling = [3.0 - 0.1 * k for k in range(30)]
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
+    trainer, learner = _scripted(cfg, tmp_path, falling, lines=lines)
+    planned = trainer.progress.plan_iters
+    progress = trainer.run()
+    assert _anneal_lines(lines) == [] and progress.plan_annealed_at is None
+    assert progress.iteration == planned and learner.lrs[-1] == FLOOR
+
+
+@pytest.mark.parametrize("who", ["plain", "no validation to watch"])
+def test_only_auto_with_validation_ends_on_a_plateau(who, tmp_path):
+    """A plain --max-time run (the user's schedule) and an auto run without validation never anneal early."""
+    lines = []
+    cfg = (_config(tmp_path) if who == "plain"
+           else _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=None, pass_cap=None))
+    if who == "plain":
+        cfg = TrainConfig(**{**cfg.__dict__, "eval_every": 20})
+    trainer, learner = _scripted(cfg, tmp_path, PLATEAU, lines=lines)
+    progress = trainer.run()
+    assert _anneal_lines(lines) == [] and progress.plan_annealed_at is None
+    assert progress.elapsed > MAX_TIME * 0.9 and learner.lrs[-1] == pytest.approx(FLOOR, rel=0.02)
+
+
+@pytest.mark.parametrize("decay_step", [0.25, 4.0])
+def test_during_the_decay_the_clock_may_bring_its_end_nearer_never_further(decay_step, tmp_path):
+    """Annealing, then twice as fast: the tail's end stays where the plateau put it. Eight times slower: the
+    deadline would fall inside the tail, so a re-plan brings the end nearer, and the run still ends at the floor,
+    before the deadline."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
+    trainer, learner = _scripted(cfg, tmp_path, PLATEAU, lines=lines)
+    at = 4 * trainer.progress.plan_eval_every
+    learner.step = lambda i: 0.5 if i < at else decay_step
+    progress = trainer.run()
+    tail = max(replan.ANNEAL_EVALS, int(replan.ANNEAL_SHARE * at))
+    if decay_step < 0.5:
+        assert progress.iteration == at + tail and _replan_lines(lines) == [], lines
+    else:
+        assert at < progress.iteration == progress.plan_iters < at + tail and len(_replan_lines(lines)) == 1, lines
+        assert progress.elapsed <= MAX_TIME
+    assert learner.lrs[-1] == FLOOR
+
+
+def test_resume_during_the_decay_continues_it_exactly(tmp_path):
+    """Stopped in the tail and resumed: the same rates step for step as the run never stopped, and the same end."""
+    from charrnn.checkpoint import read_resume
+
+    def cfg(name):
+        return _config(tmp_path / name, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
+
+    straight, straight_learner = _scripted(cfg("a"), tmp_path / "a", PLATEAU)
+    every = straight.progress.plan_eval_every
+    whole = straight.run()
+    stop = 4 * every + 3
+    first, first_learner = _scripted(cfg("b"), tmp_path / "b", PLATEAU, stop_after=stop)
+    first.run()
+    saved = read_resume(tmp_path / "b", first_learner.model.config).progress
+    assert saved["plan_annealed_at"] == whole.plan_annealed_at and saved["plan_iters"] == whole.plan_iters
+    again, again_learner = _scripted(cfg("b"), tmp_path / "b", PLATEAU[first_learner.validations:])
+    again.restore()
+    progress = again.run()
+    assert first_learner.lrs + again_learner.lrs == straight_learner.lrs
+    assert progress.iteration == whole.iteration

@@ -8,16 +8,19 @@ so one rule serves a slow laptop and a GPU alike:
    the number of weights, so straight lines between the three predict every other width.
 2. Budget in characters: with `--max-time`, what each width would read in the time left after
    probing and validation; with `--epochs` or `--max-iters`, what those say.
-   A time budget reads a small text at most MAX_PASSES times: past that, the texts we tuned on
-   got worse, not better, so the run ends early (`--epochs`) with its schedule decayed. (On a
-   ~300 KB text that cosine decays too soon: docs/performance.md says by how much.)
-3. Width: the largest that still trains for MIN_STEPS optimizer steps (or every step the passes
-   allow) and reads enough characters per weight (a bigger model that sees too little text loses
-   to a smaller one that sees more): CHARS_PER_WEIGHT on fresh text, fewer the more passes, as
-   a text read again teaches less than new text would. At most WEIGHTS_PER_CHAR weights per
-   training character.
-4. Regularization from the passes over the text the run will make: no dropout below one pass,
-   then more as the passes grow; early stopping (`--patience`) where it expects to overfit.
+3. Width: the largest that still trains for MIN_STEPS optimizer steps (a small text too: more
+   steps beat more width there as well, docs/performance.md) and reads enough characters per
+   weight (a bigger model that sees too little text loses to a smaller one that sees more):
+   CHARS_PER_WEIGHT on fresh text, fewer the more passes, as a text read again teaches less than
+   new text would. At most WEIGHTS_PER_CHAR weights per training character.
+4. Regularization from the passes over the text the budget allows: no dropout below one pass,
+   then more as the passes grow.
+5. When to stop (a time budget): not at a pass count fitted on larger texts, but when the text
+   has taught what it can. The cosine is planned over the whole budget and validation runs often
+   (as often as its reserved time allows, at most MAX_EVALS times); ANNEAL_AFTER validations in a
+   row without a new best start the decay at once: the rate falls to its floor over a short tail
+   (train/replan.py) and the run ends there, with best.safetensors taken at the decayed model. A
+   budget in epochs or iterations has no plan to shorten: there `--patience` stops an overfitting run.
 
 Explicit flags always override what auto chose. The choice and its reason go to config.json.
 """
@@ -34,10 +37,11 @@ WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280)
 PROBE_WIDTHS = (192, 384, 640)
 CHARS_PER_WEIGHT = 4.5      # these three fitted on four texts at two budgets: docs/performance.md, "--preset auto"
 MIN_STEPS = 1900
-MAX_PASSES = 6.0
 WEIGHTS_PER_CHAR = 16.0
-EVALS = 8                   # validations per run: enough to keep a good best.safetensors and to stop early
+EVALS = 8                   # validations the time reserved for them is sized for: EVAL_SHARE of the budget each
 EVAL_SHARE = 0.01           # of the time budget, per validation
+MAX_EVALS = 32              # where a validation costs less than its share (a small text), as many as fit, up to this
+ANNEAL_AFTER = 2            # validations without a new best that start the final decay (a time budget)
 BATCH, SEQ_LEN, EMBED, LAYERS = 32, 100, 64, 2
 PROBE_SEQ_LEN = 50
 PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
@@ -55,6 +59,7 @@ class Workload:
     epochs: Optional[float] = None
     max_iters: Optional[int] = None
     validates: bool = True        # a validation split exists: early stopping has something to watch
+    val_chars: int = 0            # characters in the validation split (0: unknown, or none)
     window_chars: int = BATCH * SEQ_LEN   # characters per iteration in the layout the run trains with
 
 
@@ -121,10 +126,9 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     seconds = None
     if work.max_time:  # what training has: the time the probe left, less the validations
         seconds = max(0.0, work.max_time - (speed.probe_seconds if speed else 0.0)) * (1 - EVALS * EVAL_SHARE)
-    pass_cap = MAX_PASSES * work.train_chars if seconds is not None and work.epochs is None else math.inf
 
     def budget_chars(hidden: int) -> float:
-        limits = [pass_cap]
+        limits = [math.inf]
         if seconds is not None and speed is not None:
             limits.append(seconds * speed.chars_per_second(hidden, work.vocab_size))
         if work.epochs is not None:
@@ -136,7 +140,7 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     def too_wide(hidden: int) -> Optional[str]:
         """Why a width does not fit this workload, or None when it does."""
         n_weights, chars = weights(hidden, work.vocab_size), budget_chars(hidden)
-        if chars < min(MIN_STEPS * BATCH * SEQ_LEN, pass_cap):
+        if chars < MIN_STEPS * BATCH * SEQ_LEN:
             return f"would train for fewer than {MIN_STEPS} steps"
         if chars < chars_needed(n_weights, chars / max(work.train_chars, 1)):
             return "would read too few chars per weight to be worth its size"
@@ -155,29 +159,35 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
                   weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
-    if passes > 4 and work.validates:
-        values["patience"] = 3
-    if chars >= pass_cap:  # the text runs out of lessons before the clock does
-        values["epochs"] = MAX_PASSES
+    planned = seconds is not None and speed is not None and work.epochs is None and work.max_iters is None
+    if passes > 4 and work.validates and not planned:
+        values["patience"] = 3    # a plan from the clock anneals and ends on a plateau instead (step 5)
+    evals = EVALS
     if work.max_time and speed is not None:
         eval_rate = 2.0 * speed.chars_per_second(hidden, work.vocab_size)  # forward only, about twice as fast
         values["val_chars"] = max(10_000, int(EVAL_SHARE * work.max_time * eval_rate))
         values["max_time"] = max(1.0, work.max_time - speed.probe_seconds)
+        validation = min(values["val_chars"], work.val_chars or values["val_chars"]) / eval_rate
+        evals = int(min(MAX_EVALS, max(EVALS, EVALS * EVAL_SHARE * work.max_time / max(validation, 1e-9))))
+        values["eval_every"] = max(1, iterations // evals)
     wider = WIDTHS[WIDTHS.index(hidden) + 1] if hidden != WIDTHS[-1] else None
-    why = _why(work, speed, hidden, chars, passes, "epochs" in values,
+    why = _why(work, speed, hidden, chars, passes,
                too_wide(hidden) if not fitting else too_wide(wider) if wider else None)
     shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights), dropout {values['dropout']}, "
              f"B{BATCH} T{SEQ_LEN}, AdamW {values['lr']:.0e} warm-up + cosine"
              + (", bf16" if values["bf16"] else "")
              + (f", --patience {values['patience']}" if "patience" in values else ""))
     plan = None
-    if seconds is not None and speed is not None and work.epochs is None and work.max_iters is None:
+    if planned and work.validates:
+        shape += f", decays and ends once {ANNEAL_AFTER} validations in a row find no new best"
+    if planned:
         plan = {"iterations": iterations, "chars_per_s": round(speed.chars_per_second(hidden, work.vocab_size), 1),
-                "max_passes": MAX_PASSES, "evals": EVALS, "eval_seconds": round(EVAL_SHARE * work.max_time, 3)}
+                "evals": evals, "eval_seconds": round(EVALS * EVAL_SHARE * work.max_time / evals, 3),
+                "anneal_after": ANNEAL_AFTER if work.validates else None}
     return Choice(values, f"auto: {shape}\n  because {why}", plan)
 
 
-def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, passes: float, capped: bool,
+def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, passes: float,
          limit: Optional[str]) -> str:
     where = "the budget reads"
     if speed is not None and work.max_time:
@@ -186,7 +196,7 @@ def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, pass
         if speed.measured_ago is not None:
             precision += f", as a run measured it {_age(speed.measured_ago)} ago: too short a budget to probe"
         where = f"this machine trains it at {rate:,.0f} chars/s ({precision})"
-        where += ", so the run reads" if not capped else f"; it stops after {MAX_PASSES:g} passes,"
+        where += ", so the run reads"
     said = f"{where} ~{chars / 1e6:.1f}M chars = {passes:.1f} passes over {work.train_chars / 1e6:.2f}M training chars"
     if limit is None:
         return f"{said}; this is the widest auto trains"

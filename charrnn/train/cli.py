@@ -145,7 +145,8 @@ def run_train(args: dict) -> int:
     if auto and not train_cfg.resume:  # on --resume the run keeps what auto chose for it (config.json)
         _check_auto_layout(train_cfg, explicit, train_data)
         notes.flush()  # what was read comes before the probe, which takes seconds
-        train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data), device, world)
+        train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data),
+                                           len(val_data) if val_data is not None else 0, device, world)
 
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split",
                                  segments=train_segments)
@@ -184,14 +185,15 @@ def _check_auto_layout(cfg: TrainConfig, explicit: set, train_data) -> None:
     make_streams(train_data, *_auto_layout(cfg, explicit), what="training split")
 
 
-def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, device,
+def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_chars: int, val_chars: int, device,
                 world) -> tuple[TrainConfig, ModelConfig]:
     """--preset auto: probe this machine (for a time budget), choose, print why; explicit flags win."""
     from charrnn.train import auto
 
     batch, seq_len = _auto_layout(cfg, explicit)
     work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters,
-                         validates=bool(cfg.val_frac > 0 or cfg.val_data), window_chars=batch * seq_len)
+                         validates=bool(cfg.val_frac > 0 or cfg.val_data), window_chars=batch * seq_len,
+                         val_chars=val_chars)
     speed = _auto_speed(cfg, model_cfg, device, world) if cfg.max_time else None
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's

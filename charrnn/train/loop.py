@@ -49,6 +49,7 @@ class Progress:
     plan_eval_every: Optional[int] = None
     plan_chars_per_s: Optional[float] = None
     plan_eval_seconds: Optional[float] = None
+    plan_annealed_at: Optional[int] = None       # the iteration a plateau started the final decay at (auto)
 
     def epochs_done(self, windows_per_epoch: int) -> float:
         return round(self.epoch + self.window / windows_per_epoch, 4)
@@ -134,6 +135,7 @@ class Trainer:
             if evaluate_now:
                 self.validate_and_save()
                 last_saved = p.iteration
+                self._settle_on_plateau()
             elif cfg.checkpoint_every and p.iteration % cfg.checkpoint_every == 0:
                 self.save()
                 last_saved = p.iteration
@@ -170,6 +172,12 @@ class Trainer:
         if self.planner is None:
             return
         change = self.planner.observe(self.progress, after, evaluate_now)
+        if change is not None:
+            self._adopt_plan(*change)
+
+    def _settle_on_plateau(self) -> None:
+        """After a validation: where auto's plan says the text has taught what it can, decay to the end now."""
+        change = self.planner.settle(self.progress) if self.planner is not None else None
         if change is not None:
             self._adopt_plan(*change)
 
@@ -373,10 +381,10 @@ class Trainer:
         speed it had measured; a run no longer planned from time (--max-iters or --epochs given) drops it."""
         p = self.progress
         if self.planner is None:
-            p.plan_iters = p.plan_eval_every = None
+            p.plan_iters = p.plan_eval_every = p.plan_annealed_at = None
         elif p.plan_iters is not None and p.plan_chars_per_s and p.budget != self.budget.as_list():
-            plan = self.planner.plan(p, p.plan_chars_per_s)
-            p.plan_iters, p.plan_eval_every = plan.iterations, plan.eval_every
+            plan = self.planner.plan(p, p.plan_chars_per_s)   # a new budget: a new plan, a plateau's decay undone
+            p.plan_iters, p.plan_eval_every, p.plan_annealed_at = plan.iterations, plan.eval_every, None
         self.budget.planned = p.plan_iters
 
     def _reshard_state(self, states: list):

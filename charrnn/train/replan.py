@@ -18,8 +18,15 @@ a sample, the first step after a start, when kernels are built); what a validati
 to reserve time for the validations the plan still holds. Every number here is read from the run's agreed
 clock (the slowest process's, under torchrun) at the same iterations, so every process plans alike.
 
-The plan lives in the Trainer's Progress (plan_iters, plan_eval_every, plan_chars_per_s, plan_eval_seconds),
-so resume.safetensors holds it and --resume continues the re-planned schedule exactly.
+auto's plans also end early where the text has taught what it can: ANNEAL_AFTER validations in a row without a new
+best (Rule.anneal_after) move the plan's end to a short tail (ANNEAL_SHARE of the iterations run so far, with
+ANNEAL_EVALS validations in it), so the cosine falls from the rate it has to its floor there and the run ends, its
+best checkpoint taken at or near the decayed model. A plateau is where a fixed schedule would keep paying for passes
+that no longer teach (a small text read many times); the tail is the decay that turns the plateau into a lower
+loss. Once annealing, a re-plan may only bring the end nearer (the deadline), never move it back out.
+
+The plan lives in the Trainer's Progress (plan_iters, plan_eval_every, plan_chars_per_s, plan_eval_seconds,
+plan_annealed_at), so resume.safetensors holds it and --resume continues the re-planned schedule exactly.
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ MARGIN = 0.05        # re-planned where the plan's end would miss the deadline b
 SLACK = 0.01         # of the time left, kept free: a plan ends just before the deadline, not just after it
 WINDOW = 0.05        # of --max-time: the speed is that of the latest steps over this long ...
 MIN_STEPS = 5        # ... and at least this many
+ANNEAL_SHARE = 0.25  # a plateau's decay takes this share of the iterations run so far ...
+ANNEAL_EVALS = 4     # ... and validates this many times on the way down
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class Rule:
     #                                      all `evals` of them may take the time this reserves)
     max_passes: Optional[float] = None   # auto: a time budget reads the text at most this many times
     first: Optional[Tuple[int, float]] = None   # auto's plan from its probe: (iterations, chars/s)
+    anneal_after: Optional[int] = None   # auto: this many validations in a row without a new best end the plan early
     speaker: str = "schedule"            # who the one line names ("auto" for auto's runs)
 
 
@@ -74,12 +84,14 @@ def rule_for(cfg: TrainConfig, windows_per_epoch: int) -> Optional[Rule]:
     try:  # auto's plan as config.json holds it (train/cli.py); a record that does not read is no plan
         first = (int(auto["iterations"]), float(auto["chars_per_s"]))
         evals, seconds = (int(auto["evals"]) if auto.get("evals") else None), float(auto.get("eval_seconds") or 0)
-        passes = float(auto["max_passes"]) if auto.get("max_passes") else None
+        passes = float(auto["max_passes"]) if auto.get("max_passes") else None   # auto's pass cap, before plateaus
+        anneal = int(auto["anneal_after"]) if auto.get("anneal_after") else None
     except (TypeError, KeyError, ValueError):
         return Rule(**common)
     if first[1] <= 0:
         return Rule(**common)
-    return Rule(**common, evals=evals, eval_seconds=seconds, max_passes=passes, first=first, speaker="auto")
+    return Rule(**common, evals=evals, eval_seconds=seconds, max_passes=passes, first=first, speaker="auto",
+                anneal_after=anneal if anneal and anneal > 0 else None)
 
 
 class SpeedMeter:
@@ -159,6 +171,8 @@ class Planner:
             return None
         self.next_check = p.elapsed + CHECK_EVERY * self.rule.max_time
         plan = self.plan(p, self.rule.chars_per_iter / seconds)
+        if p.plan_annealed_at is not None:   # the decay after a plateau: only the deadline may bring its end nearer
+            plan = Plan(min(plan.iterations, p.plan_iters), p.plan_eval_every or plan.eval_every, plan.chars_per_s)
         if p.plan_iters is not None:
             off = (plan.iterations - p.plan_iters) * seconds
             way = 0 if abs(off) <= MARGIN * self.rule.max_time else 1 if off > 0 else -1
@@ -169,6 +183,24 @@ class Planner:
                 return None   # re-planned only when checks a whole window apart find it off the same way
             self.wanted = (0, p.elapsed)
         return plan, (self._line(p, plan) if p.plan_iters is not None else None)
+
+    def settle(self, p) -> Optional[Tuple[Plan, str]]:
+        """After a validation: where `anneal_after` of them in a row found no new best, the plan that decays to
+        its floor over a short tail from here and ends there (and the line saying so); None to keep the plan."""
+        rule = self.rule
+        if (rule.anneal_after is None or p.plan_annealed_at is not None or p.plan_iters is None
+                or p.evals_since_best < rule.anneal_after):
+            return None
+        tail = max(ANNEAL_EVALS, int(ANNEAL_SHARE * p.iteration))
+        if p.iteration + tail >= p.plan_iters:
+            return None   # the plan ends about as soon anyway
+        p.plan_annealed_at = p.iteration
+        every = max(1, tail // ANNEAL_EVALS) if rule.evals else rule.eval_every   # --eval-every is the user's
+        plan = Plan(p.iteration + tail, every, p.plan_chars_per_s or 0.0)
+        line = (f"{rule.speaker}: no new best in {p.evals_since_best} validations (best {p.best_val:.4f}); the "
+                f"learning rate now decays to its floor by iteration {plan.iterations:,} (was {p.plan_iters:,}), "
+                "and the run ends there")
+        return plan, line
 
     def plan(self, p, chars_per_s: float) -> Plan:
         """The plan for the time left at `chars_per_s`: as many iterations as fit before the deadline (less
