@@ -16,7 +16,10 @@ best.safetensors is then read over the WHOLE validation split (the last --val-fr
 least 32 before it. That column is the judged figure; each text ends with auto's margin over the best reference
 (positive: auto is lower) and the busy run's distance from the quiet one.
 
-    python benchmarks/preset_auto.py --data A.txt [B.txt ...] [--budgets 120 300] [--contenders ...]
+    python benchmarks/preset_auto.py --data A.txt [B.txt ...] [--budgets 120 300] [--contenders ...] [--out DIR --keep]
+
+With --keep, a run whose judged figure is already in --out is not run again: after a change to auto, only auto's
+runs are made again (delete them first) and the references' runs are reused.
 
 The texts judged in docs/performance.md are built by benchmarks/unseen_texts.py (never committed).
 """
@@ -137,6 +140,7 @@ def main() -> int:
                         default=["auto", "auto-busy", "lstm-2x128", "lstm-2x192", "lstm-2x320", "babygpt"])
     parser.add_argument("--val-frac", type=float, default=0.1)
     parser.add_argument("--out", help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="reuse the runs --out already holds a judged figure for")
     args = parser.parse_args()
     for data in map(Path, args.data):
         if not data.is_file():
@@ -154,9 +158,10 @@ def main() -> int:
         print(f"\n## {data.name} ({len(text):,} chars, {len(set(text)):,} distinct)", flush=True)
         jobs = [(c, b, out / f"{c}-{b:g}s", command(c, data, b, out / f"{c}-{b:g}s"))
                 for b in args.budgets for c in args.contenders]
-        for start in range(0, len(jobs), 2):
-            run_pair(jobs[start:start + 2], val_path)
-            for contender, budget, run_dir, _ in jobs[start:start + 2]:
+        to_run = [job for job in jobs if not (args.keep and judged(job[0], job[2]) is not None)]
+        for start in range(0, len(to_run), 2):
+            run_pair(to_run[start:start + 2], val_path)
+            for contender, budget, run_dir, _ in to_run[start:start + 2]:
                 print(row(contender, budget, run_dir).replace("| ", "", 1), flush=True)
         print("\n| budget s | contender | shape | iterations | best val in training | whole val split (judged) |")
         print("|---|---|---|---|---|---|")

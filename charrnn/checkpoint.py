@@ -34,7 +34,7 @@ FORMAT = "charrnn-run/1"
 PROGRESS_COUNTS = ("iteration", "epoch", "window")       # non-negative integers
 OPTIONAL_COUNTS = ("evals_since_best",)                   # the same, absent from older checkpoints
 PLAN_COUNTS = ("plan_iters", "plan_eval_every",          # null, or positive integers (train/replan.py's plan)
-               "plan_annealed_at")
+               "plan_best_at", "plan_annealed_at")
 PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0",  # numbers (all but elapsed may be null)
                    "plan_chars_per_s", "plan_eval_seconds")
 PROGRESS_LISTS = {"budget": 3, "cosine_from": 2}          # null, or lists of numbers (or nulls)

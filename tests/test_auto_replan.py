@@ -88,22 +88,22 @@ class TimedLearner:
 
 
 def _config(tmp_path, planned_chars_per_s=None, planned_iters=None, anneal_after=None, pass_cap=OLD_PASS_CAP,
-            **overrides) -> TrainConfig:
+            evals=auto.EVALS, **overrides) -> TrainConfig:
     """A --max-time cosine run; with planned_chars_per_s, auto's (its plan from a probe that said so)."""
     values = dict(impl="naive", optimizer="adam", lr=LR0, schedule="cosine", max_time=MAX_TIME, batch_size=B,
                   seq_len=T, eval_every=10_000, log_every=10_000, grad_clip=1.0, out=str(tmp_path))
     if planned_chars_per_s is not None:
         iterations = planned_iters or int(MAX_TIME * (1 - auto.EVALS * auto.EVAL_SHARE) * planned_chars_per_s / CHARS)
-        values.update(eval_every=max(1, iterations // auto.EVALS), auto={"plan": {
+        values.update(eval_every=max(1, iterations // evals), auto={"plan": {
             "iterations": iterations, "chars_per_s": planned_chars_per_s, "max_passes": pass_cap,
-            "evals": auto.EVALS, "eval_seconds": VALIDATION, "anneal_after": anneal_after}})
+            "evals": evals, "eval_seconds": VALIDATION, "anneal_after": anneal_after}})
     values.update(overrides)
     return TrainConfig(**values)
 
 
-def _trainer(cfg, tmp_path, step, stop_after=None, lines=None):
+def _trainer(cfg, tmp_path, step, stop_after=None, lines=None, windows=400):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    data = np.random.default_rng(0).integers(0, 5, size=B * 400 * T + 1).astype(np.uint8)   # 400 windows an epoch
+    data = np.random.default_rng(0).integers(0, 5, size=B * windows * T + 1).astype(np.uint8)   # windows an epoch
     val = np.random.default_rng(1).integers(0, 5, size=VAL_WINDOWS * T + 1).astype(np.uint8)
     model = build_model("naive", ModelConfig(vocab_size=5, cell="rnn", layers=1, hidden=8, embed=4), seed=0)
     clock = FakeClock()
@@ -411,10 +411,12 @@ class ScriptedValidation(TimedLearner):
 
     def __init__(self, *args, losses, **kwargs):
         super().__init__(*args, **kwargs)
-        self.losses, self.validations, self.windows = losses, 0, 0
+        self.losses, self.validations, self.windows, self.at = losses, 0, 0, []
 
     def eval_loss(self, x, y, state, **labels):
         _, state = super().eval_loss(x, y, state, **labels)
+        if self.windows == 0:
+            self.at.append(self.trainer.progress.iteration)   # the iteration each validation scores
         loss = self.losses[min(self.validations, len(self.losses) - 1)]
         self.windows += 1
         if self.windows == VAL_WINDOWS:
@@ -422,8 +424,9 @@ class ScriptedValidation(TimedLearner):
         return loss, state
 
 
-def _scripted(cfg, tmp_path, losses, step=lambda i: 0.5, lines=None, stop_after=None):
-    trainer, learner = _trainer(cfg, tmp_path, step, stop_after=stop_after, lines=lines)
+def _scripted(cfg, tmp_path, losses, step=lambda i: 0.5, lines=None, stop_after=None, windows=20):
+    """A small text (20 windows: the plateau comes after several passes) whose validations score `losses`."""
+    trainer, learner = _trainer(cfg, tmp_path, step, stop_after=stop_after, lines=lines, windows=windows)
     scripted = ScriptedValidation(learner.inner, learner.clock, step, stop_after, losses=losses)
     scripted.trainer, trainer.learner = trainer, scripted
     return trainer, scripted
@@ -466,6 +469,40 @@ def test_a_loss_that_keeps_improving_runs_the_whole_plan(tmp_path):
     falling = [3.0 - 0.1 * k for k in range(30)]
     cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
     trainer, learner = _scripted(cfg, tmp_path, falling, lines=lines)
+    planned = trainer.progress.plan_iters
+    progress = trainer.run()
+    assert _anneal_lines(lines) == [] and progress.plan_annealed_at is None
+    assert progress.iteration == planned and learner.lrs[-1] == FLOOR
+
+
+def test_a_plateau_shorter_than_half_the_run_so_far_is_noise_and_the_plan_goes_on(tmp_path):
+    """Best at the 8th validation, two worse ones, then better again: at the 10th, two validations span a fifth of
+    the iterations run (a high learning rate's noise on a busy machine ended a run at a fifth of its plan that
+    way); the run goes on. A run that stays worse starts the decay once as long has passed since its best as
+    before it, and not one validation sooner."""
+    late = [3.0 - 0.1 * k for k in range(8)] + [2.4, 2.45] + [2.2 - 0.05 * k for k in range(30)]
+    stuck = [3.0 - 0.1 * k for k in range(8)] + [2.4] * 30
+    ends = {}
+    for name, losses in (("late", late), ("stuck", stuck)):
+        lines = []
+        cfg = _config(tmp_path / name, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32)
+        trainer, learner = _scripted(cfg, tmp_path / name, losses, lines=lines)
+        progress = trainer.run()
+        ends[name] = (progress.plan_annealed_at, len(_anneal_lines(lines)), learner.at)
+    assert ends["late"][:2] == (None, 0)
+    annealed_at, said, at = ends["stuck"]
+    best_at = at[7]                       # the 8th validation scored the best loss; every later one is worse
+    assert said == 1 and annealed_at in at and annealed_at - best_at >= replan.PLATEAU_SHARE * annealed_at
+    before = at[at.index(annealed_at) - 1]
+    assert before - best_at < replan.PLATEAU_SHARE * before   # the validation before was still too soon
+
+
+def test_a_plateau_within_the_first_passes_is_noise_and_the_plan_goes_on(tmp_path):
+    """On a text the run has read less than twice (400 windows: the whole run is half a pass) the same losses start
+    no decay: fresh text does not overfit, so two worse validations are a high learning rate's noise."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
+    trainer, learner = _scripted(cfg, tmp_path, PLATEAU, lines=lines, windows=400)
     planned = trainer.progress.plan_iters
     progress = trainer.run()
     assert _anneal_lines(lines) == [] and progress.plan_annealed_at is None

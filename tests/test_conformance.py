@@ -6,10 +6,12 @@ a new row, column, resume flag or refusal is one line in one of them.
     DATA       the kinds of data: one file, a folder of documents, --max-vocab (the unknown symbol U+FFFD),
                one-hot inputs (--embed 0), a CJK text, a folder of labelled folders (--label-by folder: every
                runtime samples and scores under a label, and scores a text under every label).
-    ROWS       one run each: an engine, a kind of data and a cell. Together they hold every engine, every kind of
-               data and every cell, in the combinations users make. Each row's run is trained once per module
-               (Lab) and taken through the lifecycle: train -> resume (plain, and with each RESUME_CHANGES flag)
-               -> fine-tune (--init-from) -> export (ONNX float32 and int8, the web page) -> sample / eval.
+    ROWS       one run each: an engine, a kind of data and a cell (and a preset). Together they hold every engine,
+               every kind of data and every cell, in the combinations users make; `--preset auto` trains one
+               (its choices, bf16 where the CPU has it, through every step below; the row's flags fix the size).
+               Each row's run is trained once per module (Lab) and taken through the lifecycle: train -> resume
+               (plain, and with each RESUME_CHANGES flag) -> fine-tune (--init-from) -> export (ONNX float32 and
+               int8, the web page) -> sample / eval.
     RUNTIMES   the columns: what runs the fine-tuned model.
     cells      every (row, runtime), test_cell: the same seed gives the same text as the reference wherever the
                runtime draws the same way (float32: `charrnn sample --checkpoint --impl naive`; int8: the same
@@ -84,10 +86,17 @@ class Row:
     engine: str
     data: str
     cell: str
+    preset: str = ""
 
     @property
     def id(self) -> str:
-        return f"{self.engine}-{self.data}-{self.cell}"
+        return f"{self.engine}-{self.data}-{self.cell}" + (f"-{self.preset}" if self.preset else "")
+
+    @property
+    def train_flags(self) -> list:
+        """--preset auto with a time budget probes (or reads this machine's speed) and chooses; --max-iters then
+        bounds the run, and the explicit size flags (TRAIN) replace auto's width."""
+        return ["--preset", self.preset, "--max-time", "20"] if self.preset else []
 
 
 ROWS = [
@@ -100,6 +109,7 @@ ROWS = [
     Row("keras", "max_vocab", "lstm"),
     Row("scratch", "labelled", "lstm"),
     Row("keras", "labelled", "gru"),
+    Row("library", "folder", "lstm", preset="auto"),
 ]
 SLOW_ENGINES = {"tf", "keras"}
 
@@ -173,6 +183,9 @@ REFUSALS = {
     "a web page in int8": Refusal(
         lambda r, tmp: ["export", "--checkpoint", r.ft, "--format", "web", "--out", tmp / "site", "--quantize",
                         "int8"], "--quantize"),
+    "fine-tune an auto run with --preset auto": Refusal(
+        lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--preset", "auto",
+                        "--max-time", "5"], "--init-from keeps the other run's", applies=lambda row: bool(row.preset)),
     "ONNX int8 of a GRU or RNN": Refusal(
         lambda r, tmp: ["export", "--checkpoint", r.ft, "--format", "onnx", "--out", tmp / "m.onnx", "--quantize",
                         "int8"], "LSTM models only", applies=lambda row: row.cell != "lstm"),
@@ -256,7 +269,7 @@ class Lab:
         run = LabRun(row, data_args, eval_data, home / "other.txt", home / "snowman.txt", home / "trained",
                      home / "resumed", {}, home / "ft")
         run.outputs["train"] = self.ok(["train", *data_args, "--out", run.trained, "--impl", row.engine, "--cell",
-                                        row.cell, *TRAIN, "--max-iters", ITERS["train"]])
+                                        row.cell, *TRAIN, *row.train_flags, "--max-iters", ITERS["train"]])
         shutil.copytree(run.trained, run.resumed)
         run.outputs["resume"] = self.ok(["train", *data_args, "--out", run.resumed, "--resume", "--max-iters",
                                          ITERS["resume"]])

@@ -22,6 +22,11 @@ so one rule serves a slow laptop and a GPU alike:
    (train/replan.py) and the run ends there, with best.safetensors taken at the decayed model. A
    budget in epochs or iterations has no plan to shorten: there `--patience` stops an overfitting run.
 
+Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
+the probe's line prices them and the width shrinks to match. The alphabet is never cut: `--max-vocab` would map
+the rare characters to one symbol the model can never write back, and a sampled softmax would only speed the head
+that the width rule already pays for.
+
 Explicit flags always override what auto chose. The choice and its reason go to config.json.
 """
 from __future__ import annotations

@@ -49,6 +49,7 @@ class Progress:
     plan_eval_every: Optional[int] = None
     plan_chars_per_s: Optional[float] = None
     plan_eval_seconds: Optional[float] = None
+    plan_best_at: Optional[int] = None           # the iteration of the best validation (auto's plateau rule)
     plan_annealed_at: Optional[int] = None       # the iteration a plateau started the final decay at (auto)
 
     def epochs_done(self, windows_per_epoch: int) -> float:
@@ -381,7 +382,7 @@ class Trainer:
         speed it had measured; a run no longer planned from time (--max-iters or --epochs given) drops it."""
         p = self.progress
         if self.planner is None:
-            p.plan_iters = p.plan_eval_every = p.plan_annealed_at = None
+            p.plan_iters = p.plan_eval_every = p.plan_annealed_at = p.plan_best_at = None
         elif p.plan_iters is not None and p.plan_chars_per_s and p.budget != self.budget.as_list():
             plan = self.planner.plan(p, p.plan_chars_per_s)   # a new budget: a new plan, a plateau's decay undone
             p.plan_iters, p.plan_eval_every, p.plan_annealed_at = plan.iterations, plan.eval_every, None

@@ -18,15 +18,18 @@ a sample, the first step after a start, when kernels are built); what a validati
 to reserve time for the validations the plan still holds. Every number here is read from the run's agreed
 clock (the slowest process's, under torchrun) at the same iterations, so every process plans alike.
 
-auto's plans also end early where the text has taught what it can: ANNEAL_AFTER validations in a row without a new
-best (Rule.anneal_after) move the plan's end to a short tail (ANNEAL_SHARE of the iterations run so far, with
-ANNEAL_EVALS validations in it), so the cosine falls from the rate it has to its floor there and the run ends, its
-best checkpoint taken at or near the decayed model. A plateau is where a fixed schedule would keep paying for passes
-that no longer teach (a small text read many times); the tail is the decay that turns the plateau into a lower
-loss. Once annealing, a re-plan may only bring the end nearer (the deadline), never move it back out.
+auto's plans also end early where the text has taught what it can: past its second pass over the text
+(ANNEAL_PASSES), a plateau (Rule.anneal_after validations in a row without a new best, and none for PLATEAU_SHARE
+of the iterations run so far: as long since the best as before it) moves the plan's end to a short tail
+(ANNEAL_SHARE of the iterations so far, with ANNEAL_EVALS validations in it), so the cosine falls from the rate it
+has to its floor there and the run ends, its best checkpoint the better of the plateau's and the decayed model's.
+A shorter plateau is not enough: at a high learning rate the validation loss of a list of names wandered for
+four validations (a sixth of the run) and the early decay cost 0.4 nats/char against the run that went on
+(docs/performance.md). Once annealing, a re-plan may only bring the end nearer (the deadline), never move it out.
 
 The plan lives in the Trainer's Progress (plan_iters, plan_eval_every, plan_chars_per_s, plan_eval_seconds,
-plan_annealed_at), so resume.safetensors holds it and --resume continues the re-planned schedule exactly.
+plan_best_at, plan_annealed_at), so resume.safetensors holds it and --resume continues the re-planned schedule
+exactly.
 """
 from __future__ import annotations
 
@@ -43,8 +46,11 @@ MARGIN = 0.05        # re-planned where the plan's end would miss the deadline b
 SLACK = 0.01         # of the time left, kept free: a plan ends just before the deadline, not just after it
 WINDOW = 0.05        # of --max-time: the speed is that of the latest steps over this long ...
 MIN_STEPS = 5        # ... and at least this many
+PLATEAU_SHARE = 0.5  # a plateau: no new best for this share of the iterations run so far (and anneal_after checks)
 ANNEAL_SHARE = 0.25  # a plateau's decay takes this share of the iterations run so far ...
 ANNEAL_EVALS = 4     # ... and validates this many times on the way down
+ANNEAL_PASSES = 2.0  # a plateau before this many passes over the text is a high rate's noise: fresh text does not
+#                      overfit, so the plan goes on
 
 
 @dataclass(frozen=True)
@@ -188,9 +194,13 @@ class Planner:
         """After a validation: where `anneal_after` of them in a row found no new best, the plan that decays to
         its floor over a short tail from here and ends there (and the line saying so); None to keep the plan."""
         rule = self.rule
+        if p.evals_since_best == 0:
+            p.plan_best_at = p.iteration
         if (rule.anneal_after is None or p.plan_annealed_at is not None or p.plan_iters is None
-                or p.evals_since_best < rule.anneal_after):
+                or p.evals_since_best < rule.anneal_after or p.epochs_done(rule.windows_per_epoch) < ANNEAL_PASSES):
             return None
+        if p.iteration - (p.plan_best_at or 0) < PLATEAU_SHARE * p.iteration:
+            return None   # a shorter plateau is as likely a high rate's noise, which the decay still to come ends
         tail = max(ANNEAL_EVALS, int(ANNEAL_SHARE * p.iteration))
         if p.iteration + tail >= p.plan_iters:
             return None   # the plan ends about as soon anyway
