@@ -17,10 +17,11 @@ so one rule serves a slow laptop and a GPU alike:
    then more as the passes grow.
 5. When to stop (a time budget): not at a pass count fitted on larger texts, but when the text
    has taught what it can. The cosine is planned over the whole budget and validation runs often
-   (as often as its reserved time allows, at most MAX_EVALS times); ANNEAL_AFTER validations in a
-   row without a new best start the decay at once: the rate falls to its floor over a short tail
-   (train/replan.py) and the run ends there, with best.safetensors taken at the decayed model. A
-   budget in epochs or iterations has no plan to shorten: there `--patience` stops an overfitting run.
+   (as often as its reserved time allows, at most MAX_EVALS times); a plateau (ANNEAL_AFTER
+   validations in a row without a new best, and as long since the best as before it) starts the
+   decay at once: the rate falls to its floor over a short tail (train/replan.py) and the run ends
+   there. A budget in epochs or iterations has no plan to shorten: there `--patience` stops an
+   overfitting run.
 
 Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
 the probe's line prices them and the width shrinks to match. The alphabet is never cut: `--max-vocab` would map
@@ -184,7 +185,7 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
              + (f", --patience {values['patience']}" if "patience" in values else ""))
     plan = None
     if planned and work.validates:
-        shape += f", decays and ends once {ANNEAL_AFTER} validations in a row find no new best"
+        shape += ", decays and ends early on a plateau as long as the run before its best"
     if planned:
         plan = {"iterations": iterations, "chars_per_s": round(speed.chars_per_second(hidden, work.vocab_size), 1),
                 "evals": evals, "eval_seconds": round(EVALS * EVAL_SHARE * work.max_time / evals, 3),
