@@ -148,7 +148,7 @@ def test_preset_auto_trains_says_why_and_records_it(text_file, tmp_path, run_cli
     config = json.loads((out / "config.json").read_text())
     record = config["train"]["auto"]
     assert record["reason"].startswith("auto: 2×") and record["overridden_by_flags"] == ["seq_len"]
-    assert "192/float32" in record["probe_chars_per_s"]   # the narrowest at least: the probe has 0.6 s of 6
+    assert f"{auto.PROBE_WIDTHS[0]}/float32" in record["probe_chars_per_s"]   # the narrowest at least: 0.6 s of 6
     assert {k.split("/")[0] for k in record["probe_chars_per_s"]} <= {str(h) for h in auto.PROBE_WIDTHS}
     assert config["train"]["seq_len"] == 16                                   # the explicit flag won
     assert config["model"]["hidden"] in auto.WIDTHS and config["train"]["max_time"] < 6  # the probe came out of it
@@ -265,7 +265,7 @@ def test_a_probe_keeps_to_its_seconds_and_still_gives_a_usable_speed():
     took = time.perf_counter() - started
     one_step = (2e-5 + 4e-11 * weights(auto.PROBE_WIDTHS[0], 65)) * auto.BATCH * auto.PROBE_SEQ_LEN
     assert took < 0.05 + 4 * one_step          # the deadline, overshot by at most the steps under way
-    assert "192/float32" in speed.measured and len(speed.measured) < 2 * len(auto.PROBE_WIDTHS)
+    assert f"{auto.PROBE_WIDTHS[0]}/float32" in speed.measured and len(speed.measured) < 2 * len(auto.PROBE_WIDTHS)
     assert choose(Workload(1_000_000, 65, max_time=60), speed).values["hidden"] in auto.WIDTHS
 
 
@@ -303,3 +303,70 @@ def test_without_validation_auto_neither_chooses_nor_names_early_stopping():
     assert choose(Workload(**timed), _speed(8000)).plan["anneal_after"] == auto.ANNEAL_AFTER
     unwatched = choose(Workload(**timed, validates=False), _speed(8000))
     assert unwatched.plan["anneal_after"] is None and "plateau" not in unwatched.reason
+
+
+class _FakeLoad:
+    """Other processes keep `others` of this process's `cores` busy, whatever the probe does."""
+
+    def __init__(self, cores: int, others: float):
+        self.cores, self.others = cores, others
+
+    def start(self):
+        pass
+
+    def others_cores(self):
+        return self.others
+
+
+@pytest.mark.parametrize("cores, threads, others, share", [
+    (1, 1, 0.5, 0.5),     # one core, shared half and half with a spinning process
+    (2, 2, 0.67, 0.665),  # two threads on two cores, a third process on one: two thirds each
+    (2, 1, 1.0, 1.0),     # one thread, and the other core busy: nothing taken from this process
+    (2, 1, 0.0, 1.0),
+])
+def test_own_share_is_what_the_others_left_per_thread(cores, threads, others, share):
+    from charrnn.train.machine_load import own_share
+
+    assert own_share(_FakeLoad(cores, others), threads) == pytest.approx(share, abs=0.01)
+
+
+def test_a_probe_on_a_machine_busy_throughout_chooses_what_the_quiet_machine_would_and_says_so():
+    """Every step twice as slow because another process holds half the core: with the load measured, the probe
+    gives the quiet machine's speed line (the same width chosen), and the auto line names the busy probe."""
+    work = Workload(train_chars=2_000_000, vocab_size=65, max_time=300)
+    quiet = auto.probe(_fake_machine(), False, 65)
+    slowed = auto.probe(_fake_machine(base=4e-6, slope=8e-11), False, 65)
+    corrected = auto.probe(_fake_machine(base=4e-6, slope=8e-11), False, 65, load=_FakeLoad(1, 0.5), threads=1)
+    assert choose(work, slowed).values["hidden"] < choose(work, quiet).values["hidden"]
+    assert choose(work, corrected).values["hidden"] == choose(work, quiet).values["hidden"]
+    for hidden in (192, 384):
+        assert corrected.chars_per_second(hidden, 65) == pytest.approx(quiet.chars_per_second(hidden, 65), rel=0.2)
+    assert corrected.busy_share == 0.5 and quiet.busy_share is None
+    assert "the probe had 50% of its cores" in choose(work, corrected).reason
+
+
+def test_the_load_meter_reads_what_other_processes_took_from_proc_stat(tmp_path):
+    """/proc/stat's busy ticks on this process's cores, less this process's own CPU time, per second of wall."""
+    from charrnn.train import machine_load
+
+    stat = tmp_path / "stat"
+    meter = machine_load.ProcStatLoad(stat)
+    meter.ids, meter.cores, meter.tick = [0], 1, 100
+
+    def write(busy_ticks):
+        stat.write_text(f"cpu  {busy_ticks} 0 0 999 0 0 0 0 0 0\ncpu0 {busy_ticks} 0 0 999 5 0 0 0 0 0\n"
+                        "cpu1 777 0 0 1 0 0 0 0 0 0\n")
+
+    write(1000)
+    clock = {"wall": 10.0, "own": 3.0}
+    original = (machine_load.time.perf_counter, machine_load.time.process_time)
+    machine_load.time.perf_counter, machine_load.time.process_time = (lambda: clock["wall"]), (lambda: clock["own"])
+    try:
+        meter.start()
+        write(1000 + 200)                 # 2 s of busy time on core 0 ...
+        clock.update(wall=14.0, own=4.0)  # ... in 4 s, of which this process took 1 s
+        assert meter.others_cores() == pytest.approx(0.25)
+        stat.unlink()                     # unreadable: no correction
+        assert meter.others_cores() == 0.0
+    finally:
+        machine_load.time.perf_counter, machine_load.time.process_time = original

@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 from charrnn.errors import UserError
+from charrnn.train.machine_load import LoadMeter, own_share
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280)
-PROBE_WIDTHS = (192, 384, 640)
+PROBE_WIDTHS = (128, 192, 384, 640)   # the narrowest width measured, not extrapolated: below 192 a step's
+#                                        fixed costs weigh, and the line from 192 and 384 promised 1.6x the speed
 CHARS_PER_WEIGHT = 4.5      # these three fitted on four texts at two budgets: docs/performance.md, "--preset auto"
 MIN_STEPS = 1900
 WEIGHTS_PER_CHAR = 16.0
@@ -53,6 +55,7 @@ PROBE_SEQ_LEN = 50
 PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
 PROBE_STEPS = 5             # timed steps per width and precision: their lower quartile is the speed
 PROBE_SPREAD = 1.5          # slowest / fastest step above this: a busy moment; measure as many steps again
+BUSY_SHARE = 0.85           # a probe that had less of its cores than this measured a busy machine: corrected
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class Speed:
     probe_seconds: float = 0.0
     measured: Dict[str, float] = field(default_factory=dict)   # "H/precision" -> chars/s, for config.json
     measured_ago: Optional[float] = None   # seconds since a run measured it (train/speed_cache.py); None: probed now
+    busy_share: Optional[float] = None     # the least share of its cores the probe had, where other processes
+    #                                        took enough to correct for (probe); None: a quiet machine
 
     def _seconds_per_char(self, bf16: bool, hidden: int, vocab_size: int) -> float:
         points = sorted(self.points[bf16])
@@ -201,6 +206,9 @@ def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, pass
         rate = speed.chars_per_second(hidden, work.vocab_size)
         if speed.measured_ago is not None:
             precision += f", as a run measured it {_age(speed.measured_ago)} ago: too short a budget to probe"
+        if speed.busy_share is not None:
+            precision += (f", had other processes left it alone: the probe had {speed.busy_share:.0%} of its cores; "
+                          "the schedule follows the clock")
         where = f"this machine trains it at {rate:,.0f} chars/s ({precision})"
         where += ", so the run reads"
     said = f"{where} ~{chars / 1e6:.1f}M chars = {passes:.1f} passes over {work.train_chars / 1e6:.2f}M training chars"
@@ -217,7 +225,8 @@ def _age(seconds: float) -> str:
 
 
 def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: bool, vocab_size: int,
-          seconds: float = math.inf, steps: int = PROBE_STEPS) -> Speed:
+          seconds: float = math.inf, steps: int = PROBE_STEPS, load: Optional[LoadMeter] = None,
+          threads: int = 1) -> Speed:
     """Time training steps (the lower quartile of `steps`, after one to warm up) at each probe width, in
     float32 and, where `bf16_possible`, bfloat16; within about `seconds` in all.
 
@@ -225,8 +234,14 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
     of BATCH x PROBE_SEQ_LEN characters. Widths go narrowest first, both precisions of each together,
     so a probe cut short by `seconds` still knows the narrow end in every precision (one step of the
     narrowest width in each precision is always timed). Steps whose times spread widely (another
-    process took the core for a moment) are measured again, so one busy moment does not decide."""
+    process took the core for a moment) are measured again, so one busy moment does not decide.
+
+    With `load` (the cores' use by other processes, train/machine_load.py) a probe on a machine busy for longer
+    than a moment measures what the steps would take without the others (their times times the share of its
+    cores the run had, where that is under BUSY_SHARE): the width is chosen for the machine, and the schedule
+    follows the clock while the others run (train/replan.py)."""
     started = time.perf_counter()
+    shares = []
     deadline = started + seconds
     measured: Dict[str, float] = {}
     points: Dict[bool, list] = {bf16: [] for bf16 in ((False, True) if bf16_possible else (False,))}
@@ -236,15 +251,21 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
         for bf16 in points:
             step = make_step(hidden, bf16)
             step()                                   # oneDNN builds its kernels on the first call
+            if load is not None:
+                load.start()
             times = _timed(step, steps, deadline)
             if len(times) >= 3 and max(times) > PROBE_SPREAD * min(times):
                 times += _timed(step, steps, deadline)
             per_char = sorted(times)[len(times) // 4] / (BATCH * PROBE_SEQ_LEN)  # lower quartile: a busy
             # moment only ever slows a step, so the faster steps are the machine's own speed
+            share = own_share(load, threads) if load is not None else 1.0
+            shares.append(share)
+            if share < BUSY_SHARE:
+                per_char *= share
             points[bf16].append((weights(hidden, vocab_size), per_char))
             measured[f"{hidden}/{'bf16' if bf16 else 'float32'}"] = round(1.0 / per_char)
     return Speed({k: tuple(v) for k, v in points.items() if v}, probe_seconds=time.perf_counter() - started,
-                 measured=measured)
+                 measured=measured, busy_share=min(shares) if shares and min(shares) < BUSY_SHARE else None)
 
 
 def _timed(step: Callable[[], None], steps: int, deadline: float) -> list:

@@ -228,8 +228,14 @@ def _auto_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, world):
     precisions = "float32 and bfloat16" if bf16 else f"float32 only: {capabilities.bf16_missing(device)}"
     print(f"auto: probing how fast {cfg.impl} trains on {device.type}, in {precisions}; a few seconds, counted "
           "in --max-time", flush=True)
+    import torch
+
+    from charrnn.train.machine_load import ProcStatLoad
+
+    load = ProcStatLoad() if device.type == "cpu" else None   # a GPU's steps are not the cores' to share
     speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
-                       bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time)
+                       bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time, load=load,
+                       threads=torch.get_num_threads())
     speed_cache.store(name, speed)
     return speed
 
