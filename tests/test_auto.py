@@ -345,28 +345,57 @@ def test_a_probe_on_a_machine_busy_throughout_chooses_what_the_quiet_machine_wou
     assert "the probe had 50% of its cores" in choose(work, corrected).reason
 
 
-def test_the_load_meter_reads_what_other_processes_took_from_proc_stat(tmp_path):
-    """/proc/stat's busy ticks on this process's cores, less this process's own CPU time, per second of wall."""
+def test_the_load_meter_reads_what_other_processes_took_from_proc_stat(tmp_path, monkeypatch):
+    """/proc/stat's busy ticks on this process's cores (idle and iowait left out, other cores and the total line
+    ignored), less this process's own CPU time, per second of wall."""
     from charrnn.train import machine_load
 
     stat = tmp_path / "stat"
     meter = machine_load.ProcStatLoad(stat)
     meter.ids, meter.cores, meter.tick = [0], 1, 100
 
-    def write(busy_ticks):
-        stat.write_text(f"cpu  {busy_ticks} 0 0 999 0 0 0 0 0 0\ncpu0 {busy_ticks} 0 0 999 5 0 0 0 0 0\n"
-                        "cpu1 777 0 0 1 0 0 0 0 0 0\n")
+    def write(user, idle, iowait, other_core):
+        stat.write_text(f"cpu  {user + other_core} 0 0 {idle} {iowait} 0 0 0 0 0\n"
+                        f"cpu0 {user} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu1 {other_core} 0 0 1 0 0 0 0 0 0\n")
 
-    write(1000)
     clock = {"wall": 10.0, "own": 3.0}
-    original = (machine_load.time.perf_counter, machine_load.time.process_time)
-    machine_load.time.perf_counter, machine_load.time.process_time = (lambda: clock["wall"]), (lambda: clock["own"])
-    try:
-        meter.start()
-        write(1000 + 200)                 # 2 s of busy time on core 0 ...
-        clock.update(wall=14.0, own=4.0)  # ... in 4 s, of which this process took 1 s
-        assert meter.others_cores() == pytest.approx(0.25)
-        stat.unlink()                     # unreadable: no correction
-        assert meter.others_cores() == 0.0
-    finally:
-        machine_load.time.perf_counter, machine_load.time.process_time = original
+    monkeypatch.setattr(machine_load.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(machine_load.time, "process_time", lambda: clock["own"])
+    write(user=1000, idle=500, iowait=20, other_core=700)
+    meter.start()
+    write(user=1200, idle=700, iowait=90, other_core=1100)   # core 0: 2 s busy, 2.7 s idle or waiting; core 1 busy
+    clock.update(wall=14.0, own=4.0)                          # in 4 s, of which this process took 1 s
+    assert meter.others_cores() == pytest.approx(0.25)
+    stat.unlink()                                             # unreadable: no correction
+    assert meter.others_cores() == 0.0
+
+
+@pytest.mark.parametrize("content, limited", [("max 100000", False), ("50000 100000", True), ("-1", False),
+                                              ("200000", True)])
+def test_a_container_cpu_quota_turns_the_load_meter_off(content, limited, tmp_path):
+    """Under a cgroup quota /proc/stat counts the whole host while the quota limits this process for good: the
+    probe is not corrected there."""
+    from charrnn.train import machine_load
+
+    quota = tmp_path / "cpu.max"
+    quota.write_text(content + "\n")
+    assert machine_load._cpu_quota((tmp_path / "absent", quota)) is limited
+
+
+def test_a_load_that_comes_and_goes_is_left_to_the_fastest_steps():
+    """Steps that spread widely (another process came and went) are not corrected by the share on top of keeping
+    the fastest ones: that would count the same slowdown twice."""
+    rng = np.random.default_rng(0)
+    quiet = auto.probe(_fake_machine(), False, 65)
+    spread = auto.probe(_fake_machine(rng, busy_share=0.5), False, 65, load=_FakeLoad(1, 0.5), threads=1)
+    assert spread.busy_share is None
+    for hidden in (192, 384):
+        assert spread.chars_per_second(hidden, 65) <= 1.3 * quiet.chars_per_second(hidden, 65)
+
+
+def test_with_the_epoch_schedule_auto_keeps_patience_and_names_no_plateau():
+    """--schedule epoch has no cosine to plan from the clock: no plateau rule, so --patience stops an overfit."""
+    work = dict(train_chars=50_000, vocab_size=65, max_time=3600)
+    epoch = choose(Workload(**work, cosine=False), _speed(8000))
+    assert epoch.plan is None and epoch.values["patience"] == 3 and "plateau" not in epoch.reason
+    assert choose(Workload(**work), _speed(8000)).plan is not None

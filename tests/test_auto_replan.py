@@ -563,3 +563,46 @@ def test_resume_during_the_decay_continues_it_exactly(tmp_path):
     progress = again.run()
     assert first_learner.lrs + again_learner.lrs == straight_learner.lrs
     assert progress.iteration == whole.iteration
+
+
+def test_the_checkpoint_at_a_new_best_holds_its_iteration_and_a_resume_measures_the_plateau_from_it(tmp_path):
+    """Stopped right after a validation that found a new best: resume.safetensors holds that iteration as the
+    best's (not the one before), so the resumed run decays no sooner than the run never stopped."""
+    from charrnn.checkpoint import read_resume
+
+    def cfg(name):
+        return _config(tmp_path / name, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32)
+
+    losses = [3.0 - 0.1 * k for k in range(12)] + [2.0] * 30      # the 12th validation is the last best
+    straight, straight_learner = _scripted(cfg("a"), tmp_path / "a", losses)
+    whole = straight.run()
+    twelfth = straight_learner.at[11]
+    first, first_learner = _scripted(cfg("b"), tmp_path / "b", losses, stop_after=twelfth)
+    first.run()
+    saved = read_resume(tmp_path / "b", first_learner.model.config).progress
+    assert saved["iteration"] == twelfth and saved["plan_best_at"] == twelfth
+    again, again_learner = _scripted(cfg("b"), tmp_path / "b", losses[first_learner.validations:])
+    again.restore()
+    progress = again.run()
+    assert progress.plan_annealed_at == whole.plan_annealed_at is not None
+    assert first_learner.lrs + again_learner.lrs == straight_learner.lrs
+
+
+def test_more_time_on_resume_after_the_decay_measures_a_new_plateau_from_there(tmp_path):
+    """A run that ended on a plateau, resumed with a longer --max-time: its plan is made again for the time left
+    and its plateau is measured from the resume, so the next validation does not end it again at once."""
+    lines = []
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None)
+    trainer, learner = _scripted(cfg, tmp_path, PLATEAU, lines=lines)
+    ended = trainer.run()
+    assert ended.plan_annealed_at is not None and len(_anneal_lines(lines)) == 1
+    lines = []
+    longer = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, max_time=2 * MAX_TIME)
+    again, again_learner = _scripted(longer, tmp_path, [3.0], lines=lines)   # never a new best again
+    again.restore()
+    assert again.progress.plan_annealed_at is None and again.progress.plan_best_at == ended.iteration
+    progress = again.run()
+    assert progress.iteration > ended.iteration + 10
+    again_at = progress.plan_annealed_at        # never a new best: a plateau ends it again, once as long as the run
+    assert again_at is not None and again_at - ended.iteration >= replan.PLATEAU_SHARE * again_at
+    assert len(_anneal_lines(lines)) == 1

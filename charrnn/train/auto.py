@@ -55,7 +55,7 @@ PROBE_SEQ_LEN = 50
 PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
 PROBE_STEPS = 5             # timed steps per width and precision: their lower quartile is the speed
 PROBE_SPREAD = 1.5          # slowest / fastest step above this: a busy moment; measure as many steps again
-BUSY_SHARE = 0.85           # a probe that had less of its cores than this measured a busy machine: corrected
+BUSY_SHARE = 0.85           # a probe that had less of its cores than this, every step alike, measured a busy machine
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class Workload:
     max_iters: Optional[int] = None
     validates: bool = True        # a validation split exists: early stopping has something to watch
     val_chars: int = 0            # characters in the validation split (0: unknown, or none)
+    cosine: bool = True           # the schedule is cosine (a plan from the clock needs one), not --schedule epoch
     window_chars: int = BATCH * SEQ_LEN   # characters per iteration in the layout the run trains with
 
 
@@ -170,7 +171,8 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
                   weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
-    planned = seconds is not None and speed is not None and work.epochs is None and work.max_iters is None
+    planned = (seconds is not None and speed is not None and work.epochs is None and work.max_iters is None
+               and work.cosine)
     if passes > 4 and work.validates and not planned:
         values["patience"] = 3    # a plan from the clock anneals and ends on a plateau instead (step 5)
     evals = EVALS
@@ -259,13 +261,13 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
             per_char = sorted(times)[len(times) // 4] / (BATCH * PROBE_SEQ_LEN)  # lower quartile: a busy
             # moment only ever slows a step, so the faster steps are the machine's own speed
             share = own_share(load, threads) if load is not None else 1.0
-            shares.append(share)
-            if share < BUSY_SHARE:
-                per_char *= share
+            if share < BUSY_SHARE and max(times) <= PROBE_SPREAD * min(times):
+                shares.append(share)   # every step slowed alike: the others ran throughout (had they come and
+                per_char *= share      # gone, the fastest steps, kept above, would already be the quiet speed)
             points[bf16].append((weights(hidden, vocab_size), per_char))
             measured[f"{hidden}/{'bf16' if bf16 else 'float32'}"] = round(1.0 / per_char)
     return Speed({k: tuple(v) for k, v in points.items() if v}, probe_seconds=time.perf_counter() - started,
-                 measured=measured, busy_share=min(shares) if shares and min(shares) < BUSY_SHARE else None)
+                 measured=measured, busy_share=min(shares) if shares else None)
 
 
 def _timed(step: Callable[[], None], steps: int, deadline: float) -> list:

@@ -193,7 +193,7 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     batch, seq_len = _auto_layout(cfg, explicit)
     work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters,
                          validates=bool(cfg.val_frac > 0 or cfg.val_data), window_chars=batch * seq_len,
-                         val_chars=val_chars)
+                         val_chars=val_chars, cosine="schedule" not in explicit or cfg.schedule == "cosine")
     speed = _auto_speed(cfg, model_cfg, device, world) if cfg.max_time else None
     choice = auto.choose(work, speed)
     budget = {"max_time"}  # the budget the user gave, less the probe's seconds: always auto's

@@ -136,7 +136,6 @@ class Trainer:
             if evaluate_now:
                 self.validate_and_save()
                 last_saved = p.iteration
-                self._settle_on_plateau()
             elif cfg.checkpoint_every and p.iteration % cfg.checkpoint_every == 0:
                 self.save()
                 last_saved = p.iteration
@@ -308,6 +307,7 @@ class Trainer:
                 self.metrics.append(self._row(val_loss=_rounded(val, 5), val_bpc=_rounded(bits_per_char(val), 5)))
                 self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
                          + (" (best)" if is_best else ""))
+            self._settle_on_plateau()   # before saving: the checkpoint holds the best's iteration and any decay
         self.save(best=is_best or (val is None))
         if self.world.is_main:
             self.plot.request()
@@ -384,8 +384,10 @@ class Trainer:
         if self.planner is None:
             p.plan_iters = p.plan_eval_every = p.plan_annealed_at = p.plan_best_at = None
         elif p.plan_iters is not None and p.plan_chars_per_s and p.budget != self.budget.as_list():
-            plan = self.planner.plan(p, p.plan_chars_per_s)   # a new budget: a new plan, a plateau's decay undone
+            plan = self.planner.plan(p, p.plan_chars_per_s)   # a new budget: a new plan, a plateau's decay undone,
             p.plan_iters, p.plan_eval_every, p.plan_annealed_at = plan.iterations, plan.eval_every, None
+            if p.plan_best_at is not None:   # and a plateau measured from here: the time given is to be used
+                p.plan_best_at = p.iteration
         self.budget.planned = p.plan_iters
 
     def _reshard_state(self, states: list):

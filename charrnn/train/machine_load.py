@@ -14,6 +14,8 @@ from typing import Optional, Protocol
 
 STAT = Path("/proc/stat")
 IDLE_FIELDS = (3, 4)   # idle and iowait, in /proc/stat's cpuN lines (after the name): the rest is busy time
+MIN_SHARE = 0.25       # the correction is at most 4x: a measurement this far off is not to be trusted further
+CGROUP_QUOTAS = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
 
 
 class LoadMeter(Protocol):
@@ -30,7 +32,7 @@ def own_share(meter: LoadMeter, threads: int) -> float:
     work: 1 where the cores left over hold every thread, else what is left over per thread."""
     if meter.cores <= 0 or threads <= 0:
         return 1.0
-    return min(1.0, max(0.05, (meter.cores - meter.others_cores()) / min(threads, meter.cores)))
+    return min(1.0, max(MIN_SHARE, (meter.cores - meter.others_cores()) / min(threads, meter.cores)))
 
 
 class ProcStatLoad:
@@ -40,6 +42,8 @@ class ProcStatLoad:
     def __init__(self, stat: Path = STAT):
         self.stat = stat
         self.ids = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if _cpu_quota():   # a container's quota limits it for good, and /proc/stat counts the whole host: no meter
+            self.ids = []
         self.cores = len(self.ids)
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.started: Optional[tuple] = None
@@ -73,3 +77,16 @@ class ProcStatLoad:
             return 0.0
         others = (busy - busy0) - (time.process_time() - own0)
         return min(float(self.cores), max(0.0, others / wall))
+
+
+def _cpu_quota(files=CGROUP_QUOTAS) -> bool:
+    """Whether a cgroup CPU quota limits this process (cgroup v2 `cpu.max` other than "max", or v1 a positive
+    `cpu.cfs_quota_us`)."""
+    for path in files:
+        try:
+            value = path.read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if value != "max" and value.lstrip("-").isdigit() and int(value) > 0:
+            return True
+    return False
