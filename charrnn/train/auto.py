@@ -25,8 +25,8 @@ so one rule serves a slow laptop and a GPU alike:
 
 Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
 the probe's line prices them and the width shrinks to match. The alphabet is never cut: `--max-vocab` would map
-the rare characters to one symbol the model can never write back, and a sampled softmax would only speed the head
-that the width rule already pays for.
+the rare characters to one symbol the model can never write back. This is where auto is weakest (a baby GPT leads
+it on 6,613 characters, docs/performance.md); a head that learns rare characters faster is not tried yet.
 
 Explicit flags always override what auto chose. The choice and its reason go to config.json.
 """
@@ -240,8 +240,8 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
 
     With `load` (the cores' use by other processes, train/machine_load.py) a probe on a machine busy for longer
     than a moment measures what the steps would take without the others (their times times the share of its
-    cores the run had, where that is under BUSY_SHARE): the width is chosen for the machine, and the schedule
-    follows the clock while the others run (train/replan.py)."""
+    cores the run had, where that is under BUSY_SHARE and every step slowed alike): the width is chosen for the
+    machine, and the schedule follows the clock while the others run (train/replan.py)."""
     started = time.perf_counter()
     shares = []
     deadline = started + seconds

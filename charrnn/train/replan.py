@@ -66,7 +66,7 @@ class Rule:
     #                                      all `evals` of them may take the time this reserves)
     max_passes: Optional[float] = None   # auto: a time budget reads the text at most this many times
     first: Optional[Tuple[int, float]] = None   # auto's plan from its probe: (iterations, chars/s)
-    anneal_after: Optional[int] = None   # auto: this many validations in a row without a new best end the plan early
+    anneal_after: Optional[int] = None   # auto: validations in a row without a new best, at least, of a plateau
     speaker: str = "schedule"            # who the one line names ("auto" for auto's runs)
 
 
@@ -191,8 +191,9 @@ class Planner:
         return plan, (self._line(p, plan) if p.plan_iters is not None else None)
 
     def settle(self, p) -> Optional[Tuple[Plan, str]]:
-        """After a validation: where `anneal_after` of them in a row found no new best, the plan that decays to
-        its floor over a short tail from here and ends there (and the line saying so); None to keep the plan."""
+        """After a validation (it records the best's iteration): on a plateau as the module's docstring defines
+        it, the plan that decays to its floor over a short tail from here and ends there, and the line saying so;
+        None to keep the plan."""
         rule = self.rule
         if p.evals_since_best == 0:
             p.plan_best_at = p.iteration
