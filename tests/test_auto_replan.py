@@ -306,6 +306,7 @@ def plan_auto(monkeypatch, tmp_path):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(cli, "_probe_step", _fake_probe_step)
+    monkeypatch.setattr(cli, "_load_meter", lambda device: None)   # the fake machine sleeps: no load of its own to see
     capabilities._cache.cache_clear()
     threads = torch.get_num_threads()
 

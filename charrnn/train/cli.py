@@ -230,14 +230,19 @@ def _auto_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, world):
           "in --max-time", flush=True)
     import torch
 
-    from charrnn.train.machine_load import ProcStatLoad
-
-    load = ProcStatLoad() if device.type == "cpu" else None   # a GPU's steps are not the cores' to share
     speed = auto.probe(lambda hidden, bf16: _probe_step(cfg, model_cfg, hidden, bf16, device, world),
-                       bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time, load=load,
+                       bf16, model_cfg.vocab_size, seconds=auto.PROBE_SHARE * cfg.max_time, load=_load_meter(device),
                        threads=torch.get_num_threads())
     speed_cache.store(name, speed)
     return speed
+
+
+def _load_meter(device):
+    """What other processes take of the cores the probe's steps run on; none on a GPU, whose steps are the
+    device's, not the cores' to share."""
+    from charrnn.train.machine_load import ProcStatLoad
+
+    return ProcStatLoad() if device.type == "cpu" else None
 
 
 def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -> None:
