@@ -197,8 +197,11 @@ def test_samples_stop_at_the_document_separator(tmp_path):
     assert DEFAULT_SEP in full                        # the model does end documents
     document = full.split(DEFAULT_SEP)[0]
     assert ok(*sample, "--stop-at-sep") == document + "\n"         # streamed, and cut where the document ends
-    texts = json.loads(ok(*sample, "--stop-at-sep", "--num-samples", "3", "--json"))["samples"]
-    assert texts[0] == document and all(DEFAULT_SEP not in t for t in texts)
+    batch = ["--num-samples", "3", "--json"]   # three drawn as one batch: each cut where its own document ends
+    wholes = json.loads(ok(*sample, *batch))["samples"]
+    texts = json.loads(ok(*sample, "--stop-at-sep", *batch))["samples"]
+    assert any(DEFAULT_SEP in w for w in wholes)
+    assert texts == [w.split(DEFAULT_SEP)[0] for w in wholes] and all(DEFAULT_SEP not in t for t in texts)
     single = tmp_path / "single"
     ok("train", "--data", root / "doc0.txt", "--out", single, *TINY, "--max-iters", "2", "--val-frac", "0")
     assert "--stop-at-sep" in one_line_error("sample", "--checkpoint", single, "--impl", "naive", "--stop-at-sep")

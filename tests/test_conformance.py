@@ -131,7 +131,7 @@ RESUME_CHANGES = {
 
 # What the text and eval checks use: a seed, a length, and a temperature at which these barely trained models
 # draw the separator within the length, so that --stop-at-sep has a document to end (test_cell asserts it did).
-SEED, LENGTH, HOT = 5, 120, "2"
+SEED, LENGTH, HOT = 5, 120, "3"
 # int8 (charrnn's step and ONNX Runtime's) rounds weights to 1/127 of a row's largest and activations to 1/255 of
 # their range: unbiased errors, ~1e-4 nats/char over these texts; 0.01 is a hundred times that (the derivation in
 # tests/test_export_onnx.py, next to INT8_BOUND).
@@ -186,6 +186,11 @@ REFUSALS = {
     "fine-tune an auto run with --preset auto": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--preset", "auto",
                         "--max-time", "5"], "--init-from keeps the other run's", applies=lambda row: bool(row.preset)),
+    "resume with another --head-bias": Refusal(
+        lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--head-bias", "random"], "--head-bias"),
+    "fine-tune with --head-bias": Refusal(
+        lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--head-bias", "unigram",
+                        "--max-iters", "1"], "--head-bias"),
     "ONNX int8 of a GRU or RNN": Refusal(
         lambda r, tmp: ["export", "--checkpoint", r.ft, "--format", "onnx", "--out", tmp / "m.onnx", "--quantize",
                         "int8"], "LSTM models only", applies=lambda row: row.cell != "lstm"),
@@ -512,6 +517,32 @@ def test_lifecycle(lab, row):
     assert (records[0].get("unknown") == "\ufffd") == (row.data == "max_vocab")
     assert (records[0].get("doc_sep") == "\x1e") == DATA[row.data].documents
     assert (config[run.ft]["embed"] == 0) == (row.data == "one_hot")
+
+
+@pytest.mark.parametrize("row", row_params())
+def test_a_new_run_starts_at_its_training_splits_character_frequencies(lab, row, tmp_path):
+    """--head-bias unigram, the default, on every engine and kind of data: before its first step a new run's output
+    bias is log P(c), each character's count in the training split plus a half over the total plus V/2, counted
+    here from the split's characters (the separator, U+FFFD and characters outside the BMP included)."""
+    from collections import Counter
+
+    from charrnn.cli import build_parser
+    from charrnn.data.dataset import training_data
+    from charrnn.train.cli import build_configs
+
+    run = lab.get(row)
+    out = tmp_path / "new"
+    lab.ok(["train", *run.data_args, "--out", out, "--impl", row.engine, "--cell", row.cell, *TRAIN,
+            *row.train_flags, "--max-iters", 0])
+    assert json.loads((out / "config.json").read_text())["train"]["head_bias"] == "unigram"
+    given = vars(build_parser().parse_args(["train", *map(str, run.data_args)]))
+    cfg, _ = build_configs({k: v for k, v in given.items() if k not in ("command", "handler", "overwrite")})
+    data = training_data(cfg)
+    counts, size = Counter(data.vocab.decode(data.train)), len(data.vocab)
+    assert sum(counts.values()) == len(data.train)
+    total = len(data.train) + 0.5 * size
+    expected = np.array([np.log((counts[c] + 0.5) / total) for c in data.vocab.chars])
+    assert np.allclose(weights(out)["head.bias"], expected, rtol=0, atol=1e-5)   # float32 of values under 20
 
 
 def resume_params():

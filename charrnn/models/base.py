@@ -28,7 +28,7 @@ exactly a change of b_ih_l0 (`fold_label`), which gives an ordinary unlabelled m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Protocol, Tuple
+from typing import Any, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -83,14 +83,21 @@ def parameter_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
-def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32) -> Dict[str, np.ndarray]:
-    """Initial weights, the same for every engine given the same seed.
+def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32, char_counts: Optional[np.ndarray] = None
+                    ) -> Dict[str, np.ndarray]:
+    """Initial weights, the same for every engine given the same seed (and counts).
 
     torch.nn's scheme: recurrent weights and biases U(-1/sqrt(H), 1/sqrt(H)),
     the head U(-1/sqrt(H), 1/sqrt(H)), the embedding N(0, 1). Generated with
     NumPy so the naive engine needs no torch and all engines start equal. `label.weight`
     starts at zeros, drawing nothing: a labelled model starts as the unlabelled one with
     the same seed, and each row then learns from its label's documents.
+
+    With `char_counts` (V,) (how often each character occurs in the training text) the head's
+    bias starts at `unigram_bias(char_counts)` instead: the model's first prediction is then how
+    common each character is, which the head otherwise learns a learning rate per step per row
+    (thousands of rows, each several nats from zero, in a CJK text). Every other weight is drawn
+    as before, so the same seed gives the same weights either way but for that bias.
     """
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(cfg.hidden)
@@ -102,7 +109,16 @@ def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32) -> Dict[str, 
             params[name] = np.zeros(shape)
         else:
             params[name] = rng.uniform(-bound, bound, size=shape)
+    if char_counts is not None:
+        params["head.bias"] = unigram_bias(char_counts)
     return {k: v.astype(dtype) for k, v in params.items()}
+
+
+def unigram_bias(char_counts: np.ndarray) -> np.ndarray:
+    """log P(c) of each character, from its count: (count + 1/2) / (total + V/2), so that a character the
+    training text lacks (one only validation has, U+FFFD kept for eval) keeps a finite, small probability."""
+    counts = np.asarray(char_counts, dtype=np.float64) + 0.5
+    return np.log(counts / counts.sum())
 
 
 def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str) -> None:

@@ -56,6 +56,9 @@ def build_configs(given: dict, notes: Announcements | None = None) -> tuple[Trai
     out = Path(values.get("out", TrainConfig.out))
     if values.get("resume"):
         return _resume_configs(out, given, notes)
+    if given.get("head_bias") is not None and values.get("init_from"):
+        raise UserError(f"--head-bias sets a new model's first weights, but --init-from starts from "
+                        f"{values['init_from']}'s; drop one of them")
     train = from_dict(TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, "settings")
     return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
 
@@ -71,6 +74,11 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
     if given.get("init_from") is not None and given["init_from"] != base.get("init_from"):
         raise UserError(f"--init-from starts a new run from another run's weights, but --resume continues the run "
                         f"in {out} from its own; drop one of them")
+    if saved_train is not None:
+        base.setdefault("head_bias", "random")   # a run from before --head-bias drew its bias
+    if given.get("head_bias", base.get("head_bias")) != base.get("head_bias"):
+        raise UserError(f"--head-bias sets a new model's first weights; the run in {out} keeps its own on --resume "
+                        f"(--head-bias {base.get('head_bias')}); drop the flag")
     if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
         given["max_time"] = base["max_time"]  # auto's run, resumed with its --max-time: less the probe, as saved
     if base:  # the run keeps its optimizer whichever engine continues it (the default depends on --impl)
@@ -148,6 +156,8 @@ def run_train(args: dict) -> int:
         train_cfg, model_cfg = _apply_auto(train_cfg, model_cfg, explicit, len(train_data),
                                            len(val_data) if val_data is not None else 0, device, world)
 
+    if init_params is None and not train_cfg.resume:   # a new model; every process draws the same one
+        init_params = _new_model_parameters(train_cfg, model_cfg, train_data)
     train_streams = make_streams(train_data, train_cfg.batch_size, train_cfg.seq_len, what="training split",
                                  segments=train_segments)
     val_streams = _validation_streams(train_cfg, val_data, world, notes, val_segments)
@@ -169,6 +179,16 @@ def run_train(args: dict) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _new_model_parameters(cfg: TrainConfig, model_cfg: ModelConfig, train_data) -> dict:
+    """A new model's first weights, for every engine alike: from the seed, and with --head-bias unigram the
+    output bias from the training split's character counts (models/base.init_parameters)."""
+    from charrnn.models.base import init_parameters
+
+    counts = (np.bincount(np.asarray(train_data), minlength=model_cfg.vocab_size)[:model_cfg.vocab_size]
+              if cfg.head_bias == "unigram" else None)
+    return init_parameters(model_cfg, cfg.seed, char_counts=counts)
 
 
 def _auto_layout(cfg: TrainConfig, explicit: set) -> tuple[int, int]:
