@@ -4,7 +4,8 @@ Contenders (any of them, --contenders):
     auto        charrnn train --preset auto --max-time S
     auto-busy   the same, with a competing process spinning on its core for the first BUSY_SECONDS
     lstm-2xH    the plain reference loop at width H (128, 192, 320: what a careful user would try): 2xH LSTM,
-                AdamW 3e-3, warm-up 100 then cosine to lr/10, B64 T64, dropout 0.1, clip 1 (float32)
+                AdamW 3e-3, warm-up 100 then cosine to lr/10, B64 T64, dropout 0.1, clip 1 (float32), every
+                weight drawn (--head-bias random: a plain loop's start, and the references judged before it)
     lstm-2x512  the fixed shape `--preset cpu-10min` had before it became auto with 600 s: 2x512 LSTM,
                 dropout 0.25, AdamW 4e-3 wd 0.01, warm-up 100 then cosine, B32 T100 (float32)
     babygpt     benchmarks/babygpt.py: nanoGPT's CPU baby GPT, schedule sized to the budget
@@ -39,11 +40,11 @@ from _common import ROOT, machine_line  # noqa: E402
 
 REFERENCE = ["--cell", "lstm", "--layers", "2", "--embed", "64", "--dropout", "0.1",
              "--batch-size", "64", "--seq-len", "64", "--optimizer", "adamw", "--lr", "3e-3", "--schedule", "cosine",
-             "--warmup-iters", "100", "--grad-clip", "1", "--val-chars", "100000"]
+             "--warmup-iters", "100", "--grad-clip", "1", "--val-chars", "100000", "--head-bias", "random"]
 OLD_CPU_10MIN = ["--impl", "library", "--cell", "lstm", "--layers", "2", "--hidden", "512", "--embed", "64",
                  "--dropout", "0.25", "--batch-size", "32", "--seq-len", "100", "--optimizer", "adamw", "--lr", "4e-3",
                  "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-iters", "100", "--grad-clip", "1",
-                 "--val-chars", "100000"]
+                 "--val-chars", "100000", "--head-bias", "random"]
 CONTENDERS = ("auto", "auto-busy", "lstm-2x128", "lstm-2x192", "lstm-2x320", "lstm-2x512", "babygpt")
 REFERENCES = ("lstm-2x128", "lstm-2x192", "lstm-2x320", "lstm-2x512", "babygpt")
 BUSY_SECONDS = 60
