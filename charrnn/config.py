@@ -175,13 +175,12 @@ class TrainConfig:
                                   "(tf and keras always run a compiled tf.function)")
     log_every: int = option(10, "write a metrics row / log line every N iterations", metavar="N")
     sample_every: int = option(0, "print a short sample every N iterations (0: never)", metavar="N")
-    head_bias: str = option("unigram", "a new model's output bias: unigram starts it at the training text's log "
-                                       "character frequencies, so the first steps already predict how common each "
-                                       "character is (a large alphabet spends much of a short run learning that "
-                                       "otherwise); random draws it like every other weight (torch.nn's scheme)",
-                            HEAD_BIASES)
+    head_bias: Optional[str] = option(
+        "unigram", "a new model's output bias: unigram starts it at the training text's log character frequencies, "
+        "so the first steps already predict how common each character is (a large alphabet spends much of a short "
+        "run learning that otherwise); random draws it like every other weight (torch.nn's scheme)", HEAD_BIASES)
     init_from: Optional[str] = option(None, "start from the weights of another run directory (fine-tuning)",
-                                      metavar="RUN_DIR", default_text="none: random initialisation")
+                                      metavar="RUN_DIR", default_text="none: a new model")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")
     auto: Optional[dict] = option(None, "what --preset auto chose and why (config.json only)", cli=False)
 

@@ -86,3 +86,51 @@ def test_an_unknown_value_is_one_line(run_cli, tiny_text, tmp_path, value):
     r = run_cli(["train", "--data", tiny_text, "--out", tmp_path / "r", "--head-bias", value])
     assert r.returncode == 2 and "--head-bias" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_long_split_is_counted_over_evenly_spaced_blocks(monkeypatch):
+    from charrnn.data import dataset
+
+    ids = np.random.default_rng(0).integers(0, 7, 5000).astype(np.uint8)
+    assert np.array_equal(dataset.character_counts(ids, 9), np.bincount(ids, minlength=9))   # short: every one
+    monkeypatch.setattr(dataset, "COUNT_WHOLE", 1000)
+    monkeypatch.setattr(dataset, "COUNT_BLOCKS", 4)
+    monkeypatch.setattr(dataset, "COUNT_BLOCK", 100)
+    blocks = np.concatenate([ids[s:s + 100] for s in (0, 1633, 3266, 4900)])   # linspace(0, 4900, 4), floored
+    assert np.array_equal(dataset.character_counts(ids, 9), np.bincount(blocks, minlength=9))
+
+
+def test_a_fine_tunes_new_characters_start_at_their_frequency_on_the_parents_scale():
+    """A parent without U+FFFD, fine-tuned onto a text with three characters it lacks: with the head's weights
+    aside, the biases give each new character its share of the new text over one plus the new ones' share
+    (exp(b) = Z p for each of them, Z the parent's own normaliser), not the parent's whole alphabet's worth."""
+    from charrnn.data.vocab import Vocab
+    from charrnn.train.finetune import child_config, grow_parameters
+
+    parent = ModelConfig(vocab_size=4, hidden=8, embed=4, layers=1)
+    params = init_parameters(parent, 0, char_counts=np.array([500, 300, 150, 50]))
+    params["head.bias"] = params["head.bias"] + 3.0   # a trained bias keeps no particular scale
+    child_counts = np.array([400, 300, 200, 50, 30, 15, 5])
+    child = child_config(parent, Vocab(tuple("abcdxyz")), (), 0.0)
+    grown = grow_parameters(params, parent, child, Vocab(tuple("abcd")), 0, child_counts)
+    bias = grown["head.bias"].astype(np.float64)
+    assert np.array_equal(bias[:4], params["head.bias"])
+    probs = np.exp(bias - bias.max()) / np.exp(bias - bias.max()).sum()
+    share = (child_counts[4:] + 0.5) / (child_counts.sum() + 0.5 * 7)
+    assert np.allclose(probs[4:], share / (1 + share.sum()), rtol=1e-5)
+
+
+def test_runs_from_before_the_flag_and_fine_tunes_refuse_a_head_bias_on_resume(run_cli, tiny_text, tmp_path):
+    args = ["--data", tiny_text, "--impl", "naive", "--hidden", 8, "--embed", 4]
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    assert run_cli(["train", *args, "--out", parent, "--max-iters", 2]).returncode == 0
+    assert run_cli(["train", *args, "--out", child, "--init-from", parent, "--max-iters", 2]).returncode == 0
+    assert json.loads((child / "config.json").read_text(encoding="utf-8"))["train"].get("head_bias") is None
+    config = json.loads((parent / "config.json").read_text(encoding="utf-8"))
+    del config["train"]["head_bias"]   # as written before --head-bias existed: its bias was drawn
+    (parent / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    for run, began in ((parent, "--head-bias random"), (child, "--init-from")):
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+        r = run_cli(["train", *args, "--out", run, "--resume", "--max-iters", 3, "--head-bias", "unigram"])
+        assert r.returncode == 2 and began in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before

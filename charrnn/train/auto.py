@@ -25,8 +25,9 @@ so one rule serves a slow laptop and a GPU alike:
 
 Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
 the probe's line prices them and the width shrinks to match. The alphabet is never cut: `--max-vocab` would map
-the rare characters to one symbol the model can never write back. This is where auto is weakest (a baby GPT leads
-it on 6,613 characters, docs/performance.md); a head that learns rare characters faster is not tried yet.
+the rare characters to one symbol the model can never write back. The head's bias starts at the text's character
+frequencies (models/base.unigram_bias), which a drawn bias would spend much of a short run learning; this is still
+where auto is weakest (docs/performance.md), the head's cost taking most of each step.
 
 Explicit flags always override what auto chose. The choice and its reason go to config.json.
 """

@@ -56,9 +56,11 @@ def build_configs(given: dict, notes: Announcements | None = None) -> tuple[Trai
     out = Path(values.get("out", TrainConfig.out))
     if values.get("resume"):
         return _resume_configs(out, given, notes)
-    if given.get("head_bias") is not None and values.get("init_from"):
-        raise UserError(f"--head-bias sets a new model's first weights, but --init-from starts from "
-                        f"{values['init_from']}'s; drop one of them")
+    if values.get("init_from"):
+        if given.get("head_bias") is not None:
+            raise UserError(f"--head-bias sets a new model's first weights, but --init-from starts from "
+                            f"{values['init_from']}'s; drop one of them")
+        values["head_bias"] = None   # config.json: the weights came from the other run
     train = from_dict(TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, "settings")
     return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
 
@@ -74,11 +76,11 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
     if given.get("init_from") is not None and given["init_from"] != base.get("init_from"):
         raise UserError(f"--init-from starts a new run from another run's weights, but --resume continues the run "
                         f"in {out} from its own; drop one of them")
-    if saved_train is not None:
-        base.setdefault("head_bias", "random")   # a run from before --head-bias drew its bias
-    if given.get("head_bias", base.get("head_bias")) != base.get("head_bias"):
+    base.setdefault("head_bias", None if base.get("init_from") else "random")   # a run from before --head-bias
+    if given.get("head_bias") is not None and given["head_bias"] != base["head_bias"]:
+        began = (f"--head-bias {base['head_bias']}" if base["head_bias"] else f"--init-from {base.get('init_from')}")
         raise UserError(f"--head-bias sets a new model's first weights; the run in {out} keeps its own on --resume "
-                        f"(--head-bias {base.get('head_bias')}); drop the flag")
+                        f"(it began with {began}); drop the flag")
     if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
         given["max_time"] = base["max_time"]  # auto's run, resumed with its --max-time: less the probe, as saved
     if base:  # the run keeps its optimizer whichever engine continues it (the default depends on --impl)
@@ -124,7 +126,8 @@ def _say_what_fine_tuning_adds(parent_vocab, vocab, parent_labels, labels, notes
 
     added = vocab.chars[len(parent_vocab):]
     if added:
-        start = "its U+FFFD rows" if "\ufffd" in parent_vocab else "a new model's"
+        start = ("its U+FFFD rows" if "\ufffd" in parent_vocab
+                 else "a new model's, each output bias at the character's frequency in this text")
         notes.say(f"fine-tune: {len(added)} character{'s' if len(added) != 1 else ''} the --init-from model never "
                   f"saw added to its vocabulary ({len(parent_vocab)} -> {len(vocab)}): {format_chars(added)}; their "
                   f"weights start as {start}")
@@ -184,10 +187,10 @@ def run_train(args: dict) -> int:
 def _new_model_parameters(cfg: TrainConfig, model_cfg: ModelConfig, train_data) -> dict:
     """A new model's first weights, for every engine alike: from the seed, and with --head-bias unigram the
     output bias from the training split's character counts (models/base.init_parameters)."""
+    from charrnn.data.dataset import character_counts
     from charrnn.models.base import init_parameters
 
-    counts = (np.bincount(np.asarray(train_data), minlength=model_cfg.vocab_size)[:model_cfg.vocab_size]
-              if cfg.head_bias == "unigram" else None)
+    counts = character_counts(train_data, model_cfg.vocab_size) if cfg.head_bias == "unigram" else None
     return init_parameters(model_cfg, cfg.seed, char_counts=counts)
 
 
@@ -389,7 +392,10 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
 
         _say_what_fine_tuning_adds(parent_vocab, data.vocab, parent.labels, data.labels, notes)
         model = finetune.child_config(parent, data.vocab, data.labels, model_flags.get("dropout", parent.dropout))
-        init_params = finetune.grow_parameters(parent_params, parent, model, parent_vocab, cfg.seed)
+        from charrnn.data.dataset import character_counts
+
+        init_params = finetune.grow_parameters(parent_params, parent, model, parent_vocab, cfg.seed,
+                                               character_counts(data.train, len(data.vocab)))
         model_flags = dataclasses.asdict(model)
     model_cfg = ModelConfig(**{**model_flags, "vocab_size": len(data.vocab), "labels": data.labels})
     return model_cfg, init_params, data

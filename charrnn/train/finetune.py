@@ -5,25 +5,29 @@ char-rnn and torch-rnn fine-tune only within the parent's alphabet (a new charac
 "unexpected"). Here the parent's vocabulary keeps its order and the new characters follow it, so every
 trained row stays where it was; each new character's rows (its embedding, or its one-hot column of the
 first layer, and its head row and bias) start as the parent's U+FFFD rows where it has that symbol
-(the model's "some character I do not know"), else as a new model's would (models/base.init_parameters).
+(the model's "some character I do not know"), else as a new model's would (models/base.init_parameters),
+but for the output bias: a drawn bias near zero would give each new character about as much probability as
+the parent's whole alphabet, whose biases learned a scale of their own. It starts at the character's log
+frequency in the fine-tune's training text on the parent's scale (the log-sum-exp of its biases).
 New labels follow the parent's too, their rows of `label.weight` at zero: the unlabelled model, to begin with.
 Nothing else of the parent's run is carried: no optimizer state, no position, no schedule.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.data.vocab import UNKNOWN, Vocab
-from charrnn.models.base import init_parameters
+from charrnn.models.base import init_parameters, unigram_bias
 
 
 def grow_parameters(params: Dict[str, np.ndarray], parent: ModelConfig, child: ModelConfig, parent_vocab: Vocab,
-                    seed: int) -> Dict[str, np.ndarray]:
-    """The parent's parameters with rows for the child's new characters and labels (see the module docstring)."""
+                    seed: int, char_counts: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """The parent's parameters with rows for the child's new characters and labels (see the module docstring);
+    `char_counts` (the child's V,): each character's count in the fine-tune's training text."""
     added_chars = child.vocab_size - parent.vocab_size
     added_labels = len(child.labels) - len(parent.labels)
     if not added_chars and not added_labels:
@@ -42,7 +46,12 @@ def grow_parameters(params: Dict[str, np.ndarray], parent: ModelConfig, child: M
         by_char = {"head.weight": 0, "head.bias": 0}
         by_char.update({"embed.weight": 0} if child.embed else {"rnn.weight_ih_l0": 1})
         for name, axis in by_char.items():
-            grown[name] = np.concatenate([params[name], new_rows(name, axis).astype(params[name].dtype)], axis=axis)
+            rows = new_rows(name, axis)
+            if name == "head.bias" and unknown is None and char_counts is not None:
+                parent_bias = np.asarray(params[name], dtype=np.float64)
+                scale = parent_bias.max() + np.log(np.exp(parent_bias - parent_bias.max()).sum())
+                rows = scale + unigram_bias(char_counts)[parent.vocab_size:]
+            grown[name] = np.concatenate([params[name], rows.astype(params[name].dtype)], axis=axis)
     if child.labels:
         width = child.gates * child.hidden
         old = params.get("label.weight", np.zeros((0, width), np.float32))
