@@ -76,9 +76,9 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
     if given.get("init_from") is not None and given["init_from"] != base.get("init_from"):
         raise UserError(f"--init-from starts a new run from another run's weights, but --resume continues the run "
                         f"in {out} from its own; drop one of them")
-    base.setdefault("head_bias", None if base.get("init_from") else "random")   # a run from before --head-bias
-    if given.get("head_bias") is not None and given["head_bias"] != base["head_bias"]:
-        began = (f"--head-bias {base['head_bias']}" if base["head_bias"] else f"--init-from {base.get('init_from')}")
+    began_with = base.get("head_bias", None if base.get("init_from") else "random")   # a run from before the flag
+    if given.get("head_bias") is not None and given["head_bias"] != began_with:
+        began = (f"--head-bias {began_with}" if began_with else f"--init-from {base.get('init_from')}")
         raise UserError(f"--head-bias sets a new model's first weights; the run in {out} keeps its own on --resume "
                         f"(it began with {began}); drop the flag")
     if given.get("max_time") is not None and given["max_time"] == (base.get("auto") or {}).get("max_time_given"):
@@ -93,6 +93,7 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
                             f"{given['optimizer']} (its optimizer state is {saved.resolved_optimizer}'s); resume it "
                             "without --optimizer, or start a new run from its weights with --init-from")
     _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS}, notes)
+    base["head_bias"] = began_with
     base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
     train = from_dict(TrainConfig, base, "settings")
     return train, dataclasses.asdict(saved_model)
