@@ -48,8 +48,7 @@ def grow_parameters(params: Dict[str, np.ndarray], parent: ModelConfig, child: M
         for name, axis in by_char.items():
             rows = new_rows(name, axis)
             if name == "head.bias" and unknown is None and char_counts is not None:
-                parent_bias = np.asarray(params[name], dtype=np.float64)
-                scale = parent_bias.max() + np.log(np.exp(parent_bias - parent_bias.max()).sum())
+                scale = np.logaddexp.reduce(np.asarray(params[name], dtype=np.float64))   # log-sum-exp
                 rows = scale + unigram_bias(char_counts)[parent.vocab_size:]
             grown[name] = np.concatenate([params[name], rows.astype(params[name].dtype)], axis=axis)
     if child.labels:
