@@ -22,15 +22,50 @@ def text_file(tmp_path):
     return write_word_text(tmp_path / "corpus.txt", 400)
 
 
-@pytest.mark.parametrize("hidden,vocab", [(16, 5), (256, 65), (640, 300)])
+@pytest.mark.parametrize("hidden,vocab", [(16, 5), (256, 65), (640, 300), (128, 700)])
 def test_weights_counts_what_the_library_engine_builds(hidden, vocab):
     torch = pytest.importorskip("torch")
     from charrnn.config import ModelConfig
     from charrnn.models import build_model
 
-    model = build_model("library", ModelConfig(vocab_size=vocab, hidden=hidden, layers=auto.LAYERS, embed=auto.EMBED),
-                        device=torch.device("cpu"))
+    config = ModelConfig(vocab_size=vocab, hidden=hidden, layers=auto.LAYERS, embed=auto.embed_for(vocab))
+    model = build_model("library", config, device=torch.device("cpu"))
     assert weights(hidden, vocab) == sum(p.numel() for p in model.parameters())
+
+
+def test_a_wide_alphabet_is_embedded_in_twice_the_width_and_says_so():
+    narrow = choose(Workload(2_000_000, auto.WIDE_ALPHABET, max_time=300), _speed(8000, auto.WIDE_ALPHABET))
+    wide = choose(Workload(2_000_000, auto.WIDE_ALPHABET + 1, max_time=300), _speed(8000, auto.WIDE_ALPHABET + 1))
+    assert narrow.values["embed"] == auto.EMBED and wide.values["embed"] == 2 * auto.EMBED
+    assert f"embedding {2 * auto.EMBED}" in wide.reason and "embedding" not in narrow.reason
+    assert weights(128, 600) - weights(128, 600, embed=auto.EMBED) == (600 + 4 * 128) * auto.EMBED
+
+
+@pytest.mark.parametrize("steps_at_b32, batch", [(0.3, 8), (0.45, 8), (0.6, 16), (1.0, 32)])
+def test_where_even_the_narrowest_width_steps_too_few_times_on_a_wide_alphabet_the_batch_shrinks(
+        steps_at_b32, batch):
+    """A budget that reads `steps_at_b32` of MIN_STEPS windows of B32: on a wide alphabet the batch is the largest
+    of 32, 16 and 8 that steps MIN_STEPS times (8 where none does), and the plan counts its steps in that batch's
+    windows; a small alphabet's stays 32 (its steps' fixed cost is most of them)."""
+    chars = steps_at_b32 * auto.MIN_STEPS * auto.BATCH * auto.SEQ_LEN
+    wide = auto.WIDE_ALPHABET + 1
+    assert choose(Workload(2_000_000, auto.WIDE_ALPHABET, epochs=chars / 2_000_000), None).values["batch_size"] == 32
+    choice = choose(Workload(2_000_000, wide, epochs=chars / 2_000_000), None)
+    assert choice.values["batch_size"] == batch
+    assert (choice.values["hidden"] == auto.WIDTHS[0]) or batch == auto.BATCH   # a budget of epochs reads the
+    #                                                              same characters at every width: wider fits there
+    steps = int(chars // (batch * auto.SEQ_LEN))
+    assert choice.values["eval_every"] == max(1, steps // auto.EVALS)
+    assert (f"on B{batch} windows it steps {steps:,} times" in choice.reason) == (batch < auto.BATCH)
+
+
+def test_a_given_batch_or_a_budget_in_steps_keeps_its_batch():
+    """--batch-size is the user's; with --max-iters the steps are given, and a smaller batch would only read less."""
+    chars = 0.3 * auto.MIN_STEPS * auto.BATCH * auto.SEQ_LEN
+    given = choose(Workload(2_000_000, 6000, epochs=chars / 2_000_000, batch=24), None)
+    assert given.values["batch_size"] == 24 and "windows it steps" not in given.reason
+    steps = choose(Workload(2_000_000, 6000, max_iters=500), None)
+    assert steps.values["batch_size"] == auto.BATCH
 
 
 def _speed(chars_per_s_at_512: float, vocab: int = 65) -> Speed:
@@ -237,17 +272,31 @@ def test_resume_keeps_what_auto_chose(text_file, tmp_path, run_cli):
     assert after["model"] == before["model"] and after["train"]["auto"] == before["train"]["auto"]
 
 
-def _fake_machine(noise_rng=None, busy_share=0.0, base=2e-6, slope=4e-11, vocab=65):
+def _fake_machine(noise_rng=None, busy_share=0.0, base=2e-6, slope=4e-11, vocab=65, cpu=None, own=None):
     """make_step for a machine whose step costs (base + slope * weights) per character; with noise_rng, a
-    share of the steps take three times as long (another process had the core)."""
+    share of the steps take three times as long (another process had the core). With `cpu` (a _FakeCpu) each
+    step also counts `own` of that cost (default all of it) as the process's CPU time: what it took of the
+    core, however long the wall clock says."""
     def make_step(hidden, bf16):
         seconds = (base + slope * weights(hidden, vocab)) * auto.BATCH * auto.PROBE_SEQ_LEN
 
         def step():
             slow = noise_rng is not None and noise_rng.random() < busy_share
             time.sleep(seconds * (3 if slow else 1))
+            if cpu is not None:
+                cpu.seconds += seconds * (own or 1.0)
         return step
     return make_step
+
+
+class _FakeCpu:
+    """A process CPU clock the fake machine advances: sleeping steps take none of the real one."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self):
+        return self.seconds
 
 
 def test_a_probe_with_busy_moments_chooses_within_one_width_of_the_quiet_choice():
@@ -330,13 +379,18 @@ def test_own_share_is_what_the_others_left_per_thread(cores, threads, others, sh
     assert own_share(_FakeLoad(cores, others), threads) == pytest.approx(share, abs=0.01)
 
 
-def test_a_probe_on_a_machine_busy_throughout_chooses_what_the_quiet_machine_would_and_says_so():
-    """Every step twice as slow because another process holds half the core: with the load measured, the probe
-    gives the quiet machine's speed line (the same width chosen), and the auto line names the busy probe."""
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 2)])
+def test_a_probe_on_a_machine_busy_throughout_chooses_what_the_quiet_machine_would_and_says_so(cores, threads):
+    """Every step twice as slow because another process holds half the cores: with the load measured, the probe
+    gives the quiet machine's speed line (the same width chosen), and the auto line names the busy probe. One
+    thread's quiet step is its CPU time; several threads' (whose CPU time counts their waits for each other
+    too: here twice the wall time) is the wall time times their share."""
     work = Workload(train_chars=2_000_000, vocab_size=65, max_time=300)
     quiet = auto.probe(_fake_machine(), False, 65)
     slowed = auto.probe(_fake_machine(base=4e-6, slope=8e-11), False, 65)
-    corrected = auto.probe(_fake_machine(base=4e-6, slope=8e-11), False, 65, load=_FakeLoad(1, 0.5), threads=1)
+    cpu = _FakeCpu()
+    corrected = auto.probe(_fake_machine(base=4e-6, slope=8e-11, cpu=cpu, own=0.5 if threads == 1 else 4.0), False,
+                           65, load=_FakeLoad(cores, cores * 0.5), threads=threads, cpu_clock=cpu)
     assert choose(work, slowed).values["hidden"] < choose(work, quiet).values["hidden"]
     assert choose(work, corrected).values["hidden"] == choose(work, quiet).values["hidden"]
     for hidden in (192, 384):
@@ -383,14 +437,28 @@ def test_a_container_cpu_quota_turns_the_load_meter_off(content, limited, tmp_pa
 
 
 def test_a_load_that_comes_and_goes_is_left_to_the_fastest_steps():
-    """Steps that spread widely (another process came and went) are not corrected by the share on top of keeping
-    the fastest ones: that would count the same slowdown twice."""
+    """Several threads' steps that spread widely (another process came and went) are not corrected by the share
+    on top of keeping the fastest ones: that would count the same slowdown twice."""
     rng = np.random.default_rng(0)
     quiet = auto.probe(_fake_machine(), False, 65)
-    spread = auto.probe(_fake_machine(rng, busy_share=0.5), False, 65, load=_FakeLoad(1, 0.5), threads=1)
+    spread = auto.probe(_fake_machine(rng, busy_share=0.5), False, 65, load=_FakeLoad(2, 1.0), threads=2,
+                        cpu_clock=_FakeCpu())
     assert spread.busy_share is None
     for hidden in (192, 384):
         assert spread.chars_per_second(hidden, 65) <= 1.3 * quiet.chars_per_second(hidden, 65)
+
+
+def test_one_threads_probe_on_a_busy_core_is_timed_by_its_own_cpu_time():
+    """A single thread's step on a shared core takes the CPU time it was given, whatever the wall clock says and
+    however unevenly the others took the core: the quiet speed, and the auto line names the busy probe."""
+    rng = np.random.default_rng(0)
+    quiet = auto.probe(_fake_machine(), False, 65)
+    cpu = _FakeCpu()
+    busy = auto.probe(_fake_machine(rng, busy_share=0.7, cpu=cpu), False, 65, load=_FakeLoad(1, 0.6), threads=1,
+                      cpu_clock=cpu)
+    assert busy.busy_share == pytest.approx(0.4)
+    for hidden in (192, 384):
+        assert busy.chars_per_second(hidden, 65) == pytest.approx(quiet.chars_per_second(hidden, 65), rel=0.2)
 
 
 def test_with_the_epoch_schedule_auto_keeps_patience_and_names_no_plateau():

@@ -32,7 +32,7 @@ def test_a_damaged_speed_cache_is_a_probe_not_a_crash(monkeypatch, tmp_path, dam
     speed = speed_cache.load(NAME)
     if speed is None:
         return                                       # refused: auto probes instead
-    work = auto.Workload(180_000, 62, 10.0, None, None, validates=True, window_chars=3200)
+    work = auto.Workload(180_000, 62, 10.0, None, None, validates=True)
     choice = auto.choose(work, speed)
     assert choice.plan is not None
     assert math.isfinite(choice.plan["chars_per_s"]) and choice.plan["chars_per_s"] > 0

@@ -12,7 +12,11 @@ so one rule serves a slow laptop and a GPU alike:
    steps beat more width there as well, docs/performance.md) and reads enough characters per
    weight (a bigger model that sees too little text loses to a smaller one that sees more):
    CHARS_PER_WEIGHT on fresh text, fewer the more passes, as a text read again teaches less than
-   new text would. At most WEIGHTS_PER_CHAR weights per training character.
+   new text would. At most WEIGHTS_PER_CHAR weights per training character. Where even the
+   narrowest width would step fewer than MIN_STEPS times on a wide alphabet, the batch shrinks
+   (SMALLER_BATCHES) so that it steps more: there the head's cost per character is most of a step
+   and a smaller batch does not raise it, where on a small alphabet the recurrence's cost per step
+   is most of it and a smaller batch trains slower per character (docs/performance.md).
 4. Regularization from the passes over the text the budget allows: no dropout below one pass,
    then more as the passes grow.
 5. When to stop (a time budget): not at a pass count fitted on larger texts, but when the text
@@ -24,10 +28,10 @@ so one rule serves a slow laptop and a GPU alike:
    overfitting run.
 
 Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
-the probe's line prices them and the width shrinks to match. The alphabet is never cut: `--max-vocab` would map
-the rare characters to one symbol the model can never write back. The head's bias starts at the text's character
-frequencies (models/base.unigram_bias), which a drawn bias would spend much of a short run learning; this is still
-where auto is weakest (docs/performance.md), the head's cost taking most of each step.
+the probe's line prices them and the width shrinks to match; past WIDE_ALPHABET characters each is embedded in
+twice the width, a character there being nearer a word than a letter. The alphabet is never cut: `--max-vocab`
+would map the rare characters to one symbol the model can never write back. The head's bias starts at the text's
+character frequencies (models/base.unigram_bias), which a drawn bias would spend much of a short run learning.
 
 Explicit flags always override what auto chose. The choice and its reason go to config.json.
 """
@@ -52,6 +56,8 @@ EVAL_SHARE = 0.01           # of the time budget, per validation
 MAX_EVALS = 32              # where a validation costs less than its share (a small text), as many as fit, up to this
 ANNEAL_AFTER = 2            # validations without a new best that start the final decay (a time budget)
 BATCH, SEQ_LEN, EMBED, LAYERS = 32, 100, 64, 2
+SMALLER_BATCHES = (16, 8)   # a wide alphabet's, where even the narrowest width steps too few times on B32 windows
+WIDE_ALPHABET = 512         # characters: past this many a character is nearer a word (CJK) and embeds in 2 * EMBED
 PROBE_SEQ_LEN = 50
 PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
 PROBE_STEPS = 5             # timed steps per width and precision: their lower quartile is the speed
@@ -71,7 +77,8 @@ class Workload:
     validates: bool = True        # a validation split exists: early stopping has something to watch
     val_chars: int = 0            # characters in the validation split (0: unknown, or none)
     cosine: bool = True           # the schedule is cosine (a plan from the clock needs one), not --schedule epoch
-    window_chars: int = BATCH * SEQ_LEN   # characters per iteration in the layout the run trains with
+    batch: Optional[int] = None   # the run's --batch-size where given (None: auto's to choose)
+    seq_len: int = SEQ_LEN        # the window length the run trains with
 
 
 @dataclass(frozen=True)
@@ -111,8 +118,15 @@ class Choice:
     plan: Optional[dict] = None   # a budget of time alone: what the run's schedule is planned from (train/replan.py)
 
 
-def weights(hidden: int, vocab_size: int, layers: int = LAYERS, embed: int = EMBED) -> int:
+def embed_for(vocab_size: int) -> int:
+    """auto's embedding width: EMBED, doubled for a wide alphabet (a Chinese character carries about what a word
+    does, and 64 numbers held it back: docs/performance.md)."""
+    return 2 * EMBED if vocab_size > WIDE_ALPHABET else EMBED
+
+
+def weights(hidden: int, vocab_size: int, layers: int = LAYERS, embed: Optional[int] = None) -> int:
     """Parameters of the library engine's LSTM: embedding, torch's two bias vectors per layer, head."""
+    embed = embed_for(vocab_size) if embed is None else embed
     count = vocab_size * embed + hidden * vocab_size + vocab_size
     inputs = embed
     for _ in range(layers):
@@ -166,9 +180,14 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     n_weights = weights(hidden, work.vocab_size)
     chars = budget_chars(hidden)
     passes = chars / max(work.train_chars, 1)
-    iterations = max(1, int(chars // work.window_chars))
-    values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=EMBED, dropout=dropout_for(passes),
-                  batch_size=BATCH, seq_len=SEQ_LEN, optimizer="adamw", lr=4e-3 if hidden <= 512 else 3e-3,
+    batch = work.batch or BATCH
+    if not fitting and work.batch is None and work.max_iters is None and work.vocab_size > WIDE_ALPHABET:
+        batch = next((b for b in (BATCH, *SMALLER_BATCHES) if chars >= MIN_STEPS * b * work.seq_len),
+                     SMALLER_BATCHES[-1])
+    iterations = max(1, int(chars // (batch * work.seq_len)))
+    values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=embed_for(work.vocab_size),
+                  dropout=dropout_for(passes),
+                  batch_size=batch, seq_len=SEQ_LEN, optimizer="adamw", lr=4e-3 if hidden <= 512 else 3e-3,
                   weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
@@ -187,8 +206,10 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     wider = WIDTHS[WIDTHS.index(hidden) + 1] if hidden != WIDTHS[-1] else None
     why = _why(work, speed, hidden, chars, passes,
                too_wide(hidden) if not fitting else too_wide(wider) if wider else None)
-    shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights), dropout {values['dropout']}, "
-             f"B{BATCH} T{SEQ_LEN}, AdamW {values['lr']:.0e} warm-up + cosine"
+    shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights"
+             + (f", embedding {values['embed']}" if values["embed"] != EMBED else "")
+             + f"), dropout {values['dropout']}, "
+             f"B{batch} T{work.seq_len}, AdamW {values['lr']:.0e} warm-up + cosine"
              + (", bf16" if values["bf16"] else "")
              + (f", --patience {values['patience']}" if "patience" in values else ""))
     plan = None
@@ -198,6 +219,8 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
         plan = {"iterations": iterations, "chars_per_s": round(speed.chars_per_second(hidden, work.vocab_size), 1),
                 "evals": evals, "eval_seconds": round(EVALS * EVAL_SHARE * work.max_time / evals, 3),
                 "anneal_after": ANNEAL_AFTER if work.validates else None}
+    if batch < (work.batch or BATCH):
+        why += f"; on B{batch} windows it steps {iterations:,} times"
     return Choice(values, f"auto: {shape}\n  because {why}", plan)
 
 
@@ -229,7 +252,7 @@ def _age(seconds: float) -> str:
 
 def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: bool, vocab_size: int,
           seconds: float = math.inf, steps: int = PROBE_STEPS, load: Optional[LoadMeter] = None,
-          threads: int = 1) -> Speed:
+          threads: int = 1, cpu_clock: Callable[[], float] = time.process_time) -> Speed:
     """Time training steps (the lower quartile of `steps`, after one to warm up) at each probe width, in
     float32 and, where `bf16_possible`, bfloat16; within about `seconds` in all.
 
@@ -240,9 +263,12 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
     process took the core for a moment) are measured again, so one busy moment does not decide.
 
     With `load` (the cores' use by other processes, train/machine_load.py) a probe on a machine busy for longer
-    than a moment measures what the steps would take without the others (their times times the share of its
-    cores the run had, where that is under BUSY_SHARE and every step slowed alike): the width is chosen for the
-    machine, and the schedule follows the clock while the others run (train/replan.py)."""
+    than a moment measures what the steps would take without the others: the width is chosen for the machine,
+    and the schedule follows the clock while the others run (train/replan.py). One thread's steps take what its
+    own CPU time says (`cpu_clock`: the time the core gave this process, whoever else ran); several threads'
+    own time counts their waits for each other too, so theirs are their wall times times the share of its cores
+    the run had, where every step slowed alike (a share averaged over steps that spread widely would correct
+    the fastest of them, which had more than the average, too far)."""
     started = time.perf_counter()
     shares = []
     deadline = started + seconds
@@ -256,13 +282,17 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
             step()                                   # oneDNN builds its kernels on the first call
             if load is not None:
                 load.start()
-            times = _timed(step, steps, deadline)
+            times, cpu = _timed(step, steps, deadline, cpu_clock)
             if len(times) >= 3 and max(times) > PROBE_SPREAD * min(times):
-                times += _timed(step, steps, deadline)
-            per_char = sorted(times)[len(times) // 4] / (BATCH * PROBE_SEQ_LEN)  # lower quartile: a busy
-            # moment only ever slows a step, so the faster steps are the machine's own speed
+                more, more_cpu = _timed(step, steps, deadline, cpu_clock)
+                times, cpu = times + more, cpu + more_cpu
+            per_char = _lower_quartile(times) / (BATCH * PROBE_SEQ_LEN)  # a busy moment only ever slows a
+            # step, so the faster steps are the machine's own speed
             share = own_share(load, threads) if load is not None else 1.0
-            if share < BUSY_SHARE and max(times) <= PROBE_SPREAD * min(times):
+            if share < BUSY_SHARE and threads == 1:
+                shares.append(share)
+                per_char = min(per_char, _lower_quartile(cpu) / (BATCH * PROBE_SEQ_LEN))
+            elif share < BUSY_SHARE and max(times) <= PROBE_SPREAD * min(times):
                 shares.append(share)   # every step slowed alike: the others ran throughout (had they come and
                 per_char *= share      # gone, the fastest steps, kept above, would already be the quiet speed)
             points[bf16].append((weights(hidden, vocab_size), per_char))
@@ -271,14 +301,19 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
                  measured=measured, busy_share=min(shares) if shares else None)
 
 
-def _timed(step: Callable[[], None], steps: int, deadline: float) -> list:
-    """Seconds of up to `steps` calls, stopping at the deadline (after one call at least)."""
-    times = []
+def _timed(step: Callable[[], None], steps: int, deadline: float, cpu_clock: Callable[[], float]) -> tuple:
+    """Wall and CPU seconds of up to `steps` calls, stopping at the deadline (after one call at least)."""
+    times, cpu = [], []
     while len(times) < steps and (not times or time.perf_counter() < deadline):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_clock()
         step()
         times.append(time.perf_counter() - t)
-    return times
+        cpu.append(cpu_clock() - c)
+    return times, cpu
+
+
+def _lower_quartile(values: list) -> float:
+    return sorted(values)[len(values) // 4]
 
 
 def check_usable(given: dict, distributed: bool) -> None:

@@ -216,7 +216,8 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
 
     batch, seq_len = _auto_layout(cfg, explicit)
     work = auto.Workload(train_chars, model_cfg.vocab_size, cfg.max_time, cfg.epochs, cfg.max_iters,
-                         validates=bool(cfg.val_frac > 0 or cfg.val_data), window_chars=batch * seq_len,
+                         validates=bool(cfg.val_frac > 0 or cfg.val_data), seq_len=seq_len,
+                         batch=batch if "batch_size" in explicit else None,
                          val_chars=val_chars, cosine="schedule" not in explicit or cfg.schedule == "cosine")
     speed = _auto_speed(cfg, model_cfg, device, world) if cfg.max_time else None
     choice = auto.choose(work, speed)
@@ -276,7 +277,7 @@ def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -
 
     measured = trainer.measured_chars_per_second()
     own_shape = ((model_cfg.cell, model_cfg.layers, model_cfg.embed, cfg.batch_size, cfg.seq_len)
-                 == ("lstm", auto.LAYERS, auto.EMBED, auto.BATCH, auto.SEQ_LEN))
+                 == ("lstm", auto.LAYERS, auto.embed_for(model_cfg.vocab_size), auto.BATCH, auto.SEQ_LEN))
     if measured is None or not own_shape or cfg.impl not in ("library", "scratch"):
         return
     name = speed_cache.entry_name(device, cfg.impl, capabilities.bf16_training(device, cfg.impl, "lstm"))
@@ -309,7 +310,8 @@ def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, hidden: int, bf16: boo
     """One training step of a model of width `hidden` (auto's shape) on random characters, as a function."""
     from charrnn.train import auto
 
-    shape = dict(cell="lstm", layers=auto.LAYERS, hidden=hidden, embed=auto.EMBED, dropout=0.0)
+    shape = dict(cell="lstm", layers=auto.LAYERS, hidden=hidden, embed=auto.embed_for(model_cfg.vocab_size),
+                 dropout=0.0)
     learner = _make_learner(dataclasses.replace(cfg, bf16=bf16), dataclasses.replace(model_cfg, **shape),
                             device, world, None)
     rng = np.random.default_rng(0)
