@@ -101,15 +101,16 @@ def _config(tmp_path, planned_chars_per_s=None, planned_iters=None, anneal_after
     return TrainConfig(**values)
 
 
-def _trainer(cfg, tmp_path, step, stop_after=None, lines=None, windows=400):
+def _trainer(cfg, tmp_path, step, stop_after=None, lines=None, windows=400, clock=None, load=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = np.random.default_rng(0).integers(0, 5, size=B * windows * T + 1).astype(np.uint8)   # windows an epoch
     val = np.random.default_rng(1).integers(0, 5, size=VAL_WINDOWS * T + 1).astype(np.uint8)
     model = build_model("naive", ModelConfig(vocab_size=5, cell="rnn", layers=1, hidden=8, embed=4), seed=0)
-    clock = FakeClock()
+    clock = clock or FakeClock()
     learner = TimedLearner(NumpyLearner(model, "adam", LR0, 0.0, 1.0, seed=0), clock, step, stop_after)
     log = lines.append if lines is not None else (lambda message: None)
-    trainer = Trainer(cfg, learner, make_streams(data, B, T), make_streams(val, 1, T), tmp_path, log=log, clock=clock)
+    trainer = Trainer(cfg, learner, make_streams(data, B, T), make_streams(val, 1, T), tmp_path, log=log, clock=clock,
+                      load=load, threads=1)
     learner.trainer = trainer
     return trainer, learner
 
@@ -178,6 +179,63 @@ def test_a_machine_that_gets_busy_still_ends_fully_decayed_with_a_best_checkpoin
     assert len(_replan_lines(lines)) >= 1, lines
     assert progress.iteration == progress.plan_iters and learner.lrs[-1] == FLOOR, lines
     assert progress.elapsed <= MAX_TIME
+    assert (tmp_path / "best.safetensors").exists() and math.isfinite(progress.best_val)
+
+
+class FakeLoad:
+    """Other processes hold `others` of the one core while the fake clock is before `until`, none after."""
+
+    cores = 1
+
+    def __init__(self, clock: FakeClock, until: float, others: float = 0.5):
+        self.clock, self.until, self.others, self.started = clock, until, others, clock.now
+
+    def start(self):
+        self.started = self.clock.now
+
+    def others_cores(self):
+        span = self.clock.now - self.started
+        return self.others * max(0.0, min(self.clock.now, self.until) - self.started) / span if span > 0 else 0.0
+
+
+def _busy_run(tmp_path, busy_for: float, metered: bool, lines: list):
+    """Planned at 2 steps a second, the quiet machine's speed; others hold half the core for the first `busy_for`
+    seconds (a step takes twice as long then). `metered`: the run's load meter sees them."""
+    clock = FakeClock()
+    until = clock.now + busy_for
+    trainer, learner = _trainer(_config(tmp_path, planned_chars_per_s=2 * CHARS), tmp_path, lines=lines, clock=clock,
+                                step=lambda i: 1.0 if clock.now < until else 0.5,
+                                load=FakeLoad(clock, until) if metered else None)
+    return trainer.run(), learner, trainer
+
+
+def test_a_load_that_comes_and_goes_is_planned_as_lasting_as_long_again_not_for_good(tmp_path):
+    """Others take half the core for the first 30 s. Planning the rest of the run at the busy speed (no meter)
+    shortens the schedule to what that speed allows and decays the rate ahead of time; with the meter, the plan
+    counts on the busy speed for as long again as the load has lasted, says so in one line, and reaches the
+    load's end at a higher rate. Both end at the floor, by the deadline, within the margin of it."""
+    runs = {}
+    for metered in (False, True):
+        lines = []
+        progress, learner, trainer = _busy_run(tmp_path / str(metered), 30.0, metered, lines)
+        assert learner.lrs[-1] == FLOOR and progress.iteration == progress.plan_iters, lines
+        assert MAX_TIME * (1 - replan.MARGIN - replan.SLACK) <= progress.elapsed <= MAX_TIME
+        runs[metered] = learner.lrs, _replan_lines(lines)
+    at_load_end = 30   # the 30th step ends when the load does (a second each until then)
+    assert runs[True][0][at_load_end] > runs[False][0][at_load_end]
+    assert any("other processes have had 50% of its cores for" in line and "planned as lasting as long again"
+               in line for line in runs[True][1]), runs[True][1]
+    assert not any("other processes" in line for line in runs[False][1])
+
+
+def test_a_load_that_stays_is_planned_in_full_and_the_run_still_ends_decayed(tmp_path):
+    """Others hold half the core throughout: the plan counts on the busy speed for ever longer, in full once the
+    load has run for half the budget, and the run ends at the floor before the deadline with a best checkpoint."""
+    lines = []
+    progress, learner, _ = _busy_run(tmp_path, MAX_TIME * 2, True, lines)
+    assert learner.lrs[-1] == FLOOR and progress.iteration == progress.plan_iters, lines
+    assert MAX_TIME * (1 - replan.MARGIN - replan.SLACK) <= progress.elapsed <= MAX_TIME
+    assert all(b <= a for a, b in zip(learner.lrs[1:], learner.lrs[2:]))   # the rate never jumped back up
     assert (tmp_path / "best.safetensors").exists() and math.isfinite(progress.best_val)
 
 

@@ -5,7 +5,8 @@ a new row, column, resume flag or refusal is one line in one of them.
 
     DATA       the kinds of data: one file, a folder of documents, --max-vocab (the unknown symbol U+FFFD),
                one-hot inputs (--embed 0), a CJK text, a folder of labelled folders (--label-by folder: every
-               runtime samples and scores under a label, and scores a text under every label).
+               runtime samples and scores under a label, and scores a text under every label), and a text of
+               over 512 distinct characters (a wide alphabet: `--preset auto` embeds it in twice its usual width).
     ROWS       one run each: an engine, a kind of data and a cell (and a preset). Together they hold every engine,
                every kind of data and every cell, in the combinations users make; `--preset auto` trains one
                (its choices, bf16 where the CPU has it, through every step below; the row's flags fix the size).
@@ -46,6 +47,7 @@ ENGLISH = ("The lamps along the harbour wall are lit, and the tide is turning.\n
            "Who will row the ferry out before the storm comes in? Not I, said the keeper.\n") * 5
 CJK = ("床前明月光，疑是地上霜。举头望明月，低头思故乡。\n春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n"
        "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。🌙\n") * 4  # and one character outside the BMP
+WIDE = "".join("".join(chr(0x4E00 + (7 * i + j) % 600) for j in range(40)) + "\n" for i in range(90))  # 601 chars
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ DATA = {
     "max_vocab": Data({"text.txt": ENGLISH}, ("--max-vocab", "8"), eval_extra="Zany zebras \u2603 "),
     "one_hot": Data({"text.txt": ENGLISH}, ("--embed", "0")),
     "cjk": Data({"poems.txt": CJK}),
+    "wide": Data({"wide.txt": WIDE}),
     "labelled": Data({"lines/harbour/wall.txt": "The lamps along the harbour wall are lit.\n" * 3,
                       "lines/harbour/tide.txt": "The tide is turning; light them all.\n" * 3,
                       "lines/ferry/row.txt": "Who will row the ferry out before the storm?\n" * 3,
@@ -110,6 +113,7 @@ ROWS = [
     Row("scratch", "labelled", "lstm"),
     Row("keras", "labelled", "gru"),
     Row("library", "folder", "lstm", preset="auto"),
+    Row("library", "wide", "lstm", preset="auto"),   # auto's wide-alphabet embedding through every runtime
 ]
 SLOW_ENGINES = {"tf", "keras"}
 
@@ -517,6 +521,12 @@ def test_lifecycle(lab, row):
     assert (records[0].get("unknown") == "\ufffd") == (row.data == "max_vocab")
     assert (records[0].get("doc_sep") == "\x1e") == DATA[row.data].documents
     assert (config[run.ft]["embed"] == 0) == (row.data == "one_hot")
+    if row.preset:   # auto's embedding, which no row flag fixes: twice the usual for the wide alphabet
+        from charrnn.train import auto
+
+        vocab = json.loads((run.trained / "vocab.json").read_text(encoding="utf-8"))
+        assert config[run.trained]["embed"] == auto.embed_for(len(vocab))
+        assert (config[run.trained]["embed"] == 2 * auto.EMBED) == (row.data == "wide")
 
 
 @pytest.mark.parametrize("row", row_params())

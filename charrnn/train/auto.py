@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 from charrnn.errors import UserError
-from charrnn.train.machine_load import LoadMeter, own_share
+from charrnn.train.machine_load import BUSY_SHARE, LoadMeter, own_share
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280)
 PROBE_WIDTHS = (128, 192, 384, 640)   # the narrowest width measured, not extrapolated: below 192 a step's
@@ -62,7 +62,6 @@ PROBE_SEQ_LEN = 50
 PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
 PROBE_STEPS = 5             # timed steps per width and precision: their lower quartile is the speed
 PROBE_SPREAD = 1.5          # slowest / fastest step above this: a busy moment; measure as many steps again
-BUSY_SHARE = 0.85           # a probe that had less of its cores than this, every step alike, measured a busy machine
 
 
 @dataclass(frozen=True)

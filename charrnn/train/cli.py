@@ -270,6 +270,18 @@ def _load_meter(device):
     return ProcStatLoad() if device.type == "cpu" else None
 
 
+def _training_threads(cfg: TrainConfig, load) -> int:
+    """The threads a step runs on: torch's for its engines; the others' (NumPy's BLAS, TensorFlow's) are taken as
+    every core the process may use."""
+    if load is None:
+        return 1
+    if cfg.impl in ("library", "scratch"):
+        import torch
+
+        return torch.get_num_threads()
+    return max(1, load.cores)
+
+
 def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -> None:
     """After an auto run of auto's own shape: keep the speed it really trained at for the next short budget."""
     from charrnn import capabilities
@@ -412,8 +424,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, vocab, init_params, train_s
     learner = _make_learner(cfg, model_cfg, device, world, init_params)
     from charrnn.train.loop import Trainer
 
+    load = _load_meter(device) if world.size == 1 and cfg.max_time else None   # every rank must plan alike
     trainer = Trainer(cfg, learner, train_streams, val_streams, out, world=world,
-                      sampler=_make_sampler(learner, vocab, cfg, data))
+                      sampler=_make_sampler(learner, vocab, cfg, data), load=load,
+                      threads=_training_threads(cfg, load))
     if cfg.resume:
         trainer.restore()   # reads and checks resume.safetensors; nothing is written before it fits
     if notes is not None:

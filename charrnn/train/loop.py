@@ -23,6 +23,7 @@ from charrnn.errors import TrainingDiverged, UserError, checkpoint_write_error
 from charrnn.losses import bits_per_char
 from charrnn.train.distributed import World
 from charrnn.train.learners import Learner
+from charrnn.train.machine_load import LoadMeter
 from charrnn.train.metrics import LossPlot, MetricsLog
 from charrnn.train.replan import Plan, Planner, rule_for
 from charrnn.train.schedule import Budget, learning_rate
@@ -65,12 +66,14 @@ class Trainer:
 
     Under torchrun, `train` and `val` are this process's share of the streams and `world`
     holds the collectives; every process runs the same loop and only rank 0 writes. `clock` gives seconds
-    (a test passes its own).
+    (a test passes its own); `load` says what other processes take of this process's `threads`' cores, for a
+    schedule planned from the clock (train/replan.py; a single process only: every rank must plan alike).
     """
 
     def __init__(self, cfg: TrainConfig, learner: Learner, train: Streams, val: Optional[Streams], run_dir: Path,
                  world: Optional[World] = None, sampler: Optional[Callable[[], str]] = None,
-                 log: Callable[[str], None] = _stderr, clock: Callable[[], float] = time.perf_counter):
+                 log: Callable[[str], None] = _stderr, clock: Callable[[], float] = time.perf_counter,
+                 load: Optional[LoadMeter] = None, threads: int = 1):
         self.cfg, self.learner, self.train, self.val = cfg, learner, train, val
         self.run_dir = Path(run_dir)
         self.world = world or World()
@@ -87,7 +90,8 @@ class Trainer:
         self._schedule_note: Optional[str] = None
         self.clock = clock
         rule = rule_for(cfg, train.num_windows)
-        self.planner = Planner(rule) if rule is not None else None   # a schedule planned from the clock
+        self.planner = Planner(rule, load, threads) if rule is not None else None   # a schedule planned from the
+        #                                                        clock, and from what other processes take (load)
         first = self.planner.first_plan() if self.planner else None
         if first is not None:
             self._adopt_plan(first)
@@ -111,7 +115,7 @@ class Trainer:
         bar = self._progress_bar()
         stopping = self._agree_to_stop(p.elapsed)
         if self.planner is not None:
-            self.planner.meter.start(p.elapsed)
+            self.planner.start(p.elapsed)
         after = "start"   # what the interval before the next step's end holds besides the step (replan.SpeedMeter)
         while not self.finished() and not stopping:
             lr = self._learning_rate()

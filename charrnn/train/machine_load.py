@@ -15,6 +15,7 @@ from typing import Optional, Protocol
 STAT = Path("/proc/stat")
 IDLE_FIELDS = (3, 4)   # idle and iowait, in /proc/stat's cpuN lines (after the name): the rest is busy time
 MIN_SHARE = 0.25       # the correction is at most 4x: a measurement this far off is not to be trusted further
+BUSY_SHARE = 0.85      # a process that had less of its cores than this had them taken by others
 CGROUP_QUOTAS = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
 
 

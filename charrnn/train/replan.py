@@ -13,6 +13,14 @@ length, auto's spacing of validations (as many as the time auto reserved for the
 and its pass cap, and says so in one line. The learning rate never jumps: the cosine goes on from
 the rate it has, down to its floor at the new end (the same re-anchoring as a --resume with a new budget).
 
+Where a load meter shows other processes taking the run's cores (train/machine_load.py: a single process on a
+CPU), the slowdown is theirs, and nobody knows for how long: the plan for the time left counts on the speed
+measured for as long again as they have been running, and on the run's own speed (the measured one over the
+share of its cores it had) after that. A load that comes for a minute and goes costs the schedule what it took and
+no more, where planning the whole rest at the busy speed would have decayed the rate early and then stretched a
+tail at a low rate; a load that stays is planned in full by the time it has run for half the budget, so the
+cosine still ends at its floor by the deadline.
+
 The measured speed leaves out every interval that held more than a training step (a validation, a checkpoint,
 a sample, the first step after a start, when kernels are built); what a validation took beyond a step is kept
 to reserve time for the validations the plan still holds. Every number here is read from the run's agreed
@@ -39,6 +47,7 @@ from itertools import islice
 from typing import Optional, Tuple
 
 from charrnn.config import TrainConfig
+from charrnn.train.machine_load import BUSY_SHARE, LoadMeter, own_share
 
 FIRST_CHECK = 0.10   # of --max-time: the speed is first compared with the plan here, then at every validation
 CHECK_EVERY = 0.05   # and at least this often
@@ -148,10 +157,21 @@ class Planner:
     """Measures the speed after every step and re-plans where the plan has gone far off (Trainer calls it).
     It reads and writes the plan_* fields of the Trainer's Progress (`p` below), and nothing else."""
 
-    def __init__(self, rule: Rule):
+    def __init__(self, rule: Rule, load: Optional[LoadMeter] = None, threads: int = 1):
         self.rule, self.meter = rule, SpeedMeter(WINDOW * rule.max_time)
         self.next_check = 0.0   # elapsed seconds: the first step past FIRST_CHECK checks, then CHECK_EVERY on
         self.wanted = (0, 0.0)  # what the checks find (0 the plan holds, 1 it ends too early, -1 too late), since
+        self.load, self.threads = load, threads
+        self.load_since = 0.0                  # elapsed seconds: when the load meter last started
+        self.busy_since: Optional[float] = None   # since when the checks have found others taking the cores
+        self.busy_share: Optional[float] = None   # the share of its cores the run had over the latest check's span
+
+    def start(self, elapsed: float) -> None:
+        """The run (or its resumption) starts its steps."""
+        self.meter.start(elapsed)
+        if self.load is not None:
+            self.load.start()
+            self.load_since = elapsed
 
     def first_plan(self) -> Optional[Plan]:
         """auto's plan from its probe, adopted as the run starts (a plain run has none until it measures)."""
@@ -176,7 +196,7 @@ class Planner:
         if seconds is None:
             return None
         self.next_check = p.elapsed + CHECK_EVERY * self.rule.max_time
-        plan = self.plan(p, self.rule.chars_per_iter / seconds)
+        plan = self.plan(p, self._expected_speed(p, self.rule.chars_per_iter / seconds))
         if p.plan_annealed_at is not None:   # the decay after a plateau: only the deadline may bring its end nearer
             plan = Plan(min(plan.iterations, p.plan_iters), p.plan_eval_every or plan.eval_every, plan.chars_per_s)
         if p.plan_iters is not None:
@@ -213,6 +233,23 @@ class Planner:
                 "and the run ends there")
         return plan, line
 
+    def _expected_speed(self, p, measured: float) -> float:
+        """The speed to plan the time left at: the measured one, or where others took the cores since the last
+        check, the measured one for as long again as they have been at it and the run's own after that."""
+        if self.load is None:
+            return measured
+        share = own_share(self.load, self.threads)
+        since, self.load_since = self.load_since, p.elapsed
+        self.load.start()
+        if share >= BUSY_SHARE:
+            self.busy_since = self.busy_share = None
+            return measured
+        self.busy_since = since if self.busy_since is None else self.busy_since
+        self.busy_share = share
+        left = max(0.0, self.rule.max_time - p.elapsed)
+        busy = min(left, p.elapsed - self.busy_since)
+        return measured if left <= 0 else (busy * measured + (left - busy) * measured / share) / left
+
     def plan(self, p, chars_per_s: float) -> Plan:
         """The plan for the time left at `chars_per_s`: as many iterations as fit before the deadline (less
         SLACK, and the validations they hold), at most the pass cap."""
@@ -241,6 +278,10 @@ class Planner:
     def _line(self, p, plan: Plan) -> str:
         """The one line a re-plan prints: what was measured, and where the schedule now ends."""
         why = f"training runs at {plan.chars_per_s:,.0f} chars/s, not the {p.plan_chars_per_s or 0:,.0f} planned"
+        if self.busy_share is not None:
+            why = (f"other processes have had {1 - self.busy_share:.0%} of its cores for "
+                   f"{p.elapsed - self.busy_since:.0f} s: planned as lasting as long again, "
+                   f"at {plan.chars_per_s:,.0f} chars/s on average, not the {p.plan_chars_per_s or 0:,.0f} planned")
         if p.plan_eval_seconds is not None:
             why += f", and a validation takes {p.plan_eval_seconds:.{1 if p.plan_eval_seconds >= 1 else 2}f} s"
         capped = (self.rule.max_passes is not None
