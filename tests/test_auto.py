@@ -461,6 +461,34 @@ def test_one_threads_probe_on_a_busy_core_is_timed_by_its_own_cpu_time():
         assert busy.chars_per_second(hidden, 65) == pytest.approx(quiet.chars_per_second(hidden, 65), rel=0.2)
 
 
+def test_the_load_meter_is_for_cpu_steps_of_every_engine():
+    """NumPy's steps (no device), TensorFlow's on its CPU and torch's on the CPU share the cores with others; a GPU's
+    steps are the device's."""
+    import torch
+
+    from charrnn.train.cli import _load_meter
+    from charrnn.train.machine_load import ProcStatLoad
+
+    for device in (None, "/CPU:0", torch.device("cpu")):
+        assert isinstance(_load_meter(device), ProcStatLoad), device
+    for device in ("/GPU:0", torch.device("cuda")):
+        assert _load_meter(device) is None, device
+
+
+@pytest.mark.parametrize("impl", ["naive", pytest.param("keras", marks=pytest.mark.slow),
+                                  pytest.param("tf", marks=pytest.mark.slow)])
+def test_a_time_budget_plans_from_the_clock_on_every_engine(impl, text_file, tmp_path, run_cli):
+    """--max-time with the cosine: the schedule is planned from the clock (and the cores metered) for the engines
+    without torch too."""
+    if impl != "naive":
+        pytest.importorskip("tensorflow")
+    out = tmp_path / impl
+    r = run_cli(["train", "--data", text_file, "--out", out, "--impl", impl, "--max-time", 4, "--schedule", "cosine",
+                 "--hidden", 16, "--seq-len", 16, "--batch-size", 4, "--eval-every", 20, "--log-every", 1000])
+    assert r.returncode == 0, r.stderr
+    assert (out / "best.safetensors").exists() and "Traceback" not in r.stderr
+
+
 def test_with_the_epoch_schedule_auto_keeps_patience_and_names_no_plateau():
     """--schedule epoch has no cosine to plan from the clock: no plateau rule, so --patience stops an overfit."""
     work = dict(train_chars=50_000, vocab_size=65, max_time=3600)

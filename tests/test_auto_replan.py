@@ -183,19 +183,20 @@ def test_a_machine_that_gets_busy_still_ends_fully_decayed_with_a_best_checkpoin
 
 
 class FakeLoad:
-    """Other processes hold `others` of the one core while the fake clock is before `until`, none after."""
+    """Other processes hold `others` of the one core while the fake clock is between `since` and `until`."""
 
     cores = 1
 
-    def __init__(self, clock: FakeClock, until: float, others: float = 0.5):
-        self.clock, self.until, self.others, self.started = clock, until, others, clock.now
+    def __init__(self, clock: FakeClock, until: float, others: float = 0.5, since: float = 0.0):
+        self.clock, self.until, self.others, self.since, self.started = clock, until, others, since, clock.now
 
     def start(self):
         self.started = self.clock.now
 
     def others_cores(self):
         span = self.clock.now - self.started
-        return self.others * max(0.0, min(self.clock.now, self.until) - self.started) / span if span > 0 else 0.0
+        held = max(0.0, min(self.clock.now, self.until) - max(self.started, self.since))
+        return self.others * held / span if span > 0 else 0.0
 
 
 def _busy_run(tmp_path, busy_for: float, metered: bool, lines: list):
@@ -233,10 +234,30 @@ def test_a_load_that_stays_is_planned_in_full_and_the_run_still_ends_decayed(tmp
     load has run for half the budget, and the run ends at the floor before the deadline with a best checkpoint."""
     lines = []
     progress, learner, _ = _busy_run(tmp_path, MAX_TIME * 2, True, lines)
+    assert any("other processes have had 50% of its cores" in line for line in lines), lines
     assert learner.lrs[-1] == FLOOR and progress.iteration == progress.plan_iters, lines
     assert MAX_TIME * (1 - replan.MARGIN - replan.SLACK) <= progress.elapsed <= MAX_TIME
     assert all(b <= a for a, b in zip(learner.lrs[1:], learner.lrs[2:]))   # the rate never jumped back up
     assert (tmp_path / "best.safetensors").exists() and math.isfinite(progress.best_val)
+
+
+@pytest.mark.parametrize("load_starts", [35.5, 36.0, 48.5])
+def test_a_load_that_starts_mid_run_never_lengthens_the_plan(load_starts, tmp_path):
+    """Quiet at 2 steps a second until `load_starts`, then others take three quarters of the core (steps 4x slower):
+    the window the speed is measured over still holds quiet steps, but the speed the plan counts on after the load
+    is never above what the run measured quiet, so no re-plan moves the end further out."""
+    lines = []
+    clock = FakeClock()
+    since = clock.now + load_starts
+    trainer, learner = _trainer(_config(tmp_path, planned_chars_per_s=2 * CHARS), tmp_path, lines=lines, clock=clock,
+                                step=lambda i: 2.0 if clock.now >= since else 0.5,
+                                load=FakeLoad(clock, since + 10 * MAX_TIME, others=0.75, since=since))
+    planned = trainer.progress.plan_iters
+    progress = trainer.run()
+    ends = [int(m.group(1).replace(",", "")) for m in (re.search(r"ends at iteration ([\d,]+)", line)
+                                                          for line in _replan_lines(lines)) if m]
+    assert ends and all(b <= a for a, b in zip([planned, *ends], ends)), lines
+    assert learner.lrs[-1] == FLOOR and progress.iteration == progress.plan_iters, lines
 
 
 def test_a_plain_max_time_cosine_run_plans_from_what_it_measures_and_says_nothing(tmp_path):

@@ -160,13 +160,13 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
         if work.epochs is not None:
             limits.append(work.epochs * work.train_chars)
         if work.max_iters is not None:
-            limits.append(work.max_iters * BATCH * SEQ_LEN)
+            limits.append(work.max_iters * (work.batch or BATCH) * work.seq_len)
         return min(limits)
 
     def too_wide(hidden: int) -> Optional[str]:
         """Why a width does not fit this workload, or None when it does."""
         n_weights, chars = weights(hidden, work.vocab_size), budget_chars(hidden)
-        if chars < MIN_STEPS * BATCH * SEQ_LEN:
+        if chars < MIN_STEPS * (work.batch or BATCH) * work.seq_len:
             return f"would train for fewer than {MIN_STEPS} steps"
         if chars < chars_needed(n_weights, chars / max(work.train_chars, 1)):
             return "would read too few chars per weight to be worth its size"

@@ -263,11 +263,17 @@ def _auto_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, world):
 
 
 def _load_meter(device):
-    """What other processes take of the cores the probe's steps run on; none on a GPU, whose steps are the
-    device's, not the cores' to share."""
+    """What other processes take of the cores the steps run on; none on a GPU, whose steps are the device's, not the
+    cores' to share. `device` as resolve_device gives it: a torch.device, None (NumPy) or a TensorFlow name."""
     from charrnn.train.machine_load import ProcStatLoad
 
-    return ProcStatLoad() if device.type == "cpu" else None
+    if device is None:
+        on_cpu = True
+    elif isinstance(device, str):
+        on_cpu = "GPU" not in device.upper()
+    else:
+        on_cpu = device.type == "cpu"
+    return ProcStatLoad() if on_cpu else None
 
 
 def _training_threads(cfg: TrainConfig, load) -> int:

@@ -1,9 +1,12 @@
-"""How much of this process's cores other processes took while auto probed.
+"""How much of this process's cores other processes took: while auto probed, and while a run planned from the
+clock trains.
 
 A probe on a machine that is busy for the moment measures the moment: a width chosen from it is too narrow for
 the rest of the run, when the machine is quiet again (the schedule follows the clock, train/replan.py, but the
-width is fixed). Linux counts every core's busy time (/proc/stat) and this process's own (its CPU time): what the
-cores this process may run on were busy with, less its own, is what other processes took from it.
+width is fixed); and a plan that took the moment's speed for good would decay its rate early. Linux counts every
+core's busy time (/proc/stat) and this process's own (its CPU time, and its finished children's: the loss plot
+is drawn in a child process): what the cores this process may run on were busy with, less its own, is what other
+processes took from it.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ class ProcStatLoad:
 
     def start(self) -> None:
         busy = self._busy_seconds()
-        self.started = None if busy is None else (busy, time.process_time(), time.perf_counter())
+        self.started = None if busy is None else (busy, _own_seconds(), time.perf_counter())
 
     def others_cores(self) -> float:
         if self.started is None or not self.cores:
@@ -76,8 +79,14 @@ class ProcStatLoad:
         wall = time.perf_counter() - wall0
         if wall <= 0:
             return 0.0
-        others = (busy - busy0) - (time.process_time() - own0)
+        others = (busy - busy0) - (_own_seconds() - own0)
         return min(float(self.cores), max(0.0, others / wall))
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the loss plot's)."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
 
 
 def _cpu_quota(files=CGROUP_QUOTAS) -> bool:

@@ -18,8 +18,11 @@ CPU), the slowdown is theirs, and nobody knows for how long: the plan for the ti
 measured for as long again as they have been running, and on the run's own speed (the measured one over the
 share of its cores it had) after that. A load that comes for a minute and goes costs the schedule what it took and
 no more, where planning the whole rest at the busy speed would have decayed the rate early and then stretched a
-tail at a low rate; a load that stays is planned in full by the time it has run for half the budget, so the
-cosine still ends at its floor by the deadline.
+tail at a low rate; a load that stays is planned in full once it has lasted as long as the time left, so the
+cosine still ends at its floor about the deadline (a load that starts late and stays may leave the last
+re-plan within MARGIN of it: a step or two past the budget, near the floor). The run's own speed is never taken as
+above the fastest it measured without a load (or auto's probe, before that): just after a load starts, the
+latest steps' window still holds quiet ones.
 
 The measured speed leaves out every interval that held more than a training step (a validation, a checkpoint,
 a sample, the first step after a start, when kernels are built); what a validation took beyond a step is kept
@@ -165,6 +168,7 @@ class Planner:
         self.load_since = 0.0                  # elapsed seconds: when the load meter last started
         self.busy_since: Optional[float] = None   # since when the checks have found others taking the cores
         self.busy_share: Optional[float] = None   # the share of its cores the run had over the latest check's span
+        self.quiet_speed: Optional[float] = None  # the fastest speed a check found with the cores the run's own
 
     def start(self, elapsed: float) -> None:
         """The run (or its resumption) starts its steps."""
@@ -243,12 +247,16 @@ class Planner:
         self.load.start()
         if share >= BUSY_SHARE:
             self.busy_since = self.busy_share = None
+            self.quiet_speed = max(self.quiet_speed or 0.0, measured)
             return measured
         self.busy_since = since if self.busy_since is None else self.busy_since
         self.busy_share = share
         left = max(0.0, self.rule.max_time - p.elapsed)
         busy = min(left, p.elapsed - self.busy_since)
-        return measured if left <= 0 else (busy * measured + (left - busy) * measured / share) / left
+        own = measured / share   # never above what this run (or auto's probe, before any quiet check) measured: the
+        known = self.quiet_speed or (self.rule.first[1] if self.rule.first else None)   # window may still hold
+        own = min(own, max(known, measured)) if known else own                          # steps from before the load
+        return measured if left <= 0 else (busy * measured + (left - busy) * own) / left
 
     def plan(self, p, chars_per_s: float) -> Plan:
         """The plan for the time left at `chars_per_s`: as many iterations as fit before the deadline (less
