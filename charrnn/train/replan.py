@@ -21,8 +21,9 @@ no more, where planning the whole rest at the busy speed would have decayed the 
 tail at a low rate; a load that stays is planned in full once it has lasted as long as the time left, so the
 cosine still ends at its floor about the deadline (a load that starts late and stays may leave the last
 re-plan within MARGIN of it: a step or two past the budget, near the floor). The run's own speed is never taken as
-above the fastest it measured without a load (or auto's probe, before that): just after a load starts, the
-latest steps' window still holds quiet ones.
+above the fastest it measured without a load: just after a load starts, the latest steps' window still holds
+quiet ones. (Not auto's probe's speed either: it times B32 windows, and a wide alphabet trains on smaller ones,
+faster per character.)
 
 The measured speed leaves out every interval that held more than a training step (a validation, a checkpoint,
 a sample, the first step after a start, when kernels are built); what a validation took beyond a step is kept
@@ -253,9 +254,9 @@ class Planner:
         self.busy_share = share
         left = max(0.0, self.rule.max_time - p.elapsed)
         busy = min(left, p.elapsed - self.busy_since)
-        own = measured / share   # never above what this run (or auto's probe, before any quiet check) measured: the
-        known = self.quiet_speed or (self.rule.first[1] if self.rule.first else None)   # window may still hold
-        own = min(own, max(known, measured)) if known else own                          # steps from before the load
+        own = measured / share   # never above what this run measured quiet: just after a load starts, the window
+        if self.quiet_speed:     # still holds steps from before it (a load from the start leaves none to cap by)
+            own = min(own, max(self.quiet_speed, measured))
         return measured if left <= 0 else (busy * measured + (left - busy) * own) / left
 
     def plan(self, p, chars_per_s: float) -> Plan:
