@@ -153,6 +153,9 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     if work.max_time:  # what training has: the time the probe left, less the validations
         seconds = max(0.0, work.max_time - (speed.probe_seconds if speed else 0.0)) * (1 - EVALS * EVAL_SHARE)
 
+    given_batch = work.batch or BATCH
+    window = given_batch * work.seq_len   # characters a step reads, before a wide alphabet's batch shrinks
+
     def budget_chars(hidden: int) -> float:
         limits = [math.inf]
         if seconds is not None and speed is not None:
@@ -160,13 +163,13 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
         if work.epochs is not None:
             limits.append(work.epochs * work.train_chars)
         if work.max_iters is not None:
-            limits.append(work.max_iters * (work.batch or BATCH) * work.seq_len)
+            limits.append(work.max_iters * window)
         return min(limits)
 
     def too_wide(hidden: int) -> Optional[str]:
         """Why a width does not fit this workload, or None when it does."""
         n_weights, chars = weights(hidden, work.vocab_size), budget_chars(hidden)
-        if chars < MIN_STEPS * (work.batch or BATCH) * work.seq_len:
+        if chars < MIN_STEPS * window:
             return f"would train for fewer than {MIN_STEPS} steps"
         if chars < chars_needed(n_weights, chars / max(work.train_chars, 1)):
             return "would read too few chars per weight to be worth its size"
@@ -179,7 +182,7 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     n_weights = weights(hidden, work.vocab_size)
     chars = budget_chars(hidden)
     passes = chars / max(work.train_chars, 1)
-    batch = work.batch or BATCH
+    batch = given_batch
     if not fitting and work.batch is None and work.max_iters is None and work.vocab_size > WIDE_ALPHABET:
         batch = next((b for b in (BATCH, *SMALLER_BATCHES) if chars >= MIN_STEPS * b * work.seq_len),
                      SMALLER_BATCHES[-1])
@@ -218,7 +221,7 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
         plan = {"iterations": iterations, "chars_per_s": round(speed.chars_per_second(hidden, work.vocab_size), 1),
                 "evals": evals, "eval_seconds": round(EVALS * EVAL_SHARE * work.max_time / evals, 3),
                 "anneal_after": ANNEAL_AFTER if work.validates else None}
-    if batch < (work.batch or BATCH):
+    if batch < given_batch:
         why += f"; on B{batch} windows it steps {iterations:,} times"
     return Choice(values, f"auto: {shape}\n  because {why}", plan)
 
