@@ -69,6 +69,11 @@ class ModelConfig:
     embed: int = option(64, "character embedding size (E); 0: no embedding, one-hot characters straight into the "
                             "first layer (the seed's sections III-IV, Karpathy's char-rnn)", metavar="E")
     dropout: float = option(0.0, "dropout after each recurrent layer, training only", metavar="P")
+    tied: bool = option(False, "the head's weights are the embedding table (Press & Wolf, 2017): a character's "
+                               "output row is its input vector, so what the model learns of a character it reads "
+                               "holds when it writes it (copying one seen a line before); needs --embed equal to "
+                               "--hidden, which --tied alone sets; the PyTorch engines train it",
+                        omit_when_empty=True)
     labels: Tuple[str, ...] = option((), "the label names, in index order, of a run conditioned on a label per "
                                          "document (N); set from the data; () for an unlabelled run, whose "
                                          "config.json then has no labels key", cli=False, omit_when_empty=True)
@@ -80,6 +85,9 @@ class ModelConfig:
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be at least 1")
         _check(self.embed >= 0, "embed", f"{self.embed} must be 0 (one-hot inputs) or more")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
+        _check(not self.tied or self.embed == self.hidden, "tied",
+               f"needs --embed equal to --hidden (the head's rows are the embedding's), not {self.embed} and "
+               f"{self.hidden}; drop --embed, or give both the same")
         _check(self.vocab_size >= 0, "vocab_size", "must be non-negative")
 
     @property

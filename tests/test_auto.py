@@ -22,23 +22,32 @@ def text_file(tmp_path):
     return write_word_text(tmp_path / "corpus.txt", 400)
 
 
-@pytest.mark.parametrize("hidden,vocab", [(16, 5), (256, 65), (640, 300), (128, 700)])
+@pytest.mark.parametrize("hidden,vocab", [(16, 5), (256, 65), (640, 300), (128, 700), (192, 3000), (512, 3000)])
 def test_weights_counts_what_the_library_engine_builds(hidden, vocab):
     torch = pytest.importorskip("torch")
     from charrnn.config import ModelConfig
     from charrnn.models import build_model
 
-    config = ModelConfig(vocab_size=vocab, hidden=hidden, layers=auto.LAYERS, embed=auto.embed_for(vocab))
+    config = ModelConfig(vocab_size=vocab, hidden=hidden, layers=auto.LAYERS, embed=auto.embed_for(vocab, hidden),
+                         tied=auto.tied_for(vocab, hidden))
     model = build_model("library", config, device=torch.device("cpu"))
-    assert weights(hidden, vocab) == sum(p.numel() for p in model.parameters())
+    assert weights(hidden, vocab) == sum(p.numel() for p in model.parameters())   # a tied weight counted once
+    assert auto.step_weights(hidden, vocab) == sum(v.size for v in model.get_parameters().values())
 
 
-def test_a_wide_alphabet_is_embedded_in_twice_the_width_and_says_so():
-    narrow = choose(Workload(2_000_000, auto.WIDE_ALPHABET, max_time=300), _speed(8000, auto.WIDE_ALPHABET))
-    wide = choose(Workload(2_000_000, auto.WIDE_ALPHABET + 1, max_time=300), _speed(8000, auto.WIDE_ALPHABET + 1))
-    assert narrow.values["embed"] == auto.EMBED and wide.values["embed"] == 2 * auto.EMBED
-    assert f"embedding {2 * auto.EMBED}" in wide.reason and "embedding" not in narrow.reason
-    assert weights(128, 600) - weights(128, 600, embed=auto.EMBED) == (600 + 4 * 128) * auto.EMBED
+@pytest.mark.parametrize("vocab,embed,tied", [(auto.WIDE_ALPHABET, auto.EMBED, False),
+                                              (auto.WIDE_ALPHABET + 1, 2 * auto.EMBED, False),
+                                              (8 * 128 * auto.LAYERS, 2 * auto.EMBED, False),
+                                              (8 * 128 * auto.LAYERS + 1, 128, True)])
+def test_a_wide_alphabet_embeds_wider_and_ties_its_head_where_the_head_is_most_of_the_model_and_says_so(
+        vocab, embed, tied):
+    """At 128 wide (the budget here allows no more) the head is V x 128 and the recurrent layers 8 x 128^2 each."""
+    choice = choose(Workload(2_000_000, vocab, max_time=300), _speed(2000, vocab))
+    assert choice.values["hidden"] == 128
+    assert (choice.values["embed"], choice.values["tied"]) == (embed, tied)
+    shown = f"embedding {embed}" + (" tied to the head" if tied else "") + ")"
+    assert (shown in choice.reason) == (embed != auto.EMBED) and ("embedding" in choice.reason) == (embed != auto.EMBED)
+    assert weights(128, vocab, tied=False) - weights(128, vocab) == (128 * vocab if tied else 0)
 
 
 @pytest.mark.parametrize("steps_at_b32, batch", [(0.3, 8), (0.45, 8), (0.6, 16), (1.0, 32)])
@@ -70,8 +79,9 @@ def test_a_given_batch_or_a_budget_in_steps_keeps_its_batch():
 
 def _speed(chars_per_s_at_512: float, vocab: int = 65) -> Speed:
     """A machine whose seconds per character are proportional to the weights."""
-    per_weight = 1 / (chars_per_s_at_512 * weights(512, vocab))
-    return Speed({False: tuple((weights(h, vocab), per_weight * weights(h, vocab)) for h in (256, 1024))})
+    per_weight = 1 / (chars_per_s_at_512 * auto.step_weights(512, vocab))
+    return Speed({False: tuple((auto.step_weights(h, vocab), per_weight * auto.step_weights(h, vocab))
+                               for h in (256, 1024))})
 
 
 def test_more_time_never_chooses_a_smaller_model():
@@ -495,3 +505,25 @@ def test_with_the_epoch_schedule_auto_keeps_patience_and_names_no_plateau():
     epoch = choose(Workload(**work, cosine=False), _speed(8000))
     assert epoch.plan is None and epoch.values["patience"] == 3 and "plateau" not in epoch.reason
     assert choose(Workload(**work), _speed(8000)).plan is not None
+
+
+@pytest.mark.parametrize("flags,embed,tied,said", [
+    ([], 128, False, "--layers\n"),              # auto's 128 wide: 600 characters' head is not most of the model
+    (["--hidden", "24"], 24, True, "--hidden, --layers; at that width the embedding is 24, tied to the head"),
+    (["--hidden", "24", "--embed", "32"], 32, False, "--embed, --hidden, --layers, --tied\n"),   # yours: untied
+    (["--hidden", "24", "--tied"], 24, True, "--hidden, --layers, --tied; at that width the embedding is 24"),
+])
+def test_auto_on_a_wide_alphabet_ties_the_head_where_it_is_most_of_the_model(flags, embed, tied, said, tmp_path,
+                                                                             run_cli):
+    """600 characters: auto's narrowest width, one layer of 128, has more recurrent weights (8 x 128^2) than head
+    (600 x 128) and keeps two tables; at 24 the head is most of the model and auto ties it, in that width."""
+    text = tmp_path / "wide.txt"
+    text.write_text("".join("".join(chr(0x4E00 + (7 * i + j) % 600) for j in range(40)) + "\n" for i in range(90)),
+                    encoding="utf-8")
+    out = tmp_path / "run"
+    done = run_cli.in_process(["train", "--data", text, "--out", out, "--preset", "auto", "--epochs", "0.01",
+                               "--layers", "1", *flags])
+    assert done.returncode == 0, done.stderr
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["embed"] == embed and model.get("tied", False) is tied
+    assert f"your flags replace auto's {said}" in done.stdout

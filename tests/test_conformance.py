@@ -6,10 +6,11 @@ a new row, column, resume flag or refusal is one line in one of them.
     DATA       the kinds of data: one file, a folder of documents, --max-vocab (the unknown symbol U+FFFD),
                one-hot inputs (--embed 0), a CJK text, a folder of labelled folders (--label-by folder: every
                runtime samples and scores under a label, and scores a text under every label), and a text of
-               over 512 distinct characters (a wide alphabet: `--preset auto` embeds it in twice its usual width).
-    ROWS       one run each: an engine, a kind of data and a cell (and a preset). Together they hold every engine,
-               every kind of data and every cell, in the combinations users make; `--preset auto` trains one
-               (its choices, bf16 where the CPU has it, through every step below; the row's flags fix the size).
+               over 512 distinct characters (a wide alphabet: `--preset auto` ties its head to its embedding).
+    ROWS       one run each: an engine, a kind of data and a cell (and a preset, or model flags: --tied). Together
+               they hold every engine, every kind of data and every cell, in the combinations users make; `--preset
+               auto` trains one (its choices, bf16 where the CPU has it, through every step below; the row's flags
+               fix the size).
                Each row's run is trained once per module (Lab) and taken through the lifecycle: train -> resume
                (plain, and with each RESUME_CHANGES flag) -> fine-tune (--init-from) -> export (ONNX float32 and
                int8, the web page) -> sample / eval.
@@ -90,10 +91,17 @@ class Row:
     data: str
     cell: str
     preset: str = ""
+    flags: tuple = ()   # model flags the row trains with, besides TRAIN's sizes
 
     @property
     def id(self) -> str:
-        return f"{self.engine}-{self.data}-{self.cell}" + (f"-{self.preset}" if self.preset else "")
+        return (f"{self.engine}-{self.data}-{self.cell}" + (f"-{self.preset}" if self.preset else "")
+                + "".join(f"-{flag.lstrip('-')}" for flag in self.flags))
+
+    @property
+    def tied(self) -> bool:
+        """The head tied to the embedding: by the flag, or by auto on a wide alphabet."""
+        return "--tied" in self.flags or (self.preset == "auto" and self.data == "wide")
 
     @property
     def train_flags(self) -> list:
@@ -113,7 +121,8 @@ ROWS = [
     Row("scratch", "labelled", "lstm"),
     Row("keras", "labelled", "gru"),
     Row("library", "folder", "lstm", preset="auto"),
-    Row("library", "wide", "lstm", preset="auto"),   # auto's wide-alphabet embedding through every runtime
+    Row("library", "wide", "lstm", preset="auto"),   # auto's wide-alphabet tied head through every runtime
+    Row("scratch", "file", "gru", flags=("--tied",)),  # a tied head by the flag, in the other PyTorch engine
 ]
 SLOW_ENGINES = {"tf", "keras"}
 
@@ -195,6 +204,12 @@ REFUSALS = {
     "fine-tune with --head-bias": Refusal(
         lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--head-bias", "unigram",
                         "--max-iters", "1"], "--head-bias"),
+    "train a tied run with an engine that holds two weights": Refusal(
+        lambda r, tmp: ["train", *r.data_args, "--out", tmp / "new", "--init-from", r.ft, "--impl", "naive",
+                        "--max-iters", "1"], "cannot train a tied head", applies=lambda row: row.tied),
+    "resume a run with --tied": Refusal(
+        lambda r, tmp: ["train", *r.data_args, "--out", r.ft, "--resume", "--tied"], "--tied",
+        applies=lambda row: not row.tied),
     "ONNX int8 of a GRU or RNN": Refusal(
         lambda r, tmp: ["export", "--checkpoint", r.ft, "--format", "onnx", "--out", tmp / "m.onnx", "--quantize",
                         "int8"], "LSTM models only", applies=lambda row: row.cell != "lstm"),
@@ -278,7 +293,8 @@ class Lab:
         run = LabRun(row, data_args, eval_data, home / "other.txt", home / "snowman.txt", home / "trained",
                      home / "resumed", {}, home / "ft")
         run.outputs["train"] = self.ok(["train", *data_args, "--out", run.trained, "--impl", row.engine, "--cell",
-                                        row.cell, *TRAIN, *row.train_flags, "--max-iters", ITERS["train"]])
+                                        row.cell, *TRAIN, *row.flags, *row.train_flags, "--max-iters",
+                                        ITERS["train"]])
         shutil.copytree(run.trained, run.resumed)
         run.outputs["resume"] = self.ok(["train", *data_args, "--out", run.resumed, "--resume", "--max-iters",
                                          ITERS["resume"]])
@@ -521,12 +537,17 @@ def test_lifecycle(lab, row):
     assert (records[0].get("unknown") == "\ufffd") == (row.data == "max_vocab")
     assert (records[0].get("doc_sep") == "\x1e") == DATA[row.data].documents
     assert (config[run.ft]["embed"] == 0) == (row.data == "one_hot")
-    if row.preset:   # auto's embedding, which no row flag fixes: twice the usual for the wide alphabet
+    assert config[run.trained].get("tied", False) == row.tied   # kept by resume and fine-tune, compared above
+    if row.tied:     # one weight for both: the saved head is the embedding, through resume and fine-tune
+        for params in (trained, resumed, ft):
+            np.testing.assert_array_equal(params["head.weight"], params["embed.weight"])
+    if row.preset:   # auto's embedding, which no row flag fixes: the head's width where the head is tied to it
         from charrnn.train import auto
 
         vocab = json.loads((run.trained / "vocab.json").read_text(encoding="utf-8"))
-        assert config[run.trained]["embed"] == auto.embed_for(len(vocab))
-        assert (config[run.trained]["embed"] == 2 * auto.EMBED) == (row.data == "wide")
+        hidden = config[run.trained]["hidden"]
+        assert config[run.trained]["embed"] == auto.embed_for(len(vocab), hidden)
+        assert (config[run.trained]["embed"] == hidden != auto.EMBED) == (row.data == "wide")
 
 
 @pytest.mark.parametrize("row", row_params())

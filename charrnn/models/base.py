@@ -24,6 +24,11 @@ gates, added on its input side at every step:
     layer 0's input pre-activation = W_ih_l0 x_t + b_ih_l0 + label.weight[label_t]
 (GRU: n = tanh(W_in x + b_in + lab_n + r * (W_hn h + b_hn))). Fixing one label is thus
 exactly a change of b_ih_l0 (`fold_label`), which gives an ordinary unlabelled model.
+
+A tied model (config.tied, E = H) uses `embed.weight` as its head's weight too. Its canonical
+parameters still hold `head.weight`, a copy of `embed.weight`, so every engine and runtime that
+only runs a model (sampling, eval, int8, ONNX, the web page) reads it as any other; the engines that
+train one (the PyTorch ones) keep a single weight for both (torch_common.TorchCharModel).
 """
 from __future__ import annotations
 
@@ -111,6 +116,8 @@ def init_parameters(cfg: ModelConfig, seed: int, dtype=np.float32, char_counts: 
             params[name] = rng.uniform(-bound, bound, size=shape)
     if char_counts is not None:
         params["head.bias"] = unigram_bias(char_counts)
+    if cfg.tied:   # drawn all the same, so that every other weight is what the untied model's seed gives
+        params["head.weight"] = params["embed.weight"].copy()
     return {k: v.astype(dtype) for k, v in params.items()}
 
 

@@ -38,6 +38,7 @@ class LibraryModel(TorchCharModel):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
+        self.tie_head()
         self.init_weights(seed)
 
     def forward(self, inputs, state: tuple, labels=None):
@@ -57,6 +58,7 @@ class LibraryModel(TorchCharModel):
 
     def own_to_canonical(self, own: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Split W_ih_l0's label columns off as label.weight (N, G*H), last (weights, gradients or slots alike)."""
+        own = super().own_to_canonical(own)
         if not self.config.labels:
             return own
         inputs = self.config.embed or self.config.vocab_size
@@ -66,6 +68,7 @@ class LibraryModel(TorchCharModel):
         return out
 
     def canonical_to_own(self, params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        params = super().canonical_to_own(params)
         if not self.config.labels:
             return params
         out = {name: value for name, value in params.items() if name != "label.weight"}

@@ -77,6 +77,7 @@ class ScratchModel(TorchCharModel):
                                  f"bias_ih_l{k}": (G * H,), f"bias_hh_l{k}": (G * H,)})
         self.rnn = _Holder(layer_shapes)
         self.head = _Holder({"weight": (V, H), "bias": (V,)})
+        self.tie_head()
         # registered last, so label.weight comes last in named_parameters as in the canonical order
         self.label = _Holder({"weight": (len(config.labels), G * H)}) if config.labels else None
         self._layers = {"rnn": rnn_layer, "gru": gru_layer, "lstm": lstm_layer}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from charrnn.config import ModelConfig
+from charrnn.errors import UserError
 from charrnn.models.base import check_labels, check_parameters, init_parameters, state_size
 
 
@@ -26,13 +27,33 @@ class TorchCharModel(nn.Module):
     def init_weights(self, seed: int) -> None:
         self.set_parameters(init_parameters(self.config, seed))
 
+    def tie_head(self) -> None:
+        """A tied model's head weight is its embedding's, one Parameter: `named_parameters` (and so the optimizer)
+        lists it once, as embed.weight, and its gradient is the sum of both uses."""
+        if self.config.tied:
+            self.head.weight = self.embed.weight
+
     def own_to_canonical(self, own: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """{name: array} by `named_parameters` (weights, their gradients or optimizer slots) -> canonical."""
-        return own
+        """{name: array} by `named_parameters` (weights, their gradients or optimizer slots) -> canonical: a tied
+        model's head.weight is a copy of its embed.weight (models/base.py)."""
+        if not self.config.tied:
+            return own
+        out = {}
+        for name, value in own.items():
+            if name == "head.bias":
+                out["head.weight"] = own["embed.weight"].copy()
+            out[name] = value
+        return out
 
     def canonical_to_own(self, params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """The inverse of `own_to_canonical`."""
-        return params
+        """The inverse of `own_to_canonical`: a tied model's head.weight must be its embed.weight (else the file was
+        changed by hand, or is another model's)."""
+        if not self.config.tied:
+            return params
+        if not np.array_equal(params["head.weight"], params["embed.weight"]):
+            raise UserError("this tied model's head.weight differs from its embed.weight (config.json says --tied); "
+                            "the weights are damaged or belong to another run")
+        return {name: value for name, value in params.items() if name != "head.weight"}
 
     def get_parameters(self) -> Dict[str, np.ndarray]:
         own = {name: p.detach().cpu().float().numpy().copy() for name, p in self.named_parameters()}

@@ -28,9 +28,15 @@ so one rule serves a slow laptop and a GPU alike:
    overfitting run.
 
 Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
-the probe's line prices them and the width shrinks to match; past WIDE_ALPHABET characters each is embedded in
-twice the width, a character there being nearer a word than a letter. The alphabet is never cut: `--max-vocab`
-would map the rare characters to one symbol the model can never write back. The head's bias starts at the text's
+the probe's line prices them and the width shrinks to match. Past WIDE_ALPHABET characters, a character being
+nearer a word than a letter, the embedding is twice as wide. Where the head alone holds more weights than the
+recurrent layers (thousands of characters: the model is then mostly a table of characters), the head is tied to
+the embedding (`--tied`, E = H): one table for reading and writing, and a character's output row is its input
+vector, so a model that learned to carry a character it read can write it back, even one it never wrote in
+training (a dictionary repeats each line's first character on the next; untied, the validation's first
+characters cost more than a guess by frequency: docs/performance.md). A few hundred characters keep two tables
+(tied, a Japanese text of 957 did worse). The alphabet is never cut: `--max-vocab` would map the rare characters to
+one symbol the model can never write back. The head's bias starts at the text's
 character frequencies (models/base.unigram_bias), which a drawn bias would spend much of a short run learning.
 
 Explicit flags always override what auto chose. The choice and its reason go to config.json.
@@ -96,7 +102,7 @@ class Speed:
 
     def _seconds_per_char(self, bf16: bool, hidden: int, vocab_size: int) -> float:
         points = sorted(self.points[bf16])
-        n = weights(hidden, vocab_size)
+        n = step_weights(hidden, vocab_size)
         if len(points) == 1:  # a probe cut short by its deadline: cost in proportion to the weights
             return points[0][1] * n / points[0][0]
         (w0, s0), (w1, s1) = next(((a, b) for a, b in zip(points, points[1:]) if n <= b[0]), points[-2:])
@@ -117,21 +123,38 @@ class Choice:
     plan: Optional[dict] = None   # a budget of time alone: what the run's schedule is planned from (train/replan.py)
 
 
-def embed_for(vocab_size: int) -> int:
-    """auto's embedding width: EMBED, doubled for a wide alphabet (a Chinese character carries about what a word
-    does, and 64 numbers held it back: docs/performance.md)."""
+def tied_for(vocab_size: int, hidden: int, layers: int = LAYERS) -> bool:
+    """Whether auto ties the head to the embedding: where the head (V x H) holds more weights than the recurrent
+    layers (about 8 H^2 each), over 2,048 characters at auto's narrowest (the module's docstring)."""
+    return vocab_size * hidden > 8 * hidden * hidden * layers
+
+
+def embed_for(vocab_size: int, hidden: int, layers: int = LAYERS) -> int:
+    """auto's embedding width: the hidden width where the head is tied to it; else EMBED, doubled for a wide
+    alphabet (a Chinese character carries about what a word does, and 64 numbers held it back: docs/performance.md)."""
+    if tied_for(vocab_size, hidden, layers):
+        return hidden
     return 2 * EMBED if vocab_size > WIDE_ALPHABET else EMBED
 
 
-def weights(hidden: int, vocab_size: int, layers: int = LAYERS, embed: Optional[int] = None) -> int:
-    """Parameters of the library engine's LSTM: embedding, torch's two bias vectors per layer, head."""
-    embed = embed_for(vocab_size) if embed is None else embed
-    count = vocab_size * embed + hidden * vocab_size + vocab_size
+def weights(hidden: int, vocab_size: int, layers: int = LAYERS, embed: Optional[int] = None,
+            tied: Optional[bool] = None) -> int:
+    """Parameters of the library engine's LSTM: embedding, torch's two bias vectors per layer, head (none of its
+    own when tied); auto's embedding and tying unless given."""
+    tied = tied_for(vocab_size, hidden, layers) if tied is None else tied
+    embed = embed_for(vocab_size, hidden, layers) if embed is None else embed
+    count = vocab_size * embed + (0 if tied else hidden * vocab_size) + vocab_size
     inputs = embed
     for _ in range(layers):
         count += 4 * hidden * (inputs + hidden) + 8 * hidden
         inputs = hidden
     return count
+
+
+def step_weights(hidden: int, vocab_size: int) -> int:
+    """The weights a character's step multiplies by, the probe's measure of a width: auto's model, its head counted
+    as the matrix it still is when tied to the embedding."""
+    return weights(hidden, vocab_size, embed=embed_for(vocab_size, hidden), tied=False)
 
 
 def chars_needed(n_weights: int, passes: float) -> float:
@@ -187,8 +210,8 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
         batch = next((b for b in (BATCH, *SMALLER_BATCHES) if chars >= MIN_STEPS * b * work.seq_len),
                      SMALLER_BATCHES[-1])
     iterations = max(1, int(chars // (batch * work.seq_len)))
-    values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=embed_for(work.vocab_size),
-                  dropout=dropout_for(passes),
+    values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=embed_for(work.vocab_size, hidden),
+                  tied=tied_for(work.vocab_size, hidden), dropout=dropout_for(passes),
                   batch_size=batch, seq_len=SEQ_LEN, optimizer="adamw", lr=4e-3 if hidden <= 512 else 3e-3,
                   weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
@@ -208,8 +231,9 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     wider = WIDTHS[WIDTHS.index(hidden) + 1] if hidden != WIDTHS[-1] else None
     why = _why(work, speed, hidden, chars, passes,
                too_wide(hidden) if not fitting else too_wide(wider) if wider else None)
+    embedding = f", embedding {values['embed']}" + (" tied to the head" if values["tied"] else "")
     shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights"
-             + (f", embedding {values['embed']}" if values["embed"] != EMBED else "")
+             + (embedding if values["embed"] != EMBED or values["tied"] else "")
              + f"), dropout {values['dropout']}, "
              f"B{batch} T{work.seq_len}, AdamW {values['lr']:.0e} warm-up + cosine"
              + (", bf16" if values["bf16"] else "")
@@ -297,7 +321,7 @@ def probe(make_step: Callable[[int, bool], Callable[[], None]], bf16_possible: b
             elif share < BUSY_SHARE and max(times) <= PROBE_SPREAD * min(times):
                 shares.append(share)   # every step slowed alike: the others ran throughout (had they come and
                 per_char *= share      # gone, the fastest steps, kept above, would already be the quiet speed)
-            points[bf16].append((weights(hidden, vocab_size), per_char))
+            points[bf16].append((step_weights(hidden, vocab_size), per_char))
             measured[f"{hidden}/{'bf16' if bf16 else 'float32'}"] = round(1.0 / per_char)
     return Speed({k: tuple(v) for k, v in points.items() if v}, probe_seconds=time.perf_counter() - started,
                  measured=measured, busy_share=min(shares) if shares else None)

@@ -61,8 +61,20 @@ def build_configs(given: dict, notes: Announcements | None = None) -> tuple[Trai
             raise UserError(f"--head-bias sets a new model's first weights, but --init-from starts from "
                             f"{values['init_from']}'s; drop one of them")
         values["head_bias"] = None   # config.json: the weights came from the other run
+    elif values.get("tied") and "embed" not in given:
+        values["embed"] = values.get("hidden", ModelConfig.hidden)   # --tied alone: the head's width embeds
     train = from_dict(TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, "settings")
-    return train, {k: v for k, v in values.items() if k in MODEL_KEYS}
+    model = {k: v for k, v in values.items() if k in MODEL_KEYS}
+    _check_engine_trains(train.impl, model)
+    return train, model
+
+
+def _check_engine_trains(impl: str, model_flags: dict) -> None:
+    """A tied head is trained by the PyTorch engines, which hold one weight for both; the others would train two.
+    Every engine runs a tied run's checkpoint (it holds the head as a copy of the embedding)."""
+    if model_flags.get("tied") and impl not in ("library", "scratch"):
+        raise UserError(f"--impl {impl} cannot train a tied head (--tied, or a run trained with it); "
+                        "train it with --impl library or scratch")
 
 
 def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tuple[TrainConfig, dict]:
@@ -96,6 +108,7 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
     base["head_bias"] = began_with
     base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
     train = from_dict(TrainConfig, base, "settings")
+    _check_engine_trains(train.impl, dataclasses.asdict(saved_model))
     return train, dataclasses.asdict(saved_model)
 
 
@@ -230,12 +243,34 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
               "speed_measured_ago_s": round(speed.measured_ago) if speed and speed.measured_ago is not None else None}
     if choice.plan is not None and chosen.get("schedule", cfg.schedule) == "cosine":
         record["plan"] = {**choice.plan, "evals": None if "eval_every" in explicit else choice.plan["evals"]}
+    model, untied = _auto_shape(model_cfg, {k: v for k, v in chosen.items() if k in MODEL_KEYS}, explicit)
+    if untied:
+        overridden = record["overridden_by_flags"] = sorted({*overridden, "tied"})
     train = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}, auto=record)
-    model = dataclasses.replace(model_cfg, **{k: v for k, v in chosen.items() if k in MODEL_KEYS})
     if world.is_main:
         kept = ", ".join("--" + k.replace("_", "-") for k in overridden)
-        print(choice.reason + (f"\n  your flags replace auto's {kept}" if kept else ""), flush=True)
+        followed = ((model.embed, model.tied) != (choice.values["embed"], choice.values["tied"])
+                    and "embed" not in explicit)
+        print(choice.reason + (f"\n  your flags replace auto's {kept}" if kept else "")
+              + (f"; at that width the embedding is {model.embed}" + (", tied to the head" if model.tied else "")
+                 if followed else ""), flush=True)
     return train, model
+
+
+def _auto_shape(model_cfg: ModelConfig, chosen: dict, explicit: set) -> tuple[ModelConfig, bool]:
+    """auto's embedding and tied head for the width and depth the run has, yours or auto's (train/auto.py: tied
+    where the head holds more weights than the recurrent layers); (the model, whether your --embed untied a head
+    auto would have tied)."""
+    from charrnn.train import auto
+
+    shape = {**dataclasses.asdict(model_cfg), **chosen}
+    vocab, hidden, layers = shape["vocab_size"], shape["hidden"], shape["layers"]
+    wanted = auto.tied_for(vocab, hidden, layers)
+    if "tied" not in explicit:
+        shape["tied"] = wanted and ("embed" not in explicit or shape["embed"] == hidden)
+    if "embed" not in explicit:
+        shape["embed"] = hidden if shape["tied"] else auto.embed_for(vocab, hidden, layers)
+    return ModelConfig(**shape), wanted and not shape["tied"] and "tied" not in explicit
 
 
 def _auto_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, world):
@@ -294,8 +329,9 @@ def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -
     from charrnn.train import auto, speed_cache
 
     measured = trainer.measured_chars_per_second()
-    own_shape = ((model_cfg.cell, model_cfg.layers, model_cfg.embed, cfg.batch_size, cfg.seq_len)
-                 == ("lstm", auto.LAYERS, auto.embed_for(model_cfg.vocab_size), auto.BATCH, auto.SEQ_LEN))
+    own_shape = ((model_cfg.cell, model_cfg.layers, model_cfg.embed, model_cfg.tied, cfg.batch_size, cfg.seq_len)
+                 == ("lstm", auto.LAYERS, auto.embed_for(model_cfg.vocab_size, model_cfg.hidden),
+                     auto.tied_for(model_cfg.vocab_size, model_cfg.hidden), auto.BATCH, auto.SEQ_LEN))
     if measured is None or not own_shape or cfg.impl not in ("library", "scratch"):
         return
     name = speed_cache.entry_name(device, cfg.impl, capabilities.bf16_training(device, cfg.impl, "lstm"))
@@ -328,8 +364,8 @@ def _probe_step(cfg: TrainConfig, model_cfg: ModelConfig, hidden: int, bf16: boo
     """One training step of a model of width `hidden` (auto's shape) on random characters, as a function."""
     from charrnn.train import auto
 
-    shape = dict(cell="lstm", layers=auto.LAYERS, hidden=hidden, embed=auto.embed_for(model_cfg.vocab_size),
-                 dropout=0.0)
+    shape = dict(cell="lstm", layers=auto.LAYERS, hidden=hidden, embed=auto.embed_for(model_cfg.vocab_size, hidden),
+                 tied=auto.tied_for(model_cfg.vocab_size, hidden), dropout=0.0)
     learner = _make_learner(dataclasses.replace(cfg, bf16=bf16), dataclasses.replace(model_cfg, **shape),
                             device, world, None)
     rng = np.random.default_rng(0)
@@ -392,6 +428,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
     base, parent = None, None
     if cfg.init_from and not cfg.resume:
         parent, parent_vocab, parent_params = load_run(Path(cfg.init_from), "latest")
+        _check_engine_trains(cfg.impl, dataclasses.asdict(parent))
         if parent.labels and not cfg.label_by:
             raise UserError(f"--init-from {cfg.init_from} was trained with labels ({', '.join(parent.labels)}); "
                             "fine-tune it with --label-by")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from charrnn.train.auto import Speed, weights
+from charrnn.train.auto import Speed, step_weights
 
 SHORT_BUDGET = 30.0   # seconds of --max-time under which a cached speed is used instead of a probe
 PRECISIONS = {False: "float32", True: "bf16"}
@@ -66,7 +66,7 @@ def calibrate(name: str, hidden: int, vocab_size: int, bf16: bool, chars_per_s: 
         predicted = Speed({bf16: kept.points[bf16]}).chars_per_second(hidden, vocab_size)
         line = [[w, s * predicted / chars_per_s] for w, s in kept.points[bf16]]
     else:
-        line = [[weights(hidden, vocab_size), 1 / chars_per_s]]
+        line = [[step_weights(hidden, vocab_size), 1 / chars_per_s]]
     entry.setdefault("points", {})[PRECISIONS[bf16]] = line
     entry["saved"] = time.time()
     cache[name] = entry
