@@ -511,7 +511,10 @@ def test_with_the_epoch_schedule_auto_keeps_patience_and_names_no_plateau():
     ([], 128, False, "--layers\n"),              # auto's 128 wide: 600 characters' head is not most of the model
     (["--hidden", "24"], 24, True, "--hidden, --layers; at that width the embedding is 24, tied to the head"),
     (["--hidden", "24", "--embed", "32"], 32, False, "--embed, --hidden, --layers, --tied\n"),   # yours: untied
-    (["--hidden", "24", "--tied"], 24, True, "--hidden, --layers, --tied; at that width the embedding is 24"),
+    (["--hidden", "24", "--tied"], 24, True, "--embed, --hidden, --layers, --tied\n"),   # --tied gives --embed 24
+    (["--embed", "32", "--tied"], 32, True, "--embed, --hidden, --layers, --tied\n"),   # your width, by --embed
+    (["--hidden", "64", "--embed", "64"], 64, True, "--embed, --hidden, --layers; at that width the head is tied to "
+                                                    "the embedding"),   # 600 x 64 > 8 x 64^2: tied, and said
 ])
 def test_auto_on_a_wide_alphabet_ties_the_head_where_it_is_most_of_the_model(flags, embed, tied, said, tmp_path,
                                                                              run_cli):

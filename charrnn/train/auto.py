@@ -34,7 +34,7 @@ recurrent layers (thousands of characters: the model is then mostly a table of c
 the embedding (`--tied`, E = H): one table for reading and writing, and a character's output row is its input
 vector, so a model that learned to carry a character it read can write it back, even one it never wrote in
 training (a dictionary repeats each line's first character on the next; untied, the validation's first
-characters cost more than a guess by frequency: docs/performance.md). A few hundred characters keep two tables
+characters cost more than a uniform guess: docs/performance.md). A few hundred characters keep two tables
 (tied, a Japanese text of 957 did worse). The alphabet is never cut: `--max-vocab` would map the rare characters to
 one symbol the model can never write back. The head's bias starts at the text's
 character frequencies (models/base.unigram_bias), which a drawn bias would spend much of a short run learning.
@@ -123,16 +123,16 @@ class Choice:
     plan: Optional[dict] = None   # a budget of time alone: what the run's schedule is planned from (train/replan.py)
 
 
-def tied_for(vocab_size: int, hidden: int, layers: int = LAYERS) -> bool:
+def tied_for(vocab_size: int, hidden: int, layers: int = LAYERS, gates: int = 4) -> bool:
     """Whether auto ties the head to the embedding: where the head (V x H) holds more weights than the recurrent
-    layers (about 8 H^2 each), over 2,048 characters at auto's narrowest (the module's docstring)."""
-    return vocab_size * hidden > 8 * hidden * hidden * layers
+    layers (about 2 G H^2 each: an LSTM's 8 H^2), over 2,048 characters at auto's narrowest (the module's docstring)."""
+    return vocab_size * hidden > 2 * gates * hidden * hidden * layers
 
 
-def embed_for(vocab_size: int, hidden: int, layers: int = LAYERS) -> int:
+def embed_for(vocab_size: int, hidden: int, layers: int = LAYERS, gates: int = 4) -> int:
     """auto's embedding width: the hidden width where the head is tied to it; else EMBED, doubled for a wide
     alphabet (a Chinese character carries about what a word does, and 64 numbers held it back: docs/performance.md)."""
-    if tied_for(vocab_size, hidden, layers):
+    if tied_for(vocab_size, hidden, layers, gates):
         return hidden
     return 2 * EMBED if vocab_size > WIDE_ALPHABET else EMBED
 

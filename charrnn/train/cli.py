@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.checkpoint import RESUME, check_engine_can_resume, load_run, load_run_config, save_run_config
-from charrnn.config import TF_IMPLS, ModelConfig, TrainConfig, from_dict
+from charrnn.config import GATES, TF_IMPLS, ModelConfig, TrainConfig, from_dict
 from charrnn.data.batching import first_of_each_label, make_streams, validation_streams
 from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
@@ -62,11 +62,19 @@ def build_configs(given: dict, notes: Announcements | None = None) -> tuple[Trai
                             f"{values['init_from']}'s; drop one of them")
         values["head_bias"] = None   # config.json: the weights came from the other run
     elif values.get("tied") and "embed" not in given:
-        values["embed"] = values.get("hidden", ModelConfig.hidden)   # --tied alone: the head's width embeds
+        values["embed"] = values.get("hidden", ModelConfig.hidden)   # --tied alone: the default width embeds
     train = from_dict(TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, "settings")
     model = {k: v for k, v in values.items() if k in MODEL_KEYS}
     _check_engine_trains(train.impl, model)
     return train, model
+
+
+def _tied_width(given: dict) -> None:
+    """--tied with one of --embed and --hidden gives the other: a tied model is as wide as its embedding, so one of
+    them is the width the user chose (and `--preset auto` then keeps it, as it keeps a given --hidden)."""
+    if given.get("tied") and ("embed" in given) != ("hidden" in given):
+        given.setdefault("hidden", given.get("embed"))
+        given.setdefault("embed", given["hidden"])
 
 
 def _check_engine_trains(impl: str, model_flags: dict) -> None:
@@ -107,9 +115,8 @@ def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tupl
     _check_resume_changes(base, {k: v for k, v in given.items() if k in TRAIN_KEYS}, notes)
     base["head_bias"] = began_with
     base.update({k: v for k, v in given.items() if k in TRAIN_KEYS})
-    train = from_dict(TrainConfig, base, "settings")
-    _check_engine_trains(train.impl, dataclasses.asdict(saved_model))
-    return train, dataclasses.asdict(saved_model)
+    train = from_dict(TrainConfig, base, "settings")   # an engine that cannot tie cannot continue a tied run:
+    return train, dataclasses.asdict(saved_model)      # check_engine_can_resume refuses it (other engine's format)
 
 
 # Settings that place the carried state and the window counter in the text: changing one on --resume would
@@ -157,6 +164,7 @@ def run_train(args: dict) -> int:
     auto = given.get("preset") in AUTO_PRESETS
     if auto:
         check_auto_usable({**preset_values(given["preset"]), **given}, world.distributed)
+    _tied_width(given)
     explicit = set(given)
     notes = Announcements(speak=world.is_main)   # said once every check has passed (_train)
     train_cfg, model_flags = build_configs(given, notes)
@@ -249,12 +257,18 @@ def _apply_auto(cfg: TrainConfig, model_cfg: ModelConfig, explicit: set, train_c
     train = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}, auto=record)
     if world.is_main:
         kept = ", ".join("--" + k.replace("_", "-") for k in overridden)
-        followed = ((model.embed, model.tied) != (choice.values["embed"], choice.values["tied"])
-                    and "embed" not in explicit)
         print(choice.reason + (f"\n  your flags replace auto's {kept}" if kept else "")
-              + (f"; at that width the embedding is {model.embed}" + (", tied to the head" if model.tied else "")
-                 if followed else ""), flush=True)
+              + _shape_followed(model, choice.values, explicit), flush=True)
     return train, model
+
+
+def _shape_followed(model: ModelConfig, values: dict, explicit: set) -> str:
+    """What auto's embedding and tying became at the width your flags gave (_auto_shape), where they moved."""
+    embedding = model.embed != values["embed"] and "embed" not in explicit
+    tying = model.tied and not values["tied"] and "tied" not in explicit
+    if embedding:
+        return f"; at that width the embedding is {model.embed}" + (", tied to the head" if model.tied else "")
+    return "; at that width the head is tied to the embedding" if tying else ""
 
 
 def _auto_shape(model_cfg: ModelConfig, chosen: dict, explicit: set) -> tuple[ModelConfig, bool]:
@@ -265,11 +279,11 @@ def _auto_shape(model_cfg: ModelConfig, chosen: dict, explicit: set) -> tuple[Mo
 
     shape = {**dataclasses.asdict(model_cfg), **chosen}
     vocab, hidden, layers = shape["vocab_size"], shape["hidden"], shape["layers"]
-    wanted = auto.tied_for(vocab, hidden, layers)
+    wanted = auto.tied_for(vocab, hidden, layers, GATES[shape["cell"]])
     if "tied" not in explicit:
         shape["tied"] = wanted and ("embed" not in explicit or shape["embed"] == hidden)
     if "embed" not in explicit:
-        shape["embed"] = hidden if shape["tied"] else auto.embed_for(vocab, hidden, layers)
+        shape["embed"] = hidden if shape["tied"] else auto.embed_for(vocab, hidden, layers, GATES[shape["cell"]])
     return ModelConfig(**shape), wanted and not shape["tied"] and "tied" not in explicit
 
 
