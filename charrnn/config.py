@@ -72,7 +72,8 @@ class ModelConfig:
     tied: bool = option(False, "the head's weights are the embedding table (Press & Wolf, 2017): a character's "
                                "output row is its input vector, so what the model learns of a character it reads "
                                "holds when it writes it (copying one seen a line before); needs --embed equal to "
-                               "--hidden, which --tied alone sets; the PyTorch engines train it",
+                               "--hidden: either one given sets the other, neither sets --embed to --hidden; the "
+                               "PyTorch engines train it",
                         omit_when_empty=True)
     labels: Tuple[str, ...] = option((), "the label names, in index order, of a run conditioned on a label per "
                                          "document (N); set from the data; () for an unlabelled run, whose "

@@ -202,3 +202,30 @@ def test_resume_with_tied_of_an_untied_run_is_refused(text, tmp_path, run_cli):
     before = snapshot(run)
     refused(run_cli.in_process(["train", "--data", text, "--out", run, "--resume", "--tied"]), "--tied")
     assert snapshot(run) == before
+
+
+def test_a_tied_web_page_holds_the_table_once_and_reads_it_as_the_head(text, tmp_path, run_cli):
+    """model.js names head.weight at embed.weight's offset, so the page's head is the embedding (the page's samples
+    against the checkpoint's are the conformance rows' web column) and the file is one V x H table smaller."""
+    import base64
+
+    from charrnn.checkpoint import read_safetensors
+
+    sizes = {}
+    for name, flags in (("tied", ["--tied"]), ("untied", ["--embed", "16"])):
+        run = tmp_path / name
+        assert run_cli.in_process(["train", "--data", text, "--out", run, "--hidden", "16", *flags,
+                                   *small()]).returncode == 0
+        assert run_cli.in_process(["export", "--checkpoint", run, "--format", "web", "--out",
+                                   tmp_path / f"site-{name}"]).returncode == 0
+        script = (tmp_path / f"site-{name}" / "model.js").read_text(encoding="utf-8")
+        model = json.loads(script[script.index("{"):script.rindex("}") + 1])
+        tensors, blob = model["tensors"], base64.b64decode(model["data"])
+        sizes[name] = len(blob)
+        shared = tensors["head.weight"]["offset"] == tensors["embed.weight"]["offset"]
+        assert shared == (name == "tied")
+        saved = read_safetensors(run / "model.safetensors")[0]["head.weight"]
+        head = np.frombuffer(blob, "<f4", count=saved.size, offset=tensors["head.weight"]["offset"])
+        np.testing.assert_array_equal(head.reshape(saved.shape), saved)
+    vocab = len(json.loads((tmp_path / "tied" / "vocab.json").read_text(encoding="utf-8")))
+    assert sizes["untied"] - sizes["tied"] == vocab * 16 * 4

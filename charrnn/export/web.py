@@ -34,12 +34,18 @@ FORMAT = "charrnn-web/1"
 
 def model_script(config, vocab, params, source: str = "", separator=None, unknown=None) -> str:
     """model.js: the canonical float32 weights, little-endian, one base64 blob with an offset per tensor, and
-    the run's separator and unknown symbol (None: the run has none)."""
+    the run's separator and unknown symbol (None: the run has none). A tied model's head.weight is its
+    embed.weight (models/base.py): one table in the blob, both names at its offset, so the page reads it as any
+    other and downloads it once (for the thousands of characters auto ties, most of the file)."""
     from charrnn.config import to_dict
     from charrnn.models.base import parameter_shapes
 
     tensors, blobs, offset = {}, [], 0
     for name, shape in parameter_shapes(config).items():
+        if (name == "head.weight" and config.tied and "embed.weight" in tensors
+                and np.array_equal(params[name], params["embed.weight"])):
+            tensors[name] = dict(tensors["embed.weight"])
+            continue
         data = np.ascontiguousarray(params[name], dtype="<f4").tobytes()
         tensors[name] = {"offset": offset, "shape": list(shape)}
         blobs.append(data)

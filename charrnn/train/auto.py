@@ -34,8 +34,8 @@ recurrent layers (thousands of characters: the model is then mostly a table of c
 the embedding (`--tied`, E = H): one table for reading and writing, and a character's output row is its input
 vector, so a model that learned to carry a character it read can write it back, even one it never wrote in
 training (a dictionary repeats each line's first character on the next; untied, the validation's first
-characters cost more than a uniform guess: docs/performance.md). A few hundred characters keep two tables
-(tied, a Japanese text of 957 did worse). The alphabet is never cut: `--max-vocab` would map the rare characters to
+characters cost more than a uniform guess: docs/performance.md). Fewer characters keep two tables (tied, a
+Japanese text of 957 did worse). The alphabet is never cut: `--max-vocab` would map the rare characters to
 one symbol the model can never write back. The head's bias starts at the text's
 character frequencies (models/base.unigram_bias), which a drawn bias would spend much of a short run learning.
 
