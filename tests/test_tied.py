@@ -170,6 +170,8 @@ def test_tied_alone_embeds_in_the_heads_width(text, tmp_path, run_cli):
 @pytest.mark.parametrize("args,needle", [
     (["--tied", "--embed", "16", "--hidden", "24"], "--tied needs --embed equal to --hidden"),
     (["--tied", "--impl", "naive"], "--impl naive cannot train a tied head"),
+    (["--tied", "--embed", "0"], "--tied needs --embed equal to --hidden (the head's rows are the embedding's), "
+                                 "not 0 and 256"),   # one-hot inputs: no table to tie, and no width to take
 ])
 def test_a_tied_head_an_engine_or_a_shape_cannot_have_is_refused_before_anything_is_written(args, needle, text,
                                                                                            tmp_path, run_cli):

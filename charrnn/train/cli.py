@@ -72,9 +72,10 @@ def build_configs(given: dict, notes: Announcements | None = None) -> tuple[Trai
 def _tied_width(given: dict) -> None:
     """--tied with one of --embed and --hidden gives the other: a tied model is as wide as its embedding, so one of
     them is the width the user chose (and `--preset auto` then keeps it, as it keeps a given --hidden)."""
-    if given.get("tied") and ("embed" in given) != ("hidden" in given):
-        given.setdefault("hidden", given.get("embed"))
-        given.setdefault("embed", given["hidden"])
+    width = given.get("hidden", given.get("embed"))
+    if given.get("tied") and ("embed" in given) != ("hidden" in given) and width:   # --embed 0: no table, no width
+        given.setdefault("hidden", width)
+        given.setdefault("embed", width)
 
 
 def _check_engine_trains(impl: str, model_flags: dict) -> None:
