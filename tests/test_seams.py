@@ -314,3 +314,16 @@ def test_resume_with_another_init_from_is_refused_in_one_line(tmp_path, run_cli)
     assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
     assert "--init-from" in done.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_resume_with_several_changed_model_flags_names_the_same_one_whatever_the_hash_seed(text, tmp_path,
+                                                                                               run_cli):
+    """The model flags are a set: checked in sorted order, the refusal names --hidden (before --layers) in every
+    process, not whichever the interpreter's string hashing put first."""
+    run = tmp_path / "run"
+    assert train(run_cli, "--data", text, "--out", run, "--hidden", "16", "--layers", "1", "--batch-size", "4",
+                 "--seq-len", "16", "--max-iters", "2").returncode == 0
+    lines = {assert_refused_in_one_line(run_cli(["train", "--data", text, "--out", run, "--resume", "--layers", "2",
+                                                 "--hidden", "24"], env={"PYTHONHASHSEED": seed}), "--hidden 24")
+             for seed in ("1", "2", "3")}
+    assert len(lines) == 1

@@ -89,7 +89,7 @@ def _check_engine_trains(impl: str, model_flags: dict) -> None:
 def _resume_configs(out: Path, given: dict, notes: Announcements | None) -> tuple[TrainConfig, dict]:
     """--resume: the run's saved settings, with the flags given on top (checked against what can change)."""
     saved_model, saved_train = load_run_config(out)
-    for key in MODEL_KEYS - {"vocab_size"}:
+    for key in sorted(MODEL_KEYS - {"vocab_size"}):   # a set: sorted, so the same flag is named each run
         if key in given and given[key] != getattr(saved_model, key):
             raise UserError(f"--{key.replace('_', '-')} {given[key]} differs from the run being resumed "
                             f"({getattr(saved_model, key)}); drop the flag or start a new run")
@@ -447,7 +447,7 @@ def _load_text(cfg: TrainConfig, model_flags: dict, out: Path, notes: Announceme
         if parent.labels and not cfg.label_by:
             raise UserError(f"--init-from {cfg.init_from} was trained with labels ({', '.join(parent.labels)}); "
                             "fine-tune it with --label-by")
-        for key in MODEL_KEYS - {"vocab_size", "dropout", "labels"}:
+        for key in sorted(MODEL_KEYS - {"vocab_size", "dropout", "labels"}):
             if key in model_flags and model_flags[key] != getattr(parent, key):
                 raise UserError(f"--{key} differs from the --init-from model ({getattr(parent, key)}); drop it")
         base = Base(Path(cfg.init_from), parent_vocab, parent.labels, resume=False)
