@@ -19,6 +19,7 @@ from charrnn.errors import UserError
 CELLS = ("rnn", "gru", "lstm")
 IMPLS = ("naive", "scratch", "library", "tf", "keras")
 TF_IMPLS = ("tf", "keras")           # TensorFlow: optional (pip extra "tensorflow"), imported only by these
+TORCH_IMPLS = ("library", "scratch")  # PyTorch: what bf16, --compile, torchrun, auto and a tied head train on
 OPTIMIZERS = ("adagrad", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("epoch", "cosine")

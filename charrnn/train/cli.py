@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.checkpoint import RESUME, check_engine_can_resume, load_run, load_run_config, save_run_config
-from charrnn.config import GATES, TF_IMPLS, ModelConfig, TrainConfig, from_dict
+from charrnn.config import GATES, TF_IMPLS, TORCH_IMPLS, ModelConfig, TrainConfig, from_dict
 from charrnn.data.batching import first_of_each_label, make_streams, validation_streams
 from charrnn.devices import resolve_device
 from charrnn.errors import UserError, checkpoint_write_error
@@ -81,7 +81,7 @@ def _tied_width(given: dict) -> None:
 def _check_engine_trains(impl: str, model_flags: dict) -> None:
     """A tied head is trained by the PyTorch engines, which hold one weight for both; the others would train two.
     Every engine runs a tied run's checkpoint (it holds the head as a copy of the embedding)."""
-    if model_flags.get("tied") and impl not in ("library", "scratch"):
+    if model_flags.get("tied") and impl not in TORCH_IMPLS:
         raise UserError(f"--impl {impl} cannot train a tied head (--tied, or a run trained with it); "
                         "train it with --impl library or scratch")
 
@@ -279,12 +279,12 @@ def _auto_shape(model_cfg: ModelConfig, chosen: dict, explicit: set) -> tuple[Mo
     from charrnn.train import auto
 
     shape = {**dataclasses.asdict(model_cfg), **chosen}
-    vocab, hidden, layers = shape["vocab_size"], shape["hidden"], shape["layers"]
-    wanted = auto.tied_for(vocab, hidden, layers, GATES[shape["cell"]])
+    vocab, hidden, layers, gates = shape["vocab_size"], shape["hidden"], shape["layers"], GATES[shape["cell"]]
+    wanted = auto.tied_for(vocab, hidden, layers, gates)
     if "tied" not in explicit:
         shape["tied"] = wanted and ("embed" not in explicit or shape["embed"] == hidden)
     if "embed" not in explicit:
-        shape["embed"] = hidden if shape["tied"] else auto.embed_for(vocab, hidden, layers, GATES[shape["cell"]])
+        shape["embed"] = hidden if shape["tied"] else auto.embed_for(vocab, hidden, layers, gates)
     return ModelConfig(**shape), wanted and not shape["tied"] and "tied" not in explicit
 
 
@@ -331,7 +331,7 @@ def _training_threads(cfg: TrainConfig, load) -> int:
     every core the process may use."""
     if load is None:
         return 1
-    if cfg.impl in ("library", "scratch"):
+    if cfg.impl in TORCH_IMPLS:
         import torch
 
         return torch.get_num_threads()
@@ -347,7 +347,7 @@ def _remember_speed(cfg: TrainConfig, model_cfg: ModelConfig, device, trainer) -
     own_shape = ((model_cfg.cell, model_cfg.layers, model_cfg.embed, model_cfg.tied, cfg.batch_size, cfg.seq_len)
                  == ("lstm", auto.LAYERS, auto.embed_for(model_cfg.vocab_size, model_cfg.hidden),
                      auto.tied_for(model_cfg.vocab_size, model_cfg.hidden), auto.BATCH, auto.SEQ_LEN))
-    if measured is None or not own_shape or cfg.impl not in ("library", "scratch"):
+    if measured is None or not own_shape or cfg.impl not in TORCH_IMPLS:
         return
     name = speed_cache.entry_name(device, cfg.impl, capabilities.bf16_training(device, cfg.impl, "lstm"))
     speed_cache.calibrate(name, model_cfg.hidden, model_cfg.vocab_size, cfg.bf16, measured)
