@@ -14,7 +14,7 @@ import pytest
 from conftest import write_word_text
 from tolerances import gradient_terms, rounding_bound
 
-from charrnn.config import ModelConfig
+from charrnn.config import IMPLS, TF_IMPLS, ModelConfig
 from charrnn.errors import UserError
 from charrnn.models import build_model
 from charrnn.models.base import init_parameters
@@ -137,12 +137,14 @@ def test_a_training_step_moves_the_one_weight_and_saves_it_as_both(impl):
     assert len(learner.optimizer.state) == len(optimized)
 
 
-def test_a_tied_checkpoint_whose_head_was_changed_is_refused_by_the_engines_that_tie():
-    torch = pytest.importorskip("torch")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_tied_checkpoint_whose_head_was_changed_is_refused_by_every_engine(impl):
+    pytest.importorskip("tensorflow" if impl in TF_IMPLS else "torch" if impl in TORCH_ENGINES else "numpy")
     params, _, _ = problem(config())
+    build_model(impl, config(), params=params)   # the copy as saved: taken
     params["head.weight"] = params["head.weight"] + 1e-3
     with pytest.raises(UserError, match="head.weight differs from its embed.weight"):
-        build_model("library", config(), params=params, device=torch.device("cpu"))
+        build_model(impl, config(), params=params)
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
@@ -231,3 +233,20 @@ def test_a_tied_web_page_holds_the_table_once_and_reads_it_as_the_head(text, tmp
         np.testing.assert_array_equal(head.reshape(saved.shape), saved)
     vocab = len(json.loads((tmp_path / "tied" / "vocab.json").read_text(encoding="utf-8")))
     assert sizes["untied"] - sizes["tied"] == vocab * 16 * 4
+
+
+def test_a_tied_checkpoint_whose_head_was_edited_is_refused_wherever_it_is_read(text, tmp_path, run_cli):
+    """Every runtime reads head.weight (the copy), so the check is where weights enter, not in an engine."""
+    from charrnn.checkpoint import read_safetensors, save_weights
+
+    run = tmp_path / "run"
+    assert run_cli.in_process(["train", "--data", text, "--out", run, "--tied", "--hidden", "16",
+                               *small()]).returncode == 0
+    params = read_safetensors(run / "model.safetensors")[0]
+    params["head.weight"] = params["head.weight"] * 1.5
+    save_weights(run / "model.safetensors", params)
+    for command in (["sample", "--checkpoint", run, "--impl", "naive", "--length", "5"],
+                    ["eval", "--checkpoint", run, "--data", text, "--impl", "naive"],
+                    ["export", "--checkpoint", run, "--format", "web", "--out", tmp_path / "site"]):
+        refused(run_cli.in_process(command), "head.weight differs from its embed.weight")
+    assert not (tmp_path / "site").exists()

@@ -129,7 +129,8 @@ def unigram_bias(char_counts: np.ndarray) -> np.ndarray:
 
 
 def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str) -> None:
-    """Raise UserError unless `params` has exactly the canonical names and shapes for `cfg`."""
+    """Raise UserError unless `params` has exactly the canonical names and shapes for `cfg` (and, tied, one table
+    under both names: every engine and runtime reads head.weight, so an edited copy is refused wherever it enters)."""
     expected = parameter_shapes(cfg)
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
@@ -148,6 +149,9 @@ def check_parameters(cfg: ModelConfig, params: Dict[str, np.ndarray], where: str
         if not np.all(np.isfinite(params[name])):
             raise UserError(f"{where}: {name} holds NaN or infinite values; use another checkpoint (e.g. "
                             f"best.safetensors)")
+    if cfg.tied and not np.array_equal(params["head.weight"], params["embed.weight"]):
+        raise UserError(f"{where}: this tied model's head.weight differs from its embed.weight (config.json says "
+                        "--tied); the weights are damaged or belong to another run")
 
 
 # ---- labels ---------------------------------------------------------------------------------------

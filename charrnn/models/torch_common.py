@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from charrnn.config import ModelConfig
-from charrnn.errors import UserError
 from charrnn.models.base import check_labels, check_parameters, init_parameters, state_size
 
 
@@ -46,13 +45,9 @@ class TorchCharModel(nn.Module):
         return out
 
     def canonical_to_own(self, params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """The inverse of `own_to_canonical`: a tied model's head.weight must be its embed.weight (else the file was
-        changed by hand, or is another model's)."""
+        """The inverse of `own_to_canonical` (base.check_parameters has made sure head.weight is embed.weight)."""
         if not self.config.tied:
             return params
-        if not np.array_equal(params["head.weight"], params["embed.weight"]):
-            raise UserError("this tied model's head.weight differs from its embed.weight (config.json says --tied); "
-                            "the weights are damaged or belong to another run")
         return {name: value for name, value in params.items() if name != "head.weight"}
 
     def get_parameters(self) -> Dict[str, np.ndarray]:
