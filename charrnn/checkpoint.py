@@ -38,6 +38,7 @@ PLAN_COUNTS = ("plan_iters", "plan_eval_every",          # null, or positive int
 PROGRESS_VALUES = ("elapsed", "best_val", "last_val", "lr", "lr0",  # numbers (all but elapsed may be null)
                    "plan_chars_per_s", "plan_eval_seconds")
 PROGRESS_LISTS = {"budget": 3, "cosine_from": 2}          # null, or lists of numbers (or nulls)
+PROGRESS_SERIES = ("plan_recent_vals",)                    # null, or lists of finite numbers of any length
 WEIGHTS = {"latest": "model.safetensors", "best": "best.safetensors"}
 RESUME = "resume.safetensors"
 
@@ -246,6 +247,10 @@ def _check_progress(progress, where: str) -> None:
                                       and all(v is None or _is_number(v) for v in value)):
             raise UserError(f"{where}: progress {key} is {value!r}, not a list of {size} numbers; the checkpoint is "
                             f"damaged")
+    for key in PROGRESS_SERIES:
+        value = progress.get(key)
+        if value is not None and not (isinstance(value, list) and all(_is_number(v) for v in value)):
+            raise UserError(f"{where}: progress {key} is {value!r}, not a list of numbers; the checkpoint is damaged")
 
 
 def _is_number(value) -> bool:

@@ -91,12 +91,13 @@ def test_more_time_never_chooses_a_smaller_model():
 
 
 def test_width_is_the_widest_that_trains_long_enough_reads_enough_and_does_not_memorize():
-    speed, share, window = _speed(8000), 1 - auto.EVALS * auto.EVAL_SHARE, auto.BATCH * auto.SEQ_LEN
+    speed, share = _speed(8000), 1 - auto.EVALS * auto.EVAL_SHARE
     for train_chars in (50_000, 1_000_000, 30_000_000):
         for seconds in (60, 600, 6000):
             chosen = choose(Workload(train_chars, 65, max_time=seconds), speed).values
+            window = chosen["batch_size"] * auto.SEQ_LEN
 
-            def fits(width, seconds=seconds, train_chars=train_chars):
+            def fits(width, seconds=seconds, train_chars=train_chars, window=window):
                 read = seconds * share * speed.chars_per_second(width, 65)
                 n = weights(width, 65)
                 return (read >= auto.MIN_STEPS * window and n <= auto.WEIGHTS_PER_CHAR * train_chars
@@ -106,6 +107,29 @@ def test_width_is_the_widest_that_trains_long_enough_reads_enough_and_does_not_m
             assert fits(h) or h == auto.WIDTHS[0]
             assert not any(fits(w) for w in auto.WIDTHS if w > h)
             assert "epochs" not in chosen   # no pass cap: a plateau ends a run that has read enough
+
+
+def test_a_text_read_many_times_halves_its_batch_to_train_wider_and_decays_its_weights_more():
+    """Past MANY_PASSES the text, not the compute, is the limit: B16 windows step twice as often per character, so
+    a wider model still trains MIN_STEPS times, and weight decay rises; the user's --batch-size, or a budget in
+    steps (where a smaller batch only reads less), keeps its batch and still gets the weight decay."""
+    speed = _speed(8000)
+    small = choose(Workload(150_000, 65, max_time=300), speed)
+    kept = choose(Workload(150_000, 65, max_time=300, batch=auto.BATCH), speed)
+    assert small.values["batch_size"] == auto.MANY_PASSES_BATCH and kept.values["batch_size"] == auto.BATCH
+    assert small.values["hidden"] > kept.values["hidden"]
+    assert small.values["weight_decay"] == kept.values["weight_decay"] == auto.MANY_PASSES_WEIGHT_DECAY
+    assert "weight decay 0.3 holds that back, and B16 windows step twice as often" in small.reason
+    assert "holds that back" in kept.reason and "B16" not in kept.reason
+    in_epochs = choose(Workload(150_000, 65, epochs=40), None)
+    assert in_epochs.values["batch_size"] == auto.MANY_PASSES_BATCH
+    in_steps = choose(Workload(150_000, 65, max_iters=4000), None)
+    assert in_steps.values["batch_size"] == auto.BATCH and in_steps.values["weight_decay"] == 0.3
+    for passes, many in ((auto.MANY_PASSES, False), (auto.MANY_PASSES + 0.5, True)):   # the threshold, in epochs
+        chosen = choose(Workload(3_000_000, 65, epochs=passes), None).values
+        assert (chosen["batch_size"], chosen["weight_decay"]) == ((16, 0.3) if many else (32, 0.01))
+    large = choose(Workload(50_000_000, 65, max_time=300), speed)
+    assert large.values["batch_size"] == auto.BATCH and large.values["weight_decay"] == 0.01
 
 
 def test_a_text_read_many_times_needs_fewer_chars_per_weight():

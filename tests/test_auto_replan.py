@@ -533,8 +533,9 @@ def test_a_plateau_decays_to_the_floor_over_a_short_tail_and_ends_the_run_there(
     assert len(said) == 1, lines
     at = 4 * every                                  # the fourth validation is the second without a new best
     tail = max(replan.ANNEAL_EVALS, int(replan.ANNEAL_SHARE * at))
-    assert said[0] == (f"auto: no new best in 2 validations (best 2.2000); the learning rate now decays to its floor "
-                       f"by iteration {at + tail:,} (was {planned:,}), and the run ends there")
+    assert said[0] == (f"auto: no new best in 2 validations (best 2.2000, iteration {2 * every:,}): back to the best "
+                       f"weights, the learning rate now decays to its floor by iteration {at + tail:,} "
+                       f"(was {planned:,}), and the run ends there")
     assert progress.plan_annealed_at == at and progress.iteration == progress.plan_iters == at + tail
     assert learner.lrs[-1] == FLOOR
     assert all(b <= a for a, b in zip(learner.lrs[at - 1:], learner.lrs[at:]))   # no jump at the change
@@ -556,12 +557,12 @@ def test_a_loss_that_keeps_improving_runs_the_whole_plan(tmp_path):
 
 
 def test_a_plateau_shorter_than_half_the_run_so_far_is_noise_and_the_plan_goes_on(tmp_path):
-    """Best at the 8th validation, two worse ones, then better again: at the 10th, two validations span a fifth of
-    the iterations run (a high learning rate's noise on a busy machine ended a run at a fifth of its plan that
-    way); the run goes on. A run that stays worse starts the decay once as long has passed since its best as
+    """Best at the 8th validation, two a little worse (within RISE), then better again: at the 10th, two validations
+    span a fifth of the iterations run (a high learning rate's noise on a busy machine ended a run at a fifth of its
+    plan that way); the run goes on. A run that stays worse starts the decay once as long has passed since its best as
     before it, and not one validation sooner."""
-    late = [3.0 - 0.1 * k for k in range(8)] + [2.4, 2.45] + [2.2 - 0.05 * k for k in range(30)]
-    stuck = [3.0 - 0.1 * k for k in range(8)] + [2.4] * 30
+    late = [3.0 - 0.1 * k for k in range(8)] + [2.32, 2.33] + [2.2 - 0.05 * k for k in range(30)]   # within RISE
+    stuck = [3.0 - 0.1 * k for k in range(8)] + [2.32] * 30   # a flat plateau, within RISE of the best
     ends = {}
     for name, losses in (("late", late), ("stuck", stuck)):
         lines = []
@@ -575,6 +576,67 @@ def test_a_plateau_shorter_than_half_the_run_so_far_is_noise_and_the_plan_goes_o
     assert said == 1 and annealed_at in at and annealed_at - best_at >= replan.PLATEAU_SHARE * annealed_at
     before = at[at.index(annealed_at) - 1]
     assert before - best_at < replan.PLATEAU_SHARE * before   # the validation before was still too soon
+
+
+class Rewinds:
+    """Records each set_parameters of the trainer's model with best.safetensors as it is at that moment."""
+
+    def __init__(self, trainer, tmp_path):
+        from charrnn.checkpoint import load_weights
+
+        self.calls, model = [], trainer.learner.model
+        original = model.set_parameters
+
+        def spy(params):
+            best = load_weights(tmp_path / "best.safetensors", model.config)
+            self.calls.append((trainer.progress.iteration, {k: np.array(v) for k, v in params.items()}, best))
+            original(params)
+        model.set_parameters = spy
+
+
+def test_a_loss_risen_well_above_its_best_decays_from_the_best_weights_before_half_the_run(tmp_path):
+    """Best at the 8th validation, then two averaging more than RISE above it (a small text learnt by heart): the
+    decay starts at the 10th, long before as long since the best as before it, from the best validation's weights
+    (those in best.safetensors, not the drifted ones), and the line says why."""
+    lines = []
+    risen = [3.0 - 0.1 * k for k in range(8)] + [2.4, 2.45] + [2.2 - 0.05 * k for k in range(30)]
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32)
+    trainer, learner = _scripted(cfg, tmp_path, risen, lines=lines)
+    rewinds = Rewinds(trainer, tmp_path)
+    progress = trainer.run()
+    at, said = learner.at, _anneal_lines(lines)
+    assert progress.plan_annealed_at == at[9] and at[9] - at[7] < replan.PLATEAU_SHARE * at[9]
+    assert len(said) == 1 and said[0].startswith(
+        f"auto: the last 2 validations averaged over 2% above the best (best 2.3000, iteration {at[7]:,}): back to "
+        "the best weights"), said
+    assert [call[0] for call in rewinds.calls] == [at[9]]
+    _, params, best = rewinds.calls[0]
+    assert params.keys() == best.keys() and all(np.array_equal(params[k], best[k]) for k in best)
+    drifted = learner.get_parameters()   # the weights went on training after the rewind: not the best's any more
+    assert not all(np.array_equal(drifted[k], best[k]) for k in best)
+
+
+def test_a_run_stopped_between_its_best_and_the_plateau_rewinds_to_the_same_weights_when_resumed(tmp_path):
+    """The best weights live in memory; a resumed run reads them from best.safetensors: stopped after the best,
+    resumed, it rewinds to the same weights and ends on the same weights as the run never stopped."""
+    risen = [3.0 - 0.1 * k for k in range(8)] + [2.4, 2.45] + [2.2 - 0.05 * k for k in range(30)]
+
+    def cfg(name):
+        return _config(tmp_path / name, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32)
+
+    straight, straight_learner = _scripted(cfg("a"), tmp_path / "a", risen)
+    whole = straight.run()
+    stop = straight_learner.at[8]                # at the first validation past the best
+    first, first_learner = _scripted(cfg("b"), tmp_path / "b", risen, stop_after=stop)
+    first.run()
+    again, again_learner = _scripted(cfg("b"), tmp_path / "b", risen[first_learner.validations:])
+    again.restore()
+    rewinds = Rewinds(again, tmp_path / "b")
+    progress = again.run()
+    assert progress.plan_annealed_at == whole.plan_annealed_at == straight_learner.at[9]
+    assert len(rewinds.calls) == 1 and progress.iteration == whole.iteration
+    ended, resumed = straight_learner.get_parameters(), again_learner.get_parameters()
+    assert all(np.array_equal(ended[k], resumed[k]) for k in ended)
 
 
 def test_a_plateau_within_the_first_passes_is_noise_and_the_plan_goes_on(tmp_path):
@@ -678,7 +740,7 @@ def test_more_time_on_resume_after_the_decay_measures_a_new_plateau_from_there(t
     assert ended.plan_annealed_at is not None and len(_anneal_lines(lines)) == 1
     lines = []
     longer = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, max_time=2 * MAX_TIME)
-    again, again_learner = _scripted(longer, tmp_path, [3.0], lines=lines)   # never a new best again
+    again, again_learner = _scripted(longer, tmp_path, [1.81], lines=lines)   # never a new best again (within RISE)
     again.restore()
     assert again.progress.plan_annealed_at is None and again.progress.plan_best_at == ended.iteration
     progress = again.run()

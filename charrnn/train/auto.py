@@ -63,6 +63,9 @@ MAX_EVALS = 32              # where a validation costs less than its share (a sm
 ANNEAL_AFTER = 2            # validations without a new best that start the final decay (a time budget)
 BATCH, SEQ_LEN, EMBED, LAYERS = 32, 100, 64, 2
 SMALLER_BATCHES = (16, 8)   # a wide alphabet's, where even the narrowest width steps too few times on B32 windows
+MANY_PASSES = 8             # a text read more often than this (a small one) is learnt by heart: what data limits, not
+MANY_PASSES_BATCH = 16      # compute, so half the batch (twice the steps: a wider model trains its MIN_STEPS) and
+MANY_PASSES_WEIGHT_DECAY = 0.3   # more weight decay (docs/performance.md, "A text read many times")
 WIDE_ALPHABET = 512         # characters: past this many a character is nearer a word (CJK) and embeds in 2 * EMBED
 PROBE_SEQ_LEN = 50
 PROBE_SHARE = 0.1           # of --max-time, at most, spent probing (past it, the widths measured so far decide)
@@ -172,11 +175,20 @@ def dropout_for(passes: float) -> float:
 def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     """The rule, a pure function of the workload and the probed speed (None: a budget in epochs or
     iterations, where speed does not change what a run reads)."""
+    choice, passes = _choose(work, speed, work.batch or BATCH, many_passes=False)
+    if passes <= MANY_PASSES:
+        return choice
+    halve = work.batch is None and work.max_iters is None and choice.values["batch_size"] == BATCH
+    return _choose(work, speed, MANY_PASSES_BATCH if halve else choice.values["batch_size"], many_passes=True)[0]
+
+
+def _choose(work: Workload, speed: Optional[Speed], given_batch: int, many_passes: bool) -> Tuple[Choice, float]:
+    """The rule for windows of `given_batch` streams (a wide alphabet's may shrink), and the passes over the text
+    the budget then reads; `many_passes`: the regularization of a text read more than MANY_PASSES times."""
     seconds = None
     if work.max_time:  # what training has: the time the probe left, less the validations
         seconds = max(0.0, work.max_time - (speed.probe_seconds if speed else 0.0)) * (1 - EVALS * EVAL_SHARE)
 
-    given_batch = work.batch or BATCH
     window = given_batch * work.seq_len   # characters a step reads, before a wide alphabet's batch shrinks
 
     def budget_chars(hidden: int) -> float:
@@ -207,13 +219,14 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     passes = chars / max(work.train_chars, 1)
     batch = given_batch
     if not fitting and work.batch is None and work.max_iters is None and work.vocab_size > WIDE_ALPHABET:
-        batch = next((b for b in (BATCH, *SMALLER_BATCHES) if chars >= MIN_STEPS * b * work.seq_len),
-                     SMALLER_BATCHES[-1])
+        batch = next((b for b in (BATCH, *SMALLER_BATCHES)
+                      if b <= given_batch and chars >= MIN_STEPS * b * work.seq_len), SMALLER_BATCHES[-1])
     iterations = max(1, int(chars // (batch * work.seq_len)))
     values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=embed_for(work.vocab_size, hidden),
                   tied=tied_for(work.vocab_size, hidden), dropout=dropout_for(passes),
                   batch_size=batch, seq_len=SEQ_LEN, optimizer="adamw", lr=4e-3 if hidden <= 512 else 3e-3,
-                  weight_decay=0.01, schedule="cosine", warmup_iters=min(100, max(1, iterations // 20)),
+                  weight_decay=MANY_PASSES_WEIGHT_DECAY if many_passes else 0.01, schedule="cosine",
+                  warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
     planned = (seconds is not None and speed is not None and work.epochs is None and work.max_iters is None
@@ -235,7 +248,8 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     shape = (f"{LAYERS}×{hidden} LSTM ({n_weights / 1e6:.2f}M weights"
              + (embedding if values["embed"] != EMBED or values["tied"] else "")
              + f"), dropout {values['dropout']}, "
-             f"B{batch} T{work.seq_len}, AdamW {values['lr']:.0e} warm-up + cosine"
+             f"B{batch} T{work.seq_len}, AdamW {values['lr']:.0e}"
+             + (f" weight decay {values['weight_decay']:g}" if many_passes else "") + " warm-up + cosine"
              + (", bf16" if values["bf16"] else "")
              + (f", --patience {values['patience']}" if "patience" in values else ""))
     plan = None
@@ -247,7 +261,11 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
                 "anneal_after": ANNEAL_AFTER if work.validates else None}
     if batch < given_batch:
         why += f"; on B{batch} windows it steps {iterations:,} times"
-    return Choice(values, f"auto: {shape}\n  because {why}", plan)
+    if many_passes:
+        why += f"; a text read this often is learnt by heart: weight decay {values['weight_decay']:g} holds that back"
+        if batch < BATCH and work.batch is None and work.vocab_size <= WIDE_ALPHABET:
+            why += f", and B{batch} windows step twice as often, so a wider model still steps {MIN_STEPS} times"
+    return Choice(values, f"auto: {shape}\n  because {why}", plan), passes
 
 
 def _why(work: Workload, speed: Optional[Speed], hidden: int, chars: float, passes: float,

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from charrnn.checkpoint import RESUME, WEIGHTS, ResumePoint, read_resume, save_weights, write_resume
+from charrnn.checkpoint import RESUME, WEIGHTS, ResumePoint, load_weights, read_resume, save_weights, write_resume
 from charrnn.config import TrainConfig
 from charrnn.data.batching import Streams
 from charrnn.errors import TrainingDiverged, UserError, checkpoint_write_error
@@ -52,6 +52,7 @@ class Progress:
     plan_eval_seconds: Optional[float] = None
     plan_best_at: Optional[int] = None           # the iteration of the best validation (auto's plateau rule)
     plan_annealed_at: Optional[int] = None       # the iteration a plateau started the final decay at (auto)
+    plan_recent_vals: Optional[List[float]] = None   # the latest validation losses the plateau rule averages (auto)
 
     def epochs_done(self, windows_per_epoch: int) -> float:
         return round(self.epoch + self.window / windows_per_epoch, 4)
@@ -89,6 +90,7 @@ class Trainer:
         self.resumed = False               # restore() succeeded: metrics.jsonl keeps the rows up to its iteration
         self._schedule_note: Optional[str] = None
         self.clock = clock
+        self.best_params: Optional[dict] = None   # the best validation's weights, where a plateau rewinds to them
         rule = rule_for(cfg, train.num_windows)
         self.planner = Planner(rule, load, threads) if rule is not None else None   # a schedule planned from the
         #                                                        clock, and from what other processes take (load)
@@ -179,10 +181,17 @@ class Trainer:
         if change is not None:
             self._adopt_plan(*change)
 
+    def _rewinds(self) -> bool:
+        """Whether a plateau may start auto's decay, from the best weights (kept in memory, and read back from
+        best.safetensors on --resume)."""
+        return self.planner is not None and self.planner.rule.anneal_after is not None
+
     def _settle_on_plateau(self) -> None:
         """After a validation: where auto's plan says the text has taught what it can, decay to the end now."""
         change = self.planner.settle(self.progress) if self.planner is not None else None
         if change is not None:
+            if self.best_params is not None:   # the decay starts from the best weights, not from where the plateau
+                self.learner.model.set_parameters(self.best_params)   # (or the overfitting) has taken them since
             self._adopt_plan(*change)
 
     def _adopt_plan(self, plan: Plan, line: Optional[str] = None) -> None:
@@ -307,6 +316,8 @@ class Trainer:
             p.last_val = val if math.isfinite(val) else None
             p.best_val = min(p.best_val, val)
             p.evals_since_best = 0 if is_best else p.evals_since_best + 1
+            if is_best and self._rewinds():
+                self.best_params = self.learner.get_parameters()
             if self.world.is_main:
                 self.metrics.append(self._row(val_loss=_rounded(val, 5), val_bpc=_rounded(bits_per_char(val), 5)))
                 self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
@@ -360,6 +371,8 @@ class Trainer:
             raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len "
                             f"give {self.train.num_windows} windows per epoch; resume with the run's original data "
                             "and shapes")
+        if self._rewinds() and (self.run_dir / WEIGHTS["best"]).exists():
+            self.best_params = load_weights(self.run_dir / WEIGHTS["best"], self.learner.model.config)
         self._continue_schedule()
         self.resumed = True
 
@@ -386,12 +399,12 @@ class Trainer:
         speed it had measured; a run no longer planned from time (--max-iters or --epochs given) drops it."""
         p = self.progress
         if self.planner is None:
-            p.plan_iters = p.plan_eval_every = p.plan_annealed_at = p.plan_best_at = None
+            p.plan_iters = p.plan_eval_every = p.plan_annealed_at = p.plan_best_at = p.plan_recent_vals = None
         elif p.plan_iters is not None and p.plan_chars_per_s and p.budget != self.budget.as_list():
             plan = self.planner.plan(p, p.plan_chars_per_s)   # a new budget: a new plan, a plateau's decay undone,
             p.plan_iters, p.plan_eval_every, p.plan_annealed_at = plan.iterations, plan.eval_every, None
             if p.plan_best_at is not None:   # and a plateau measured from here: the time given is to be used
-                p.plan_best_at = p.iteration
+                p.plan_best_at, p.plan_recent_vals = p.iteration, None
         self.budget.planned = p.plan_iters
 
     def _reshard_state(self, states: list):

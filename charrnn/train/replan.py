@@ -31,13 +31,16 @@ to reserve time for the validations the plan still holds. Every number here is r
 clock (the slowest process's, under torchrun) at the same iterations, so every process plans alike.
 
 auto's plans also end early where the text has taught what it can: past its second pass over the text
-(ANNEAL_PASSES), a plateau (Rule.anneal_after validations in a row without a new best, and none for PLATEAU_SHARE
-of the iterations run so far: as long since the best as before it) moves the plan's end to a short tail
-(ANNEAL_SHARE of the iterations so far, with ANNEAL_EVALS validations in it), so the cosine falls from the rate it
-has to its floor there and the run ends, its best checkpoint the better of the plateau's and the decayed model's.
-A shorter plateau is not enough: at a high learning rate the validation loss of a list of names wandered for
-four validations (a sixth of the run) and the early decay cost 0.4 nats/char against the run that went on
-(docs/performance.md). Once annealing, a re-plan may only bring the end nearer (the deadline), never move it out.
+(ANNEAL_PASSES), a plateau (Rule.anneal_after validations in a row without a new best, and either none for
+PLATEAU_SHARE of the iterations run so far, as long since the best as before it, or those validations averaging
+RISE above the best: a small text being learnt by heart) moves the plan's end to a short tail (ANNEAL_SHARE of the
+iterations so far, with ANNEAL_EVALS validations in it). The weights go back to the best validation's (the
+Trainer keeps them; a resumed run reads best.safetensors), as the ones since have drifted or memorized, and the
+cosine falls from the rate it has to its floor over the tail; the run ends there, its best checkpoint the better
+of the plateau's and the decayed model's. A short plateau about the best is not enough: at a high learning rate
+the validation loss of a list of names wandered for four validations (a sixth of the run) and the early decay
+cost 0.4 nats/char against the run that went on (docs/performance.md). Once annealing, a re-plan may only bring
+the end nearer (the deadline), never move it out.
 
 The plan lives in the Trainer's Progress (plan_iters, plan_eval_every, plan_chars_per_s, plan_eval_seconds,
 plan_best_at, plan_annealed_at), so resume.safetensors holds it and --resume continues the re-planned schedule
@@ -62,6 +65,7 @@ MIN_STEPS = 5        # ... and at least this many
 PLATEAU_SHARE = 0.5  # a plateau: no new best for this share of the iterations run so far (and anneal_after checks)
 ANNEAL_SHARE = 0.25  # a plateau's decay takes this share of the iterations run so far ...
 ANNEAL_EVALS = 4     # ... and validates this many times on the way down
+RISE = 0.02          # ... or sooner, where the latest anneal_after validations average this far above the best
 ANNEAL_PASSES = 2.0  # a plateau before this many passes over the text is a high rate's noise: fresh text does not
 #                      overfit, so the plan goes on
 
@@ -222,20 +226,28 @@ class Planner:
         rule = self.rule
         if p.evals_since_best == 0:
             p.plan_best_at = p.iteration
+        if rule.anneal_after is not None and p.last_val is not None:
+            p.plan_recent_vals = [*(p.plan_recent_vals or []), p.last_val][-rule.anneal_after:]
         if (rule.anneal_after is None or p.plan_annealed_at is not None or p.plan_iters is None
                 or p.evals_since_best < rule.anneal_after or p.epochs_done(rule.windows_per_epoch) < ANNEAL_PASSES):
             return None
-        if p.iteration - (p.plan_best_at or 0) < PLATEAU_SHARE * p.iteration:
-            return None   # a shorter plateau is as likely a high rate's noise, which the decay still to come ends
+        recent = p.plan_recent_vals or []
+        long = p.iteration - (p.plan_best_at or 0) >= PLATEAU_SHARE * p.iteration
+        risen = len(recent) == rule.anneal_after and sum(recent) / len(recent) > p.best_val * (1 + RISE)
+        if not (long or risen):
+            return None   # a shorter plateau, the loss about its best, is as likely a high rate's noise, which the
+            #               decay still to come ends
         tail = max(ANNEAL_EVALS, int(ANNEAL_SHARE * p.iteration))
         if p.iteration + tail >= p.plan_iters:
             return None   # the plan ends about as soon anyway
         p.plan_annealed_at = p.iteration
         every = max(1, tail // ANNEAL_EVALS) if rule.evals else rule.eval_every   # --eval-every is the user's
         plan = Plan(p.iteration + tail, every, p.plan_chars_per_s or 0.0)
-        line = (f"{rule.speaker}: no new best in {p.evals_since_best} validations (best {p.best_val:.4f}); the "
-                f"learning rate now decays to its floor by iteration {plan.iterations:,} (was {p.plan_iters:,}), "
-                "and the run ends there")
+        why = (f"no new best in {p.evals_since_best} validations" if long else
+               f"the last {rule.anneal_after} validations averaged over {RISE:.0%} above the best")
+        line = (f"{rule.speaker}: {why} (best {p.best_val:.4f}, iteration {p.plan_best_at or 0:,}): back to the best "
+                f"weights, the learning rate now decays to its floor by iteration {plan.iterations:,} (was "
+                f"{p.plan_iters:,}), and the run ends there")
         return plan, line
 
     def _expected_speed(self, p, measured: float) -> float:
