@@ -18,14 +18,18 @@ so one rule serves a slow laptop and a GPU alike:
    and a smaller batch does not raise it, where on a small alphabet the recurrence's cost per step
    is most of it and a smaller batch trains slower per character (docs/performance.md).
 4. Regularization from the passes over the text the budget allows: no dropout below one pass,
-   then more as the passes grow.
+   then more as the passes grow. Past MANY_PASSES (a small text: there the text runs out, not the time) weight
+   decay rises to MANY_PASSES_WEIGHT_DECAY and, unless the user gave --batch-size or a budget in steps, the
+   batch halves: twice the steps per character, so a wider model still steps MIN_STEPS times (the widths are
+   chosen again for that batch). A list of names learnt by heart at 2x256 on B32 did better wider on B16 with
+   more weight decay (docs/performance.md, "A text read many times").
 5. When to stop (a time budget): not at a pass count fitted on larger texts, but when the text
    has taught what it can. The cosine is planned over the whole budget and validation runs often
    (as often as its reserved time allows, at most MAX_EVALS times); a plateau (ANNEAL_AFTER
-   validations in a row without a new best, and as long since the best as before it) starts the
-   decay at once: the rate falls to its floor over a short tail (train/replan.py) and the run ends
-   there. A budget in epochs or iterations has no plan to shorten: there `--patience` stops an
-   overfitting run.
+   validations in a row without a new best, and as long since the best as before it, or averaging
+   2% above it) starts the decay at once from the best weights: the rate falls to its floor over a
+   short tail (train/replan.py) and the run ends there. A budget in epochs or iterations has no
+   plan to shorten: there `--patience` stops an overfitting run.
 
 Large alphabets (a Chinese text has thousands of characters): the head and the embedding are in `weights`, so
 the probe's line prices them and the width shrinks to match. Past WIDE_ALPHABET characters, a character being
