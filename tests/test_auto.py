@@ -109,6 +109,11 @@ def test_width_is_the_widest_that_trains_long_enough_reads_enough_and_does_not_m
             assert "epochs" not in chosen   # no pass cap: a plateau ends a run that has read enough
 
 
+def kept_passes(choice) -> str:
+    """The passes a B32 choice's reason says it reads."""
+    return choice.reason.split(" passes over")[0].rsplit("= ", 1)[1]
+
+
 def test_a_text_read_many_times_halves_its_batch_to_train_wider_and_decays_its_weights_more():
     """Past MANY_PASSES the text, not the compute, is the limit: B16 windows step twice as often per character, so
     a wider model still trains MIN_STEPS times, and weight decay rises; the user's --batch-size, or a budget in
@@ -119,7 +124,9 @@ def test_a_text_read_many_times_halves_its_batch_to_train_wider_and_decays_its_w
     assert small.values["batch_size"] == auto.MANY_PASSES_BATCH and kept.values["batch_size"] == auto.BATCH
     assert small.values["hidden"] > kept.values["hidden"]
     assert small.values["weight_decay"] == kept.values["weight_decay"] == auto.MANY_PASSES_WEIGHT_DECAY
-    assert "weight decay 0.3 holds that back, and B16 windows step twice as often" in small.reason
+    assert (f"on B32 windows it would read the text {kept_passes(kept)} times, and a text read that often is learnt by "
+            f"heart: weight decay 0.3 holds that back, and B16 windows step twice as often, so the wider "
+            f"2×{small.values['hidden']} still steps {auto.MIN_STEPS} times") in small.reason
     assert "holds that back" in kept.reason and "B16" not in kept.reason
     in_epochs = choose(Workload(150_000, 65, epochs=40), None)
     assert in_epochs.values["batch_size"] == auto.MANY_PASSES_BATCH

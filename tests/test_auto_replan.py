@@ -639,6 +639,28 @@ def test_a_run_stopped_between_its_best_and_the_plateau_rewinds_to_the_same_weig
     assert all(np.array_equal(ended[k], resumed[k]) for k in ended)
 
 
+def test_a_resumed_run_without_its_best_weights_decays_from_where_it_is_and_does_not_say_it_went_back(tmp_path):
+    """best.safetensors gone (deleted by hand) before --resume: nothing to rewind to, so the plateau's decay starts
+    from the weights the run has, and its line does not claim otherwise."""
+    risen = [3.0 - 0.1 * k for k in range(8)] + [2.4, 2.45] + [2.2 - 0.05 * k for k in range(30)]
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32)
+    straight, straight_learner = _scripted(cfg, tmp_path / "straight", risen)
+    straight.run()
+    first, first_learner = _scripted(cfg, tmp_path, risen, stop_after=straight_learner.at[8])
+    first.run()
+    (tmp_path / "best.safetensors").unlink()
+    lines = []
+    again, again_learner = _scripted(cfg, tmp_path, risen[first_learner.validations:], lines=lines)
+    again.restore()
+    calls = []
+    again.learner.model.set_parameters = calls.append
+    progress = again.run()
+    said = _anneal_lines(lines)
+    assert progress.plan_annealed_at == straight_learner.at[9] and calls == []
+    assert len(said) == 1 and "back to the best weights" not in said[0] and said[0].startswith(
+        "auto: the last 2 validations averaged over 2% above the best"), said
+
+
 def test_a_plateau_within_the_first_passes_is_noise_and_the_plan_goes_on(tmp_path):
     """On a text the run has read less than twice (400 windows: the whole run is half a pass) the same losses start
     no decay: fresh text does not overfit, so two worse validations are a high learning rate's noise."""

@@ -47,6 +47,7 @@ Explicit flags always override what auto chose. The choice and its reason go to 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -179,11 +180,19 @@ def dropout_for(passes: float) -> float:
 def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     """The rule, a pure function of the workload and the probed speed (None: a budget in epochs or
     iterations, where speed does not change what a run reads)."""
-    choice, passes = _choose(work, speed, work.batch or BATCH, many_passes=False)
+    first, passes = _choose(work, speed, work.batch or BATCH, many_passes=False)
     if passes <= MANY_PASSES:
-        return choice
-    halve = work.batch is None and work.max_iters is None and choice.values["batch_size"] == BATCH
-    return _choose(work, speed, MANY_PASSES_BATCH if halve else choice.values["batch_size"], many_passes=True)[0]
+        return first
+    halve = work.batch is None and work.max_iters is None and first.values["batch_size"] == BATCH
+    choice, _ = _choose(work, speed, MANY_PASSES_BATCH if halve else first.values["batch_size"], many_passes=True)
+    batch, hidden = first.values["batch_size"], choice.values["hidden"]
+    why = (f"; on B{batch} windows it would read the text {passes:.1f} times, and a text read that often is learnt "
+           f"by heart: weight decay {choice.values['weight_decay']:g} holds that back")
+    if halve:
+        why += f", and B{choice.values['batch_size']} windows step twice as often"
+        if hidden > first.values["hidden"]:
+            why += f", so the wider {LAYERS}×{hidden} still steps {MIN_STEPS} times"
+    return dataclasses.replace(choice, reason=choice.reason + why)
 
 
 def _choose(work: Workload, speed: Optional[Speed], given_batch: int, many_passes: bool) -> Tuple[Choice, float]:
@@ -258,17 +267,13 @@ def _choose(work: Workload, speed: Optional[Speed], given_batch: int, many_passe
              + (f", --patience {values['patience']}" if "patience" in values else ""))
     plan = None
     if planned and work.validates:
-        shape += ", decays and ends early on a plateau as long as the run before its best"
+        shape += ", decays from its best weights and ends early on a plateau"
     if planned:
         plan = {"iterations": iterations, "chars_per_s": round(speed.chars_per_second(hidden, work.vocab_size), 1),
                 "evals": evals, "eval_seconds": round(EVALS * EVAL_SHARE * work.max_time / evals, 3),
                 "anneal_after": ANNEAL_AFTER if work.validates else None}
     if batch < given_batch:
         why += f"; on B{batch} windows it steps {iterations:,} times"
-    if many_passes:
-        why += f"; a text read this often is learnt by heart: weight decay {values['weight_decay']:g} holds that back"
-        if batch < BATCH and work.batch is None and work.vocab_size <= WIDE_ALPHABET:
-            why += f", and B{batch} windows step twice as often, so a wider model still steps {MIN_STEPS} times"
     return Choice(values, f"auto: {shape}\n  because {why}", plan), passes
 
 

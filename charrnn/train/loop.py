@@ -188,10 +188,13 @@ class Trainer:
 
     def _settle_on_plateau(self) -> None:
         """After a validation: where auto's plan says the text has taught what it can, decay to the end now."""
-        change = self.planner.settle(self.progress) if self.planner is not None else None
+        if self.planner is None:
+            return
+        change = self.planner.settle(self.progress, rewinds=self.best_params is not None)
         if change is not None:
             if self.best_params is not None:   # the decay starts from the best weights, not from where the plateau
-                self.learner.model.set_parameters(self.best_params)   # (or the overfitting) has taken them since
+                self.learner.model.set_parameters(self.best_params)   # (or the overfitting) has taken them since;
+                self.progress.last_val = self.progress.best_val       # the checkpoint saved next holds them
             self._adopt_plan(*change)
 
     def _adopt_plan(self, plan: Plan, line: Optional[str] = None) -> None:

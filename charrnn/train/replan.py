@@ -43,8 +43,8 @@ cost 0.4 nats/char against the run that went on (docs/performance.md). Once anne
 the end nearer (the deadline), never move it out.
 
 The plan lives in the Trainer's Progress (plan_iters, plan_eval_every, plan_chars_per_s, plan_eval_seconds,
-plan_best_at, plan_annealed_at), so resume.safetensors holds it and --resume continues the re-planned schedule
-exactly.
+plan_best_at, plan_annealed_at, plan_recent_vals), so resume.safetensors holds it and --resume continues the
+re-planned schedule exactly.
 """
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ class Planner:
             self.wanted = (0, p.elapsed)
         return plan, (self._line(p, plan) if p.plan_iters is not None else None)
 
-    def settle(self, p) -> Optional[Tuple[Plan, str]]:
+    def settle(self, p, rewinds: bool = False) -> Optional[Tuple[Plan, str]]:
         """After a validation (it records the best's iteration): on a plateau as the module's docstring defines
         it, the plan that decays to its floor over a short tail from here and ends there, and the line saying so;
         None to keep the plan."""
@@ -245,9 +245,10 @@ class Planner:
         plan = Plan(p.iteration + tail, every, p.plan_chars_per_s or 0.0)
         why = (f"no new best in {p.evals_since_best} validations" if long else
                f"the last {rule.anneal_after} validations averaged over {RISE:.0%} above the best")
-        line = (f"{rule.speaker}: {why} (best {p.best_val:.4f}, iteration {p.plan_best_at or 0:,}): back to the best "
-                f"weights, the learning rate now decays to its floor by iteration {plan.iterations:,} (was "
-                f"{p.plan_iters:,}), and the run ends there")
+        back = "back to the best weights, " if rewinds else ""   # (the Trainer's, where it has them)
+        line = (f"{rule.speaker}: {why} (best {p.best_val:.4f}, iteration {p.plan_best_at or 0:,}): {back}the "
+                f"learning rate now decays to its floor by iteration {plan.iterations:,} (was {p.plan_iters:,}), "
+                "and the run ends there")
         return plan, line
 
     def _expected_speed(self, p, measured: float) -> float:
