@@ -42,9 +42,8 @@ def model_script(config, vocab, params, source: str = "", separator=None, unknow
 
     tensors, blobs, offset = {}, [], 0
     for name, shape in parameter_shapes(config).items():
-        if (name == "head.weight" and config.tied and "embed.weight" in tensors
-                and np.array_equal(params[name], params["embed.weight"])):
-            tensors[name] = dict(tensors["embed.weight"])
+        if name == "head.weight" and config.tied:   # equal to embed.weight, listed before it: the load checked
+            tensors[name] = dict(tensors["embed.weight"])   # (base.check_parameters)
             continue
         data = np.ascontiguousarray(params[name], dtype="<f4").tobytes()
         tensors[name] = {"offset": offset, "shape": list(shape)}

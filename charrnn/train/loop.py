@@ -182,9 +182,10 @@ class Trainer:
             self._adopt_plan(*change)
 
     def _rewinds(self) -> bool:
-        """Whether a plateau may start auto's decay, from the best weights (kept in memory, and read back from
-        best.safetensors on --resume)."""
-        return self.planner is not None and self.planner.rule.anneal_after is not None
+        """Whether a plateau may yet start auto's decay, from the best weights (kept in memory, and read back from
+        best.safetensors on --resume); once decaying, they are not needed."""
+        return (self.planner is not None and self.planner.rule.anneal_after is not None
+                and self.progress.plan_annealed_at is None)
 
     def _settle_on_plateau(self) -> None:
         """After a validation: where auto's plan says the text has taught what it can, decay to the end now."""
@@ -374,9 +375,9 @@ class Trainer:
             raise UserError(f"cannot resume at window {self.progress.window}: this data and --batch-size/--seq-len "
                             f"give {self.train.num_windows} windows per epoch; resume with the run's original data "
                             "and shapes")
+        self._continue_schedule()   # (a new budget undoes a plateau's decay: then the best weights are needed again)
         if self._rewinds() and (self.run_dir / WEIGHTS["best"]).exists():
             self.best_params = load_weights(self.run_dir / WEIGHTS["best"], self.learner.model.config)
-        self._continue_schedule()
         self.resumed = True
 
     def say_what_resume_changed(self) -> None:

@@ -219,10 +219,10 @@ class Planner:
             self.wanted = (0, p.elapsed)
         return plan, (self._line(p, plan) if p.plan_iters is not None else None)
 
-    def settle(self, p, rewinds: bool = False) -> Optional[Tuple[Plan, str]]:
+    def settle(self, p, rewinds: bool) -> Optional[Tuple[Plan, str]]:
         """After a validation (it records the best's iteration): on a plateau as the module's docstring defines
-        it, the plan that decays to its floor over a short tail from here and ends there, and the line saying so;
-        None to keep the plan."""
+        it, the plan that decays to its floor over a short tail from here and ends there, and the line saying so
+        (`rewinds`: that the Trainer takes the best weights back); None to keep the plan."""
         rule = self.rule
         if p.evals_since_best == 0:
             p.plan_best_at = p.iteration
