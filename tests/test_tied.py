@@ -245,8 +245,12 @@ def test_a_tied_checkpoint_whose_head_was_edited_is_refused_wherever_it_is_read(
     params = read_safetensors(run / "model.safetensors")[0]
     params["head.weight"] = params["head.weight"] * 1.5
     save_weights(run / "model.safetensors", params)
+    before = snapshot(run)
     for command in (["sample", "--checkpoint", run, "--impl", "naive", "--length", "5"],
                     ["eval", "--checkpoint", run, "--data", text, "--impl", "naive"],
-                    ["export", "--checkpoint", run, "--format", "web", "--out", tmp_path / "site"]):
+                    ["export", "--checkpoint", run, "--format", "web", "--out", tmp_path / "site"],
+                    ["export", "--checkpoint", run, "--format", "onnx", "--out", tmp_path / "model.onnx"],
+                    ["train", "--data", text, "--out", tmp_path / "ft", "--init-from", run, *small()]):
         refused(run_cli.in_process(command), "head.weight differs from its embed.weight")
-    assert not (tmp_path / "site").exists()
+    assert not any((tmp_path / name).exists() for name in ("site", "model.onnx", "ft"))
+    assert snapshot(run) == before
