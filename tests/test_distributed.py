@@ -5,9 +5,11 @@ shards, DDP's averaged gradients are the gradients of the mean loss over all
 B*T characters, so the weights must agree to float32 rounding.
 """
 import json
+import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,15 +42,35 @@ def torchrun(run_cli, args, nproc: int, timeout: float = 120) -> subprocess.Comp
     return run_cli(args, env=ONE_THREAD, timeout=timeout, launcher=launcher)
 
 
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range (32768 and up on Linux). A port that bind(0)
+    handed out and was closed again may be taken, before rank 0 listens on it, by any outgoing
+    connection (the gloo ranks of a test beside this one); a CI run once hung so."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 def launch_ranks(run_cli, args, world_size: int):
     """Start the ranks by hand with the environment torchrun gives them (one torch import fewer than
-    torchrun, and a test can signal one rank)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [run_cli.popen(args, env={**ONE_THREAD, "RANK": r, "LOCAL_RANK": r, "WORLD_SIZE": world_size,
-                                     "LOCAL_WORLD_SIZE": world_size, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-            for r in range(world_size)]
+    torchrun, and a test can signal one rank). Output goes to files, which a rank cannot fill as it can
+    a pipe nobody reads while `finish` waits on another rank."""
+    port = free_port()
+    procs = []
+    for r in range(world_size):
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = run_cli.popen(args, stdout=out, stderr=err,
+                             env={**ONE_THREAD, "RANK": r, "LOCAL_RANK": r, "WORLD_SIZE": world_size,
+                                  "LOCAL_WORLD_SIZE": world_size, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        proc.outputs = (out, err)
+        procs.append(proc)
+    return procs
 
 
 def charrnn(run_cli, args, nproc: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -61,15 +83,35 @@ def charrnn(run_cli, args, nproc: int = 1, timeout: float = 120) -> subprocess.C
     return subprocess.CompletedProcess(args, code, outputs[0][0], "".join(err for _, err in outputs))
 
 
-def finish(procs, timeout: float = 120) -> list:
-    """(stdout, stderr) of each process; all are killed if one outlives the timeout (a hang)."""
+def finish(procs, timeout: float = 120, grace: float = 20) -> list:
+    """(stdout, stderr) of each rank, once all have exited. A rank that fails leaves the others waiting
+    in a collective or the rendezvous: they are killed `grace` seconds later. A hang past `timeout`
+    kills every rank and fails the test with what each one printed."""
+    deadline, failed_at = time.monotonic() + timeout, None
     try:
-        return [p.communicate(timeout=timeout) for p in procs]
+        while any(p.poll() is None for p in procs):
+            now = time.monotonic()
+            if failed_at is None and any(p.returncode for p in procs):
+                failed_at = now
+            if now > deadline or (failed_at is not None and now > failed_at + grace):
+                break
+            time.sleep(0.1)
+        hung = [r for r, p in enumerate(procs) if p.poll() is None]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    outputs = []
+    for p in procs:
+        for f in p.outputs:
+            f.seek(0)
+        outputs.append(tuple(f.read() for f in p.outputs))
+        for f in p.outputs:
+            f.close()
+    if hung and not any(p.returncode > 0 for r, p in enumerate(procs) if r not in hung):
+        pytest.fail(f"ranks {hung} still ran after {timeout} s; what each printed: {outputs}")
+    return outputs
 
 
 def weights(run: Path) -> dict:
@@ -167,6 +209,22 @@ def test_refusals_under_torchrun_are_one_line_and_exit_2_on_every_rank(flags, me
     for proc, (_stdout, stderr) in zip(procs, finish(procs, 60)):
         assert proc.returncode == 2, stderr
         assert stderr.strip().startswith(message) and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_master_port_in_use_is_refused_in_one_line(text, tmp_path, run_cli):
+    """Ranks started by hand on a MASTER_PORT another program holds: rank 0 says so and exits 2 (it
+    printed torch's traceback), before the run directory exists."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_cli(["train", "--data", text, "--out", tmp_path / "run", *SMALL, "--max-iters", 2], timeout=120,
+                    env={**ONE_THREAD, "RANK": 0, "LOCAL_RANK": 0, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2,
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"charrnn: error: MASTER_PORT {port} is already in use on this machine; set a free "
+                                "one, or launch with torchrun --standalone, which picks one"), r.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -50,9 +50,10 @@ class World:
             return
         if device.type == "cuda":
             torch.cuda.set_device(device)  # NCCL's own buffers go to this process's GPU, not cuda:0
-            dist.init_process_group(backend="nccl")
-        else:
-            dist.init_process_group(backend="gloo")
+        try:
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        except dist.DistNetworkError as e:
+            raise UserError(_join_failure(str(e))) from None
 
     def leave(self, finished: bool) -> None:
         """Leave the process group. After a finished run, wait for every process first: rank 0 may
@@ -100,6 +101,17 @@ class World:
         t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return t.tolist()
+
+
+def _join_failure(message: str) -> str:
+    """One line for a rendezvous that failed: rank 0 could not listen on MASTER_PORT (a port another
+    program holds: the usual case when ranks are started by hand), or a rank could not reach it."""
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    if "EADDRINUSE" in message or "address already in use" in message:
+        return (f"MASTER_PORT {os.environ.get('MASTER_PORT', '?')} is already in use on this machine; "
+                "set a free one, or launch with torchrun --standalone, which picks one")
+    first = message.strip().splitlines()[0] if message.strip() else "no reason given"
+    return f"could not join the other processes at {where} ({first}); check MASTER_ADDR and MASTER_PORT"
 
 
 def world_from_env() -> World:
