@@ -154,9 +154,10 @@ class ResumePoint:
     state: List[np.ndarray]                          # the carried state of every stream, (L, B, H) each
     progress: dict                                   # the trainer's counters (train.loop.Progress)
     optimizer_name: str
+    average: Optional[Dict[str, np.ndarray]] = None  # --weight-average ema: the average (train/averaging.py)
 
 
-_SECTIONS = ("param/", "optim/", "rng/", "state/")
+_SECTIONS = ("param/", "optim/", "rng/", "state/", "average/")
 
 # Which engines can continue which runs (--resume --impl X): those that keep the optimizer's slots in one format.
 # Tried pair by pair (tests/test_seams.py): within a group the resumed weights equal the writer's own resume to
@@ -183,6 +184,7 @@ def write_resume(run_dir: Path, point: ResumePoint) -> None:
     arrays.update({f"optim/{k}": v for k, v in point.optimizer[0].items()})
     arrays.update({f"rng/{k}": v for k, v in point.rng[0].items()})
     arrays.update({f"state/{i}": s for i, s in enumerate(point.state)})
+    arrays.update({f"average/{k}": v for k, v in (point.average or {}).items()})
     meta = {"progress": point.progress, "optimizer": point.optimizer[1], "rng": point.rng[1],
             "optimizer_name": point.optimizer_name}
     write_safetensors(Path(run_dir) / RESUME, arrays, meta)
@@ -197,7 +199,8 @@ def read_resume(run_dir: Path, model: ModelConfig) -> ResumePoint:
     return ResumePoint(params=part["param/"], optimizer=(part["optim/"], meta.get("optimizer")),
                        rng=(part["rng/"], meta.get("rng")),
                        state=[part["state/"][str(i)] for i in range(len(part["state/"]))],
-                       progress=meta["progress"], optimizer_name=meta.get("optimizer_name"))
+                       progress=meta["progress"], optimizer_name=meta.get("optimizer_name"),
+                       average=part["average/"] or None)
 
 
 def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, path: Path) -> None:
@@ -209,6 +212,9 @@ def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, 
     """
     where = str(path)
     check_parameters(model, {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}, where)
+    average = {k[len("average/"):]: v for k, v in arrays.items() if k.startswith("average/")}
+    if average:
+        check_parameters(model, average, f"{where} (its weight average)")
     for key, value in arrays.items():
         if key.startswith(("optim/", "state/")) and (value.dtype.kind != "f" or not np.all(np.isfinite(value))):
             raise UserError(f"{where}: {key} is not finite floating point; the checkpoint is damaged")

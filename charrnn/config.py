@@ -23,6 +23,7 @@ TORCH_IMPLS = ("library", "scratch")  # PyTorch: what bf16, --compile, torchrun,
 OPTIMIZERS = ("adagrad", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("epoch", "cosine")
+WEIGHT_AVERAGES = ("none", "ema")  # what is validated and saved: the last step's weights, or their moving average
 WHICH = ("latest", "best")          # model.safetensors or best.safetensors
 QUANTIZE_MODES = ("int8",)
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -157,6 +158,10 @@ class TrainConfig:
     warmup_iters: int = option(0, "linear warm-up from lr/N to --lr over the first N iterations (either schedule); "
                                   "a cosine starts where it ends", metavar="N")
     weight_decay: float = option(0.0, "decoupled weight decay (adamw)", metavar="W")
+    weight_average: str = option("none", "ema validates and saves a moving average of the weights over about one "
+                                 "validation interval of steps instead of the last step's (steadier where a small "
+                                 "text is read many times; --preset auto uses it there); training goes on from the "
+                                 "last step's", WEIGHT_AVERAGES)
     grad_clip: float = option(5.0, "clip the global gradient norm to this; 0 turns clipping off", metavar="C")
     epochs: Optional[float] = option(None, "stop after this many epochs (whole run)", metavar="E",
                                      default_text="10 when neither --max-iters nor --max-time is given")

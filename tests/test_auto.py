@@ -116,8 +116,9 @@ def kept_passes(choice) -> str:
 
 def test_a_text_read_many_times_halves_its_batch_to_train_wider_and_decays_its_weights_more():
     """Past MANY_PASSES the text, not the compute, is the limit: B16 windows step twice as often per character, so
-    a wider model still trains MIN_STEPS times, and weight decay rises; the user's --batch-size, or a budget in
-    steps (where a smaller batch only reads less), keeps its batch and still gets the weight decay."""
+    a wider model still trains MIN_STEPS times, weight decay rises and the weights saved are an average; the
+    user's --batch-size, or a budget in steps (where a smaller batch only reads less), keeps its batch and still
+    gets the weight decay and the average."""
     speed = _speed(8000)
     small = choose(Workload(150_000, 65, max_time=300), speed)
     kept = choose(Workload(150_000, 65, max_time=300, batch=auto.BATCH), speed)
@@ -125,18 +126,23 @@ def test_a_text_read_many_times_halves_its_batch_to_train_wider_and_decays_its_w
     assert small.values["hidden"] > kept.values["hidden"]
     assert small.values["weight_decay"] == kept.values["weight_decay"] == auto.MANY_PASSES_WEIGHT_DECAY
     assert (f"on B32 windows it would read the text {kept_passes(kept)} times, and a text read that often is learnt by "
-            f"heart: weight decay 0.3 holds that back, and B16 windows step twice as often, so the wider "
+            f"heart: weight decay 0.3 holds that back, the weights validated and saved are an average over the "
+            f"last steps (--weight-average ema), and B16 windows step twice as often, so the wider "
             f"2×{small.values['hidden']} still steps {auto.MIN_STEPS} times") in small.reason
     assert "holds that back" in kept.reason and "B16" not in kept.reason
+    assert small.values["weight_average"] == kept.values["weight_average"] == "ema"
+    assert "weights averaged" in small.reason.splitlines()[0]
     in_epochs = choose(Workload(150_000, 65, epochs=40), None)
     assert in_epochs.values["batch_size"] == auto.MANY_PASSES_BATCH
     in_steps = choose(Workload(150_000, 65, max_iters=4000), None)
     assert in_steps.values["batch_size"] == auto.BATCH and in_steps.values["weight_decay"] == 0.3
     for passes, many in ((auto.MANY_PASSES, False), (auto.MANY_PASSES + 0.5, True)):   # the threshold, in epochs
         chosen = choose(Workload(3_000_000, 65, epochs=passes), None).values
-        assert (chosen["batch_size"], chosen["weight_decay"]) == ((16, 0.3) if many else (32, 0.01))
+        assert ((chosen["batch_size"], chosen["weight_decay"], chosen["weight_average"])
+                == ((16, 0.3, "ema") if many else (32, 0.01, "none")))
     large = choose(Workload(50_000_000, 65, max_time=300), speed)
     assert large.values["batch_size"] == auto.BATCH and large.values["weight_decay"] == 0.01
+    assert large.values["weight_average"] == "none" and "averaged" not in large.reason
 
 
 def test_a_text_read_many_times_needs_fewer_chars_per_weight():

@@ -588,19 +588,23 @@ class Rewinds:
         original = model.set_parameters
 
         def spy(params):
-            best = load_weights(tmp_path / "best.safetensors", model.config)
+            best = load_weights(tmp_path / "best.safetensors", model.config) if (
+                tmp_path / "best.safetensors").exists() else None   # (none before the first validation is saved)
             self.calls.append((trainer.progress.iteration, {k: np.array(v) for k, v in params.items()}, best))
             original(params)
         model.set_parameters = spy
 
 
-def test_a_loss_risen_well_above_its_best_decays_from_the_best_weights_before_half_the_run(tmp_path):
+@pytest.mark.parametrize("average", ["none", "ema"])
+def test_a_loss_risen_well_above_its_best_decays_from_the_best_weights_before_half_the_run(average, tmp_path):
     """Best at the 8th validation, then two averaging more than RISE above it (a small text learnt by heart): the
     decay starts at the 10th, long before as long since the best as before it, from the best validation's weights
-    (those in best.safetensors, not the drifted ones), and the line says why."""
+    (those in best.safetensors, not the drifted ones), and the line says why. With --weight-average ema the best
+    weights are the average validated then, and the average starts again from them."""
     lines = []
     risen = [3.0 - 0.1 * k for k in range(8)] + [2.4, 2.45] + [2.2 - 0.05 * k for k in range(30)]
-    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32)
+    cfg = _config(tmp_path, planned_chars_per_s=2 * CHARS, anneal_after=2, pass_cap=None, evals=32,
+                  weight_average=average)
     trainer, learner = _scripted(cfg, tmp_path, risen, lines=lines)
     rewinds = Rewinds(trainer, tmp_path)
     progress = trainer.run()
@@ -609,8 +613,14 @@ def test_a_loss_risen_well_above_its_best_decays_from_the_best_weights_before_ha
     assert len(said) == 1 and said[0].startswith(
         f"auto: the last 2 validations averaged over 2% above the best (best 2.3000, iteration {at[7]:,}): back to "
         "the best weights"), said
-    assert [call[0] for call in rewinds.calls] == [at[9]]
-    _, params, best = rewinds.calls[0]
+    rewound = [call for call in rewinds.calls
+               if call[2] is not None and all(np.array_equal(call[1][k], call[2][k]) for k in call[2])]
+    assert [call[0] for call in rewound] == [at[9]]
+    if average == "none":
+        assert rewound == rewinds.calls
+    else:   # each validation put the average in and the last step's weights back, around the rewind
+        assert len(rewinds.calls) == 2 * len(at) + 1
+    _, params, best = rewound[0]
     assert params.keys() == best.keys() and all(np.array_equal(params[k], best[k]) for k in best)
     drifted = learner.get_parameters()   # the weights went on training after the rewind: not the best's any more
     assert not all(np.array_equal(drifted[k], best[k]) for k in best)

@@ -140,6 +140,7 @@ RESUME_CHANGES = {
     "--lr": ("0.05", None),
     "--weight-decay": ("0.5", None),
     "--grad-clip": ("0.001", None),
+    "--weight-average": ("ema", None),   # the weights saved from then on are an average (tests/test_weight_average.py)
 }
 
 # What the text and eval checks use: a seed, a length, and a temperature at which these barely trained models
@@ -595,7 +596,8 @@ def test_a_flag_changed_on_resume_is_in_force(lab, row, flag):
     changed = run.changed[flag]
     assert f"{flag} {value}" in run.outputs[flag].stdout  # it says so
     saved = json.loads((changed / "config.json").read_text())["train"]
-    assert float(saved[flag[2:].replace("-", "_")]) == float(value)
+    setting = saved[flag[2:].replace("-", "_")]
+    assert (setting == value) if isinstance(setting, str) else float(setting) == float(value)
     plain, other = weights(run.resumed), weights(changed)
     assert any(not np.array_equal(plain[k], other[k]) for k in plain)  # and it changed what was trained
 

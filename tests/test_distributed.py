@@ -151,9 +151,12 @@ def test_shard_rows_split_the_global_batch_into_contiguous_shares():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl, launch", [("library", "torchrun"), ("scratch", "ranks")])
-def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, text, tmp_path, run_cli):
-    common = ["train", "--impl", impl, "--data", text, *SMALL, "--max-iters", 6, "--eval-every", 3]
+@pytest.mark.parametrize("impl, launch, average", [("library", "torchrun", "none"), ("scratch", "ranks", "ema")])
+def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, average, text, tmp_path, run_cli):
+    """(With --weight-average ema, every process averages the same weights, and the saved average is one
+    process's.)"""
+    common = ["train", "--impl", impl, "--data", text, *SMALL, "--max-iters", 6, "--eval-every", 3,
+              "--weight-average", average]
     two = (torchrun if launch == "torchrun" else charrnn)(run_cli, [*common, "--out", tmp_path / "two"], nproc=2)
     assert two.returncode == 0, two.stderr
     one = charrnn(run_cli, [*common, "--out", tmp_path / "one"])
@@ -166,6 +169,9 @@ def test_two_processes_train_exactly_like_one_on_the_global_batch(impl, launch, 
     # the carried state is gathered from both ranks into the global batch's order
     arrays_two = read_safetensors(tmp_path / "two" / "resume.safetensors")[0]
     arrays_one = read_safetensors(tmp_path / "one" / "resume.safetensors")[0]
+    assert any(k.startswith("average/") for k in arrays_two) == (average == "ema")
+    if average == "ema":   # model.safetensors, compared above, is the average, not the last step's weights
+        assert any(not np.array_equal(a[k], arrays_two[f"param/{k}"]) for k in a)
     for name in (k for k in arrays_one if k.startswith("state/")):
         assert arrays_two[name].shape == arrays_one[name].shape
         np.testing.assert_allclose(arrays_two[name], arrays_one[name], rtol=0, atol=1e-5, err_msg=name)

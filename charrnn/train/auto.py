@@ -187,7 +187,8 @@ def choose(work: Workload, speed: Optional[Speed]) -> Choice:
     choice, _ = _choose(work, speed, MANY_PASSES_BATCH if halve else first.values["batch_size"], many_passes=True)
     batch, hidden = first.values["batch_size"], choice.values["hidden"]
     why = (f"; on B{batch} windows it would read the text {passes:.1f} times, and a text read that often is learnt "
-           f"by heart: weight decay {choice.values['weight_decay']:g} holds that back")
+           f"by heart: weight decay {choice.values['weight_decay']:g} holds that back, the weights validated and "
+           "saved are an average over the last steps (--weight-average ema)")
     if halve:
         why += f", and B{choice.values['batch_size']} windows step twice as often"
         if hidden > first.values["hidden"]:
@@ -238,7 +239,8 @@ def _choose(work: Workload, speed: Optional[Speed], given_batch: int, many_passe
     values = dict(impl="library", cell="lstm", layers=LAYERS, hidden=hidden, embed=embed_for(work.vocab_size, hidden),
                   tied=tied_for(work.vocab_size, hidden), dropout=dropout_for(passes),
                   batch_size=batch, seq_len=SEQ_LEN, optimizer="adamw", lr=4e-3 if hidden <= 512 else 3e-3,
-                  weight_decay=MANY_PASSES_WEIGHT_DECAY if many_passes else 0.01, schedule="cosine",
+                  weight_decay=MANY_PASSES_WEIGHT_DECAY if many_passes else 0.01,
+                  weight_average="ema" if many_passes else "none", schedule="cosine",
                   warmup_iters=min(100, max(1, iterations // 20)),
                   grad_clip=1.0, eval_every=max(1, iterations // EVALS),
                   bf16=bool(speed and speed.bf16_for(hidden, work.vocab_size)))
@@ -263,6 +265,7 @@ def _choose(work: Workload, speed: Optional[Speed], given_batch: int, many_passe
              + f"), dropout {values['dropout']}, "
              f"B{batch} T{work.seq_len}, AdamW {values['lr']:.0e}"
              + (f" weight decay {values['weight_decay']:g}" if many_passes else "") + " warm-up + cosine"
+             + (", weights averaged" if many_passes else "")
              + (", bf16" if values["bf16"] else "")
              + (f", --patience {values['patience']}" if "patience" in values else ""))
     plan = None

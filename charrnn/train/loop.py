@@ -21,6 +21,7 @@ from charrnn.config import TrainConfig
 from charrnn.data.batching import Streams
 from charrnn.errors import TrainingDiverged, UserError, checkpoint_write_error
 from charrnn.losses import bits_per_char
+from charrnn.train.averaging import WeightAverage
 from charrnn.train.distributed import World
 from charrnn.train.learners import Learner
 from charrnn.train.machine_load import LoadMeter
@@ -91,6 +92,7 @@ class Trainer:
         self._schedule_note: Optional[str] = None
         self.clock = clock
         self.best_params: Optional[dict] = None   # the best validation's weights, where a plateau rewinds to them
+        self.average = WeightAverage() if cfg.weight_average == "ema" else None   # what is validated and saved
         rule = rule_for(cfg, train.num_windows)
         self.planner = Planner(rule, load, threads) if rule is not None else None   # a schedule planned from the
         #                                                        clock, and from what other processes take (load)
@@ -128,6 +130,7 @@ class Trainer:
             stopping = self._agree_to_stop(base_elapsed + self.clock() - started, loss, lr)
             p.iteration += 1
             p.window += 1
+            self._update_average()
             if p.window == self.train.num_windows:  # epoch boundary: the seed resets the state
                 p.epoch, p.window = p.epoch + 1, 0
                 self.state = self.learner.zero_state(self.train.batch_size)
@@ -196,6 +199,8 @@ class Trainer:
             if self.best_params is not None:   # the decay starts from the best weights, not from where the plateau
                 self.learner.model.set_parameters(self.best_params)   # (or the overfitting) has taken them since;
                 self.progress.last_val = self.progress.best_val       # the checkpoint saved next holds them
+                if self.average is not None:
+                    self.average.restart(self.best_params)
             self._adopt_plan(*change)
 
     def _adopt_plan(self, plan: Plan, line: Optional[str] = None) -> None:
@@ -298,15 +303,36 @@ class Trainer:
                          f"{world_rate:,.0f} chars/s elapsed {row['elapsed_s']:.0f}s")
 
     # ---- validation and checkpoints -----------------------------------------
+    # ---- the weights validated and saved: the last step's, or their average --------------------------------
+    def _update_average(self) -> None:
+        horizon = self.progress.plan_eval_every or self.cfg.eval_every   # about one validation interval
+        if self.average is not None and self.average.due(self.progress.iteration, horizon):
+            self.average.update(self.learner.get_parameters(), horizon)
+
+    def shown_parameters(self) -> dict:
+        """The weights validation measures and model.safetensors holds (a copy)."""
+        if self.average is not None and self.average.arrays is not None:
+            return {k: v.copy() for k, v in self.average.arrays.items()}
+        return self.learner.get_parameters()
+
     def validate(self) -> Optional[float]:
-        """Mean loss over the validation split, read in order with the state carried."""
+        """Mean loss over the validation split, read in order with the state carried, of the weights saved: with
+        --weight-average ema the average is put in for the validation and the last step's weights back after."""
         if self.val is None:
             return None
-        state = self.learner.zero_state(self.val.batch_size)
-        total = 0.0
-        for k in range(self.val.num_windows):
-            loss, state = self.learner.eval_loss(*self.val.window(k), state, labels=self.val.labels(k))
-            total += loss
+        last_step = None
+        if self.average is not None and self.average.arrays is not None:
+            last_step = self.learner.get_parameters()
+            self.learner.model.set_parameters(self.average.arrays)
+        try:
+            state = self.learner.zero_state(self.val.batch_size)
+            total = 0.0
+            for k in range(self.val.num_windows):
+                loss, state = self.learner.eval_loss(*self.val.window(k), state, labels=self.val.labels(k))
+                total += loss
+        finally:
+            if last_step is not None:
+                self.learner.model.set_parameters(last_step)
         summed, count = self.world.sum([total, float(self.val.num_windows)])
         return summed / count
 
@@ -321,7 +347,7 @@ class Trainer:
             p.best_val = min(p.best_val, val)
             p.evals_since_best = 0 if is_best else p.evals_since_best + 1
             if is_best and self._rewinds():
-                self.best_params = self.learner.get_parameters()
+                self.best_params = self.shown_parameters()
             if self.world.is_main:
                 self.metrics.append(self._row(val_loss=_rounded(val, 5), val_bpc=_rounded(bits_per_char(val), 5)))
                 self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
@@ -341,15 +367,17 @@ class Trainer:
                                    f"the last good checkpoint in {self.run_dir} is intact; lower --lr or --grad-clip")
         params = self.learner.get_parameters()
         self.progress.lr0, self.progress.budget = self.lr0, self.budget.as_list()
+        average = self.average.arrays if self.average is not None else None
         point = ResumePoint(params=params, optimizer=self.learner.optimizer_state(), rng=self.learner.rng_state(),
                             state=state, progress=asdict(self.progress),
-                            optimizer_name=self.cfg.resolved_optimizer)
+                            optimizer_name=self.cfg.resolved_optimizer, average=average)
         info = {"iteration": self.progress.iteration, "val_loss": self.progress.last_val}
+        shown = average if average is not None else params
         try:
             write_resume(self.run_dir, point)
-            save_weights(self.run_dir / WEIGHTS["latest"], params, info)
+            save_weights(self.run_dir / WEIGHTS["latest"], shown, info)
             if best:
-                save_weights(self.run_dir / WEIGHTS["best"], params, info)
+                save_weights(self.run_dir / WEIGHTS["best"], shown, info)
         except OSError as e:
             raise checkpoint_write_error(self.run_dir, e) from None
 
@@ -363,6 +391,8 @@ class Trainer:
                             "mixed up: resume the run it came from, or start a new run with --init-from")
         try:
             self.learner.model.set_parameters(point.params)
+            if self.average is not None and point.average is not None:   # (turned on at this resume: it starts now)
+                self.average = WeightAverage(point.average)
             self.learner.load_optimizer_state(*point.optimizer)
             self.learner.set_rng_state(*point.rng)
             self.progress = Progress(**point.progress)
