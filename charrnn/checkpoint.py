@@ -154,7 +154,8 @@ class ResumePoint:
     state: List[np.ndarray]                          # the carried state of every stream, (L, B, H) each
     progress: dict                                   # the trainer's counters (train.loop.Progress)
     optimizer_name: str
-    average: Optional[Dict[str, np.ndarray]] = None  # --weight-average ema: the average (train/averaging.py)
+    average: Optional[Tuple[Dict[str, np.ndarray], dict]] = None   # --weight-average ema: the average and its
+    #                                                                 counters (train/averaging.py)
 
 
 _SECTIONS = ("param/", "optim/", "rng/", "state/", "average/")
@@ -184,9 +185,11 @@ def write_resume(run_dir: Path, point: ResumePoint) -> None:
     arrays.update({f"optim/{k}": v for k, v in point.optimizer[0].items()})
     arrays.update({f"rng/{k}": v for k, v in point.rng[0].items()})
     arrays.update({f"state/{i}": s for i, s in enumerate(point.state)})
-    arrays.update({f"average/{k}": v for k, v in (point.average or {}).items()})
     meta = {"progress": point.progress, "optimizer": point.optimizer[1], "rng": point.rng[1],
             "optimizer_name": point.optimizer_name}
+    if point.average is not None:
+        arrays.update({f"average/{k}": v for k, v in point.average[0].items()})
+        meta["average"] = point.average[1]
     write_safetensors(Path(run_dir) / RESUME, arrays, meta)
 
 
@@ -200,7 +203,7 @@ def read_resume(run_dir: Path, model: ModelConfig) -> ResumePoint:
                        rng=(part["rng/"], meta.get("rng")),
                        state=[part["state/"][str(i)] for i in range(len(part["state/"]))],
                        progress=meta["progress"], optimizer_name=meta.get("optimizer_name"),
-                       average=part["average/"] or None)
+                       average=(part["average/"], meta["average"]) if part["average/"] else None)
 
 
 def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, path: Path) -> None:
@@ -212,9 +215,8 @@ def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, 
     """
     where = str(path)
     check_parameters(model, {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}, where)
-    average = {k[len("average/"):]: v for k, v in arrays.items() if k.startswith("average/")}
-    if average:
-        check_parameters(model, average, f"{where} (its weight average)")
+    _check_average({k[len("average/"):]: v for k, v in arrays.items() if k.startswith("average/")},
+                   meta.get("average"), model, where)
     for key, value in arrays.items():
         if key.startswith(("optim/", "state/")) and (value.dtype.kind != "f" or not np.all(np.isfinite(value))):
             raise UserError(f"{where}: {key} is not finite floating point; the checkpoint is damaged")
@@ -228,6 +230,21 @@ def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, 
             raise UserError(f"{where}: {key} has shape {list(shape)}, expected [{model.layers}, B, {model.hidden}]; "
                             "the checkpoint is damaged or from another run")
     _check_progress(meta.get("progress"), where)
+
+
+def _check_average(average: Dict[str, np.ndarray], counters, model: ModelConfig, where: str) -> None:
+    """--weight-average ema's average: weights like the model's and its counters (train/averaging.py), both or
+    neither (a file that has lost either is damaged, not a run without an average)."""
+    if not average and counters is None:
+        return
+    if not average:
+        raise UserError(f"{where}: its weight average is missing (its counters are there); the checkpoint is damaged")
+    check_parameters(model, average, f"{where} (its weight average)")
+    at, mass = (counters.get("at"), counters.get("mass")) if isinstance(counters, dict) else (None, None)
+    if (isinstance(at, bool) or not isinstance(at, int) or at < 0 or not _is_number(mass) or not 0 < mass <= 1
+            or set(counters) != {"at", "mass"}):
+        raise UserError(f"{where}: its weight average's counters are {counters!r}, not an iteration and a mass in "
+                        "(0, 1]; the checkpoint is damaged")
 
 
 def _check_progress(progress, where: str) -> None:

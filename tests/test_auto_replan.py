@@ -607,6 +607,10 @@ def test_a_loss_risen_well_above_its_best_decays_from_the_best_weights_before_ha
                   weight_average=average)
     trainer, learner = _scripted(cfg, tmp_path, risen, lines=lines)
     rewinds = Rewinds(trainer, tmp_path)
+    restarts = []
+    if trainer.average is not None:
+        restart = trainer.average.restart
+        trainer.average.restart = lambda params, at: (restarts.append((at, params)), restart(params, at))
     progress = trainer.run()
     at, said = learner.at, _anneal_lines(lines)
     assert progress.plan_annealed_at == at[9] and at[9] - at[7] < replan.PLATEAU_SHARE * at[9]
@@ -622,6 +626,8 @@ def test_a_loss_risen_well_above_its_best_decays_from_the_best_weights_before_ha
         assert len(rewinds.calls) == 2 * len(at) + 1
     _, params, best = rewound[0]
     assert params.keys() == best.keys() and all(np.array_equal(params[k], best[k]) for k in best)
+    assert [a for a, _ in restarts] == ([at[9]] if average == "ema" else [])   # and the average starts again there
+    assert all(np.array_equal(restarts[0][1][k], best[k]) for k in best) if restarts else True
     drifted = learner.get_parameters()   # the weights went on training after the rewind: not the best's any more
     assert not all(np.array_equal(drifted[k], best[k]) for k in best)
 

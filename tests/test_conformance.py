@@ -515,6 +515,13 @@ def weights(run_dir: Path) -> dict:
     return read_safetensors(run_dir / "model.safetensors")[0]
 
 
+def read_resume_params(run_dir: Path) -> dict:
+    from charrnn.checkpoint import read_safetensors
+
+    arrays = read_safetensors(run_dir / "resume.safetensors")[0]
+    return {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+
+
 def iteration(run_dir: Path) -> int:
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return max(json.loads(line)["iter"] for line in lines if line.strip())
@@ -600,6 +607,10 @@ def test_a_flag_changed_on_resume_is_in_force(lab, row, flag):
     assert (setting == value) if isinstance(setting, str) else float(setting) == float(value)
     plain, other = weights(run.resumed), weights(changed)
     assert any(not np.array_equal(plain[k], other[k]) for k in plain)  # and it changed what was trained
+    if flag == "--weight-average":   # what is saved, not how it trains: the weights trained are the plain resume's,
+        trained = [read_resume_params(p) for p in (run.resumed, changed)]   # the average put in and back exactly
+        assert all(np.array_equal(trained[0][k], trained[1][k]) for k in trained[0])
+        assert any(not np.array_equal(other[k], trained[1][k]) for k in other)
 
 
 # ---- the refusals -------------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def finish(procs, timeout: float = 120, grace: float = 20) -> list:
     kills every rank and fails the test with what each one printed."""
     deadline, failed_at = time.monotonic() + timeout, None
     try:
-        while any(p.poll() is None for p in procs):
+        while [p.poll() for p in procs].count(None):   # every rank polled each time: any one may fail first
             now = time.monotonic()
             if failed_at is None and any(p.returncode for p in procs):
                 failed_at = now
@@ -110,7 +110,8 @@ def finish(procs, timeout: float = 120, grace: float = 20) -> list:
         for f in p.outputs:
             f.close()
     if hung and not any(p.returncode > 0 for r, p in enumerate(procs) if r not in hung):
-        pytest.fail(f"ranks {hung} still ran after {timeout} s; what each printed: {outputs}")
+        pytest.fail(f"ranks {hung} still ran after {timeout} s, or {grace} s after another was killed; what each "
+                    f"printed: {outputs}")
     return outputs
 
 

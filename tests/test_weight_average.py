@@ -19,33 +19,48 @@ SMALL = ["--hidden", 12, "--embed", 6, "--layers", 2, "--batch-size", 2, "--seq-
          "--log-every", 1, "--dropout", 0]
 
 
-def closed_form(series: list, weight: float) -> dict:
-    """The first weights, then each later one mixed in with `weight`: (1-a)^m w_0 + sum_j a (1-a)^(m-j) w_j."""
-    m = len(series) - 1
-    return {name: (1 - weight) ** m * series[0][name].astype(np.float64)
-            + sum(weight * (1 - weight) ** (m - j) * series[j][name].astype(np.float64) for j in range(1, m + 1))
-            for name in series[0]}
+def closed_form(samples: list, horizon: int, end: int) -> dict:
+    """[(iteration, steps it stands for, weights)] -> their weighted mean at iteration `end`: a sample at t standing
+    for s steps weighs (1 - b^s) b^(end - t), b = 1 - 1/horizon (an exponential average of every step, each step
+    taking the weights of the sample that covers it), summed here in float64."""
+    b = 1 - 1 / horizon
+    weight = [(1 - b ** s) * b ** (end - t) for t, s, _ in samples]
+    return {name: sum(c * w[name].astype(np.float64) for c, (_, _, w) in zip(weight, samples)) / sum(weight)
+            for name in samples[0][2]}
 
 
 def test_the_average_is_the_closed_form_of_the_weights_it_was_given():
+    """Sampled every k steps, a sample at every k-th; read between two samples (blended), the steps since count in
+    too; until a horizon has passed it is a plain mean, not the first weights held as a whole horizon's."""
     rng = np.random.default_rng(0)
     horizon = 40
     k = update_every(horizon)
     assert k == 2 and update_every(8) == 1
-    average, given = WeightAverage(), []
+    average, samples, last = WeightAverage(), [], 0
     for iteration in range(1, 30):
         params = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
         if average.due(iteration, horizon):
-            average.update(params, horizon)
-            given.append(params)
-    assert len(given) == 1 + 29 // k   # the first step starts it, then every k-th
-    want = closed_form(given, 1 - (1 - 1 / horizon) ** k)
-    for name, value in want.items():   # float32 updates: |w| < 5, one rounding of a few ulps per update
-        np.testing.assert_allclose(average.arrays[name], value, rtol=0, atol=len(given) * 5 * 2 ** -22)
+            average.update(params, iteration, horizon)
+            samples.append((iteration, iteration - last, params))
+            last = iteration
+    assert [t for t, _, _ in samples] == list(range(1, 30, k))   # the first step starts it, then every k-th
+    bound = len(samples) * 5 * 2 ** -22   # float32 updates of values under 5: a few ulps each
+    for name, value in closed_form(samples, horizon, 29).items():
+        np.testing.assert_allclose(average.arrays[name], value, rtol=0, atol=bound)
+    between = {"a": np.ones((3, 4), np.float32), "b": np.ones(5, np.float32)}
+    for name, value in closed_form([*samples, (30, 1, between)], horizon, 30).items():
+        np.testing.assert_allclose(average.blended(between, 30, horizon)[name], value, rtol=0, atol=bound)
+    assert average.at == 29   # blended() left it as it was
+    start = WeightAverage()   # 5 steps into a 40-step horizon, the first step's weights count for about a fifth
+    for t, _, params in samples[:3]:
+        start.update(params, t, horizon)
+    for name, value in closed_form(samples[:3], horizon, 5).items():
+        np.testing.assert_allclose(start.arrays[name], value, rtol=0, atol=bound)
+        assert np.abs(start.arrays[name] - samples[0][2][name]).max() > 0.5
     one = WeightAverage()
-    for params in given[:3]:
-        one.update(params, 1)   # an average over one step is the last step (two roundings of values under 5)
-    np.testing.assert_allclose(one.arrays["a"], given[2]["a"], rtol=0, atol=2 * 2 ** -21)
+    for i, (_, _, params) in enumerate(samples[:3]):
+        one.update(params, i + 1, 1)   # an average over one step is the last step (two roundings of values under 5)
+    np.testing.assert_allclose(one.arrays["a"], samples[2][2]["a"], rtol=0, atol=2 * 2 ** -21)
 
 
 def raw(run) -> dict:
@@ -64,30 +79,40 @@ def val_losses(run) -> dict:
 
 @pytest.mark.slow
 def test_a_run_saves_the_average_of_the_weights_it_trained_and_trains_exactly_as_without_it(tmp_path, run_cli):
-    """naive, validating every 2 steps (an average over 2 steps: each step mixed in with weight 1/2): the weights
-    trained are bit for bit those of the same run without the average (validation puts them back exactly), and
-    model.safetensors is the closed form of the weights after each step, read from that run step by step."""
+    """naive: the weights trained are bit for bit those of the same run without the average (validation puts them
+    back exactly), and model.safetensors and best.safetensors are the closed form of the weights after each step,
+    read from that run step by step. Validating every 2 steps, every step is sampled; validating every 40 (sampled
+    every 2nd step) and stopped at step 4, the checkpoint counts in the step since the last sample."""
     text = write_word_text(tmp_path / "text.txt", 120)
-    common = ["train", "--impl", "naive", "--data", text, *SMALL, "--eval-every", 2]
-    plain, averaged, steps = tmp_path / "plain", tmp_path / "averaged", []
+    common = ["train", "--impl", "naive", "--data", text, *SMALL]
+    plain, steps = tmp_path / "plain", []
     for i in range(1, 7):
-        done = run_cli([*common, "--out", plain, "--max-iters", i, *(["--resume"] if i > 1 else [])])
+        done = run_cli([*common, "--eval-every", 2, "--out", plain, "--max-iters", i,
+                        *(["--resume"] if i > 1 else [])])
         assert done.returncode == 0, done.stderr
         steps.append(raw(plain))
-    done = run_cli([*common, "--out", averaged, "--max-iters", 6, "--weight-average", "ema"])
+    bound = 6 * 2 ** -22   # a float32 average of float64 weights under 1: a few ulps per sample
+
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    done = run_cli([*common, "--eval-every", 2, "--out", every, "--max-iters", 6, "--weight-average", "ema"])
     assert done.returncode == 0, done.stderr
-    for name, value in raw(averaged).items():
+    for name, value in raw(every).items():
         np.testing.assert_array_equal(value, steps[-1][name], err_msg=name)
-    want = closed_form(steps, 0.5)
-    model = saved(averaged)
-    for name, value in want.items():   # float32 average of float64 weights of size < 1: a few ulps per step
-        np.testing.assert_allclose(model[name], value, rtol=0, atol=6 * 2 ** -22, err_msg=name)
-        assert not np.allclose(model[name], steps[-1][name], rtol=0, atol=1e-6) or name.endswith("bias")
-    losses = val_losses(averaged)
+    model = saved(every)
+    for name, value in closed_form([(i + 1, 1, w) for i, w in enumerate(steps)], 2, 6).items():
+        np.testing.assert_allclose(model[name], value, rtol=0, atol=bound, err_msg=name)
+    losses = val_losses(every)
     best = min(losses, key=losses.get)
-    assert json.loads((averaged / "metrics.jsonl").read_text().splitlines()[-1])["iter"] == 6
-    for name, value in closed_form(steps[:best], 0.5).items():   # best.safetensors: the best validation's average
-        np.testing.assert_allclose(saved(averaged, "best")[name], value, rtol=0, atol=6 * 2 ** -22, err_msg=name)
+    for name, value in closed_form([(i + 1, 1, w) for i, w in enumerate(steps[:best])], 2, best).items():
+        np.testing.assert_allclose(saved(every, "best")[name], value, rtol=0, atol=bound, err_msg=name)
+
+    done = run_cli([*common, "--eval-every", 40, "--out", sparse, "--max-iters", 4, "--weight-average", "ema"])
+    assert done.returncode == 0, done.stderr
+    samples = [(1, 1, steps[0]), (3, 2, steps[2]), (4, 1, steps[3])]
+    for name, value in closed_form(samples, 40, 4).items():
+        np.testing.assert_allclose(saved(sparse)[name], value, rtol=0, atol=bound, err_msg=name)
+    _, meta = read_safetensors(sparse / "resume.safetensors")   # the last sample, and the 3 steps it has seen
+    assert meta["average"] == {"at": 3, "mass": pytest.approx(1 - (1 - 1 / 40) ** 3, rel=1e-12)}
 
 
 @pytest.mark.slow
@@ -121,16 +146,29 @@ def test_turned_off_on_resume_the_last_steps_weights_are_saved_again(tmp_path, r
     assert not any(k.startswith("average/") for k in read_safetensors(run / "resume.safetensors")[0])
 
 
-def test_a_damaged_average_is_refused_in_one_line_and_changes_nothing(tmp_path, run_cli):
+@pytest.mark.parametrize("damage, needle", [
+    ("shape", "its weight average"),
+    ("arrays gone", "its weight average is missing"),
+    ("counters gone", "its weight average's counters are None"),
+    ("mass", "its weight average's counters are"),
+])
+def test_a_damaged_average_is_refused_in_one_line_and_changes_nothing(damage, needle, tmp_path, run_cli):
     text = write_word_text(tmp_path / "text.txt", 120)
     run = tmp_path / "run"
     common = ["train", "--impl", "library", "--data", text, *SMALL, "--eval-every", 4, "--weight-average", "ema"]
     assert run_cli([*common, "--out", run, "--max-iters", 4]).returncode == 0
     arrays, meta = read_safetensors(run / "resume.safetensors")
-    arrays["average/head.bias"] = arrays["average/head.bias"][:-1]
+    if damage == "shape":
+        arrays["average/head.bias"] = arrays["average/head.bias"][:-1]
+    elif damage == "arrays gone":
+        arrays = {k: v for k, v in arrays.items() if not k.startswith("average/")}
+    elif damage == "counters gone":
+        del meta["average"]
+    else:
+        meta["average"]["mass"] = 0.0
     write_safetensors(run / "resume.safetensors", arrays, meta)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
     done = run_cli(["train", "--data", text, "--out", run, "--resume", "--max-iters", 8])
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "its weight average" in lines[0], done.stderr
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == before

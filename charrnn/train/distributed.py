@@ -106,12 +106,13 @@ class World:
 def _join_failure(message: str) -> str:
     """One line for a rendezvous that failed: rank 0 could not listen on MASTER_PORT (a port another
     program holds: the usual case when ranks are started by hand), or a rank could not reach it."""
-    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    port = os.environ.get("MASTER_PORT", "?")
     if "EADDRINUSE" in message or "address already in use" in message:
-        return (f"MASTER_PORT {os.environ.get('MASTER_PORT', '?')} is already in use on this machine; "
-                "set a free one, or launch with torchrun --standalone, which picks one")
+        return (f"MASTER_PORT {port} is already in use on this machine; set a free one, or launch with torchrun "
+                "--standalone, which picks one")
     first = message.strip().splitlines()[0] if message.strip() else "no reason given"
-    return f"could not join the other processes at {where} ({first}); check MASTER_ADDR and MASTER_PORT"
+    return (f"could not join the other processes at {os.environ.get('MASTER_ADDR', '?')}:{port} ({first}); check "
+            "MASTER_ADDR and MASTER_PORT")
 
 
 def world_from_env() -> World:

@@ -7,6 +7,7 @@ logging, when to validate and checkpoint) is a helper that `run` calls by name.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -200,7 +201,7 @@ class Trainer:
                 self.learner.model.set_parameters(self.best_params)   # (or the overfitting) has taken them since;
                 self.progress.last_val = self.progress.best_val       # the checkpoint saved next holds them
                 if self.average is not None:
-                    self.average.restart(self.best_params)
+                    self.average.restart(self.best_params, self.progress.iteration)
             self._adopt_plan(*change)
 
     def _adopt_plan(self, plan: Plan, line: Optional[str] = None) -> None:
@@ -255,9 +256,10 @@ class Trainer:
         return self.stop_requested or "another process was asked to stop"
 
     def _print_sample(self) -> None:
-        """A sample must never stop training: a failure is reported and training goes on."""
+        """A sample (of the weights saved) must never stop training: a failure is reported and training goes on."""
         try:
-            text = self.sampler()
+            with self._weights_shown(self.shown_parameters()):
+                text = self.sampler()
         except Exception as e:  # whatever went wrong, the run matters more than its sample
             self.log(f"warning: no sample at iteration {self.progress.iteration} ({type(e).__name__}: {e})")
             return
@@ -302,43 +304,54 @@ class Trainer:
                 self.log(f"iter {row['iter']} epoch {row['epoch']:.2f} loss {train_loss:.4f} lr {lr:.3g} "
                          f"{world_rate:,.0f} chars/s elapsed {row['elapsed_s']:.0f}s")
 
-    # ---- validation and checkpoints -----------------------------------------
-    # ---- the weights validated and saved: the last step's, or their average --------------------------------
+    # ---- validation and checkpoints, of the weights saved: the last step's, or their average ---------------
+    def _horizon(self) -> int:
+        return self.progress.plan_eval_every or self.cfg.eval_every   # about one validation interval
+
     def _update_average(self) -> None:
-        horizon = self.progress.plan_eval_every or self.cfg.eval_every   # about one validation interval
-        if self.average is not None and self.average.due(self.progress.iteration, horizon):
-            self.average.update(self.learner.get_parameters(), horizon)
+        if self.average is not None and self.average.due(self.progress.iteration, self._horizon()):
+            self.average.update(self.learner.get_parameters(), self.progress.iteration, self._horizon())
 
-    def shown_parameters(self) -> dict:
-        """The weights validation measures and model.safetensors holds (a copy)."""
-        if self.average is not None and self.average.arrays is not None:
+    def shown_parameters(self) -> Optional[dict]:
+        """The weights validation measures and model.safetensors holds where they are not the last step's: the
+        average, with the steps since its last sample counted in (a new dict); None without one."""
+        if self.average is None or self.average.arrays is None:
+            return None
+        if self.average.at == self.progress.iteration:
             return {k: v.copy() for k, v in self.average.arrays.items()}
-        return self.learner.get_parameters()
+        return self.average.blended(self.learner.get_parameters(), self.progress.iteration, self._horizon())
 
-    def validate(self) -> Optional[float]:
-        """Mean loss over the validation split, read in order with the state carried, of the weights saved: with
-        --weight-average ema the average is put in for the validation and the last step's weights back after."""
+    @contextlib.contextmanager
+    def _weights_shown(self, shown: Optional[dict]):
+        """The model holds `shown` (if any) inside, and the last step's weights again after."""
+        if shown is None:
+            yield
+            return
+        last_step = self.learner.get_parameters()
+        self.learner.model.set_parameters(shown)
+        try:
+            yield
+        finally:
+            self.learner.model.set_parameters(last_step)
+
+    def validate(self, shown: Optional[dict] = None) -> Optional[float]:
+        """Mean loss over the validation split, read in order with the state carried, of the weights saved
+        (`shown`: shown_parameters(), put in for the validation)."""
         if self.val is None:
             return None
-        last_step = None
-        if self.average is not None and self.average.arrays is not None:
-            last_step = self.learner.get_parameters()
-            self.learner.model.set_parameters(self.average.arrays)
-        try:
+        with self._weights_shown(shown):
             state = self.learner.zero_state(self.val.batch_size)
             total = 0.0
             for k in range(self.val.num_windows):
                 loss, state = self.learner.eval_loss(*self.val.window(k), state, labels=self.val.labels(k))
                 total += loss
-        finally:
-            if last_step is not None:
-                self.learner.model.set_parameters(last_step)
         summed, count = self.world.sum([total, float(self.val.num_windows)])
         return summed / count
 
     def validate_and_save(self) -> None:
         p = self.progress
-        val = self.validate()
+        shown = self.shown_parameters()
+        val = self.validate(shown)
         is_best = val is not None and val < p.best_val
         if val is not None:
             # an overflowed loss (NaN, inf) is kept as null: JSON has no such numbers, and resume.safetensors'
@@ -347,7 +360,7 @@ class Trainer:
             p.best_val = min(p.best_val, val)
             p.evals_since_best = 0 if is_best else p.evals_since_best + 1
             if is_best and self._rewinds():
-                self.best_params = self.shown_parameters()
+                self.best_params = shown if shown is not None else self.learner.get_parameters()
             if self.world.is_main:
                 self.metrics.append(self._row(val_loss=_rounded(val, 5), val_bpc=_rounded(bits_per_char(val), 5)))
                 self.log(f"iter {p.iteration}: validation loss {val:.4f} nats/char ({bits_per_char(val):.4f} bpc)"
@@ -367,12 +380,12 @@ class Trainer:
                                    f"the last good checkpoint in {self.run_dir} is intact; lower --lr or --grad-clip")
         params = self.learner.get_parameters()
         self.progress.lr0, self.progress.budget = self.lr0, self.budget.as_list()
-        average = self.average.arrays if self.average is not None else None
+        average = self.average if self.average is not None and self.average.arrays is not None else None
         point = ResumePoint(params=params, optimizer=self.learner.optimizer_state(), rng=self.learner.rng_state(),
-                            state=state, progress=asdict(self.progress),
-                            optimizer_name=self.cfg.resolved_optimizer, average=average)
+                            state=state, progress=asdict(self.progress), optimizer_name=self.cfg.resolved_optimizer,
+                            average=(average.arrays, average.counters()) if average is not None else None)
         info = {"iteration": self.progress.iteration, "val_loss": self.progress.last_val}
-        shown = average if average is not None else params
+        shown = self.shown_parameters() or params
         try:
             write_resume(self.run_dir, point)
             save_weights(self.run_dir / WEIGHTS["latest"], shown, info)
@@ -392,7 +405,7 @@ class Trainer:
         try:
             self.learner.model.set_parameters(point.params)
             if self.average is not None and point.average is not None:   # (turned on at this resume: it starts now)
-                self.average = WeightAverage(point.average)
+                self.average = WeightAverage(point.average[0], **point.average[1])
             self.learner.load_optimizer_state(*point.optimizer)
             self.learner.set_rng_state(*point.rng)
             self.progress = Progress(**point.progress)
