@@ -215,8 +215,6 @@ def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, 
     """
     where = str(path)
     check_parameters(model, {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}, where)
-    _check_average({k[len("average/"):]: v for k, v in arrays.items() if k.startswith("average/")},
-                   meta.get("average"), model, where)
     for key, value in arrays.items():
         if key.startswith(("optim/", "state/")) and (value.dtype.kind != "f" or not np.all(np.isfinite(value))):
             raise UserError(f"{where}: {key} is not finite floating point; the checkpoint is damaged")
@@ -230,19 +228,22 @@ def check_resume(arrays: Dict[str, np.ndarray], meta: dict, model: ModelConfig, 
             raise UserError(f"{where}: {key} has shape {list(shape)}, expected [{model.layers}, B, {model.hidden}]; "
                             "the checkpoint is damaged or from another run")
     _check_progress(meta.get("progress"), where)
+    _check_average({k[len("average/"):]: v for k, v in arrays.items() if k.startswith("average/")},
+                   meta.get("average"), model, meta["progress"]["iteration"], where)
 
 
-def _check_average(average: Dict[str, np.ndarray], counters, model: ModelConfig, where: str) -> None:
+def _check_average(average: Dict[str, np.ndarray], counters, model: ModelConfig, iteration: int, where: str) -> None:
     """--weight-average ema's average: weights like the model's and its counters (train/averaging.py), both or
-    neither (a file that has lost either is damaged, not a run without an average)."""
+    neither (a file that has lost either is damaged, not a run without an average), its last sample not after
+    the checkpoint's iteration."""
     if not average and counters is None:
         return
     if not average:
         raise UserError(f"{where}: its weight average is missing (its counters are there); the checkpoint is damaged")
     check_parameters(model, average, f"{where} (its weight average)")
     at, mass = (counters.get("at"), counters.get("mass")) if isinstance(counters, dict) else (None, None)
-    if (isinstance(at, bool) or not isinstance(at, int) or at < 0 or not _is_number(mass) or not 0 < mass <= 1
-            or set(counters) != {"at", "mass"}):
+    if (isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= iteration or not _is_number(mass)
+            or not 0 < mass <= 1 or set(counters) != {"at", "mass"}):
         raise UserError(f"{where}: its weight average's counters are {counters!r}, not an iteration and a mass in "
                         "(0, 1]; the checkpoint is damaged")
 

@@ -7,6 +7,7 @@ and the runtimes: the conformance rows (RESUME_CHANGES); torchrun: tests/test_di
 """
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -118,11 +119,14 @@ def test_a_run_saves_the_average_of_the_weights_it_trained_and_trains_exactly_as
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", ["naive", "library"])
 def test_a_resumed_run_averages_exactly_as_one_trained_straight(impl, tmp_path, run_cli):
+    """Sampled every 2nd step (validating every 40), stopped at step 6, between two samples: the checkpoint there
+    counted step 6 in without sampling it, and the resumed run samples at the steps the straight one does."""
     text = write_word_text(tmp_path / "text.txt", 120)
-    common = ["train", "--impl", impl, "--data", text, *SMALL, "--eval-every", 4, "--weight-average", "ema"]
+    common = ["train", "--impl", impl, "--data", text, *SMALL, "--eval-every", 40, "--weight-average", "ema"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert run_cli([*common, "--out", straight, "--max-iters", 12]).returncode == 0
-    assert run_cli([*common, "--out", stopped, "--max-iters", 7]).returncode == 0
+    assert run_cli([*common, "--out", stopped, "--max-iters", 6]).returncode == 0
+    assert read_safetensors(stopped / "resume.safetensors")[1]["average"]["at"] == 5
     done = run_cli(["train", "--data", text, "--out", stopped, "--resume", "--max-iters", 12])
     assert done.returncode == 0, done.stderr
     for name in ("model.safetensors", "best.safetensors"):
@@ -151,6 +155,7 @@ def test_turned_off_on_resume_the_last_steps_weights_are_saved_again(tmp_path, r
     ("arrays gone", "its weight average is missing"),
     ("counters gone", "its weight average's counters are None"),
     ("mass", "its weight average's counters are"),
+    ("at past the checkpoint", "its weight average's counters are"),
 ])
 def test_a_damaged_average_is_refused_in_one_line_and_changes_nothing(damage, needle, tmp_path, run_cli):
     text = write_word_text(tmp_path / "text.txt", 120)
@@ -164,11 +169,34 @@ def test_a_damaged_average_is_refused_in_one_line_and_changes_nothing(damage, ne
         arrays = {k: v for k, v in arrays.items() if not k.startswith("average/")}
     elif damage == "counters gone":
         del meta["average"]
-    else:
+    elif damage == "mass":
         meta["average"]["mass"] = 0.0
+    else:
+        meta["average"]["at"] = 1000
     write_safetensors(run / "resume.safetensors", arrays, meta)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
     done = run_cli(["train", "--data", text, "--out", run, "--resume", "--max-iters", 8])
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == before
+
+
+def test_samples_during_training_are_of_the_average_and_leave_training_as_it_was(tmp_path, run_cli):
+    """--sample-every with the average: the run trains and saves exactly what it does without samples, and what it
+    samples is the average's text, not the last step's (the same seed draws another text from other weights)."""
+    text = write_word_text(tmp_path / "text.txt", 120)
+    common = ["train", "--impl", "library", "--data", text, *SMALL, "--eval-every", 40, "--max-iters", 6]
+    runs, logs = {name: tmp_path / name for name in ("quiet", "ema", "none")}, {}
+    for name, run in runs.items():
+        flags = (["--sample-every", 3] if name != "quiet" else []) + ["--weight-average", "none" if name == "none"
+                                                                       else "ema"]
+        done = run_cli([*common, "--out", run, *flags])
+        assert done.returncode == 0, done.stderr
+        logs[name] = done.stderr
+    for name in ("model.safetensors", "best.safetensors"):
+        assert (runs["quiet"] / name).read_bytes() == (runs["ema"] / name).read_bytes(), name
+    for key, value in raw(runs["quiet"]).items():
+        np.testing.assert_array_equal(value, raw(runs["ema"])[key], err_msg=key)
+    samples = {name: re.findall(r"--- sample at iteration \d+ ---\n(.*?)\n---", logs[name], re.S)
+               for name in ("ema", "none")}
+    assert len(samples["ema"]) == len(samples["none"]) == 2 and samples["ema"] != samples["none"], samples

@@ -26,10 +26,10 @@ def update_every(horizon: int) -> int:
 class WeightAverage:
     """An exponential average over `horizon` steps (beta = 1 - 1/horizon a step), sampled every few steps and
     corrected for its start as Adam corrects its moments: a sample stands for the s steps since the one before
-    and weighs 1 - beta^s against beta^s of all before it; `mass` (1 - beta^steps so far) is what the samples
-    weigh together, and the average is their weighted mean. So until a horizon has passed it is a plain mean of
-    what it has seen, not the first weights held as if they were a whole horizon's. `at`: the iteration of the
-    last sample."""
+    and weighs 1 - beta^s against beta^s of all before it; `mass` is what the samples weigh together (1 -
+    beta^steps for a constant horizon since the start; 1 after a restart), and the average is their weighted
+    mean. So early on it is close to a plain mean of what it has seen, not the first weights held as if they
+    were a whole horizon's. `at`: the iteration of the last sample (or of the restart)."""
 
     def __init__(self, arrays: Optional[Arrays] = None, at: Optional[int] = None, mass: float = 0.0):
         self.arrays = None if arrays is None else {k: np.array(v, np.float32) for k, v in arrays.items()}

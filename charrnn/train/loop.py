@@ -334,9 +334,9 @@ class Trainer:
         finally:
             self.learner.model.set_parameters(last_step)
 
-    def validate(self, shown: Optional[dict] = None) -> Optional[float]:
+    def validate(self, shown: Optional[dict]) -> Optional[float]:
         """Mean loss over the validation split, read in order with the state carried, of the weights saved
-        (`shown`: shown_parameters(), put in for the validation)."""
+        (`shown`: shown_parameters(), put in for the validation; None: the last step's)."""
         if self.val is None:
             return None
         with self._weights_shown(shown):
