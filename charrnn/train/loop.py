@@ -258,7 +258,7 @@ class Trainer:
     def _print_sample(self) -> None:
         """A sample (of the weights saved) must never stop training: a failure is reported and training goes on."""
         try:
-            with self._weights_shown(self.shown_parameters()):
+            with self._weights_shown():
                 text = self.sampler()
         except Exception as e:  # whatever went wrong, the run matters more than its sample
             self.log(f"warning: no sample at iteration {self.progress.iteration} ({type(e).__name__}: {e})")
@@ -312,46 +312,51 @@ class Trainer:
         if self.average is not None and self.average.due(self.progress.iteration, self._horizon()):
             self.average.update(self.learner.get_parameters(), self.progress.iteration, self._horizon())
 
-    def shown_parameters(self) -> Optional[dict]:
-        """The weights validation measures and model.safetensors holds where they are not the last step's: the
-        average, with the steps since its last sample counted in (a new dict); None without one."""
-        if self.average is None or self.average.arrays is None:
+    def _averaging(self) -> bool:
+        return self.average is not None and self.average.arrays is not None
+
+    def shown_parameters(self, last_step: dict) -> Optional[dict]:
+        """The weights validation measures and model.safetensors holds where they are not `last_step` (the last
+        step's, from get_parameters): the average, with the steps since its last sample counted in (a new dict);
+        None without one."""
+        if not self._averaging():
             return None
         if self.average.at == self.progress.iteration:
             return {k: v.copy() for k, v in self.average.arrays.items()}
-        return self.average.blended(self.learner.get_parameters(), self.progress.iteration, self._horizon())
+        return self.average.blended(last_step, self.progress.iteration, self._horizon())
 
     @contextlib.contextmanager
-    def _weights_shown(self, shown: Optional[dict]):
-        """The model holds `shown` (if any) inside, and the last step's weights again after."""
-        if shown is None:
-            yield
+    def _weights_shown(self):
+        """Inside, the model holds the weights saved (yielded; None: the last step's, left in place), and the last
+        step's weights again after."""
+        if not self._averaging():
+            yield None
             return
         last_step = self.learner.get_parameters()
+        shown = self.shown_parameters(last_step)
         self.learner.model.set_parameters(shown)
         try:
-            yield
+            yield shown
         finally:
             self.learner.model.set_parameters(last_step)
 
-    def validate(self, shown: Optional[dict]) -> Optional[float]:
-        """Mean loss over the validation split, read in order with the state carried, of the weights saved
-        (`shown`: shown_parameters(), put in for the validation; None: the last step's)."""
+    def validate(self) -> Optional[float]:
+        """Mean loss over the validation split of the weights the model holds, read in order with the state
+        carried."""
         if self.val is None:
             return None
-        with self._weights_shown(shown):
-            state = self.learner.zero_state(self.val.batch_size)
-            total = 0.0
-            for k in range(self.val.num_windows):
-                loss, state = self.learner.eval_loss(*self.val.window(k), state, labels=self.val.labels(k))
-                total += loss
+        state = self.learner.zero_state(self.val.batch_size)
+        total = 0.0
+        for k in range(self.val.num_windows):
+            loss, state = self.learner.eval_loss(*self.val.window(k), state, labels=self.val.labels(k))
+            total += loss
         summed, count = self.world.sum([total, float(self.val.num_windows)])
         return summed / count
 
     def validate_and_save(self) -> None:
         p = self.progress
-        shown = self.shown_parameters()
-        val = self.validate(shown)
+        with self._weights_shown() as shown:   # the weights saved are the ones validated
+            val = self.validate()
         is_best = val is not None and val < p.best_val
         if val is not None:
             # an overflowed loss (NaN, inf) is kept as null: JSON has no such numbers, and resume.safetensors'
@@ -380,12 +385,12 @@ class Trainer:
                                    f"the last good checkpoint in {self.run_dir} is intact; lower --lr or --grad-clip")
         params = self.learner.get_parameters()
         self.progress.lr0, self.progress.budget = self.lr0, self.budget.as_list()
-        average = self.average if self.average is not None and self.average.arrays is not None else None
+        average = self.average if self._averaging() else None
         point = ResumePoint(params=params, optimizer=self.learner.optimizer_state(), rng=self.learner.rng_state(),
                             state=state, progress=asdict(self.progress), optimizer_name=self.cfg.resolved_optimizer,
                             average=(average.arrays, average.counters()) if average is not None else None)
         info = {"iteration": self.progress.iteration, "val_loss": self.progress.last_val}
-        shown = self.shown_parameters() or params
+        shown = self.shown_parameters(params) or params
         try:
             write_resume(self.run_dir, point)
             save_weights(self.run_dir / WEIGHTS["latest"], shown, info)
